@@ -1,0 +1,275 @@
+"""ApiFunction: Mars's HTTP API (a Chalice app behind an API Gateway REST API, `Handler: app.app`).
+
+Every route answers JSON; every error is `{"success": false, "error": {code, message, details}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from chalice import Chalice, Response
+from mars_common import aws
+from mars_common.config import settings
+from mars_common.events import APP_ID_RE, MAX_EVENT, Event, FieldError, ValidationError, parse_event, parse_events
+from mars_common.queues import enqueue, queue_name, stats
+from mars_common.store import (decode_cursor, encode_cursor, get_items, get_lifecycle, list_messages,
+                               put_lifecycle, to_timeline)
+from mars_common.timeline import STATUSES, Lifecycle
+
+app = Chalice(app_name="mars")
+logger = Logger(service="mars-api")
+
+# curl and wrk send form or text content types by default; the body is parsed as JSON regardless.
+BODY_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded"]
+MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_CREATE_COUNT = 500
+LOADTEST_LIFECYCLE = ("MESSAGE_CREATED", "MESSAGE_QUEUED", "MESSAGE_SENT", "MESSAGE_DELIVERED", "MESSAGE_ACKED")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details or []
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(body=json.dumps(body, ensure_ascii=False), status_code=status,
+                    headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def _error(err: ApiError) -> Response:
+    return _json(err.status, {"success": False, "error": {"code": err.code, "message": err.message,
+                                                          "details": err.details}})
+
+
+def _handles_errors(view: Any) -> Any:
+    """Maps ApiError and ValidationError to the error format; anything else is a logged 500."""
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except ApiError as err:
+            return _error(err)
+        except ValidationError as err:
+            return _error(ApiError(400, "VALIDATION_ERROR", "the request is not valid",
+                                   [e.as_dict() for e in err.errors]))
+        except Exception:
+            logger.exception("unhandled error")
+            return _error(ApiError(500, "INTERNAL", "internal error; the request id is in the logs"))
+    wrapper.__name__ = view.__name__
+    wrapper.__doc__ = view.__doc__
+    return wrapper
+
+
+def _body() -> Any:
+    raw = app.current_request.raw_body or b""
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body must be at most {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        raise ApiError(400, "INVALID_JSON", "the body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "INVALID_JSON", f"the body is not valid JSON: {exc}") from exc
+
+
+def _query() -> dict[str, str]:
+    return dict(app.current_request.query_params or {})
+
+
+def _accept(events: list[Event]) -> Response:
+    """202 when every event is enqueued; otherwise say exactly which were not (never drop silently)."""
+    failures = enqueue(events, settings().events_queue_urls)
+    failed_idx = {f.index for f in failures}
+    accepted = [e.event_id for i, e in enumerate(events) if i not in failed_idx]
+    if not failures:
+        return _json(202, {"success": True, "event_ids": accepted})
+    logger.error("enqueue failed", extra={"failed": len(failures), "accepted": len(accepted)})
+    body = {"success": False, "event_ids": accepted,
+            "error": {"code": "ENQUEUE_FAILED", "message": f"{len(failures)} event(s) were not enqueued; resend them",
+                      "details": [{"index": f.index, "event_id": f.event_id, "code": f.code, "message": f.message}
+                                  for f in failures]}}
+    return _json(503 if not accepted else 207, body, {"Retry-After": "1"})
+
+
+@app.route("/api/event", methods=["POST"], content_types=BODY_TYPES)
+@_handles_errors
+def post_event() -> Response:
+    body = _body()
+    if isinstance(body, dict) and "events" in body:
+        raise ApiError(400, "VALIDATION_ERROR", "this route takes one event; send lists to /api/event/bulk",
+                       [{"field": "events", "message": "is not a known field (use /api/event/bulk)"}])
+    return _accept([parse_event(body)])
+
+
+@app.route("/api/event/bulk", methods=["POST"], content_types=BODY_TYPES)
+@_handles_errors
+def post_bulk() -> Response:
+    body = _body()
+    if not isinstance(body, dict) or "events" not in body:
+        raise ApiError(400, "VALIDATION_ERROR", 'the body must be {"events": [...]}',
+                       [{"field": "events", "message": "is required"}])
+    return _accept(parse_events(body))
+
+
+@app.route("/api/create_event", methods=["GET"])
+@_handles_errors
+def create_event() -> Response:
+    """Mars's load-test route: N random lifecycle events (only where the stage allows test routes)."""
+    if not settings().allow_test_routes:
+        raise ApiError(404, "NOT_FOUND", "test routes are disabled on this stage (parameter AllowTestRoutes)")
+    count = _int_param("count", default=1, low=1, high=MAX_CREATE_COUNT)
+    now = time.time()
+    events = [parse_event({"app_id": "mars-loadtest", "message_id": str(uuid.uuid4()),
+                           "event": random.choice(LOADTEST_LIFECYCLE),
+                           "created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{i % 1000000:06d}Z"})
+              for i in range(count)]
+    return _accept(events)
+
+
+@app.route("/api/q/stats", methods=["GET"])
+@_handles_errors
+def queue_stats() -> Response:
+    cfg = settings()
+    return _json(200, stats(cfg.events_queue_urls, (cfg.dead_letter_queue_url,) if cfg.dead_letter_queue_url else ()))
+
+
+@app.route("/status", methods=["GET"])
+@_handles_errors
+def status() -> Response:
+    """Health with one check per backing resource; 503 when any is unreachable."""
+    cfg = settings()
+    checks: list[tuple[str, str, Any]] = [("table", t, lambda t=t: aws.client("dynamodb").describe_table(TableName=t))
+                                          for t in (cfg.messages_table, cfg.apps_table)]
+    checks += [("queue", queue_name(u),
+                lambda u=u: aws.client("sqs").get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"]))
+               for u in (*cfg.events_queue_urls, cfg.dead_letter_queue_url)]
+
+    def run(check: tuple[str, str, Any]) -> dict[str, Any]:
+        kind, name, call = check
+        start = time.perf_counter()
+        try:
+            call()
+            out: dict[str, Any] = {"kind": kind, "name": name, "ok": True}
+        except Exception as exc:
+            out = {"kind": kind, "name": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        out["latency_ms"] = round((time.perf_counter() - start) * 1000, 1)
+        return out
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(run, checks))
+    healthy = all(r["ok"] for r in results)
+    return _json(200 if healthy else 503, {"status": "ok" if healthy else "degraded", "stage": cfg.stage,
+                                           "checks": results})
+
+
+@app.route("/api/messages/{message_id}", methods=["GET"])
+@_handles_errors
+def get_message(message_id: str) -> Response:
+    app_id = _query().get("app_id")
+    if app_id is not None:
+        _check_app_id(app_id)
+    cfg = settings()
+    items = get_items(cfg.messages_table, message_id, app_id)
+    if not items:
+        raise ApiError(404, "NOT_FOUND", f"no events for message_id {message_id!r}"
+                       + (f" in app {app_id!r}" if app_id else ""))
+    lifecycles = {a: get_lifecycle(cfg.apps_table, a) for a in {i["app_id"] for i in items}}
+    return _json(200, {"message_id": message_id,
+                       "timelines": [to_timeline(i, lifecycles[i["app_id"]]) for i in items]})
+
+
+@app.route("/api/messages", methods=["GET"])
+@_handles_errors
+def list_app_messages() -> Response:
+    query = _query()
+    unknown = sorted(set(query) - {"app_id", "status", "limit", "cursor"})
+    if unknown:
+        raise ApiError(400, "VALIDATION_ERROR", "unknown query parameter(s)",
+                       [{"field": k, "message": "is not a known parameter"} for k in unknown])
+    app_id = query.get("app_id")
+    if not app_id:
+        raise ApiError(400, "VALIDATION_ERROR", "app_id is required", [{"field": "app_id", "message": "is required"}])
+    _check_app_id(app_id)
+    status_filter = query.get("status")
+    if status_filter is not None and status_filter not in STATUSES:
+        raise ApiError(400, "VALIDATION_ERROR", "unknown status",
+                       [{"field": "status", "message": "must be one of " + ", ".join(STATUSES)}])
+    limit = _int_param("limit", default=20, low=1, high=100)
+    cursor = None
+    if query.get("cursor"):
+        try:
+            cursor = decode_cursor(query["cursor"], app_id)
+        except ValueError as exc:
+            raise ApiError(400, "VALIDATION_ERROR", str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
+    cfg = settings()
+    items, last = list_messages(cfg.messages_table, app_id, get_lifecycle(cfg.apps_table, app_id),
+                                status=status_filter, limit=limit, cursor=cursor)
+    return _json(200, {"items": items, "cursor": encode_cursor(last)})
+
+
+@app.route("/api/apps/{app_id}/lifecycle", methods=["PUT"], content_types=BODY_TYPES)
+@_handles_errors
+def put_app_lifecycle(app_id: str) -> Response:
+    _check_app_id(app_id)
+    body = _body()
+    lifecycle = _parse_lifecycle(body)
+    item = put_lifecycle(settings().apps_table, app_id, lifecycle)
+    return _json(200, {"app_id": app_id, "events": item["events"], "sla_seconds": item["sla_seconds"],
+                       "updated_at": item["updated_at"]})
+
+
+@app.route("/api/apps/{app_id}/lifecycle", methods=["GET"])
+@_handles_errors
+def get_app_lifecycle(app_id: str) -> Response:
+    _check_app_id(app_id)
+    lifecycle = get_lifecycle(settings().apps_table, app_id)
+    if lifecycle is None:
+        raise ApiError(404, "NOT_FOUND", f"app {app_id!r} declares no lifecycle; PUT one first")
+    return _json(200, {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds})
+
+
+def _parse_lifecycle(body: Any) -> Lifecycle:
+    errors: list[FieldError] = []
+    if not isinstance(body, dict):
+        raise ValidationError([FieldError("body", "must be a JSON object")])
+    for k in sorted(set(body) - {"events", "sla_seconds"}):
+        errors.append(FieldError(k, "is not a known field (allowed: events, sla_seconds)"))
+    events = body.get("events")
+    if not isinstance(events, list) or not events:
+        errors.append(FieldError("events", "must be a non-empty list of event names"))
+    elif len(events) > 50:
+        errors.append(FieldError("events", "must hold at most 50 event names"))
+    elif not all(isinstance(e, str) and 0 < len(e) <= MAX_EVENT and e.isprintable() for e in events):
+        errors.append(FieldError("events", f"every name must be a printable string of 1-{MAX_EVENT} characters"))
+    elif len(set(events)) != len(events):
+        errors.append(FieldError("events", "names must be unique"))
+    sla = body.get("sla_seconds", 0)
+    if isinstance(sla, bool) or not isinstance(sla, int) or not 0 <= sla <= 30 * 86400:
+        errors.append(FieldError("sla_seconds", "must be an integer from 0 to 2592000"))
+    if errors:
+        raise ValidationError(errors)
+    return Lifecycle(events=tuple(events), sla_seconds=sla)
+
+
+def _check_app_id(app_id: str) -> None:
+    if not APP_ID_RE.match(app_id):
+        raise ValidationError([FieldError("app_id", "must be 1-128 characters of letters, digits and . _ : -")])
+
+
+def _int_param(name: str, *, default: int, low: int, high: int) -> int:
+    raw = _query().get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ValidationError([FieldError(name, f"must be an integer from {low} to {high}")])
+    return value

@@ -1,0 +1,23 @@
+"""boto3 clients, made once per execution environment and reused across invocations."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+# Bounded retries keep a handler inside its timeout; the read timeout outlasts a synchronous Lambda invoke.
+_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32,
+                 connect_timeout=2, read_timeout=60)
+
+
+@lru_cache(maxsize=None)
+def client(service: str) -> Any:
+    return boto3.session.Session().client(service, config=_CONFIG)
+
+
+@lru_cache(maxsize=None)
+def table(name: str) -> Any:
+    return boto3.session.Session().resource("dynamodb", config=_CONFIG).Table(name)

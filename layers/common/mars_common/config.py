@@ -1,0 +1,39 @@
+"""Settings from the function's environment (template Globals): the only place names are read."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Settings:
+    events_queue_urls: tuple[str, ...]
+    dead_letter_queue_url: str
+    messages_table: str
+    apps_table: str
+    store_function: str
+    retention_days: int
+    allow_test_routes: bool
+    stage: str
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    env = os.environ
+    urls = tuple(u for u in env.get("EVENTS_QUEUE_URLS", "").split(",") if u)
+    return Settings(
+        events_queue_urls=urls,
+        dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL", ""),
+        messages_table=env.get("MESSAGES_TABLE", ""),
+        apps_table=env.get("APPS_TABLE", ""),
+        store_function=env.get("STORE_FUNCTION_NAME", ""),
+        retention_days=int(env.get("RETENTION_DAYS", "30")),
+        allow_test_routes=_flag(env.get("ALLOW_TEST_ROUTES")),
+        stage=env.get("STAGE", "dev"),
+    )

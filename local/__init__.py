@@ -1,0 +1,1 @@
+"""A generic local runtime for AWS SAM templates: an AWS emulator, every resource, every trigger."""

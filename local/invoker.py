@@ -1,0 +1,239 @@
+"""Lambda's invoke semantics over pools of worker processes: concurrency, timeouts, cold starts.
+
+Also where faults are injected (`--fault Function=rate[:before|after]`): "after" runs the handler and
+then reports a failure, the nastiest case for idempotency (the side effects happened, the caller
+retries).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import worker
+from .functions import FunctionSpec
+
+log = logging.getLogger("local.lambda")
+_ctx = multiprocessing.get_context("spawn")
+DEFAULT_CONCURRENCY = 8
+
+
+@dataclass
+class InvokeResult:
+    ok: bool
+    payload: Any = None  # the handler's return value (decoded JSON) when ok
+    error: dict[str, Any] | None = None  # Lambda's errorMessage/errorType/stackTrace
+    duration_ms: float = 0.0
+    request_id: str = ""
+
+    @property
+    def error_type(self) -> str:
+        return (self.error or {}).get("errorType", "")
+
+
+@dataclass(frozen=True)
+class Fault:
+    rate: float
+    when: str = "after"  # "before": fail without running; "after": run, then report failure
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[str, "Fault"]:
+        """`StoreFunction=0.1:after` → ("StoreFunction", Fault(0.1, "after"))."""
+        name, _, rest = text.partition("=")
+        rate, _, when = rest.partition(":")
+        fault = cls(float(rate), when or "after")
+        if not name or not 0 <= fault.rate <= 1 or fault.when not in ("before", "after"):
+            raise ValueError(f"bad fault {text!r}: use Function=rate[:before|after], rate in [0, 1]")
+        return name, fault
+
+
+class _Worker:
+    def __init__(self, spec: FunctionSpec) -> None:
+        self.conn, child = _ctx.Pipe()
+        self.process = _ctx.Process(target=worker.main, args=(child, spec.worker_spec()),
+                                    name=f"lambda:{spec.name}", daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+
+    def wait_ready(self, timeout: float) -> dict[str, Any] | None:
+        if not self.conn.poll(timeout):
+            raise TimeoutError("init timed out")
+        _kind, init_error = self.conn.recv()
+        self.ready = True
+        return init_error
+
+    def kill(self) -> None:
+        try:
+            self.process.kill()
+            self.process.join(2)
+        finally:
+            self.conn.close()
+
+
+class FunctionPool:
+    """Up to `concurrency` execution environments of one function, each one invocation at a time."""
+
+    def __init__(self, spec: FunctionSpec, fault: Fault | None = None, seed: int | None = None) -> None:
+        self.spec = spec
+        self.concurrency = spec.reserved_concurrency or DEFAULT_CONCURRENCY
+        self.fault = fault
+        self._random = random.Random(seed)
+        self._idle: list[_Worker] = []
+        self._count = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def warm(self, count: int = 1) -> None:
+        """Starts environments ahead of traffic, like provisioned concurrency."""
+        workers = []
+        with self._cond:
+            count = min(count, self.concurrency - self._count)
+            self._count += count
+        for _ in range(count):
+            w = _Worker(self.spec)
+            workers.append(w)
+        for w in workers:
+            try:
+                w.wait_ready(60)
+            except Exception:
+                w.kill()
+                with self._cond:
+                    self._count -= 1
+                    self._cond.notify()
+                continue
+            self._release(w)
+
+    def _acquire(self) -> tuple[_Worker | None, bool]:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RuntimeError("function pool is closed")
+                if self._idle:
+                    return self._idle.pop(), False
+                if self._count < self.concurrency:
+                    self._count += 1
+                    return None, True
+                self._cond.wait()
+
+    def _release(self, w: _Worker) -> None:
+        with self._cond:
+            if self._closed:
+                w.kill()
+                return
+            self._idle.append(w)
+            self._cond.notify()
+
+    def _discard(self, w: _Worker) -> None:
+        w.kill()
+        with self._cond:
+            self._count -= 1
+            self._cond.notify()
+
+    def invoke(self, event: Any, *, trigger: str, source: str = "", invoked_arn: str = "") -> InvokeResult:
+        request_id = str(uuid.uuid4())
+        start = time.perf_counter()
+        result = self._invoke(event, request_id, invoked_arn)
+        result.duration_ms = round((time.perf_counter() - start) * 1000, 2)
+        result.request_id = request_id
+        self._log(result, event, trigger, source)
+        return result
+
+    def _invoke(self, event: Any, request_id: str, invoked_arn: str) -> InvokeResult:
+        fault = self.fault
+        injected = fault is not None and self._random.random() < fault.rate
+        if injected and fault and fault.when == "before":
+            return InvokeResult(False, error={"errorMessage": "injected fault (before handler)",
+                                              "errorType": "InjectedFault"})
+        w, cold = self._acquire()
+        try:
+            if w is None:
+                w = _Worker(self.spec)
+                w.wait_ready(max(self.spec.timeout, 30))
+        except Exception as exc:
+            if w is not None:
+                self._discard(w)
+            else:
+                with self._cond:
+                    self._count -= 1
+                    self._cond.notify()
+            return InvokeResult(False, error={"errorMessage": f"init failed: {exc}", "errorType": "Runtime.InitError"})
+        deadline_ms = int(time.time() * 1000 + self.spec.timeout * 1000)
+        try:
+            w.conn.send((request_id, event, deadline_ms, invoked_arn or self.spec.arn))
+            if not w.conn.poll(self.spec.timeout):
+                self._discard(w)
+                return InvokeResult(False, error={"errorMessage": f"Task timed out after {self.spec.timeout:.2f} seconds",
+                                                  "errorType": "Sandbox.Timedout"})
+            kind, body = w.conn.recv()
+        except (EOFError, OSError, BrokenPipeError) as exc:
+            self._discard(w)
+            return InvokeResult(False, error={"errorMessage": f"execution environment exited: {exc}",
+                                              "errorType": "Runtime.ExitError"})
+        self._release(w)
+        if kind != "ok":
+            return InvokeResult(False, error=body)
+        if injected:
+            return InvokeResult(False, error={"errorMessage": "injected fault (after handler)",
+                                              "errorType": "InjectedFault"})
+        return InvokeResult(True, payload=json.loads(body))
+
+    def _log(self, result: InvokeResult, event: Any, trigger: str, source: str) -> None:
+        records = event.get("Records") if isinstance(event, dict) else None
+        outcome = "ok" if result.ok else ("timeout" if result.error_type == "Sandbox.Timedout" else "error")
+        extra: dict[str, Any] = {"function": self.spec.name, "trigger": trigger, "source": source,
+                                 "batch_size": len(records) if isinstance(records, list) else 1,
+                                 "duration_ms": result.duration_ms, "outcome": outcome,
+                                 "request_id": result.request_id}
+        if result.ok and isinstance(result.payload, dict) and result.payload.get("batchItemFailures"):
+            extra["outcome"] = "partial"
+            extra["failed_items"] = len(result.payload["batchItemFailures"])
+        if not result.ok:
+            extra["error"] = (result.error or {}).get("errorMessage", "")[:300]
+        log.info("invoke", extra=extra)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for w in idle:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+            w.kill()
+
+
+class Invoker:
+    """Every function of the stack by logical id, physical name and ARN."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, FunctionPool] = {}
+        self._aliases: dict[str, str] = {}
+
+    def add(self, pool: FunctionPool) -> None:
+        spec = pool.spec
+        self.pools[spec.logical_id] = pool
+        for alias in (spec.logical_id, spec.name, spec.arn):
+            self._aliases[alias] = spec.logical_id
+
+    def find(self, name_or_arn: str) -> FunctionPool | None:
+        key = self._aliases.get(name_or_arn)
+        if key is None and name_or_arn.startswith("arn:"):
+            # arn:aws:lambda:region:acct:function:name[:qualifier]
+            parts = name_or_arn.split(":")
+            key = self._aliases.get(parts[6]) if len(parts) > 6 else None
+        return self.pools.get(key) if key else None
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()

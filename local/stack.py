@@ -1,0 +1,219 @@
+"""The local stack: emulator, resources, functions and their triggers, from one template.
+
+    stack = LocalStack(Config(template=Path("template.yaml")))
+    stack.start(); ...; stack.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from . import apigw_rest, lambda_api
+from .functions import FUNCTION_TYPES, build_spec
+from .httpserver import Server
+from .invoker import Fault, FunctionPool, Invoker
+from .resources import provision
+from .sqs_poller import SqsPoller, sources_for
+from .template import Stack, load
+
+log = logging.getLogger("local.stack")
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
+_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE")
+
+
+@dataclass
+class Config:
+    template: Path
+    stack_name: str = "local"
+    host: str = "127.0.0.1"
+    api_port: int = 4000
+    emulator_port: int = 4566
+    endpoint: str | None = None  # an already running emulator (LocalStack…): no embedded moto
+    parameter_overrides: dict[str, str] = field(default_factory=dict)
+    state_dir: Path = Path(".mars-local")
+    faults: dict[str, Fault] = field(default_factory=dict)
+    fault_seed: int | None = None
+    warm: int = 1
+    patched_emulator: bool = True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"emulator exited with code {process.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+class LocalStack:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.endpoint = config.endpoint or f"http://{config.host}:{config.emulator_port}"
+        self.stack = Stack(load(config.template), root=config.template.resolve().parent, name=config.stack_name,
+                           parameter_overrides=config.parameter_overrides)
+        self.invoker = Invoker()
+        self.servers: list[Server] = []
+        self.pollers: list[SqsPoller] = []
+        self.api_urls: dict[str, str] = {}
+        self._emulator: subprocess.Popen[bytes] | None = None
+
+    # --- clients ---------------------------------------------------------------------------------
+    def client(self, service: str) -> Any:
+        return boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing",
+            region_name=self.stack.region,
+        ).client(service, endpoint_url=self.endpoint,
+                 config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64))
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "LocalStack":
+        started = time.monotonic()
+        try:
+            self._start_emulator()
+            provision(self.stack, self.client)
+            lambda_server = lambda_api.serve(self.invoker, self.config.host, 0)
+            self.servers.append(lambda_server)
+            self._start_functions(f"http://{self.config.host}:{lambda_server.port}")
+            self._start_apis()
+            self._start_pollers()
+            self._write_state()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("stack ready", extra={"stack": self.stack.name, "endpoint": self.endpoint, "apis": self.api_urls,
+                                       "functions": sorted(self.invoker.pools),
+                                       "seconds": round(time.monotonic() - started, 2)})
+        return self
+
+    def _start_emulator(self) -> None:
+        if self.config.endpoint:
+            return
+        cmd = [sys.executable, "-m", "local.emulator", "--host", self.config.host,
+               "--port", str(self.config.emulator_port)]
+        if not self.config.patched_emulator:
+            cmd.append("--no-patches")
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        self._emulator = subprocess.Popen(cmd, env=env)
+        wait_for_port(self.config.host, self.config.emulator_port, 30, self._emulator)
+
+    def _base_env(self, lambda_endpoint: str) -> dict[str, str]:
+        """What Lambda puts in every environment, plus the endpoints: the only local difference."""
+        env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
+        env.update(CREDENTIALS)
+        env.update({"AWS_REGION": self.stack.region, "AWS_DEFAULT_REGION": self.stack.region,
+                    "AWS_ENDPOINT_URL": self.endpoint, "AWS_ENDPOINT_URL_LAMBDA": lambda_endpoint,
+                    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_EXECUTION_ENV": "AWS_Lambda_local",
+                    "PYTHONUNBUFFERED": "1"})
+        return env
+
+    def _start_functions(self, lambda_endpoint: str) -> None:
+        base = self._base_env(lambda_endpoint)
+        for lid in self.stack.of_type(*FUNCTION_TYPES):
+            spec = build_spec(self.stack, lid, base)
+            spec.environment.update({"AWS_LAMBDA_FUNCTION_NAME": spec.name,
+                                     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+                                     "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+                                     "LAMBDA_TASK_ROOT": str(spec.code_dir), "_HANDLER": spec.handler})
+            fault = self.config.faults.get(lid) or self.config.faults.get(spec.name)
+            self.invoker.add(FunctionPool(spec, fault, self.config.fault_seed))
+        unknown = set(self.config.faults) - {a for p in self.invoker.pools.values() for a in (p.spec.logical_id, p.spec.name)}
+        if unknown:
+            raise ValueError(f"--fault names unknown function(s): {', '.join(sorted(unknown))}")
+        for pool in self.invoker.pools.values():
+            pool.warm(self.config.warm)
+
+    def _start_apis(self) -> None:
+        for i, api in enumerate(apigw_rest.build_apis(self.stack)):
+            port = self.config.api_port + i if self.config.api_port else 0
+            server = apigw_rest.serve(api, self.invoker, self.config.host, port)
+            self.servers.append(server)
+            self.api_urls[api.api_id] = f"http://{self.config.host}:{server.port}/"
+
+    def _start_pollers(self) -> None:
+        sqs = self.client("sqs")
+        for lid, pool in self.invoker.pools.items():
+            for source in sources_for(self.stack, pool.spec.events):
+                poller = SqsPoller(sqs, pool, source, self.stack.region)
+                poller.start()
+                self.pollers.append(poller)
+                log.info("event source", extra={"function": lid, "queue": source.name, "batch_size": source.batch_size,
+                                                "report_failures": source.report_failures})
+
+    def stop(self) -> None:
+        for poller in self.pollers:
+            poller._stop.set()
+        for poller in self.pollers:
+            poller.stop(timeout=5)
+        for server in self.servers:
+            server.stop()
+        self.invoker.close()
+        if self._emulator is not None:
+            self._emulator.terminate()
+            try:
+                self._emulator.wait(10)
+            except subprocess.TimeoutExpired:
+                self._emulator.kill()
+        state = self.state_file
+        if state.exists() and json.loads(state.read_text()).get("pid") == os.getpid():
+            state.unlink()
+
+    # --- outputs ---------------------------------------------------------------------------------
+    def rewrite_url(self, value: str) -> str:
+        """Deployed API URLs (https://{id}.execute-api.{region}.amazonaws.com/{stage}/…) → local ones."""
+        def repl(m: re.Match[str]) -> str:
+            base = self.api_urls.get(m.group(1))
+            return base + (m.group(3) or "").lstrip("/") if base else m.group(0)
+        return re.sub(r"https://([a-z0-9]+)\.execute-api\.[a-z0-9-]+\.amazonaws\.com(/[^/\s,]*)?(/[^\s,]*)?", repl, value)
+
+    def outputs(self) -> dict[str, Any]:
+        self.stack.url_rewriter = self.rewrite_url
+        return self.stack.output_values()
+
+    @property
+    def state_file(self) -> Path:
+        return self.config.state_dir / f"{self.stack.name}.json"
+
+    def _write_state(self) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {"pid": os.getpid(), "stack": self.stack.name, "template": str(self.config.template.resolve()),
+                 "endpoint": self.endpoint, "apis": self.api_urls, "outputs": self.outputs()}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+
+def read_state(state_dir: Path, stack_name: str) -> dict[str, Any] | None:
+    """The running stack's state, or None if no stack of that name is running."""
+    path = state_dir / f"{stack_name}.json"
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    try:
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError):
+        return None
+    return state

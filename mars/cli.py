@@ -1,0 +1,110 @@
+"""`mars` — run the local stack and talk to it.  `mars --help` lists every command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from local import logs
+from local.invoker import Fault
+from local.stack import Config, LocalStack, read_state
+
+DEFAULT_STACK = "mars-local"
+DEFAULT_STATE_DIR = Path(".mars-local")
+# Locally Mars's load-test route is on (DESIGN §2); everything else is the template's defaults.
+LOCAL_PARAMETERS = {"AllowTestRoutes": "true", "Stage": "dev"}
+
+log = logging.getLogger("mars")
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    out = dict(LOCAL_PARAMETERS)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"mars: bad --parameter-overrides {item!r}: use Name=Value")
+        out[key] = value
+    return out
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    logs.setup(args.log_level)
+    faults = dict(Fault.parse(f) for f in args.fault)
+    config = Config(template=Path(args.template), stack_name=args.stack_name, host=args.host,
+                    api_port=args.api_port, emulator_port=args.emulator_port, endpoint=args.endpoint,
+                    parameter_overrides=_overrides(args.parameter_overrides), state_dir=Path(args.state_dir),
+                    faults=faults, fault_seed=args.fault_seed, warm=args.warm)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = LocalStack(config)
+    try:
+        stack.start()
+    except Exception as exc:
+        log.error("stack failed to start", extra={"error": str(exc)})
+        print(f"mars: the local stack did not start: {exc}", file=sys.stderr)
+        return 1
+    outputs = stack.outputs()
+    print(f"Mars is up: API {outputs.get('ApiUrl', '?')}  (Ctrl-C stops it; `mars outputs` prints every output)",
+          file=sys.stderr, flush=True)
+    try:
+        stop.wait()
+    finally:
+        log.info("stopping")
+        stack.stop()
+    return 0
+
+
+def cmd_outputs(args: argparse.Namespace) -> int:
+    state = read_state(Path(args.state_dir), args.stack_name)
+    if state is None:
+        print(f"mars: no local stack {args.stack_name!r} is running (state in {args.state_dir}); start one with `make up`",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(state["outputs"], indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mars", description="Mars: message lifecycle and acknowledgement tracing.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stack_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--stack-name", default=DEFAULT_STACK, help="local stack name (default %(default)s)")
+        p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="where the running stack records its outputs")
+
+    up = sub.add_parser("up", help="run the whole stack locally from template.yaml (Ctrl-C stops it)")
+    up.add_argument("--template", default="template.yaml")
+    up.add_argument("--host", default="127.0.0.1", help="bind address (loopback only by default)")
+    up.add_argument("--api-port", type=int, default=4000)
+    up.add_argument("--emulator-port", type=int, default=4566)
+    up.add_argument("--endpoint", help="use this AWS-compatible endpoint (e.g. LocalStack) instead of embedded moto")
+    up.add_argument("--parameter-overrides", nargs="*", default=[], metavar="Name=Value")
+    up.add_argument("--fault", action="append", default=[], metavar="Function=rate[:before|after]",
+                    help="inject failures into a function's invocations (testing)")
+    up.add_argument("--fault-seed", type=int, help="seed for --fault, for reproducible runs")
+    up.add_argument("--warm", type=int, default=1, help="execution environments started per function (default 1)")
+    up.add_argument("--log-level", default="INFO")
+    stack_args(up)
+    up.set_defaults(func=cmd_up)
+
+    outputs = sub.add_parser("outputs", help="print the running local stack's Outputs as JSON")
+    stack_args(outputs)
+    outputs.set_defaults(func=cmd_outputs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: Any = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
