@@ -81,8 +81,8 @@ def build_apis(stack: Any) -> list[RestApi]:
             props = event.get("Properties", {})
             api_ref = props.get("RestApiId")
             api_lid = api_ref.get("Ref") if isinstance(api_ref, dict) else "ServerlessRestApi"
-            if api_lid not in apis:  # SAM's implicit API
-                apis[api_lid] = RestApi(api_lid, "implicit" + api_lid.lower()[:4], "Prod", [])
+            if api_lid not in apis:  # SAM's implicit API, stage Prod
+                apis[api_lid] = RestApi(api_lid, stack.ref(api_lid), "Prod", [])
             apis[api_lid].routes.append(Route.make(str(props["Path"]), str(props["Method"]), fn_lid))
     for api in apis.values():
         api.routes.sort(key=lambda r: r.specificity(), reverse=True)

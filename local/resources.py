@@ -149,6 +149,8 @@ def provision(stack: Stack, clients: Callable[[str], Any]) -> list[str]:
     for lid in first:
         spec = stack.resources[lid]
         stack.physical[lid] = CREATORS[spec["Type"]](stack, lid, stack.resolve(_names_only(spec)), clients)
+    if _uses_implicit_api(stack) and IMPLICIT_API not in stack.physical:
+        stack.physical[IMPLICIT_API] = _api(stack, IMPLICIT_API, {}, clients)
     rest = [lid for lid in supported if lid not in first]
     for lid in topological(stack, rest):
         spec = stack.resources[lid]
@@ -158,6 +160,15 @@ def provision(stack: Stack, clients: Callable[[str], Any]) -> list[str]:
     for lid in skipped:
         log.warning("not emulated", extra={"logical_id": lid, "type": stack.resources[lid].get("Type")})
     return skipped
+
+
+IMPLICIT_API = "ServerlessRestApi"  # what SAM calls the API it creates for Api events without RestApiId
+
+
+def _uses_implicit_api(stack: Stack) -> bool:
+    return any(event.get("Type") == "Api" and "RestApiId" not in event.get("Properties", {})
+               for fn in stack.of_type(*FUNCTION_TYPES).values()
+               for event in fn.get("Properties", {}).get("Events", {}).values())
 
 
 def _names_only(spec: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,50 @@
+# Mars: `make up` runs the whole stack locally; `make test` runs every check. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export SAM_CLI_TELEMETRY := 0
+export PYTHONDONTWRITEBYTECODE := 1
+
+UP_ARGS ?=
+
+.PHONY: install up test lint template-check unit integration bench clean
+
+$(BIN)/.installed: requirements-dev.txt constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 (the Lambda runtime of template.yaml)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip==25.3
+	$(BIN)/python -m pip install -q -r requirements-dev.txt -c constraints.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $@
+
+install: $(BIN)/.installed
+
+up: install
+	$(BIN)/mars up $(UP_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+# cfn-lint, sam validate --lint and a container-less sam build of the very template we run locally.
+template-check: install
+	@mkdir -p build
+	$(BIN)/cfn-lint template.yaml
+	$(BIN)/sam validate --lint --region us-east-1 --template-file template.yaml
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sam build --template-file template.yaml --build-dir build/sam --cache-dir build/sam-cache --cached --region us-east-1 >build/sam-build.log 2>&1 || { tail -40 build/sam-build.log; exit 1; }
+	@echo "sam build: ok (build/sam)"
+
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: install
+	$(BIN)/python -m pytest -q tests/integration
+
+test: install lint template-check
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf build .mars-local .pytest_cache

@@ -1,0 +1,193 @@
+"""The local runtime on a SAM app that is not Mars: template-driven resources, REST proxy events,
+and Lambda's SQS semantics (batching, partial failures, redelivery, DLQ, FIFO groups and order)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from local.stack import Config, LocalStack, free_port
+
+PROBE = Path(__file__).resolve().parent.parent / "fixtures" / "probe_app" / "template.yaml"
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Path]]:
+    tmp = tmp_path_factory.mktemp("probe")
+    record = tmp / "record.jsonl"
+    record.touch()
+    stack = LocalStack(Config(template=PROBE, stack_name="probe", api_port=free_port(), emulator_port=free_port(),
+                              parameter_overrides={"RecordFile": str(record)}, state_dir=tmp / "state"))
+    stack.start()
+    yield stack, record
+    stack.stop()
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def batches_with(path: Path, tag: str) -> list[dict[str, Any]]:
+    return [r for r in records(path) if r["kind"] == "batch" and any(b.get("tag") == tag for b in r["bodies"])]
+
+
+def send_fifo(stack: LocalStack, bodies: list[tuple[str, dict[str, Any]]]) -> None:
+    """One SendMessageBatch per 10, so a group's messages arrive together (one receive sees them all)."""
+    sqs = stack.client("sqs")
+    url = stack.outputs()["WorkQueueUrl"]
+    for start in range(0, len(bodies), 10):
+        entries = [{"Id": str(i), "MessageBody": json.dumps(body), "MessageGroupId": group,
+                    "MessageDeduplicationId": str(uuid.uuid4())} for i, (group, body) in enumerate(bodies[start:start + 10])]
+        assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
+
+
+def test_resources_and_outputs_come_from_the_template(probe: tuple[LocalStack, Path]) -> None:
+    stack, _ = probe
+    out = stack.outputs()
+    assert out["WorkQueueUrl"].endswith("/probe-WorkQueue.fifo")
+    assert out["ApiUrl"].startswith("http://127.0.0.1:") and out["ApiUrl"].endswith("/")
+    attrs = stack.client("sqs").get_queue_attributes(QueueUrl=out["WorkQueueUrl"], AttributeNames=["All"])["Attributes"]
+    assert attrs["FifoQueue"] == "true" and attrs["VisibilityTimeout"] == "2"
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert redrive["maxReceiveCount"] == 3 and redrive["deadLetterTargetArn"].endswith(":probe-WorkDeadLetters.fifo")
+
+
+def test_rest_proxy_event_shape_and_environment(probe: tuple[LocalStack, Path]) -> None:
+    stack, _ = probe
+    base = stack.outputs()["ApiUrl"]
+    resp = requests.get(base + "hello/w%C3%B6rld%20x?a=1&a=2&b=", headers={"X-Trace": "t1"}, timeout=10)
+    assert resp.status_code == 200 and resp.headers["X-Probe"] == "1"
+    got = resp.json()
+    ev = got["event"]
+    assert ev["resource"] == "/hello/{name}" and ev["httpMethod"] == "GET"
+    assert ev["pathParameters"] == {"name": "wörld x"}
+    assert ev["queryStringParameters"] == {"a": "2", "b": ""}
+    assert ev["multiValueQueryStringParameters"] == {"a": ["1", "2"], "b": [""]}
+    assert ev["headers"]["X-Trace"] == "t1" and ev["multiValueHeaders"]["X-Trace"] == ["t1"]
+    assert ev["requestContext"]["stage"] == "Prod" and ev["requestContext"]["resourcePath"] == "/hello/{name}"
+    assert ev["requestContext"]["identity"]["sourceIp"] == "127.0.0.1"
+    assert ev["body"] is None and ev["isBase64Encoded"] is False
+    assert got["function_name"] == "probe-ProbeFunction"
+    assert 0 < got["remaining_ms"] <= 2000
+    env = got["env"]
+    assert env["FROM_GLOBALS"] == "globals" and env["FROM_FUNCTION"] == "hello-us-east-1"
+    assert env["AWS_ENDPOINT_URL"] == stack.endpoint and env["WORK_QUEUE"] == stack.outputs()["WorkQueueUrl"]
+    # the greedy route takes the rest, with any method and a body
+    resp = requests.post(base + "deep/er/path", data=b'{"x": 1}', timeout=10)
+    ev = resp.json()["event"]
+    assert ev["resource"] == "/{proxy+}" and ev["pathParameters"] == {"proxy": "deep/er/path"}
+    assert ev["body"] == '{"x": 1}'
+
+
+def test_gateway_errors(probe: tuple[LocalStack, Path]) -> None:
+    stack, _ = probe
+    base = stack.outputs()["ApiUrl"]
+    resp = requests.get(base + "hello/x?raise=1", timeout=10)
+    assert resp.status_code == 502 and resp.json() == {"message": "Internal server error"}
+
+
+def test_fifo_batches_groups_and_order(probe: tuple[LocalStack, Path]) -> None:
+    stack, record = probe
+    tag = "order-" + uuid.uuid4().hex[:6]
+    bodies = [(f"g{n % 3}", {"tag": tag, "group": f"g{n % 3}", "n": n}) for n in range(30)]
+    send_fifo(stack, bodies)
+    wait_for(lambda: sum(len(b["bodies"]) for b in batches_with(record, tag)) >= 30)
+    time.sleep(0.5)
+    batches = batches_with(record, tag)
+    seen = [b for batch in batches for b in batch["bodies"]]
+    assert sorted(b["n"] for b in seen) == list(range(30)), "each message exactly once"
+    assert all(len(batch["bodies"]) <= 10 for batch in batches)
+    for g in ("g0", "g1", "g2"):
+        order = [b["n"] for batch in sorted(batches, key=lambda x: x["start"]) for b in batch["bodies"] if b["group"] == g]
+        assert order == sorted(order), f"group {g} out of order: {order}"
+        spans = sorted((batch["start"], batch["end"]) for batch in batches if g in batch["groups"])
+        for (_s1, e1), (s2, _e2) in zip(spans, spans[1:]):
+            assert s2 >= e1, f"two batches of group {g} were in flight at once"
+
+
+def test_partial_failure_redelivers_only_the_failed_and_in_order(probe: tuple[LocalStack, Path]) -> None:
+    stack, record = probe
+    tag = "partial-" + uuid.uuid4().hex[:6]
+    # m0 of group A fails on its first receive; m1, m2 of A must then wait and come back after it, in order.
+    send_fifo(stack, [("A-" + tag, {"tag": tag, "n": 0, "fail_until": 2}),
+                      ("A-" + tag, {"tag": tag, "n": 1}), ("A-" + tag, {"tag": tag, "n": 2}),
+                      ("B-" + tag, {"tag": tag, "n": 10})])
+    wait_for(lambda: any(0 in [b["n"] for b in batch["bodies"]] and not batch["failed"]
+                         for batch in batches_with(record, tag)), timeout=30)
+    batches = sorted(batches_with(record, tag), key=lambda x: x["start"])
+    first_a = next(batch for batch in batches if 0 in [b["n"] for b in batch["bodies"]])
+    assert [b["n"] for b in first_a["bodies"] if b["n"] < 10] == [0, 1, 2], "the scenario needs A's three in one batch"
+    assert len(first_a["failed"]) >= 3, "m0 failed, so m1 and m2 were failed with it"
+    delivered_ok = [b["n"] for batch in batches for b, mid in zip(batch["bodies"], batch["message_ids"])
+                    if mid not in batch["failed"]]
+    assert sorted(delivered_ok) == [0, 1, 2, 10], "every message succeeds exactly once"
+    a_order = [n for n in delivered_ok if n < 10]
+    assert a_order == [0, 1, 2], f"group A redelivered out of order: {a_order}"
+    second = next(batch for batch in batches if 0 in [b["n"] for b in batch["bodies"]] and not batch["failed"])
+    assert [b["n"] for b in second["bodies"]][:3] == [0, 1, 2], "the redelivered group starts at its first message"
+    assert second["receive_counts"][0] == 2
+
+
+def test_poison_goes_to_the_dead_letter_queue_without_blocking_others(probe: tuple[LocalStack, Path]) -> None:
+    stack, record = probe
+    tag = "poison-" + uuid.uuid4().hex[:6]
+    send_fifo(stack, [("P-" + tag, {"tag": tag, "n": 0, "fail": True}), ("Q-" + tag, {"tag": tag, "n": 1})])
+    wait_for(lambda: any(1 in [b["n"] for b in batch["bodies"]] for batch in batches_with(record, tag)), timeout=10)
+    sqs = stack.client("sqs")
+    dlq = stack.outputs()["DeadLettersUrl"]
+
+    def dead() -> list[dict[str, Any]]:
+        return sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                   AttributeNames=["All"]).get("Messages", [])
+
+    msgs = wait_for(dead, timeout=40, interval=0.5)
+    assert [json.loads(m["Body"])["n"] for m in msgs] == [0]
+    attempts = [batch for batch in batches_with(record, tag) if 0 in [b["n"] for b in batch["bodies"]]]
+    assert len(attempts) == 3, "maxReceiveCount receives, then the dead-letter queue"
+
+
+def test_standard_queue_without_partial_reports_and_function_errors(probe: tuple[LocalStack, Path]) -> None:
+    stack, record = probe
+    tag = "plain-" + uuid.uuid4().hex[:6]
+    sqs = stack.client("sqs")
+    url = stack.outputs()["PlainQueueUrl"]
+    for n in range(7):
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"tag": tag, "n": n}))
+    wait_for(lambda: sum(len(b["bodies"]) for b in batches_with(record, tag)) >= 7)
+    assert all(len(b["bodies"]) <= 5 for b in batches_with(record, tag)), "BatchSize 5"
+    # a raising handler fails its whole batch: the message comes back after the visibility timeout
+    tag2 = "raise-" + uuid.uuid4().hex[:6]
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"tag": tag2, "raise": True}))
+    wait_for(lambda: len([r for r in records(record) if r["kind"] == "raise"
+                          and r["bodies"][0].get("tag") == tag2]) >= 2, timeout=15)
+
+
+def test_timeout_kills_the_invocation_and_the_message_returns(probe: tuple[LocalStack, Path]) -> None:
+    stack, record = probe
+    tag = "slow-" + uuid.uuid4().hex[:6]
+    sqs = stack.client("sqs")
+    url = stack.outputs()["PlainQueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"tag": tag, "sleep": 5}))
+    # the handler never gets to record a finished batch: it is killed after the 2 s timeout
+    time.sleep(6)
+    assert batches_with(record, tag) == []
+    pool = stack.invoker.pools["ProbeFunction"]
+    assert pool.spec.timeout == 2.0
+    sqs.purge_queue(QueueUrl=url)
