@@ -1,0 +1,119 @@
+"""Integration fixtures: a real local stack started with the `mars` command, read through its Outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+from local.stack import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+MARS = [sys.executable, "-m", "mars.cli"]
+# Fast redelivery for tests; everything else is template.yaml's defaults.
+TEST_PARAMETERS = ["QueueVisibilityTimeout=2", "MaxReceiveCount=3"]
+
+
+@dataclass
+class RunningStack:
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    log_path: Path
+    outputs: dict[str, Any]
+    stack_name: str
+
+    @property
+    def api(self) -> str:
+        return str(self.outputs["ApiUrl"])
+
+    def url(self, path: str) -> str:
+        return self.api.rstrip("/") + path
+
+    def client(self, service: str) -> Any:
+        endpoint = self.outputs["EventsQueueUrls"].split("/123456789012/")[0]
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def drained(self) -> bool:
+        stats = requests.get(self.url("/api/q/stats"), timeout=10).json()
+        return all(q["visible"] == 0 and q["in_flight"] == 0 for q in stats["queues"])
+
+    def wait_drained(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.drained():
+                return
+            time.sleep(0.3)
+        raise AssertionError("queues did not drain")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None, cwd: Path = ROOT) -> RunningStack:
+    state_dir, log_path = tmp / "state", tmp / f"{name}.log"
+    cmd = [*MARS, "up", "--stack-name", name, "--state-dir", str(state_dir), "--api-port", str(free_port()),
+           "--emulator-port", str(free_port()), "--template", str(template or ROOT / "template.yaml"),
+           "--parameter-overrides", *TEST_PARAMETERS, *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = log_path.open("wb")
+    process = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mars up exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        got = subprocess.run([*MARS, "outputs", "--stack-name", name, "--state-dir", str(state_dir)],
+                             capture_output=True, text=True, cwd=cwd, env=env)
+        if got.returncode == 0:
+            return RunningStack(process, state_dir, log_path, json.loads(got.stdout), name)
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"mars up did not become ready:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def mars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    stack = start_stack(tmp_path_factory.mktemp("mars"), "mars-it")
+    yield stack
+    stack.stop()
+
+
+def wait_timeline(stack: RunningStack, message_id: str, *, app_id: str | None = None, events: int = 1,
+                  timeout: float = 30) -> dict[str, Any]:
+    """Polls GET /api/messages/{id} until the timeline holds at least `events` events."""
+    deadline = time.monotonic() + timeout
+    params = {"app_id": app_id} if app_id else {}
+    last: Any = None
+    while time.monotonic() < deadline:
+        resp = requests.get(stack.url(f"/api/messages/{requests.utils.quote(message_id, safe='')}"), params=params,
+                            timeout=10)
+        if resp.status_code == 200:
+            last = resp.json()
+            if sum(len(t["events"]) for t in last["timelines"]) >= events:
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"timeline of {message_id} not complete within {timeout}s: {last}")
