@@ -14,6 +14,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -91,6 +92,7 @@ class FunctionPool:
         self._count = 0
         self._cond = threading.Condition()
         self._closed = False
+        self.aws_calls: Counter[str] = Counter()  # AWS API calls made by this function's handlers
 
     def warm(self, count: int = 1) -> None:
         """Starts environments ahead of traffic, like provisioned concurrency."""
@@ -173,12 +175,14 @@ class FunctionPool:
                 self._discard(w)
                 return InvokeResult(False, error={"errorMessage": f"Task timed out after {self.spec.timeout:.2f} seconds",
                                                   "errorType": "Sandbox.Timedout"})
-            kind, body = w.conn.recv()
+            kind, body, calls = w.conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
             self._discard(w)
             return InvokeResult(False, error={"errorMessage": f"execution environment exited: {exc}",
                                               "errorType": "Runtime.ExitError"})
         self._release(w)
+        with self._cond:
+            self.aws_calls.update(calls)
         if kind != "ok":
             return InvokeResult(False, error=body)
         if injected:

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,9 +80,27 @@ class SqsPoller:
         self._threads: list[threading.Thread] = []
         self._batches: list[threading.Thread] = []
 
+    @property
+    def uuid(self) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.pool.spec.arn}|{self.source.queue_arn}"))
+
+    def mapping(self) -> dict[str, Any]:
+        """This poller as Lambda's EventSourceMapping resource describes it."""
+        src = self.source
+        out: dict[str, Any] = {
+            "UUID": self.uuid, "EventSourceArn": src.queue_arn, "FunctionArn": self.pool.spec.arn,
+            "State": "Enabled" if src.enabled else "Disabled", "BatchSize": src.batch_size,
+            "MaximumBatchingWindowInSeconds": int(src.window_seconds),
+            "FunctionResponseTypes": ["ReportBatchItemFailures"] if src.report_failures else [],
+            "ScalingConfig": {"MaximumConcurrency": src.max_concurrency},
+        }
+        return out
+
+    def set_enabled(self, enabled: bool) -> None:
+        """UpdateEventSourceMapping Enabled: a disabled mapping stops polling; batches in flight finish."""
+        self.source.enabled = enabled
+
     def start(self) -> None:
-        if not self.source.enabled:
-            return
         t = threading.Thread(target=self._run, name=f"sqs:{self.source.name}", daemon=True)
         t.start()
         self._threads.append(t)
@@ -94,6 +113,9 @@ class SqsPoller:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self.source.enabled:
+                self._stop.wait(0.1)
+                continue
             if not self._slots.acquire(timeout=0.5):
                 continue
             try:

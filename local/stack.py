@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 from botocore.config import Config as BotoConfig
 
-from . import apigw_rest, lambda_api
+from . import apigw_rest, awscalls, lambda_api
 from .functions import FUNCTION_TYPES, build_spec
 from .httpserver import Server
 from .invoker import Fault, FunctionPool, Invoker
@@ -78,6 +78,8 @@ class LocalStack:
         self.invoker = Invoker()
         self.servers: list[Server] = []
         self.pollers: list[SqsPoller] = []
+        self.control = lambda_api.LambdaControl(self.invoker, self.pollers)
+        self.lambda_endpoint = ""
         self.api_urls: dict[str, str] = {}
         self._emulator: subprocess.Popen[bytes] | None = None
 
@@ -95,16 +97,19 @@ class LocalStack:
         try:
             self._start_emulator()
             provision(self.stack, self.client)
-            lambda_server = lambda_api.serve(self.invoker, self.config.host, 0)
+            awscalls.install()
+            lambda_server = lambda_api.serve(self.control, self.config.host, 0)
             self.servers.append(lambda_server)
-            self._start_functions(f"http://{self.config.host}:{lambda_server.port}")
+            self.lambda_endpoint = f"http://{self.config.host}:{lambda_server.port}"
+            self._start_functions(self.lambda_endpoint)
             self._start_apis()
             self._start_pollers()
             self._write_state()
         except BaseException:
             self.stop()
             raise
-        log.info("stack ready", extra={"stack": self.stack.name, "endpoint": self.endpoint, "apis": self.api_urls,
+        log.info("stack ready", extra={"stack": self.stack.name, "endpoint": self.endpoint, "lambda_endpoint": self.lambda_endpoint,
+                 "apis": self.api_urls,
                                        "functions": sorted(self.invoker.pools),
                                        "seconds": round(time.monotonic() - started, 2)})
         return self
@@ -200,7 +205,8 @@ class LocalStack:
     def _write_state(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         state = {"pid": os.getpid(), "stack": self.stack.name, "template": str(self.config.template.resolve()),
-                 "endpoint": self.endpoint, "apis": self.api_urls, "outputs": self.outputs()}
+                 "endpoint": self.endpoint, "lambda_endpoint": self.lambda_endpoint,
+                 "apis": self.api_urls, "outputs": self.outputs()}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)

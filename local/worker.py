@@ -15,6 +15,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from . import awscalls
+
 
 class LambdaContext:
     """The attributes and method handlers use from Lambda's context object."""
@@ -36,6 +38,7 @@ class LambdaContext:
 
 
 def _load(spec: dict[str, Any]) -> Any:
+    awscalls.install()
     os.environ.clear()
     os.environ.update(spec["environment"])
     for path in reversed([spec["code_dir"], *spec["layer_dirs"]]):
@@ -68,12 +71,12 @@ def main(conn: Connection, spec: dict[str, Any]) -> None:
             return
         request_id, event, deadline_ms, invoked_arn = msg
         if init_error is not None:
-            conn.send(("error", init_error))
+            conn.send(("error", init_error, {}))
             continue
         try:
             result = handler(event, LambdaContext(spec, request_id, deadline_ms, invoked_arn))
             # Lambda serialises the result as JSON: a handler returning something else fails there too.
-            conn.send(("ok", json.dumps(result)))
+            conn.send(("ok", json.dumps(result), awscalls.take()))
         except BaseException as exc:
-            conn.send(("error", _error(exc)))
+            conn.send(("error", _error(exc), awscalls.take()))
         sys.stdout.flush()

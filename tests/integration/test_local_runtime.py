@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import requests
 
 from local.stack import Config, LocalStack, free_port
 
+POLL_SETTLE = 1.5  # a poll already waiting (1 s long poll) may still return once
 PROBE = Path(__file__).resolve().parent.parent / "fixtures" / "probe_app" / "template.yaml"
 
 
@@ -191,3 +193,29 @@ def test_timeout_kills_the_invocation_and_the_message_returns(probe: tuple[Local
     pool = stack.invoker.pools["ProbeFunction"]
     assert pool.spec.timeout == 2.0
     sqs.purge_queue(QueueUrl=url)
+
+
+def test_event_source_mappings_pause_and_resume_through_the_lambda_api(probe: tuple[LocalStack, Path]) -> None:
+    stack, record = probe
+    lam = boto3.client("lambda", endpoint_url=stack.lambda_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    mappings = lam.list_event_source_mappings(FunctionName="probe-ProbeFunction")["EventSourceMappings"]
+    work = next(m for m in mappings if m["EventSourceArn"].endswith(":probe-WorkQueue.fifo"))
+    assert work["State"] == "Enabled" and work["BatchSize"] == 10
+    assert work["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert lam.update_event_source_mapping(UUID=work["UUID"], Enabled=False)["State"] == "Disabled"
+    time.sleep(POLL_SETTLE)
+    tag = "paused-" + uuid.uuid4().hex[:6]
+    send_fifo(stack, [("P", {"tag": tag, "n": 1})])
+    time.sleep(2)
+    assert batches_with(record, tag) == [], "a disabled mapping does not poll"
+    lam.update_event_source_mapping(UUID=work["UUID"], Enabled=True)
+    wait_for(lambda: batches_with(record, tag), timeout=10)
+
+
+def test_aws_calls_are_counted_through_botocore_hooks(probe: tuple[LocalStack, Path]) -> None:
+    stack, _ = probe
+    calls = requests.get(stack.lambda_endpoint + "/_local/aws-calls", timeout=10).json()
+    assert calls["runtime"].get("sqs.ReceiveMessage", 0) > 0
+    assert calls["runtime"].get("sqs.DeleteMessageBatch", 0) > 0
+    assert "ProbeFunction" in calls["functions"]
