@@ -1,0 +1,53 @@
+"""`python -m bench` (make bench): every Mars benchmark, with its ratio to a baseline of the same run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import pipeline
+from .common import machine
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    sizes = pipeline.Sizes(events=1000, backlog=1000, seconds=3) if args.quick else pipeline.Sizes()
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, Python {info['python']}, "
+          f"moto {info['moto']}, load {info['loadavg']}", flush=True)
+    res = pipeline.run(sizes)
+    f = res.figures
+    b, d = res.notes["b"], res.notes["d"]
+    per_event, minimum, invokes, min_invokes = pipeline.calls_per_event(b, sizes.events_per_message)
+    rows = [
+        ("(a) emulator ceiling, pipeline calls", f["pipeline_ceiling_eps"], "events/s", "baseline", None),
+        ("(a) emulator ceiling, SendMessage", f["send_ceiling_rps"], "req/s", "baseline", None),
+        ("(b) HTTP bulk ingest → stored", f["bulk_eps"], "events/s", "(b)/(a)", f["bulk_eps"] / f["pipeline_ceiling_eps"]),
+        ("(c) HTTP single events", f["single_rps"], "req/s", "(c)/send", f["single_rps"] / f["send_ceiling_rps"]),
+        (f"(d) (b) with {sizes.backlog} waiting", f["backlog_eps"], "events/s", "(d)/(b)", f["backlog_eps"] / f["bulk_eps"]),
+    ]
+    print(f"\n{'figure':44} {'value':>10} {'unit':9} {'ratio':>8}  goal")
+    for name, value, unit, label, ratio in rows:
+        ratio_text = f"{ratio:8.2f}  {label} ≥ 0.80 {'✓' if ratio >= 0.8 else '✗'}" if ratio is not None else f"{'':8}  {label}"
+        print(f"{name:44} {value:10.1f} {unit:9} {ratio_text}")
+    lat = res.notes["c_latency_ms"]
+    print(f"\n(c) latency ms: p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
+          f"({sizes.connections} connections)")
+    print(f"(b) {b['events']} events accepted in {b['accept_seconds']} s, all stored after {b['seconds']} s")
+    print(f"(d) {d['events']} + {d['backlog']} waiting, all stored after {d['seconds']} s")
+    print(f"(b) AWS API calls per event: {per_event:.3f} (minimum possible {minimum:.3f}); "
+          f"Lambda invokes per event: {invokes:.3f} (minimum {min_invokes:.3f})")
+    print("    by operation: " + ", ".join(f"{k} {v}" for k, v in sorted(b["calls"].items())))
+    print("\nsame load with wrk (apt-get install wrk; Mars's README): "
+          "wrk -t2 -c32 -d10s http://127.0.0.1:4000/api/create_event")
+    if args.json:
+        print(json.dumps({"machine": info, "figures": f, "notes": res.notes}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""What every benchmark shares: the machine, a local stack as a user starts it, timing helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import requests
+from botocore.config import Config as BotoConfig
+
+from local.stack import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import moto
+
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "moto": moto.__version__,
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def client(service: str, endpoint: str, pool: int = 64) -> Any:
+    return boto3.client(service, endpoint_url=endpoint, **CREDS,
+                        config=BotoConfig(max_pool_connections=pool, retries={"max_attempts": 5, "mode": "standard"}))
+
+
+@dataclass
+class Emulator:
+    process: subprocess.Popen[bytes]
+    endpoint: str
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_emulator(patched: bool = True) -> Emulator:
+    port = free_port()
+    cmd = [sys.executable, "-m", "local.emulator", "--port", str(port)] + ([] if patched else ["--no-patches"])
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wait_for_port("127.0.0.1", port, 30, proc)
+    return Emulator(proc, f"http://127.0.0.1:{port}")
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[bytes]
+    state: dict[str, Any]
+    log: Path
+
+    @property
+    def api(self) -> str:
+        return str(self.state["outputs"]["ApiUrl"]).rstrip("/")
+
+    @property
+    def queue_urls(self) -> list[str]:
+        return str(self.state["outputs"]["EventsQueueUrls"]).split(",")
+
+    def lambda_client(self) -> Any:
+        return client("lambda", self.state["lambda_endpoint"])
+
+    def aws_calls(self) -> dict[str, int]:
+        got = requests.get(self.state["lambda_endpoint"] + "/_local/aws-calls", timeout=10).json()
+        total: dict[str, int] = dict(got["runtime"])
+        for calls in got["functions"].values():
+            for k, v in calls.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def set_triggers(self, enabled: bool) -> None:
+        lam = self.lambda_client()
+        for m in lam.list_event_source_mappings()["EventSourceMappings"]:
+            lam.update_event_source_mapping(UUID=m["UUID"], Enabled=enabled)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_stack(workdir: Path, *extra: str) -> Stack:
+    """`mars up` exactly as a user runs it, on free ports, logging to a file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    state_dir, log = workdir / "state", workdir / "stack.log"
+    name = f"bench{os.getpid()}"
+    cmd = [sys.executable, "-m", "mars.cli", "up", "--stack-name", name, "--state-dir", str(state_dir),
+           "--api-port", str(free_port()), "--emulator-port", str(free_port()), "--log-level", "WARNING", *extra]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    path = state_dir / f"{name}.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("mars up failed:\n" + log.read_text()[-2000:])
+        if path.exists():
+            return Stack(proc, json.loads(path.read_text()), log)
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("mars up did not start in time")
+
+
+def depth(sqs: Any, urls: list[str]) -> int:
+    total = 0
+    for url in urls:
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        total += int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    return total
+
+
+def wait_drained(sqs: Any, urls: list[str], timeout: float, interval: float = 0.2) -> float:
+    """Returns the monotonic time at which every queue was first seen empty (nothing waiting or in flight)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if depth(sqs, urls) == 0:
+            return time.monotonic()
+        time.sleep(interval)
+    raise TimeoutError(f"queues not drained after {timeout}s")
+
+
+def progress(text: str) -> None:
+    print(f"  … {text}", file=sys.stderr, flush=True)

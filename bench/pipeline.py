@@ -1,0 +1,277 @@
+"""The spine's figures (issue 2, `make bench`):
+
+(a) the emulator's ceiling for this pipeline: a tight loop making, straight to the emulator, exactly
+    the calls the pipeline needs per event (SendMessageBatch, ReceiveMessage, DeleteMessageBatch,
+    one UpdateItem per message group) — and the plain SendMessage/s ceiling;
+(b) end-to-end HTTP bulk ingest: events/s from the first request until every event is stored;
+(c) single-event HTTP req/s with many concurrent connections;
+(d) (b) again with 5,000 messages already waiting in the queues.
+Goals: (b)/(a) ≥ 0.8, (c)/(single-send ceiling) ≥ 0.8, (d)/(b) ≥ 0.8.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .common import ROOT, Stack, client, progress, start_emulator, start_stack, wait_drained
+
+sys.path.insert(0, str(ROOT / "layers" / "common"))
+from mars_common import aws as mars_aws  # noqa: E402 - the layer, as Lambda would mount it
+from mars_common.events import parse_event  # noqa: E402
+from mars_common.queues import enqueue  # noqa: E402
+from mars_common.sharding import dedup_id, message_key, shard  # noqa: E402
+from mars_common.store import upsert_message  # noqa: E402
+
+
+@dataclass
+class Sizes:
+    events: int = 5000
+    events_per_message: int = 10
+    backlog: int = 5000
+    clients: int = 4
+    connections: int = 32
+    seconds: float = 8.0
+
+
+@dataclass
+class Results:
+    figures: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def make_events(n: int, per_message: int, run: str) -> list[dict[str, Any]]:
+    apps = [f"bench-{run}-{i}" for i in range(3)]
+    out = []
+    for i in range(n):
+        m = i // per_message
+        out.append({"app_id": apps[m % 3], "message_id": f"msg-{run}-{m}", "event": f"STEP_{i % per_message}",
+                    "created_at": f"2026-11-26T12:{(i // 60) % 60:02d}:{i % 60:02d}.{i % 1000000:06d}Z"})
+    return out
+
+
+# --- (a) ceilings ------------------------------------------------------------------------------------
+def ceilings(sizes: Sizes) -> Results:
+    """Against a fresh emulator of the same kind the stack runs, holding the template's resources."""
+    from local.resources import provision
+    from local.template import Stack as TemplateStack
+    from local.template import load
+
+    res = Results()
+    emu = start_emulator(patched=True)
+    try:
+        os.environ.update({"AWS_ENDPOINT_URL": emu.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+        mars_aws.client.cache_clear()
+        mars_aws.table.cache_clear()
+        stack = TemplateStack(load(ROOT / "template.yaml"), root=ROOT, name="ceiling")
+        provision(stack, lambda s: client(s, emu.endpoint))
+        urls = [stack.ref(f"EventsQueue{i}") for i in range(10)]
+        table = stack.ref("MessagesTable")
+        sqs = client("sqs", emu.endpoint)
+        events = [parse_event(e) for e in make_events(sizes.events, sizes.events_per_message, uuid.uuid4().hex[:6])]
+        by_queue: dict[int, list[Any]] = defaultdict(list)
+        for ev in events:
+            by_queue[shard(ev.app_id, ev.message_id, 10)].append(ev)
+        progress(f"(a) pipeline calls straight to the emulator, {len(events)} events, {sizes.clients} threads")
+
+        def run_queue(q: int) -> None:
+            items = by_queue[q]
+            for start in range(0, len(items), 10):
+                chunk = items[start:start + 10]
+                sqs.send_message_batch(QueueUrl=urls[q], Entries=[
+                    {"Id": str(i), "MessageBody": ev.to_json(), "MessageGroupId": message_key(ev.app_id, ev.message_id),
+                     "MessageDeduplicationId": dedup_id(ev.app_id, ev.message_id, ev.event_id)}
+                    for i, ev in enumerate(chunk)])
+                got = sqs.receive_message(QueueUrl=urls[q], MaxNumberOfMessages=10).get("Messages", [])
+                if got:
+                    sqs.delete_message_batch(QueueUrl=urls[q], Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+                groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+                for ev in chunk:
+                    groups[(ev.app_id, ev.message_id)].append(ev)
+                for (app_id, message_id), evs in groups.items():
+                    upsert_message(table, app_id, message_id, evs, 30)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(sizes.clients) as pool:
+            list(pool.map(run_queue, sorted(by_queue)))
+        res.figures["pipeline_ceiling_eps"] = len(events) / (time.perf_counter() - t0)
+
+        progress(f"(a) plain SendMessage, {sizes.connections} concurrent clients, {sizes.seconds:.0f} s")
+        res.figures["send_ceiling_rps"], _ = _closed_loop(sizes.connections, sizes.seconds, _sqs_sender(sqs, urls))
+    finally:
+        emu.stop()
+        for key in ("AWS_ENDPOINT_URL",):
+            os.environ.pop(key, None)
+    return res
+
+
+def _sqs_sender(sqs: Any, urls: list[str]) -> Any:
+    def send(i: int) -> bool:
+        key = uuid.uuid4().hex
+        sqs.send_message(QueueUrl=urls[i % len(urls)], MessageBody=json.dumps({"i": i}), MessageGroupId=key,
+                         MessageDeduplicationId=key)
+        return True
+    return lambda: send
+
+
+def _closed_loop(workers: int, seconds: float, make: Any) -> tuple[float, list[float]]:
+    """`workers` clients each sending back to back for `seconds`; returns (req/s, latencies ms)."""
+    stop_at = time.perf_counter() + seconds
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        call = make()
+        local: list[float] = []
+        bad = 0
+        i = w * 1_000_000
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            try:
+                ok = call(i)
+            except Exception:
+                ok = False
+            if ok:
+                local.append((time.perf_counter() - start) * 1000)
+            else:
+                bad += 1
+            i += 1
+        with lock:
+            latencies.extend(local)
+            errors[0] += bad
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors[0]:
+        progress(f"{errors[0]} requests failed")
+    return len(latencies) / elapsed, latencies
+
+
+# --- (b) and (d) end to end ------------------------------------------------------------------------
+def bulk_ingest(stack: Stack, sizes: Sizes, backlog: int = 0) -> tuple[float, dict[str, Any]]:
+    run = uuid.uuid4().hex[:6]
+    events = make_events(sizes.events, sizes.events_per_message, run)
+    sqs = client("sqs", stack.state["endpoint"])
+    if backlog:
+        progress(f"(d) pausing triggers, filling the queues with {backlog} waiting messages")
+        stack.set_triggers(False)
+        time.sleep(1.5)
+        _fill(stack, backlog, run)
+    calls_before = stack.aws_calls()
+    bodies = [json.dumps({"events": events[i:i + 500]}).encode() for i in range(0, len(events), 500)]
+    host = urlsplit(stack.api)
+    progress(f"({'d' if backlog else 'b'}) {len(events)} events as {len(bodies)} bulk requests, {sizes.clients} clients")
+
+    def post(body: bytes) -> int:
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=120)
+        conn.request("POST", "/api/event/bulk", body=body, headers={"Content-Type": "application/json"})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    t0 = time.monotonic()
+    if backlog:
+        stack.set_triggers(True)
+    with ThreadPoolExecutor(sizes.clients) as pool:
+        statuses = list(pool.map(post, bodies))
+    accepted_at = time.monotonic()
+    done = wait_drained(sqs, stack.queue_urls, timeout=600)
+    elapsed = done - t0
+    calls = {k: v - calls_before.get(k, 0) for k, v in stack.aws_calls().items() if v - calls_before.get(k, 0)}
+    total = len(events) + backlog
+    info = {"statuses": sorted(set(statuses)), "events": len(events), "backlog": backlog,
+            "accept_seconds": round(accepted_at - t0, 2), "seconds": round(elapsed, 2), "calls": calls}
+    return total / elapsed, info
+
+
+def _fill(stack: Stack, count: int, run: str) -> None:
+    """`count` real events, enqueued exactly as the API enqueues them (same shards, groups, dedup ids)."""
+    os.environ.update({"AWS_ENDPOINT_URL": stack.state["endpoint"], "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    mars_aws.client.cache_clear()
+    events = [parse_event(e) for e in make_events(count, 5, "backlog-" + run)]
+    failures = enqueue(events, tuple(stack.queue_urls))
+    if failures:
+        raise RuntimeError(f"{len(failures)} backlog events not enqueued")
+
+
+def calls_per_event(info: dict[str, Any], per_message: int) -> tuple[float, float, float, float]:
+    """(AWS calls per event, minimum possible, Lambda invokes per event, minimum)."""
+    n = info["events"] + info["backlog"]
+    calls = info["calls"]
+    aws_calls = sum(v for k, v in calls.items() if not k.startswith("lambda."))
+    # per 10 events: one SendMessageBatch, one ReceiveMessage, one DeleteMessageBatch; one UpdateItem per message
+    minimum = 3 / 10 + 1 / per_message
+    invokes = sum(v for k, v in calls.items() if k.startswith("lambda."))
+    return aws_calls / n, minimum, invokes / n, 1 / 10
+
+
+# --- (c) single events -------------------------------------------------------------------------------
+def single_events(stack: Stack, sizes: Sizes) -> tuple[float, list[float]]:
+    host = urlsplit(stack.api)
+    run = uuid.uuid4().hex[:6]
+    progress(f"(c) single POST /api/event, {sizes.connections} keep-alive connections, {sizes.seconds:.0f} s")
+
+    def make() -> Any:
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+
+        def call(i: int) -> bool:
+            body = json.dumps({"app_id": f"single-{run}", "message_id": f"s-{i}", "event": "CREATED"})
+            conn.request("POST", "/api/event", body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status == 202
+        return call
+
+    return _closed_loop(sizes.connections, sizes.seconds, make)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def run(sizes: Sizes) -> Results:
+    res = ceilings(sizes)
+    workdir = Path(tempfile.mkdtemp(prefix="mars-bench-"))
+    stack = start_stack(workdir, "--warm", "4")
+    try:
+        time.sleep(1)
+        eps_b, info_b = bulk_ingest(stack, sizes)
+        res.figures["bulk_eps"] = eps_b
+        res.notes["b"] = info_b
+        sqs = client("sqs", stack.state["endpoint"])
+        rps, lat = single_events(stack, sizes)
+        res.figures["single_rps"] = rps
+        res.notes["c_latency_ms"] = {"p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99),
+                                     "mean": statistics.fmean(lat) if lat else float("nan")}
+        wait_drained(sqs, stack.queue_urls, timeout=600)
+        eps_d, info_d = bulk_ingest(stack, sizes, backlog=sizes.backlog)
+        res.figures["backlog_eps"] = eps_d
+        res.notes["d"] = info_d
+    finally:
+        stack.stop()
+    return res
