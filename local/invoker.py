@@ -16,7 +16,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 from . import worker

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import string
 import threading
@@ -37,7 +38,6 @@ from typing import Any
 
 from moto.core.utils import camelcase_to_underscores, unix_time, unix_time_millis
 from moto.moto_api._internal import mock_random as random
-from moto.sqs import models as sqs_models
 from moto.sqs.exceptions import (
     InvalidAttributeName,
     InvalidParameterValue,
@@ -68,8 +68,9 @@ _LONG_POLL_RECHECK_SECONDS = 1.0
 
 _apply_lock = threading.Lock()
 _applied = False
-# The moto attributes we replaced, keyed "Class.attr"; lets tests compare.
+# The moto attributes we replaced, keyed "Class.attr" (None: was inherited).
 ORIGINALS: dict[str, Any] = {}
+_replaced: list[tuple[type, str, Any]] = []
 
 
 # --------------------------------------------------------------------------
@@ -171,7 +172,12 @@ class _QueueState:
 def _state(queue: Queue) -> _QueueState:
     state = queue.__dict__.get("_local_sqs_state")
     if state is None:
-        state = queue.__dict__.setdefault("_local_sqs_state", _QueueState())
+        fresh = _QueueState()
+        # A queue created before apply() (or after revert()) has moto's set here.
+        legacy = queue.__dict__.pop("deleted_messages", None)
+        if legacy:
+            fresh.deleted_handles = dict.fromkeys(legacy, time.monotonic())
+        state = queue.__dict__.setdefault("_local_sqs_state", fresh)
     return state
 
 
@@ -295,9 +301,7 @@ def _approximate_number_of_messages_delayed(self: Queue) -> int:
 
 def _messages_property(self: Queue) -> list[Message]:
     now = unix_time_millis()
-    return [
-        m for m in self._messages if now > m.visible_at and not now < m.delayed_until
-    ]
+    return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
 
 
 # Moto's ``attributes`` counts every message three times (see above) and is called
@@ -325,7 +329,7 @@ def _attributes(self: Queue) -> dict[str, Any]:
     if self.policy:
         result["Policy"] = self.policy
     if self.redrive_policy:  # type: ignore[attr-defined]
-        result["RedrivePolicy"] = sqs_models.json.dumps(self.redrive_policy)  # type: ignore[attr-defined]
+        result["RedrivePolicy"] = json.dumps(self.redrive_policy)  # type: ignore[attr-defined]
     for key in result:
         if isinstance(result[key], bool):
             result[key] = str(result[key]).lower()
@@ -369,12 +373,7 @@ def _is_duplicate(queue: Queue, message: Message) -> bool:
 def _enqueue(queue: Queue, message: Message, deduplicate: bool) -> bool:
     """Append ``message`` (unless it is a FIFO duplicate) and wake long pollers."""
     with queue._messages_lock:
-        if (
-            deduplicate
-            and queue.fifo_queue
-            and (_content_based_dedup(queue) or message.deduplication_id)
-            and _is_duplicate(queue, message)
-        ):
+        if deduplicate and queue.fifo_queue and (_content_based_dedup(queue) or message.deduplication_id) and _is_duplicate(queue, message):
             return False
         _store(queue).append(message)
         queue._messages_lock.notify_all()
@@ -395,9 +394,7 @@ def _run_event_source_mappings(queue: Queue) -> None:
         )
         from moto.awslambda.utils import get_backend
 
-        result = get_backend(queue.account_id, queue.region).send_sqs_batch(
-            arn, messages, queue.queue_arn
-        )
+        result = get_backend(queue.account_id, queue.region).send_sqs_batch(arn, messages, queue.queue_arn)
         if result:
             for m in messages:
                 backend.delete_message(queue.name, m.receipt_handle)  # type: ignore[arg-type]
@@ -438,10 +435,7 @@ def _delete_message(self: Queue, receipt_handle: str) -> None:
                 deleted[handle] = now
         while deleted:
             oldest = next(iter(deleted))
-            if (
-                len(deleted) <= DELETED_HANDLE_MAX
-                and now - deleted[oldest] < DELETED_HANDLE_TTL_SECONDS
-            ):
+            if len(deleted) <= DELETED_HANDLE_MAX and now - deleted[oldest] < DELETED_HANDLE_TTL_SECONDS:
                 break
             del deleted[oldest]
         self._messages_lock.notify_all()
@@ -452,10 +446,7 @@ def _delete_message(self: Queue, receipt_handle: str) -> None:
 def _wait_for_messages(self: Queue, timeout: int) -> None:
     def has_visible() -> bool:
         now = unix_time_millis()
-        return any(
-            now > m.visible_at and not now < m.delayed_until
-            for m in _store(self).live()
-        )
+        return any(now > m.visible_at and not now < m.delayed_until for m in _store(self).live())
 
     with self._messages_lock:
         self._messages_lock.wait_for(has_visible, timeout=timeout)
@@ -483,8 +474,7 @@ def _validate_message(
             raise MissingParameter("MessageGroupId")
         if not content_based and group_id and not deduplication_id:
             raise InvalidParameterValue(
-                "The queue should either have ContentBasedDeduplication enabled or "
-                "MessageDeduplicationId provided explicitly"
+                "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly"
             )
         if delay_seconds > 0:
             raise InvalidParameterValue(
@@ -493,8 +483,7 @@ def _validate_message(
             )
     if len(message_body) > queue.maximum_message_size:  # type: ignore[attr-defined]
         raise InvalidParameterValue(
-            "One or more parameters are invalid. Reason: Message must be shorter "
-            f"than {queue.maximum_message_size} bytes."  # type: ignore[attr-defined]
+            f"One or more parameters are invalid. Reason: Message must be shorter than {queue.maximum_message_size} bytes."  # type: ignore[attr-defined]
         )
     if group_id is None and queue.fifo_queue:
         raise MissingParameter("MessageGroupId")
@@ -529,22 +518,17 @@ def _send_message(
 
     message = Message(str(random.uuid4()), message_body, system_attributes)
     if _content_based_dedup(queue):
-        message.deduplication_id = hashlib.sha256(
-            message_body.encode("utf-8")
-        ).hexdigest()
+        message.deduplication_id = hashlib.sha256(message_body.encode("utf-8")).hexdigest()
     if deduplication_id is not None:
         message.deduplication_id = deduplication_id
-        message.sequence_number = "".join(
-            random.choice(string.digits) for _ in range(20)
-        )
+        message.sequence_number = "".join(random.choice(string.digits) for _ in range(20))
     if group_id is not None:
         message.group_id = group_id
     if message_attributes:
         message.message_attributes = message_attributes
     if delay_seconds > MAXIMUM_MESSAGE_DELAY:  # type: ignore[operator]
         raise InvalidParameterValue(
-            f"Value {delay_seconds} for parameter DelaySeconds is invalid. "
-            "Reason: DelaySeconds must be >= 0 and <= 900."
+            f"Value {delay_seconds} for parameter DelaySeconds is invalid. Reason: DelaySeconds must be >= 0 and <= 900."
         )
     message.mark_sent(delay_seconds=delay_seconds)
     queue.add_message(message)
@@ -609,9 +593,7 @@ def _receive_message(
                 pending.discard(message)
             blocked_groups: set[str] = set()
             if queue.fifo_queue:
-                blocked_groups = {
-                    m.group_id for m in pending if m.group_id is not None
-                }
+                blocked_groups = {m.group_id for m in pending if m.group_id is not None}
             redrive = queue.redrive_policy if queue.dead_letter_queue else None  # type: ignore[attr-defined]
             expired: list[Message] = []
 
@@ -626,11 +608,7 @@ def _receive_message(
                     continue
                 if queue.fifo_queue and message.group_id in blocked_groups:
                     continue
-                if (
-                    redrive
-                    and message.approximate_receive_count
-                    >= redrive["maxReceiveCount"]
-                ):
+                if redrive and message.approximate_receive_count >= redrive["maxReceiveCount"]:
                     messages_to_dlq.append(message)
                     continue
                 if message.sent_timestamp + retention_ms <= now:  # type: ignore[operator]
@@ -655,9 +633,7 @@ def _receive_message(
             if not result and not messages_to_dlq and wait_seconds_timeout:
                 remaining = polling_end - unix_time()
                 if remaining > 0:
-                    queue._messages_lock.wait(
-                        min(remaining, _LONG_POLL_RECHECK_SECONDS)
-                    )
+                    queue._messages_lock.wait(min(remaining, _LONG_POLL_RECHECK_SECONDS))
 
         # Outside the source queue's lock: no lock-order cycle between queues that
         # are each other's dead-letter queue.
@@ -673,9 +649,7 @@ def _receive_message(
 # Moto: scan of every message with ``had_receipt_handle`` (which builds a list per
 # message).  Now the receipt-handle index; same validation and errors.  Making a
 # message visible again wakes long pollers.
-def _change_message_visibility(
-    self: SQSBackend, queue_name: str, receipt_handle: str, visibility_timeout: int
-) -> None:
+def _change_message_visibility(self: SQSBackend, queue_name: str, receipt_handle: str, visibility_timeout: int) -> None:
     queue = self.get_queue(queue_name)
     with queue._messages_lock:
         message = _store(queue).by_handle(receipt_handle)
@@ -697,35 +671,23 @@ def _change_message_visibility(
 
 # Moto builds ``queue.attributes`` (O(n)) up to three times per requested name.
 # Same validation and result, built once.
-def _get_queue_attributes(
-    self: SQSBackend, queue_name: str, attribute_names: list[str]
-) -> dict[str, Any]:
+def _get_queue_attributes(self: SQSBackend, queue_name: str, attribute_names: list[str]) -> dict[str, Any]:
     queue = self.get_queue(queue_name)
     if not attribute_names:
         return {}
-    valid_names = (
-        ["All"] + queue.BASE_ATTRIBUTES + queue.FIFO_ATTRIBUTES + queue.KMS_ATTRIBUTES
-    )
-    invalid_name = next(
-        (name for name in attribute_names if name not in valid_names), None
-    )
+    valid_names = ["All"] + queue.BASE_ATTRIBUTES + queue.FIFO_ATTRIBUTES + queue.KMS_ATTRIBUTES
+    invalid_name = next((name for name in attribute_names if name not in valid_names), None)
     if invalid_name or invalid_name == "":
         raise InvalidAttributeName(invalid_name)
     attributes = queue.attributes
     if "All" in attribute_names:
         return attributes
-    return {
-        name: attributes[name]
-        for name in attribute_names
-        if name in attributes and attributes[name] is not None
-    }
+    return {name: attributes[name] for name in attribute_names if name in attributes and attributes[name] is not None}
 
 
 # Moto reads the retention period through ``get_queue_attributes`` (three
 # ``attributes`` builds).  Same test, O(1).
-def _is_message_valid_based_on_retention_period(
-    self: SQSBackend, queue_name: str, message: Message
-) -> bool:
+def _is_message_valid_based_on_retention_period(self: SQSBackend, queue_name: str, message: Message) -> bool:
     queue = self.get_queue(queue_name)
     retain_until = int(queue.message_retention_period) + message.sent_timestamp / 1000  # type: ignore[attr-defined, operator]
     return retain_until > unix_time()
@@ -748,7 +710,9 @@ def _make_purge_queue(original: Any) -> Any:
 
 
 def _replace(cls: type, name: str, value: Any) -> None:
-    ORIGINALS.setdefault(f"{cls.__name__}.{name}", cls.__dict__.get(name))
+    original = cls.__dict__.get(name)
+    ORIGINALS[f"{cls.__name__}.{name}"] = original
+    _replaced.append((cls, name, original))
     setattr(cls, name, value)
 
 
@@ -761,14 +725,10 @@ def apply() -> None:
         _replace(Message, "__new__", staticmethod(_message_new))
 
         _replace(Queue, "_messages", property(_get_messages, _set_messages))
-        _replace(
-            Queue, "deleted_messages", property(_get_deleted_messages, _set_deleted_messages)
-        )
+        _replace(Queue, "deleted_messages", property(_get_deleted_messages, _set_deleted_messages))
         _replace(Queue, "messages", property(_messages_property))
         _replace(Queue, "attributes", property(_attributes))
-        _replace(
-            Queue, "approximate_number_of_messages", property(_approximate_number_of_messages)
-        )
+        _replace(Queue, "approximate_number_of_messages", property(_approximate_number_of_messages))
         _replace(
             Queue,
             "approximate_number_of_messages_not_visible",
@@ -793,12 +753,43 @@ def apply() -> None:
             "is_message_valid_based_on_retention_period",
             _is_message_valid_based_on_retention_period,
         )
-        _replace(
-            SQSBackend, "purge_queue", _make_purge_queue(SQSBackend.__dict__["purge_queue"])
-        )
+        _replace(SQSBackend, "purge_queue", _make_purge_queue(SQSBackend.__dict__["purge_queue"]))
         _applied = True
     logger.debug("moto SQS patches applied")
 
 
 def is_applied() -> bool:
     return _applied
+
+
+def revert() -> None:
+    """Undo ``apply()``: restore moto's methods and its storage layout on every queue.
+
+    For comparisons (the depth benchmark switches a server back to stock moto after
+    prefilling it).  Only safe while no request is being served.  Deduplication
+    history and the bound on remembered deleted receipt handles are lost.
+    """
+    global _applied
+    with _apply_lock:
+        if not _applied:
+            return
+        layouts = []
+        for _, _, backend in sqs_backends.iter_backends():
+            for queue in list(backend.queues.values()):  # type: ignore[attr-defined]
+                with queue._messages_lock:
+                    layouts.append((queue, list(queue._messages), set(queue.deleted_messages)))
+        for cls, name, original in reversed(_replaced):
+            if original is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, original)
+        _replaced.clear()
+        ORIGINALS.clear()
+        Message.instances_tracked = []  # type: ignore[attr-defined]
+        for queue, messages, deleted in layouts:
+            queue.__dict__.pop("_message_store", None)
+            queue.__dict__.pop("_local_sqs_state", None)
+            queue.__dict__["_messages"] = messages
+            queue.__dict__["deleted_messages"] = deleted
+        _applied = False
+    logger.debug("moto SQS patches reverted")

@@ -6,9 +6,10 @@ Nothing here knows which app it runs: names come from the template and the stack
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cfnlint.decode import cfn_yaml
 

@@ -18,15 +18,24 @@ from mars_common import aws
 from mars_common.config import settings
 from mars_common.events import APP_ID_RE, MAX_EVENT, Event, FieldError, ValidationError, parse_event, parse_events
 from mars_common.queues import enqueue, queue_name, stats
-from mars_common.store import (decode_cursor, encode_cursor, get_items, get_lifecycle, list_messages,
-                               put_lifecycle, to_timeline)
+from mars_common.store import (
+    decode_cursor,
+    encode_cursor,
+    get_items,
+    get_lifecycle,
+    list_messages,
+    put_lifecycle,
+    to_timeline,
+)
 from mars_common.timeline import STATUSES, Lifecycle
 
 app = Chalice(app_name="mars")
 logger = Logger(service="mars-api")
 
 # curl and wrk send form or text content types by default; the body is parsed as JSON regardless.
-BODY_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded"]
+# Chalice is told to accept anything so that an unsupported type gets Mars's error format (415).
+BODY_TYPES = ["*/*"]
+JSON_LIKE_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_CREATE_COUNT = 500
 LOADTEST_LIFECYCLE = ("MESSAGE_CREATED", "MESSAGE_QUEUED", "MESSAGE_SENT", "MESSAGE_DELIVERED", "MESSAGE_ACKED")
@@ -67,6 +76,9 @@ def _handles_errors(view: Any) -> Any:
 
 
 def _body() -> Any:
+    content_type = (app.current_request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+    if content_type not in JSON_LIKE_TYPES:
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", f"send JSON (Content-Type: application/json), not {content_type}")
     raw = app.current_request.raw_body or b""
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body must be at most {MAX_BODY_BYTES} bytes")
@@ -258,7 +270,7 @@ def _parse_lifecycle(body: Any) -> Lifecycle:
 
 
 def _check_app_id(app_id: str) -> None:
-    if not APP_ID_RE.match(app_id):
+    if not APP_ID_RE.fullmatch(app_id):
         raise ValidationError([FieldError("app_id", "must be 1-128 characters of letters, digits and . _ : -")])
 
 

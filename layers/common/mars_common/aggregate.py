@@ -33,13 +33,19 @@ def group_records(records: list[dict[str, Any]]) -> Batch:
     groups: dict[tuple[str, str], MessageGroup] = {}
     poison: dict[str, str] = {}
     order: list[tuple[str, str | None]] = []
+    poisoned_groups: set[str] = set()
     for record in records:
         rid = record["messageId"]
-        order.append((rid, record.get("attributes", {}).get("MessageGroupId")))
+        fifo_group = record.get("attributes", {}).get("MessageGroupId")
+        order.append((rid, fifo_group))
+        if fifo_group is not None and fifo_group in poisoned_groups:
+            continue  # behind a poison record of its FIFO group: not processed (skip_group_on_error)
         try:
             ev = Event.from_json(record["body"])
         except (ValidationError, json.JSONDecodeError, TypeError, KeyError) as exc:
             poison[rid] = str(exc)[:500]
+            if fifo_group is not None:
+                poisoned_groups.add(fifo_group)
             continue
         key = (ev.app_id, ev.message_id)
         group = groups.get(key)

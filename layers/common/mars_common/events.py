@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 APP_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -82,12 +82,13 @@ class Event:
 
 
 def format_ts(moment: datetime) -> str:
-    """One fixed-width UTC form, so stored timestamps sort lexically."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """One fixed-width UTC form, so stored timestamps sort lexically (strftime's %Y does not pad)."""
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def utc_now() -> str:
-    return format_ts(datetime.now(timezone.utc))
+    return format_ts(datetime.now(UTC))
 
 
 def parse_timestamp(value: str) -> str:
@@ -101,8 +102,8 @@ def parse_timestamp(value: str) -> str:
         text = text[:10] + "T" + text[11:]
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return format_ts(moment)
+        moment = moment.replace(tzinfo=UTC)
+    return format_ts(moment)  # may raise OverflowError near year 1 or 9999
 
 
 def derive_event_id(app_id: str, message_id: str, event: str, created_at: str, meta: dict[str, str]) -> str:
@@ -141,7 +142,7 @@ def parse_event(data: Any, *, received_at: str | None = None, index: int | None 
         errors.append(FieldError(unknown, "is not a known field (allowed: " + ", ".join(sorted(ALLOWED_FIELDS)) + ")"))
 
     app_id = _check_text(data, "app_id", 128, errors)
-    if app_id is not None and not APP_ID_RE.match(app_id):
+    if app_id is not None and not APP_ID_RE.fullmatch(app_id):
         errors.append(FieldError("app_id", "may contain only letters, digits and . _ : -"))
         app_id = None
     message_id = _check_text(data, "message_id", MAX_MESSAGE_ID, errors)
@@ -157,14 +158,14 @@ def parse_event(data: Any, *, received_at: str | None = None, index: int | None 
     else:
         try:
             created_at = parse_timestamp(created_raw)
-        except ValueError:
+        except (ValueError, OverflowError):  # overflow: a valid form whose UTC time leaves years 1-9999
             errors.append(FieldError("created_at", f"is not an ISO-8601 / RFC 3339 timestamp: {created_raw[:64]!r}"))
 
     meta = _check_meta(data.get("meta"), errors)
 
     event_id = data.get("event_id")
     if event_id is not None and event_id != "":
-        if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
+        if not isinstance(event_id, str) or not EVENT_ID_RE.fullmatch(event_id):
             errors.append(FieldError("event_id", "must be 1-128 characters of letters, digits and . _ : -"))
             event_id = None
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -63,16 +63,18 @@ def _send_batch(url: str, items: list[tuple[int, Event]]) -> list[EnqueueFailure
     """One SendMessageBatch; entries SQS fails are retried, then reported (never silently lost)."""
     pending = {str(n): item for n, item in enumerate(items)}
     last_error: dict[str, tuple[str, str]] = {}
+    given_up: set[str] = set()  # sender faults: retrying cannot help
     for _attempt in range(SEND_ATTEMPTS):
-        if not pending:
+        retry = sorted((key for key in pending if key not in given_up), key=int)
+        if not retry:
             break
         # Keep order within a message group: FIFO order follows the order of entries.
-        entries = [_entry(int(key), ev) for key, (_i, ev) in sorted(pending.items(), key=lambda kv: int(kv[0]))]
+        entries = [_entry(int(key), pending[key][1]) for key in retry]
         try:
             resp = aws.client("sqs").send_message_batch(QueueUrl=url, Entries=entries)
         except Exception as exc:  # a whole-call failure: every entry is still pending
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-            last_error = {key: (code, str(exc)) for key in pending}
+            last_error.update({key: (code, str(exc)) for key in retry})
             logger.warning("send_message_batch failed", extra={"queue_url": url, "error": str(exc)})
             continue
         for ok in resp.get("Successful", []):
@@ -80,9 +82,9 @@ def _send_batch(url: str, items: list[tuple[int, Event]]) -> list[EnqueueFailure
         for bad in resp.get("Failed", []):
             last_error[bad["Id"]] = (bad.get("Code", "Failed"), bad.get("Message", ""))
             if bad.get("SenderFault"):
-                break  # retrying a sender fault cannot succeed
+                given_up.add(bad["Id"])
     return [EnqueueFailure(i, ev.event_id, *last_error.get(key, ("Unknown", "not enqueued")))
-            for key, (i, ev) in pending.items()]
+            for key, (i, ev) in sorted(pending.items(), key=lambda kv: int(kv[0]))]
 
 
 def queue_name(url: str) -> str:
@@ -113,7 +115,7 @@ def stats(queue_urls: tuple[str, ...], dlq_urls: tuple[str, ...]) -> dict[str, A
 
 def _oldest_ages(names: list[str]) -> dict[str, float | None]:
     """Latest ApproximateAgeOfOldestMessage per queue; None when CloudWatch has no datapoint yet."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     queries = [{
         "Id": f"q{i}",
         "MetricStat": {"Metric": {"Namespace": "AWS/SQS", "MetricName": "ApproximateAgeOfOldestMessage",

@@ -7,7 +7,7 @@ import hashlib
 
 def message_key(app_id: str, message_id: str) -> str:
     """Stable 64-hex identity of a message; also its FIFO MessageGroupId (≤128 chars, any id allowed)."""
-    return hashlib.sha256(f"{app_id}\x1f{message_id}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{app_id}\x1f{message_id}".encode()).hexdigest()
 
 
 def shard(app_id: str, message_id: str, queue_count: int) -> int:
@@ -19,4 +19,4 @@ def shard(app_id: str, message_id: str, queue_count: int) -> int:
 
 def dedup_id(app_id: str, message_id: str, event_id: str) -> str:
     """FIFO MessageDeduplicationId: an event id is unique within its message, not across messages."""
-    return hashlib.sha256(f"{app_id}\x1f{message_id}\x1f{event_id}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{app_id}\x1f{message_id}\x1f{event_id}".encode()).hexdigest()

@@ -12,7 +12,7 @@ import binascii
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
@@ -59,10 +59,12 @@ def upsert_message(table_name: str, app_id: str, message_id: str, events: list[E
             UpdateExpression="SET " + ", ".join(sets),
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
-            ReturnValues="UPDATED_OLD",
+            ReturnValues="ALL_OLD",
         )
-        # UPDATED_OLD returns an event attribute only if it existed before: that event was a duplicate.
-        old = sum(1 for k in resp.get("Attributes", {}) if k.startswith(EVENT_PREFIX))
+        # An event attribute already in the old item was a duplicate. (ALL_OLD, not UPDATED_OLD: emulators
+        # differ on whether an if_not_exists that kept the old value counts as "updated".)
+        before = resp.get("Attributes", {})
+        old = sum(1 for i in range(len(chunk)) if names[f"#e{i}"] in before)
         duplicates += old
         stored += len(chunk) - old
     return UpsertResult(stored=stored, duplicates=duplicates)
@@ -85,7 +87,7 @@ def item_events(item: dict[str, Any]) -> list[dict[str, Any]]:
 def to_timeline(item: dict[str, Any], lifecycle: Lifecycle | None, *, with_events: bool = True,
                 now: datetime | None = None) -> dict[str, Any]:
     events = item_events(item)
-    summary = summarize(events, lifecycle, item.get("updated_at"), now or datetime.now(timezone.utc))
+    summary = summarize(events, lifecycle, item.get("updated_at"), now or datetime.now(UTC))
     out: dict[str, Any] = {"app_id": item["app_id"], "message_id": item["message_id"]}
     if with_events:
         out["events"] = events
@@ -146,7 +148,7 @@ def list_messages(table_name: str, app_id: str, lifecycle: Lifecycle | None, *, 
     table = aws.table(table_name)
     out: list[dict[str, Any]] = []
     start = cursor
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for _ in range(max_pages):
         kwargs: dict[str, Any] = {"IndexName": BY_APP_INDEX, "KeyConditionExpression": Key("app_id").eq(app_id),
                                   "ScanIndexForward": False, "Limit": limit}

@@ -34,8 +34,10 @@ def summarize(events: list[dict[str, Any]], lifecycle: Lifecycle | None, updated
     if not missing:
         status = COMPLETE
     else:
-        # "No event for longer than the SLA": the last time the message changed, by our clock.
-        last = _parse(updated_at) or _parse(last_seen)
+        # "No event for longer than the SLA": when the newest event reached Mars, by our clock
+        # (received_at is kept from the first delivery, so a redelivered duplicate does not reset it).
+        received = [e["received_at"] for e in events if e.get("received_at")]
+        last = _parse(max(received)) if received else (_parse(updated_at) or _parse(last_seen))
         idle = (now - last).total_seconds() if last else 0.0
         status = STUCK if lifecycle.sla_seconds > 0 and idle > lifecycle.sla_seconds else IN_PROGRESS
     return {"missing": missing, "status": status, "first_seen": first_seen, "last_seen": last_seen}

@@ -1,0 +1,364 @@
+"""Embedded AWS emulator: moto server plus the SQS -> CloudWatch metrics AWS publishes.
+
+    python -m local.emulator --host 127.0.0.1 --port 4566 [--no-patches]
+        [--metrics-interval 5]
+
+Serves every moto service on one port (threaded werkzeug server, per-request
+access log off), with ``local.moto_patches`` applied unless ``--no-patches``.
+Logs one JSON line per event on stderr and exits 0 on SIGINT/SIGTERM.
+
+In-process use::
+
+    emulator = serve("127.0.0.1", 0)      # port 0: pick a free port
+    ...  # boto3 clients with endpoint_url=emulator.endpoint_url
+    emulator.stop()
+
+A background thread samples every SQS queue (every account and region) each
+``metrics_interval`` seconds and publishes what AWS publishes automatically:
+namespace ``AWS/SQS``, dimension ``QueueName``, metrics
+``ApproximateNumberOfMessagesVisible``, ``ApproximateNumberOfMessagesNotVisible``,
+``ApproximateNumberOfMessagesDelayed`` and ``ApproximateAgeOfOldestMessage``.  The
+samples are exposed to moto's CloudWatch backend the way moto exposes its own
+AWS-generated metrics (a ``CloudWatchMetricProvider``), so GetMetricData,
+GetMetricStatistics and ListMetrics return them, while the samples live in a
+time-bounded store here instead of growing ``metric_data`` forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+from moto.cloudwatch.models import Dimension, MetricDatum
+from moto.core.common_models import CloudWatchMetricProvider
+from moto.core.utils import unix_time_millis, utcnow
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from moto.sqs.models import sqs_backends
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from local import moto_patches
+
+# Explicit name: under ``python -m`` this module is ``__main__``.
+logger = logging.getLogger("local.emulator")
+
+SQS_NAMESPACE = "AWS/SQS"
+DEFAULT_METRICS_INTERVAL = 5.0
+DEFAULT_METRICS_RETENTION = 3600.0
+
+
+# --------------------------------------------------------------------------
+# JSON logging
+# --------------------------------------------------------------------------
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: level, msg, then any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {"level": record.levelname, "msg": record.getMessage()}
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, separators=(",", ":"))
+
+
+def configure_json_logging(level: int = logging.INFO) -> None:
+    """Send the ``local`` package's logs to stderr as JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("local")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# --------------------------------------------------------------------------
+# SQS -> CloudWatch metrics
+# --------------------------------------------------------------------------
+
+
+class _SqsMetricStore:
+    """Recent AWS/SQS samples per (account, region, queue), bounded by age."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str, str], deque[MetricDatum]] = {}
+        self.retention_seconds = DEFAULT_METRICS_RETENTION
+
+    def add(self, account_id: str, region: str, queue: str, data: list[MetricDatum]) -> None:
+        with self._lock:
+            self._series.setdefault((account_id, region, queue), deque()).extend(data)
+
+    def expire(self, now: Any) -> None:
+        cutoff = now.timestamp() - self.retention_seconds
+        with self._lock:
+            for key in list(self._series):
+                series = self._series[key]
+                while series and series[0].timestamp.timestamp() < cutoff:
+                    series.popleft()
+                if not series:
+                    del self._series[key]
+
+    def get(self, account_id: str, region: str) -> list[MetricDatum]:
+        with self._lock:
+            out: list[MetricDatum] = []
+            for (acct, reg, _), series in self._series.items():
+                if acct == account_id and reg == region:
+                    out.extend(series)
+            return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._series.clear()
+
+
+SQS_METRICS = _SqsMetricStore()
+
+
+class SqsCloudWatchMetrics(CloudWatchMetricProvider):
+    """Moto's hook for AWS-generated metrics: CloudWatchBackend.get_all_metrics()
+    adds whatever every CloudWatchMetricProvider subclass returns."""
+
+    @staticmethod
+    def get_cloudwatch_metrics(account_id: str, region: str) -> list[MetricDatum]:
+        return SQS_METRICS.get(account_id, region)
+
+
+def _datum(name: str, value: float, unit: str, dimensions: list[Dimension], ts: Any) -> MetricDatum:
+    # object.__new__ skips moto's BaseModel.__new__, which would keep every datum
+    # alive forever in MetricDatum.instances_tracked.
+    datum: MetricDatum = object.__new__(MetricDatum)
+    MetricDatum.__init__(datum, SQS_NAMESPACE, name, value, [], ts, unit)
+    datum.dimensions = dimensions  # shared per queue and sample
+    return datum
+
+
+def _iter_queues() -> Iterator[tuple[str, str, Any]]:
+    # Snapshots (list(...)) so accounts, regions and queues created or deleted by
+    # request threads meanwhile cannot break the iteration.
+    for account_id, per_region in list(sqs_backends.items()):
+        for region, backend in list(per_region.items()):
+            for queue in list(backend.queues.values()):
+                yield account_id, region, queue
+
+
+def sample_queue(queue: Any, now_ms: float) -> tuple[int, int, int, float]:
+    """(visible, not visible, delayed, age of oldest message in s) for one queue.
+
+    One pass over a snapshot of the queue's messages; works with or without
+    ``local.moto_patches``.
+    """
+    visible = not_visible = delayed = 0
+    oldest: float | None = None
+    for message in list(queue._messages):
+        is_delayed = now_ms < message.delayed_until
+        if is_delayed:
+            delayed += 1
+        if now_ms > message.visible_at:
+            if not is_delayed:
+                visible += 1
+        else:
+            not_visible += 1
+        sent = message.sent_timestamp
+        if sent is not None and (oldest is None or sent < oldest):
+            oldest = sent
+    age = max(0.0, (now_ms - oldest) / 1000.0) if oldest is not None else 0.0
+    return visible, not_visible, delayed, age
+
+
+def publish_sqs_metrics_once() -> int:
+    """Sample every queue of every account/region once; returns the queue count."""
+    now = utcnow()
+    now_ms = unix_time_millis()
+    published = 0
+    for account_id, region, queue in _iter_queues():
+        try:
+            visible, not_visible, delayed, age = sample_queue(queue, now_ms)
+        except (RuntimeError, AttributeError):  # queue mutated/half-built: next tick
+            continue
+        dims = [Dimension("QueueName", queue.name)]
+        SQS_METRICS.add(
+            account_id,
+            region,
+            queue.name,
+            [
+                _datum("ApproximateNumberOfMessagesVisible", visible, "Count", dims, now),
+                _datum("ApproximateNumberOfMessagesNotVisible", not_visible, "Count", dims, now),
+                _datum("ApproximateNumberOfMessagesDelayed", delayed, "Count", dims, now),
+                _datum("ApproximateAgeOfOldestMessage", age, "Seconds", dims, now),
+            ],
+        )
+        published += 1
+    SQS_METRICS.expire(now)
+    return published
+
+
+class SqsMetricsPublisher(threading.Thread):
+    """Daemon thread: ``publish_sqs_metrics_once()`` every ``interval`` seconds."""
+
+    def __init__(self, interval: float = DEFAULT_METRICS_INTERVAL) -> None:
+        super().__init__(name="sqs-cloudwatch-metrics", daemon=True)
+        self.interval = interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                publish_sqs_metrics_once()
+            except Exception:  # never let one bad tick kill the thread
+                logger.exception("sqs metrics tick failed")
+            self._stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=5)
+
+
+# --------------------------------------------------------------------------
+# Server
+# --------------------------------------------------------------------------
+
+
+class QuietRequestHandler(MotoRequestHandler):
+    """Moto's request handler without werkzeug's per-request access log line."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
+
+
+class Emulator:
+    """A running moto server (plus metrics thread); see ``serve``."""
+
+    def __init__(
+        self,
+        server: BaseWSGIServer,
+        publisher: SqsMetricsPublisher | None,
+        patched: bool,
+    ) -> None:
+        self._server = server
+        self._publisher = publisher
+        self.patched = patched
+        self.host, self.port = str(server.server_address[0]), int(server.server_address[1])
+        self._thread = threading.Thread(target=server.serve_forever, name=f"emulator-{self.port}", daemon=True)
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Emulator:
+        self._thread.start()
+        if self._publisher is not None:
+            self._publisher.start()
+        return self
+
+    def stop(self) -> None:
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self._publisher is not None:
+            self._publisher.stop()
+        self._server.shutdown()
+        self._thread.join(timeout=10)
+        self._server.server_close()
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 4566,
+    patched: bool = True,
+    metrics_interval: float | None = DEFAULT_METRICS_INTERVAL,
+) -> Emulator:
+    """Start moto server in this process (background threads) and return it.
+
+    ``port=0`` binds a free port (see ``Emulator.port``).  ``patched`` applies
+    ``local.moto_patches`` (process-wide, irreversible).  ``metrics_interval``
+    None or <= 0 disables the SQS metrics thread.
+    """
+    if patched:
+        moto_patches.apply()
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
+    publisher = SqsMetricsPublisher(metrics_interval) if metrics_interval is not None and metrics_interval > 0 else None
+    emulator = Emulator(server, publisher, patched).start()
+    logger.info(
+        "emulator listening",
+        extra={"host": emulator.host, "port": emulator.port, "patched": patched},
+    )
+    return emulator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local.emulator", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4566)
+    parser.add_argument("--no-patches", action="store_true", help="run stock moto SQS")
+    parser.add_argument(
+        "--metrics-interval",
+        type=float,
+        default=DEFAULT_METRICS_INTERVAL,
+        help="seconds between AWS/SQS CloudWatch samples (0 disables)",
+    )
+    args = parser.parse_args(argv)
+    configure_json_logging()
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto's own server does
+    try:
+        emulator = serve(
+            args.host,
+            args.port,
+            patched=not args.no_patches,
+            metrics_interval=args.metrics_interval,
+        )
+    except OSError as exc:
+        logger.error(
+            "emulator failed to start",
+            extra={"host": args.host, "port": args.port, "error": str(exc)},
+        )
+        return 1
+    while not stop.wait(0.5):
+        pass
+    emulator.stop()
+    logger.info("emulator stopped", extra={"host": emulator.host, "port": emulator.port})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
