@@ -27,16 +27,24 @@ def main() -> int:
         ("(a) emulator ceiling, pipeline calls", f["pipeline_ceiling_eps"], "events/s", "baseline", None),
         ("(a) emulator ceiling, SendMessage", f["send_ceiling_rps"], "req/s", "baseline", None),
         ("(b) HTTP bulk ingest → stored", f["bulk_eps"], "events/s", "(b)/(a)", f["bulk_eps"] / f["pipeline_ceiling_eps"]),
-        ("(c) HTTP single events", f["single_rps"], "req/s", "(c)/send", f["single_rps"] / f["send_ceiling_rps"]),
+        ("(c) HTTP single events (front door)", f["single_rps"], "req/s", "(c)/send", f["single_rps"] / f["send_ceiling_rps"]),
+        ("(c') the same while the pipeline drains", f["single_rps_draining"], "req/s", "(c')/send",
+         f["single_rps_draining"] / f["send_ceiling_rps"]),
         (f"(d) (b) with {sizes.backlog} waiting", f["backlog_eps"], "events/s", "(d)/(b)", f["backlog_eps"] / f["bulk_eps"]),
     ]
     print(f"\n{'figure':44} {'value':>10} {'unit':9} {'ratio':>8}  goal")
     for name, value, unit, label, ratio in rows:
-        ratio_text = f"{ratio:8.2f}  {label} ≥ 0.80 {'✓' if ratio >= 0.8 else '✗'}" if ratio is not None else f"{'':8}  {label}"
+        if ratio is None:
+            ratio_text = f"{'':8}  {label}"
+        elif label.startswith("(c')"):
+            ratio_text = f"{ratio:8.2f}  {label} (no goal: the emulator also drains)"
+        else:
+            ratio_text = f"{ratio:8.2f}  {label} ≥ 0.80 {'✓' if ratio >= 0.8 else '✗'}"
         print(f"{name:44} {value:10.1f} {unit:9} {ratio_text}")
-    lat = res.notes["c_latency_ms"]
-    print(f"\n(c) latency ms: p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
-          f"({sizes.connections} connections)")
+    for key, label in (("c_latency_ms", "(c) "), ("c_draining_latency_ms", "(c')")):
+        lat = res.notes[key]
+        print(f"{label} latency ms: p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
+              f"({sizes.connections} connections, {lat['count']} requests)")
     print(f"(b) {b['events']} events accepted in {b['accept_seconds']} s, all stored after {b['seconds']} s")
     print(f"(d) {d['events']} + {d['backlog']} waiting, all stored after {d['seconds']} s")
     print(f"(b) AWS API calls per event: {per_event:.3f} (minimum possible {minimum:.3f}); "

@@ -45,24 +45,40 @@ def client(service: str, endpoint: str, pool: int = 64) -> Any:
 
 @dataclass
 class Emulator:
-    process: subprocess.Popen[bytes]
+    """The emulator as the local stack runs it: DynamoDB in a second process unless `split` is off."""
+
+    processes: list[subprocess.Popen[bytes]]
     endpoint: str
+    dynamodb_endpoint: str
+
+    def endpoint_for(self, service: str) -> str:
+        return self.dynamodb_endpoint if service in ("dynamodb", "dynamodbstreams") else self.endpoint
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ENDPOINT_URL_DYNAMODB": self.dynamodb_endpoint,
+                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        for p in self.processes:
+            p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
-def start_emulator(patched: bool = True) -> Emulator:
-    port = free_port()
-    cmd = [sys.executable, "-m", "local.emulator", "--port", str(port)] + ([] if patched else ["--no-patches"])
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_for_port("127.0.0.1", port, 30, proc)
-    return Emulator(proc, f"http://127.0.0.1:{port}")
+def start_emulator(patched: bool = True, split: bool = True) -> Emulator:
+    ports = [free_port() for _ in range(2 if split else 1)]
+    procs = []
+    for port in ports:
+        cmd = [sys.executable, "-m", "local.emulator", "--port", str(port)] + ([] if patched else ["--no-patches"])
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      env={**os.environ, "PYTHONPATH": str(ROOT)}))
+    for port, proc in zip(ports, procs):
+        wait_for_port("127.0.0.1", port, 30, proc)
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    return Emulator(procs, urls[0], urls[-1])
 
 
 @dataclass

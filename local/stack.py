@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config as BotoConfig
 
 from . import apigw_rest, awscalls, lambda_api
@@ -48,6 +49,14 @@ class Config:
     fault_seed: int | None = None
     warm: int = 1
     patched_emulator: bool = True
+    # Services served by a second emulator process (its own GIL, the machine's other core); empty: one process.
+    split_services: tuple[str, ...] = ("dynamodb",)
+
+
+def endpoint_variable(service: str) -> str:
+    """boto3's service-specific endpoint variable: AWS_ENDPOINT_URL_ + the serviceId, upper snake case."""
+    service_id = botocore.session.get_session().get_service_model(service).service_id
+    return "AWS_ENDPOINT_URL_" + re.sub(r"[\s-]+", "_", str(service_id)).upper()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -81,14 +90,16 @@ class LocalStack:
         self.control = lambda_api.LambdaControl(self.invoker, self.pollers)
         self.lambda_endpoint = ""
         self.api_urls: dict[str, str] = {}
-        self._emulator: subprocess.Popen[bytes] | None = None
+        self._emulators: list[subprocess.Popen[bytes]] = []
+        # service → endpoint, for services not served by `self.endpoint`
+        self.service_endpoints: dict[str, str] = {}
 
     # --- clients ---------------------------------------------------------------------------------
     def client(self, service: str) -> Any:
         return boto3.session.Session(
             aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing",
             region_name=self.stack.region,
-        ).client(service, endpoint_url=self.endpoint,
+        ).client(service, endpoint_url=self.service_endpoints.get(service, self.endpoint),
                  config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64))
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -108,7 +119,8 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
-        log.info("stack ready", extra={"stack": self.stack.name, "endpoint": self.endpoint, "lambda_endpoint": self.lambda_endpoint,
+        log.info("stack ready", extra={"stack": self.stack.name, "endpoint": self.endpoint, "service_endpoints": self.service_endpoints,
+                 "lambda_endpoint": self.lambda_endpoint,
                  "apis": self.api_urls,
                                        "functions": sorted(self.invoker.pools),
                                        "seconds": round(time.monotonic() - started, 2)})
@@ -117,13 +129,21 @@ class LocalStack:
     def _start_emulator(self) -> None:
         if self.config.endpoint:
             return
-        cmd = [sys.executable, "-m", "local.emulator", "--host", self.config.host,
-               "--port", str(self.config.emulator_port)]
-        if not self.config.patched_emulator:
-            cmd.append("--no-patches")
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        self._emulator = subprocess.Popen(cmd, env=env)
-        wait_for_port(self.config.host, self.config.emulator_port, 30, self._emulator)
+        ports = [self.config.emulator_port] + [free_port(self.config.host) for _ in self.config.split_services[:1]]
+        for port in ports:
+            cmd = [sys.executable, "-m", "local.emulator", "--host", self.config.host, "--port", str(port)]
+            if not self.config.patched_emulator:
+                cmd.append("--no-patches")
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+            self._emulators.append(subprocess.Popen(cmd, env=env))
+        for port, process in zip(ports, self._emulators):
+            wait_for_port(self.config.host, port, 30, process)
+        if len(ports) > 1:
+            second = f"http://{self.config.host}:{ports[1]}"
+            for service in self.config.split_services:
+                self.service_endpoints[service] = second
+                if service == "dynamodb":  # a table's stream lives where the table does
+                    self.service_endpoints["dynamodbstreams"] = second
 
     def _base_env(self, lambda_endpoint: str) -> dict[str, str]:
         """What Lambda puts in every environment, plus the endpoints: the only local difference."""
@@ -131,6 +151,7 @@ class LocalStack:
         env.update(CREDENTIALS)
         env.update({"AWS_REGION": self.stack.region, "AWS_DEFAULT_REGION": self.stack.region,
                     "AWS_ENDPOINT_URL": self.endpoint, "AWS_ENDPOINT_URL_LAMBDA": lambda_endpoint,
+                    **{endpoint_variable(svc): url for svc, url in self.service_endpoints.items()},
                     "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_EXECUTION_ENV": "AWS_Lambda_local",
                     "PYTHONUNBUFFERED": "1"})
         return env
@@ -176,12 +197,13 @@ class LocalStack:
         for server in self.servers:
             server.stop()
         self.invoker.close()
-        if self._emulator is not None:
-            self._emulator.terminate()
+        for emulator in self._emulators:
+            emulator.terminate()
+        for emulator in self._emulators:
             try:
-                self._emulator.wait(10)
+                emulator.wait(10)
             except subprocess.TimeoutExpired:
-                self._emulator.kill()
+                emulator.kill()
         state = self.state_file
         if state.exists() and json.loads(state.read_text()).get("pid") == os.getpid():
             state.unlink()
@@ -205,7 +227,8 @@ class LocalStack:
     def _write_state(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         state = {"pid": os.getpid(), "stack": self.stack.name, "template": str(self.config.template.resolve()),
-                 "endpoint": self.endpoint, "lambda_endpoint": self.lambda_endpoint,
+                 "endpoint": self.endpoint, "service_endpoints": self.service_endpoints,
+                 "lambda_endpoint": self.lambda_endpoint,
                  "apis": self.api_urls, "outputs": self.outputs()}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))

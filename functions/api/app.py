@@ -129,7 +129,7 @@ def post_bulk() -> Response:
     return _accept(parse_events(body))
 
 
-@app.route("/api/create_event", methods=["GET"])
+@app.route("/api/create_event", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def create_event() -> Response:
     """Mars's load-test route: N random lifecycle events (only where the stage allows test routes)."""
@@ -144,14 +144,14 @@ def create_event() -> Response:
     return _accept(events)
 
 
-@app.route("/api/q/stats", methods=["GET"])
+@app.route("/api/q/stats", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def queue_stats() -> Response:
     cfg = settings()
     return _json(200, stats(cfg.events_queue_urls, (cfg.dead_letter_queue_url,) if cfg.dead_letter_queue_url else ()))
 
 
-@app.route("/status", methods=["GET"])
+@app.route("/status", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def status() -> Response:
     """Health with one check per backing resource; 503 when any is unreachable."""
@@ -180,9 +180,10 @@ def status() -> Response:
                                            "checks": results})
 
 
-@app.route("/api/messages/{message_id}", methods=["GET"])
+@app.route("/api/messages/{message_id}", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def get_message(message_id: str) -> Response:
+    _only_params("app_id")
     app_id = _query().get("app_id")
     if app_id is not None:
         _check_app_id(app_id)
@@ -196,14 +197,11 @@ def get_message(message_id: str) -> Response:
                        "timelines": [to_timeline(i, lifecycles[i["app_id"]]) for i in items]})
 
 
-@app.route("/api/messages", methods=["GET"])
+@app.route("/api/messages", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def list_app_messages() -> Response:
     query = _query()
-    unknown = sorted(set(query) - {"app_id", "status", "limit", "cursor"})
-    if unknown:
-        raise ApiError(400, "VALIDATION_ERROR", "unknown query parameter(s)",
-                       [{"field": k, "message": "is not a known parameter"} for k in unknown])
+    _only_params("app_id", "status", "limit", "cursor")
     app_id = query.get("app_id")
     if not app_id:
         raise ApiError(400, "VALIDATION_ERROR", "app_id is required", [{"field": "app_id", "message": "is required"}])
@@ -236,14 +234,15 @@ def put_app_lifecycle(app_id: str) -> Response:
                        "updated_at": item["updated_at"]})
 
 
-@app.route("/api/apps/{app_id}/lifecycle", methods=["GET"])
+@app.route("/api/apps/{app_id}/lifecycle", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def get_app_lifecycle(app_id: str) -> Response:
     _check_app_id(app_id)
     lifecycle = get_lifecycle(settings().apps_table, app_id)
     if lifecycle is None:
         raise ApiError(404, "NOT_FOUND", f"app {app_id!r} declares no lifecycle; PUT one first")
-    return _json(200, {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds})
+    return _json(200, {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
+                       "updated_at": lifecycle.updated_at})
 
 
 def _parse_lifecycle(body: Any) -> Lifecycle:
@@ -262,6 +261,8 @@ def _parse_lifecycle(body: Any) -> Lifecycle:
     elif len(set(events)) != len(events):
         errors.append(FieldError("events", "names must be unique"))
     sla = body.get("sla_seconds", 0)
+    if isinstance(sla, float) and sla.is_integer():
+        sla = int(sla)  # JSON has one number type: 300.0 is the integer 300
     if isinstance(sla, bool) or not isinstance(sla, int) or not 0 <= sla <= 30 * 86400:
         errors.append(FieldError("sla_seconds", "must be an integer from 0 to 2592000"))
     if errors:
@@ -274,14 +275,18 @@ def _check_app_id(app_id: str) -> None:
         raise ValidationError([FieldError("app_id", "must be 1-128 characters of letters, digits and . _ : -")])
 
 
+def _only_params(*allowed: str) -> None:
+    unknown = sorted(set(_query()) - set(allowed))
+    if unknown:
+        raise ApiError(400, "VALIDATION_ERROR", "unknown query parameter(s)",
+                       [{"field": k, "message": "is not a known parameter"} for k in unknown])
+
+
 def _int_param(name: str, *, default: int, low: int, high: int) -> int:
     raw = _query().get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else low - 1
     if not low <= value <= high:
         raise ValidationError([FieldError(name, f"must be an integer from {low} to {high}")])
     return value

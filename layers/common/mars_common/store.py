@@ -173,7 +173,8 @@ def get_lifecycle(table_name: str, app_id: str) -> Lifecycle | None:
     item = aws.table(table_name).get_item(Key={"app_id": app_id}).get("Item")
     if not item:
         return None
-    return Lifecycle(events=tuple(item.get("events", [])), sla_seconds=int(item.get("sla_seconds", 0)))
+    return Lifecycle(events=tuple(item.get("events", [])), sla_seconds=int(item.get("sla_seconds", 0)),
+                     updated_at=item.get("updated_at"))
 
 
 def put_lifecycle(table_name: str, app_id: str, lifecycle: Lifecycle) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ STATUSES = (COMPLETE, IN_PROGRESS, STUCK, UNKNOWN)
 class Lifecycle:
     events: tuple[str, ...]
     sla_seconds: int
+    updated_at: str | None = field(default=None, compare=False)
 
 
 def _parse(ts: str | None) -> datetime | None:

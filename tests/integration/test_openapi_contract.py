@@ -1,0 +1,427 @@
+"""The running API against docs/openapi.yaml: every operation driven over real HTTP with valid and invalid
+input; every answer's status must be one the document declares for that operation, and its body must match
+the schema declared for that status (refs resolved, patterns read as ECMA-262).
+
+The shared stack (`mars`) serves the ordinary answers; two private stacks serve what needs a stage without
+test routes (404 of /api/create_event) or a broken queue (207/503 of the ingest routes, 503 of /status,
+500 of /api/q/stats), so no other test sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import openapi_schema_validator
+import pytest
+import requests
+from mars_common.sharding import shard
+
+from tests.unit import test_openapi_document as oas
+
+from .conftest import RunningStack, start_stack, wait_timeline
+
+TWO_MIB = 2 * 1024 * 1024
+# (method, path template, status) answered and validated so far; the last test checks the coverage.
+SEEN: set[tuple[str, str, str]] = set()
+NOT_DRIVEN = {  # (method, status) a test need not reach, and why
+    ("get", "500"): "only on an unexpected exception (driven for GET /api/q/stats, with a deleted queue)",
+    ("post", "500"): "only on an unexpected exception",
+    ("put", "500"): "only on an unexpected exception",
+}
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+# --- the document as an oracle ------------------------------------------------------------------
+
+def response_schema(method: str, template: str, status: int | str) -> dict[str, Any] | None:
+    """The JSON schema the document declares for this operation's `status` answer (None: not declared)."""
+    responses = oas.document()["paths"][template][method.lower()]["responses"]
+    response = responses.get(str(status))
+    if response is None:
+        return None
+    here = oas.pointer("paths", template, method.lower(), "responses", str(status))
+    base = response["$ref"][1:] if "$ref" in response else here
+    return oas.ref(base + oas.pointer("content", "application/json", "schema"))
+
+
+def request_schema_errors(method: str, template: str, body: Any) -> list[str]:
+    body_spec = oas.document()["paths"][template][method.lower()]["requestBody"]
+    here = oas.pointer("paths", template, method.lower(), "requestBody")
+    base = body_spec["$ref"][1:] if "$ref" in body_spec else here
+    return oas.schema_errors(body, base + oas.pointer("content", "application/json", "schema"))
+
+
+def check(resp: requests.Response, method: str, template: str) -> Any:
+    """Asserts the answer is declared for the operation and matches its schema; returns the parsed body."""
+    schema = response_schema(method, template, resp.status_code)
+    declared = sorted(oas.document()["paths"][template][method.lower()]["responses"])
+    assert schema is not None, (f"{method} {template} answered {resp.status_code}, not one of {declared}: "
+                                f"{resp.text[:300]}")
+    assert resp.headers.get("Content-Type", "").startswith("application/json"), resp.headers
+    body = resp.json()
+    openapi_schema_validator.validate(body, schema, cls=oas.EcmaOAS31Validator, registry=oas.registry())
+    response = oas.resolve(oas.document()["paths"][template][method.lower()]["responses"][str(resp.status_code)])
+    for header in response.get("headers", {}):
+        assert header in resp.headers, f"{method} {template} {resp.status_code} lacks the header {header}"
+    SEEN.add((method.lower(), template, str(resp.status_code)))
+    return body
+
+
+def call(stack: RunningStack, method: str, template: str, *, path: dict[str, str] | None = None,
+         params: dict[str, Any] | None = None, body: Any = None, raw: bytes | str | None = None,
+         headers: dict[str, str] | None = None) -> requests.Response:
+    url_path = template
+    for name, value in (path or {}).items():
+        url_path = url_path.replace("{" + name + "}", quote(value, safe=""))
+    data = raw if raw is not None else (None if body is None else json.dumps(body, ensure_ascii=False).encode())
+    hdrs = {"Content-Type": "application/json"} if data is not None else {}
+    hdrs.update(headers or {})
+    return requests.request(method, stack.url(url_path), params=params, data=data, headers=hdrs, timeout=30)
+
+
+def expect(stack: RunningStack, status: int, method: str, template: str, **kwargs: Any) -> Any:
+    resp = call(stack, method, template, **kwargs)
+    body = check(resp, method, template)
+    assert resp.status_code == status, resp.text[:500]
+    return body
+
+
+def event(app_id: str, message_id: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {"app_id": app_id, "message_id": message_id, "event": name, **extra}
+
+
+# --- data on the shared stack -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stored(mars: RunningStack) -> dict[str, str]:
+    """Two apps (one with a lifecycle) that used one message id, and a second message of the first app."""
+    app_a, app_b, mid, mid2 = uid("oa"), uid("ob"), uid("contract"), uid("contract")
+    lifecycle = {"events": ["CREATED", "SENT", "ACKED"], "sla_seconds": 300}
+    assert request_schema_errors("PUT", "/api/apps/{app_id}/lifecycle", lifecycle) == []
+    expect(mars, 200, "PUT", "/api/apps/{app_id}/lifecycle", path={"app_id": app_a}, body=lifecycle)
+    bulk = {"events": [event(app_a, mid, "CREATED", created_at="2026-11-26T10:00:00+01:00", meta={"region": "eu"}),
+                       event(app_a, mid, "SENT", created_at="2026-11-26T09:00:01Z", event_id=f"{mid}:sent"),
+                       event(app_b, mid, "CREATED")]}
+    assert request_schema_errors("POST", "/api/event/bulk", bulk) == []
+    accepted = expect(mars, 202, "POST", "/api/event/bulk", body=bulk)
+    assert accepted["event_ids"][1] == f"{mid}:sent" and len(accepted["event_ids"]) == 3
+    wait_timeline(mars, mid, events=3)  # stored first, so mid2 is the newer message of app_a
+    single = event(app_a, mid2, "CREATED", created_at="2026-11-26T11:00:00Z")
+    assert request_schema_errors("POST", "/api/event", single) == []
+    expect(mars, 202, "POST", "/api/event", body=single)
+    wait_timeline(mars, mid2, events=1)
+    return {"app_a": app_a, "app_b": app_b, "mid": mid, "mid2": mid2}
+
+
+# --- ingest -------------------------------------------------------------------------------------
+
+def test_post_event_202(mars: RunningStack) -> None:
+    mid = uid("c202")
+    for body in (event("shop", mid, "CREATED"),
+                 event("shop", mid, "SENT", created_at="", event_id="", meta=None),
+                 event("shop", mid, "ACKED", created_at="2026-11-26 10:00:00", event_id="k.1:a_b-c", meta={})):
+        assert request_schema_errors("POST", "/api/event", body) == []
+        assert len(expect(mars, 202, "POST", "/api/event", body=body)["event_ids"]) == 1
+    # curl's and wrk's default content types are parsed as JSON too
+    for ctype in ("text/plain", "application/x-www-form-urlencoded"):
+        expect(mars, 202, "POST", "/api/event", body=event("shop", mid, ctype), headers={"Content-Type": ctype})
+
+
+INVALID_EVENTS = [
+    pytest.param(event("a", "m", "E", colour="red"), "colour", id="unknown-field"),
+    pytest.param({"app_id": "a", "event": "E"}, "message_id", id="missing-field"),
+    pytest.param(event("a", "m", 42), "event", id="wrong-type"),
+    pytest.param(event("a b", "m", "E"), "app_id", id="bad-app-id"),
+    pytest.param(event("a", "m" * 257, "E"), "message_id", id="message-id-too-long"),
+    pytest.param(event("a", "m\u0007", "E"), "message_id", id="control-char"),
+    pytest.param(event("a", "m", "E", created_at="yesterday"), "created_at", id="bad-timestamp"),
+    pytest.param(event("a", "m", "E", event_id="has space"), "event_id", id="bad-event-id"),
+    pytest.param(event("a", "m", "E", meta={"x": {"y": 1}}), "meta", id="meta-not-flat"),
+    pytest.param(event("a", "m", "E", meta={"k": "v" * 3000}), "meta", id="meta-too-big"),
+    pytest.param({"events": [event("a", "m", "E")]}, "events", id="bulk-on-single-route"),
+]
+
+
+@pytest.mark.parametrize("body,field", INVALID_EVENTS)
+def test_post_event_400_validation(mars: RunningStack, body: Any, field: str) -> None:
+    # The schema leaves two rules to prose: the 2 KB meta limit (x-max-json-bytes) and the timestamp grammar.
+    if field != "created_at" and (field != "meta" or "x" in body["meta"]):
+        assert request_schema_errors("POST", "/api/event", body) != [], "the document should refuse it too"
+    err = expect(mars, 400, "POST", "/api/event", body=body)["error"]
+    assert err["code"] == "VALIDATION_ERROR" and field in {d["field"] for d in err["details"]}
+
+
+@pytest.mark.parametrize("raw,code", [(b'{"app_id": "a", ', "INVALID_JSON"), (b"", "INVALID_JSON"),
+                                      (b"  \n", "INVALID_JSON"), (b"[1, 2]", "VALIDATION_ERROR"),
+                                      (b'"event"', "VALIDATION_ERROR")], ids=["truncated", "empty", "blank", "array",
+                                                                              "string"])
+def test_post_event_400_malformed(mars: RunningStack, raw: bytes, code: str) -> None:
+    assert expect(mars, 400, "POST", "/api/event", raw=raw)["error"]["code"] == code
+
+
+def test_post_bulk_202_and_400(mars: RunningStack) -> None:
+    mid = uid("cbulk")
+    good = [event("shop", mid, f"E{i}", created_at=f"2026-11-26T10:00:0{i}Z") for i in range(3)]
+    assert len(expect(mars, 202, "POST", "/api/event/bulk", body={"events": good})["event_ids"]) == 3
+    bad_item = {"events": [good[0], event("shop", mid, "E", created_at="never"), "not an event"]}
+    assert request_schema_errors("POST", "/api/event/bulk", bad_item) != []
+    details = expect(mars, 400, "POST", "/api/event/bulk", body=bad_item)["error"]["details"]
+    assert {(d["index"], d["field"]) for d in details} == {(1, "created_at"), (2, "events[2]")}
+    for body in ({"events": [good[0]] * 501}, {"events": []}, {"events": good[0]}, good[0],
+                 {"events": good, "app_id": "shop"}):
+        assert request_schema_errors("POST", "/api/event/bulk", body) != []
+        expect(mars, 400, "POST", "/api/event/bulk", body=body)
+    assert expect(mars, 400, "POST", "/api/event/bulk", raw=b"{")["error"]["code"] == "INVALID_JSON"
+
+
+@pytest.mark.parametrize("method,template,path", [("POST", "/api/event", {}), ("POST", "/api/event/bulk", {}),
+                                                  ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "big"})],
+                         ids=["event", "bulk", "lifecycle"])
+def test_body_over_2_mib_is_413(mars: RunningStack, method: str, template: str, path: dict[str, str]) -> None:
+    raw = json.dumps({"app_id": "a", "message_id": uid("c413"), "event": "E", "meta": {"pad": "x" * TWO_MIB}})
+    assert len(raw) > TWO_MIB
+    body = expect(mars, 413, method, template, path=path, raw=raw.encode())
+    assert body["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_create_event_202_and_400(mars: RunningStack) -> None:
+    assert len(expect(mars, 202, "GET", "/api/create_event", params={"count": 3})["event_ids"]) == 3
+    assert len(expect(mars, 202, "GET", "/api/create_event")["event_ids"]) == 1
+    for count in ("0", "501", "abc", ""):
+        details = expect(mars, 400, "GET", "/api/create_event", params={"count": count})["error"]["details"]
+        assert details[0]["field"] == "count"
+
+
+# --- operations ---------------------------------------------------------------------------------
+
+def test_queue_stats_200(mars: RunningStack) -> None:
+    stats = expect(mars, 200, "GET", "/api/q/stats")
+    assert len(stats["queues"]) == 10 and len(stats["dead_letter"]) == 1
+
+
+def test_status_200(mars: RunningStack) -> None:
+    health = expect(mars, 200, "GET", "/status")
+    assert health["status"] == "ok" and len(health["checks"]) == 13
+
+
+# --- timelines ----------------------------------------------------------------------------------
+
+def test_get_message_200_404_400(mars: RunningStack, stored: dict[str, str]) -> None:
+    template = "/api/messages/{message_id}"
+    both = expect(mars, 200, "GET", template, path={"message_id": stored["mid"]})
+    assert [t["app_id"] for t in both["timelines"]] == sorted([stored["app_a"], stored["app_b"]])
+    one = expect(mars, 200, "GET", template, path={"message_id": stored["mid"]}, params={"app_id": stored["app_a"]})
+    (timeline,) = one["timelines"]
+    assert [e["event"] for e in timeline["events"]] == ["CREATED", "SENT"]  # by created_at, not arrival
+    assert timeline["missing"] == ["ACKED"] and timeline["status"] == "in_progress"
+    assert timeline["events"][0]["meta"] == {"region": "eu"}
+    expect(mars, 404, "GET", template, path={"message_id": uid("nope")})
+    expect(mars, 404, "GET", template, path={"message_id": stored["mid"]}, params={"app_id": uid("other")})
+    expect(mars, 404, "GET", template, path={"message_id": "a message id / with ünicode?"})
+    details = expect(mars, 400, "GET", template, path={"message_id": stored["mid"]},
+                     params={"app_id": "bad app"})["error"]["details"]
+    assert details[0]["field"] == "app_id"
+
+
+def test_list_messages_200(mars: RunningStack, stored: dict[str, str]) -> None:
+    template = "/api/messages"
+    first = expect(mars, 200, "GET", template, params={"app_id": stored["app_a"], "limit": 1})
+    assert [i["message_id"] for i in first["items"]] == [stored["mid2"]] and first["cursor"]
+    second = expect(mars, 200, "GET", template, params={"app_id": stored["app_a"], "limit": 1,
+                                                         "cursor": first["cursor"]})
+    assert [i["message_id"] for i in second["items"]] == [stored["mid"]]
+    filtered = expect(mars, 200, "GET", template, params={"app_id": stored["app_a"], "status": "in_progress",
+                                                           "cursor": ""})
+    assert {i["message_id"] for i in filtered["items"]} == {stored["mid"], stored["mid2"]}
+    assert filtered["cursor"] is None
+    unknown = expect(mars, 200, "GET", template, params={"app_id": stored["app_b"], "status": "unknown"})
+    assert [i["status"] for i in unknown["items"]] == ["unknown"]
+    assert expect(mars, 200, "GET", template, params={"app_id": uid("empty")}) == {"items": [], "cursor": None}
+
+
+@pytest.mark.parametrize("params,field", [
+    ({}, "app_id"), ({"app_id": ""}, "app_id"), ({"app_id": "bad app"}, "app_id"),
+    ({"app_id": "x", "status": "lost"}, "status"), ({"app_id": "x", "limit": "0"}, "limit"),
+    ({"app_id": "x", "limit": "101"}, "limit"), ({"app_id": "x", "limit": "ten"}, "limit"),
+    ({"app_id": "x", "cursor": "!!!"}, "cursor"), ({"app_id": "x", "colour": "red"}, "colour"),
+], ids=["no-app", "empty-app", "bad-app", "bad-status", "limit-0", "limit-101", "limit-text", "bad-cursor",
+        "unknown-param"])
+def test_list_messages_400(mars: RunningStack, params: dict[str, str], field: str) -> None:
+    details = expect(mars, 400, "GET", "/api/messages", params=params)["error"]["details"]
+    assert field in {d["field"] for d in details}
+
+
+def test_a_cursor_of_another_app_is_400(mars: RunningStack, stored: dict[str, str]) -> None:
+    page = expect(mars, 200, "GET", "/api/messages", params={"app_id": stored["app_a"], "limit": 1})
+    expect(mars, 400, "GET", "/api/messages", params={"app_id": stored["app_b"], "cursor": page["cursor"]})
+
+
+# --- lifecycles ---------------------------------------------------------------------------------
+
+def test_lifecycle_put_get_200_404_400(mars: RunningStack, stored: dict[str, str]) -> None:
+    template = "/api/apps/{app_id}/lifecycle"
+    got = expect(mars, 200, "GET", template, path={"app_id": stored["app_a"]})
+    assert got == {"app_id": stored["app_a"], "events": ["CREATED", "SENT", "ACKED"], "sla_seconds": 300,
+                   "updated_at": got["updated_at"]}
+    app = uid("olife")
+    put = expect(mars, 200, "PUT", template, path={"app_id": app}, body={"events": ["A"]})
+    assert put["sla_seconds"] == 0 and put["updated_at"]
+    expect(mars, 200, "PUT", template, path={"app_id": app}, raw=json.dumps({"events": ["A", "B"]}),
+           headers={"Content-Type": "text/plain"})
+    assert expect(mars, 200, "GET", template, path={"app_id": app})["events"] == ["A", "B"]
+    expect(mars, 404, "GET", template, path={"app_id": uid("nolife")})
+    expect(mars, 400, "GET", template, path={"app_id": "bad app"})
+    for body in ({"events": [], "sla_seconds": -1}, {"events": ["A", "A"]}, {"events": ["A"], "colour": "red"},
+                 {"events": ["A"], "sla_seconds": "60"}, ["A"]):
+        assert request_schema_errors("PUT", template, body) != []
+        expect(mars, 400, "PUT", template, path={"app_id": app}, body=body)
+    assert expect(mars, 400, "PUT", template, path={"app_id": app}, raw=b"")["error"]["code"] == "INVALID_JSON"
+    expect(mars, 400, "PUT", template, path={"app_id": "bad app"}, body={"events": ["A"]})
+
+
+# --- content types and ids at the edges ----------------------------------------------------------
+
+@pytest.mark.parametrize("method,template,path", [("POST", "/api/event", {}), ("POST", "/api/event/bulk", {}),
+                                                  ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "ctype"})],
+                         ids=["event", "bulk", "lifecycle"])
+def test_an_unsupported_content_type_is_415(mars: RunningStack, method: str, template: str,
+                                            path: dict[str, str]) -> None:
+    path = {name: uid(value) for name, value in path.items()}
+    body = {"events": ["A"]} if method == "PUT" else event("a", uid("c415"), "E")
+    if template.endswith("bulk"):
+        body = {"events": [body]}
+    err = expect(mars, 415, method, template, path=path, body=body, headers={"Content-Type": "application/xml"})
+    assert err["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    expect(mars, 202 if method == "POST" else 200, method, template, path=path, body=body,
+           headers={"Content-Type": "application/json; charset=utf-8"})
+
+
+def test_get_ignores_the_content_type(mars: RunningStack) -> None:
+    """A GET has no body: its Content-Type header (whatever a client sends) does not matter."""
+    expect(mars, 200, "GET", "/api/q/stats", headers={"Content-Type": "text/plain"})
+
+
+@pytest.mark.parametrize("case", ["event_id", "lifecycle-path", "list-query", "message-query"])
+def test_a_trailing_newline_is_not_a_valid_id(mars: RunningStack, case: str) -> None:
+    """ECMA-262 `$` (the document's patterns) matches only at the end; Python's `re.match` also before a `\n`."""
+    if case == "event_id":
+        body = event("shop", uid("cnl"), "E", event_id="k\n")
+        assert request_schema_errors("POST", "/api/event", body) != []
+        expect(mars, 400, "POST", "/api/event", body=body)
+    elif case == "lifecycle-path":
+        expect(mars, 400, "GET", "/api/apps/{app_id}/lifecycle", path={"app_id": "shop\n"})
+    elif case == "list-query":
+        expect(mars, 400, "GET", "/api/messages", params={"app_id": "shop\n"})
+    else:
+        expect(mars, 400, "GET", "/api/messages/{message_id}", path={"message_id": "m"}, params={"app_id": "shop\n"})
+
+
+@pytest.mark.parametrize("created_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_created_at_out_of_range_in_utc_is_a_400(mars: RunningStack, created_at: str) -> None:
+    body = expect(mars, 400, "POST", "/api/event", body=event("shop", uid("cover"), "E", created_at=created_at))
+    assert [d["field"] for d in body["error"]["details"]] == ["created_at"]
+
+
+# --- private stacks: no test routes; a broken queue -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RunningStack]]:
+    """Two stacks of this module's own, started side by side."""
+    specs = {"no_test_routes": ("AllowTestRoutes=false",), "broken": ("AllowTestRoutes=true",)}
+
+    def start(name: str) -> RunningStack:
+        return start_stack(Path(tmp_path_factory.mktemp(f"openapi-{name}")), f"mars-openapi-{name}".replace("_", "-"),
+                           parameters=specs[name])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(start, name) for name in specs}
+        stacks = {}
+        errors = []
+        for name, future in futures.items():
+            try:
+                stacks[name] = future.result()
+            except Exception as exc:  # stop whatever did start before failing
+                errors.append(exc)
+    try:
+        if errors:
+            raise errors[0]
+        yield stacks
+    finally:
+        for stack in stacks.values():
+            stack.process.terminate()
+        for stack in stacks.values():
+            stack.stop()
+
+
+def test_create_event_404_without_test_routes(private: dict[str, RunningStack]) -> None:
+    body = expect(private["no_test_routes"], 404, "GET", "/api/create_event", params={"count": 1})
+    assert "AllowTestRoutes" in body["error"]["message"]
+
+
+def _message_in_shard(app_id: str, queue: int, wanted: bool, queues: int) -> str:
+    while True:
+        mid = uid("cshard")
+        if (shard(app_id, mid, queues) == queue) == wanted:
+            return mid
+
+
+def test_enqueue_failures_207_503_and_unhealthy_resources(private: dict[str, RunningStack]) -> None:
+    stack = private["broken"]
+    urls = stack.outputs["EventsQueueUrls"].split(",")
+    sqs = stack.client("sqs")
+    sqs.delete_queue(QueueUrl=urls[0])
+    at = "2026-11-26T10:00:00Z"  # a fixed created_at, so the derived event ids are the same in every request
+    lost = event("shop", _message_in_shard("shop", 0, True, len(urls)), "E", created_at=at)
+    kept = event("shop", _message_in_shard("shop", 0, False, len(urls)), "E", created_at=at)
+
+    failed = expect(stack, 503, "POST", "/api/event", body=lost)
+    assert failed["event_ids"] == [] and [d["index"] for d in failed["error"]["details"]] == [0]
+    partial = expect(stack, 207, "POST", "/api/event/bulk", body={"events": [kept, lost]})
+    assert len(partial["event_ids"]) == 1 and [d["index"] for d in partial["error"]["details"]] == [1]
+    assert partial["error"]["details"][0]["event_id"] == failed["error"]["details"][0]["event_id"]
+    expect(stack, 207, "GET", "/api/create_event", params={"count": 200})  # ~1 in 10 lands on the deleted queue
+
+    health = expect(stack, 503, "GET", "/status")
+    assert [c["name"] for c in health["checks"] if not c["ok"]] == [urls[0].rsplit("/", 1)[-1]]
+    assert expect(stack, 500, "GET", "/api/q/stats")["error"]["code"] == "INTERNAL"
+
+    for url in urls[1:]:
+        sqs.delete_queue(QueueUrl=url)
+    none = expect(stack, 503, "GET", "/api/create_event", params={"count": 3})
+    assert none["event_ids"] == [] and len(none["error"]["details"]) == 3
+    expect(stack, 503, "POST", "/api/event/bulk", body={"events": [kept, lost]})
+
+
+def test_an_event_before_year_1000_is_stored_fixed_width(private: dict[str, RunningStack]) -> None:
+    """On a private stack: were the year not zero-padded, the queue body would not parse back and the event
+    would be retried into the dead-letter queue, which no shared test should see."""
+    mars = private["no_test_routes"]
+    mid = uid("cyear")
+    body = {"events": [event("shop", mid, "LATE", created_at="2026-01-01T00:00:00Z"),
+                       event("shop", mid, "EARLY", created_at="0999-01-01T00:00:00Z")]}
+    expect(mars, 202, "POST", "/api/event/bulk", body=body)
+    wait_timeline(mars, mid, events=2, timeout=15)
+    timeline = expect(mars, 200, "GET", "/api/messages/{message_id}", path={"message_id": mid})["timelines"][0]
+    assert [e["event"] for e in timeline["events"]] == ["EARLY", "LATE"]
+
+
+# --- every declared answer was driven -------------------------------------------------------------
+
+def test_every_declared_response_was_driven(request: pytest.FixtureRequest) -> None:
+    module = sys.modules[__name__]
+    ours = {item.originalname for item in request.session.items if getattr(item, "module", None) is module}
+    if ours != {name for name in vars(module) if name.startswith("test_")}:
+        pytest.skip("only part of this module was selected")
+    required = {(method, path, status) for method, path, op in oas.operations() for status in op["responses"]
+                if (method, status) not in NOT_DRIVEN}
+    assert required - SEEN == set()
