@@ -113,7 +113,9 @@ class FunctionPool:
                 continue
             self._release(w)
 
-    def _acquire(self) -> tuple[_Worker | None, bool]:
+    def _acquire(self, timeout: float | None = None) -> tuple[_Worker | None, bool] | None:
+        """An idle environment, or the right to start one (True); None if none frees up in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 if self._closed:
@@ -123,7 +125,39 @@ class FunctionPool:
                 if self._count < self.concurrency:
                     self._count += 1
                     return None, True
-                self._cond.wait()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def checkout(self, timeout: float | None = None) -> "_Worker | None":
+        """Reserves a ready execution environment (starting one if the concurrency allows).
+
+        A poller reserves before it receives, as Lambda scales pollers to the concurrency it has:
+        messages are never held in flight waiting for a free environment or a cold start."""
+        got = self._acquire(timeout)
+        if got is None:
+            return None
+        w, _cold = got
+        if w is not None:
+            return w
+        try:
+            w = _Worker(self.spec)
+            w.wait_ready(max(self.spec.timeout, 30))
+        except Exception as exc:
+            log.error("execution environment failed to start", extra={"function": self.spec.name, "error": str(exc)})
+            if w is not None:
+                self._discard(w)
+            else:
+                with self._cond:
+                    self._count -= 1
+                    self._cond.notify()
+            return None
+        return w
+
+    def checkin(self, w: "_Worker") -> None:
+        """Returns an environment reserved with `checkout` and not used."""
+        self._release(w)
 
     def _release(self, w: _Worker) -> None:
         with self._cond:
@@ -139,34 +173,30 @@ class FunctionPool:
             self._count -= 1
             self._cond.notify()
 
-    def invoke(self, event: Any, *, trigger: str, source: str = "", invoked_arn: str = "") -> InvokeResult:
+    def invoke(self, event: Any, *, trigger: str, source: str = "", invoked_arn: str = "",
+               worker: "_Worker | None" = None) -> InvokeResult:
+        """Runs one invocation; `worker` is an environment reserved with `checkout` (released here)."""
         request_id = str(uuid.uuid4())
         start = time.perf_counter()
-        result = self._invoke(event, request_id, invoked_arn)
+        result = self._invoke(event, request_id, invoked_arn, worker)
         result.duration_ms = round((time.perf_counter() - start) * 1000, 2)
         result.request_id = request_id
         self._log(result, event, trigger, source)
         return result
 
-    def _invoke(self, event: Any, request_id: str, invoked_arn: str) -> InvokeResult:
+    def _invoke(self, event: Any, request_id: str, invoked_arn: str, w: "_Worker | None") -> InvokeResult:
         fault = self.fault
         injected = fault is not None and self._random.random() < fault.rate
         if injected and fault and fault.when == "before":
+            if w is not None:
+                self._release(w)
             return InvokeResult(False, error={"errorMessage": "injected fault (before handler)",
                                               "errorType": "InjectedFault"})
-        w, cold = self._acquire()
-        try:
+        if w is None:
+            w = self.checkout()
             if w is None:
-                w = _Worker(self.spec)
-                w.wait_ready(max(self.spec.timeout, 30))
-        except Exception as exc:
-            if w is not None:
-                self._discard(w)
-            else:
-                with self._cond:
-                    self._count -= 1
-                    self._cond.notify()
-            return InvokeResult(False, error={"errorMessage": f"init failed: {exc}", "errorType": "Runtime.InitError"})
+                return InvokeResult(False, error={"errorMessage": "execution environment failed to start",
+                                                  "errorType": "Runtime.InitError"})
         deadline_ms = int(time.time() * 1000 + self.spec.timeout * 1000)
         try:
             w.conn.send((request_id, event, deadline_ms, invoked_arn or self.spec.arn))

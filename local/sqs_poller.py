@@ -118,9 +118,19 @@ class SqsPoller:
                 continue
             if not self._slots.acquire(timeout=0.5):
                 continue
+            # Reserve an execution environment first: received messages never wait for one.
+            try:
+                worker = self.pool.checkout(timeout=0.5)
+            except RuntimeError:  # the pool closed: the stack is stopping
+                self._slots.release()
+                return
+            if worker is None:
+                self._slots.release()
+                continue
             try:
                 messages = self._receive()
             except Exception as exc:
+                self.pool.checkin(worker)
                 self._slots.release()
                 if self._stop.is_set():
                     return
@@ -128,9 +138,10 @@ class SqsPoller:
                 self._stop.wait(1)
                 continue
             if not messages:
+                self.pool.checkin(worker)
                 self._slots.release()
                 continue
-            t = threading.Thread(target=self._process, args=(messages,), daemon=True,
+            t = threading.Thread(target=self._process, args=(messages, worker), daemon=True,
                                  name=f"sqs-batch:{self.source.name}")
             self._batches = [b for b in self._batches if b.is_alive()] + [t]
             t.start()
@@ -166,10 +177,14 @@ class SqsPoller:
             self._change_visibility(back, 1)
         return keep
 
-    def _process(self, messages: list[dict[str, Any]]) -> None:
+    def _process(self, messages: list[dict[str, Any]], worker: Any) -> None:
         try:
-            event = {"Records": [lambda_record(m, self.source, self.region) for m in messages]}
-            result = self.pool.invoke(event, trigger="sqs", source=self.source.name)
+            try:
+                event = {"Records": [lambda_record(m, self.source, self.region) for m in messages]}
+            except Exception:
+                self.pool.checkin(worker)
+                raise
+            result = self.pool.invoke(event, trigger="sqs", source=self.source.name, worker=worker)
             done = self._succeeded(messages, result)
             if done:
                 self._delete(done)

@@ -183,6 +183,13 @@ class LocalStack:
         sqs = self.client("sqs")
         for lid, pool in self.invoker.pools.items():
             for source in sources_for(self.stack, pool.spec.events):
+                visibility = int(sqs.get_queue_attributes(QueueUrl=source.queue_url, AttributeNames=["VisibilityTimeout"])
+                                 ["Attributes"].get("VisibilityTimeout", 30))
+                if visibility < pool.spec.timeout:
+                    # Lambda refuses this mapping; locally it runs (tests want fast redelivery), with a warning.
+                    log.warning("queue visibility timeout is shorter than the function timeout (AWS rejects this)",
+                                extra={"queue": source.name, "visibility_timeout": visibility,
+                                       "function_timeout": pool.spec.timeout})
                 poller = SqsPoller(sqs, pool, source, self.stack.region)
                 poller.start()
                 self.pollers.append(poller)
