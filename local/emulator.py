@@ -27,10 +27,12 @@ time-bounded store here instead of growing ``metric_data`` forever.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections import deque
@@ -109,12 +111,12 @@ class _SqsMetricStore:
         with self._lock:
             self._series.setdefault((account_id, region, queue), deque()).extend(data)
 
-    def expire(self, now: Any) -> None:
-        cutoff = now.timestamp() - self.retention_seconds
+    def expire(self, now: datetime.datetime) -> None:
+        cutoff = now - datetime.timedelta(seconds=self.retention_seconds)
         with self._lock:
             for key in list(self._series):
                 series = self._series[key]
-                while series and series[0].timestamp.timestamp() < cutoff:
+                while series and series[0].timestamp < cutoff:
                     series.popleft()
                 if not series:
                     del self._series[key]
@@ -266,7 +268,8 @@ class Emulator:
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self) -> Emulator:
         self._thread.start()
@@ -300,14 +303,21 @@ def serve(
 ) -> Emulator:
     """Start moto server in this process (background threads) and return it.
 
-    ``port=0`` binds a free port (see ``Emulator.port``).  ``patched`` applies
-    ``local.moto_patches`` (process-wide, irreversible).  ``metrics_interval``
-    None or <= 0 disables the SQS metrics thread.
+    ``port=0`` binds a free port (see ``Emulator.port``); a busy port raises
+    OSError.  ``patched`` applies ``local.moto_patches`` (process-wide; stock moto
+    again only via ``moto_patches.revert()``).  ``metrics_interval`` None or <= 0
+    disables the SQS metrics thread.
     """
-    if patched:
-        moto_patches.apply()
-    app = DomainDispatcherApplication(create_backend_app)
-    server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
+    # Bind here so a busy port raises OSError (werkzeug would print and sys.exit).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=128)
+    try:
+        if patched:
+            moto_patches.apply()
+        app = DomainDispatcherApplication(create_backend_app)
+        server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler, fd=sock.fileno())
+    finally:
+        sock.close()  # werkzeug serves on its own dup of the descriptor
     publisher = SqsMetricsPublisher(metrics_interval) if metrics_interval is not None and metrics_interval > 0 else None
     emulator = Emulator(server, publisher, patched).start()
     logger.info(
@@ -339,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto's own server does
     try:
         emulator = serve(
             args.host,
@@ -353,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             extra={"host": args.host, "port": args.port, "error": str(exc)},
         )
         return 1
+    os.environ.setdefault("MOTO_PORT", str(emulator.port))  # as moto's own server does
     while not stop.wait(0.5):
         pass
     emulator.stop()

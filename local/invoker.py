@@ -14,7 +14,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,11 @@ from . import worker
 from .functions import FunctionSpec
 
 log = logging.getLogger("local.lambda")
-_ctx = multiprocessing.get_context("spawn")
-DEFAULT_CONCURRENCY = 8
+# Environments fork from a server process that has already imported the AWS SDK, as the Lambda
+# runtime ships it: a cold start then costs the function's own imports, not boto3's (~1 s of CPU).
+_ctx = multiprocessing.get_context("forkserver")
+_ctx.set_forkserver_preload(["boto3", "botocore.session", "local.worker"])
+DEFAULT_CONCURRENCY = 16  # environments per function when the template reserves none (Lambda: the account's)
 
 
 @dataclass
@@ -88,10 +91,19 @@ class FunctionPool:
         self.fault = fault
         self._random = random.Random(seed)
         self._idle: list[_Worker] = []
+        self._waiters: deque[list[_Worker | bool | None]] = deque()
         self._count = 0
         self._cond = threading.Condition()
         self._closed = False
         self.aws_calls: Counter[str] = Counter()  # AWS API calls made by this function's handlers
+
+    def ensure_concurrency(self, needed: int) -> None:
+        """Room for every trigger slot (an SQS mapping's pollers each hold an environment while they
+        receive), unless the template reserves a concurrency: then, as in Lambda, callers wait."""
+        if self.spec.reserved_concurrency is None and needed > self.concurrency:
+            with self._cond:
+                self.concurrency = needed
+                self._cond.notify_all()
 
     def warm(self, count: int = 1) -> None:
         """Starts environments ahead of traffic, like provisioned concurrency."""
@@ -107,28 +119,40 @@ class FunctionPool:
                 w.wait_ready(60)
             except Exception:
                 w.kill()
-                with self._cond:
-                    self._count -= 1
-                    self._cond.notify()
+                self._free_place()
                 continue
             self._release(w)
 
     def _acquire(self, timeout: float | None = None) -> tuple[_Worker | None, bool] | None:
-        """An idle environment, or the right to start one (True); None if none frees up in time."""
+        """An idle environment, or the right to start one (True); None if none frees up in time.
+        Waiters are served first come, first served, so no caller starves."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while True:
+            if self._closed:
+                raise RuntimeError("function pool is closed")
+            if self._idle and not self._waiters:
+                return self._idle.pop(), False
+            if self._count < self.concurrency:
+                self._count += 1
+                return None, True
+            slot: list[_Worker | bool | None] = [None]
+            self._waiters.append(slot)
+            while slot[0] is None:
                 if self._closed:
                     raise RuntimeError("function pool is closed")
-                if self._idle:
-                    return self._idle.pop(), False
-                if self._count < self.concurrency:
+                if self._count < self.concurrency:  # the concurrency was raised meanwhile
+                    self._waiters.remove(slot)
                     self._count += 1
                     return None, True
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    self._waiters.remove(slot)
                     return None
                 self._cond.wait(remaining)
+            got = slot[0]
+            if got is True:  # a discarded environment's place was handed over: start a new one
+                return None, True
+            return got, False  # type: ignore[return-value]
 
     def checkout(self, timeout: float | None = None) -> "_Worker | None":
         """Reserves a ready execution environment (starting one if the concurrency allows).
@@ -147,11 +171,8 @@ class FunctionPool:
         except Exception as exc:
             log.error("execution environment failed to start", extra={"function": self.spec.name, "error": str(exc)})
             if w is not None:
-                self._discard(w)
-            else:
-                with self._cond:
-                    self._count -= 1
-                    self._cond.notify()
+                w.kill()
+            self._free_place()
             return None
         return w
 
@@ -164,14 +185,24 @@ class FunctionPool:
             if self._closed:
                 w.kill()
                 return
-            self._idle.append(w)
-            self._cond.notify()
+            if self._waiters:
+                self._waiters.popleft()[0] = w
+                self._cond.notify_all()
+            else:
+                self._idle.append(w)
 
     def _discard(self, w: _Worker) -> None:
         w.kill()
+        self._free_place()
+
+    def _free_place(self) -> None:
+        """An environment is gone: its place goes to the oldest waiter, or back to the pool."""
         with self._cond:
-            self._count -= 1
-            self._cond.notify()
+            if self._waiters:
+                self._waiters.popleft()[0] = True
+                self._cond.notify_all()
+            else:
+                self._count -= 1
 
     def invoke(self, event: Any, *, trigger: str, source: str = "", invoked_arn: str = "",
                worker: "_Worker | None" = None) -> InvokeResult:

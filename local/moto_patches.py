@@ -33,11 +33,13 @@ import string
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from moto.core.utils import camelcase_to_underscores, unix_time, unix_time_millis
 from moto.moto_api._internal import mock_random as random
+from moto.sqs import models as sqs_models
 from moto.sqs.exceptions import (
     InvalidAttributeName,
     InvalidParameterValue,
@@ -45,7 +47,6 @@ from moto.sqs.exceptions import (
     ReceiptHandleIsInvalid,
 )
 from moto.sqs.models import (
-    DEDUPLICATION_TIME_IN_SECONDS,
     MAXIMUM_MESSAGE_DELAY,
     Message,
     Queue,
@@ -56,7 +57,6 @@ from moto.sqs.models import (
 
 logger = logging.getLogger(__name__)
 
-DEDUP_WINDOW_MS = DEDUPLICATION_TIME_IN_SECONDS * 1000
 # Remember receipt handles of deleted messages (so deleting twice succeeds) for
 # as long as a receipt handle can live on AWS (12 h), but never more than this
 # many per queue, so a long-running emulator does not grow without bound.
@@ -92,7 +92,9 @@ class _MessageStore:
     __slots__ = ("_items", "_by_handle")
 
     def __init__(self, messages: Iterable[Message] = ()) -> None:
-        self._items: dict[Message, None] = {}
+        # OrderedDict, not dict: iterating from the front of a plain dict skips the
+        # slots of every message removed since its last resize.
+        self._items: OrderedDict[Message, None] = OrderedDict()
         self._by_handle: dict[str, Message] = {}
         for message in messages:
             self.append(message)
@@ -163,10 +165,11 @@ class _QueueState:
 
     def __init__(self) -> None:
         # dedup key -> SentTimestamp (ms) of the first message sent with it.
-        # Insertion-ordered, i.e. (roughly) oldest first, so expiry pops the front.
-        self.dedup_first_sent: dict[Any, float] = {}
+        # Insertion-ordered, i.e. (roughly) oldest first, so expiry pops the front
+        # (O(1) on an OrderedDict).
+        self.dedup_first_sent: OrderedDict[Any, float] = OrderedDict()
         # receipt handle -> time.monotonic() when its message was deleted.
-        self.deleted_handles: dict[str, float] = {}
+        self.deleted_handles: OrderedDict[str, float] = OrderedDict()
 
 
 def _state(queue: Queue) -> _QueueState:
@@ -176,7 +179,7 @@ def _state(queue: Queue) -> _QueueState:
         # A queue created before apply() (or after revert()) has moto's set here.
         legacy = queue.__dict__.pop("deleted_messages", None)
         if legacy:
-            fresh.deleted_handles = dict.fromkeys(legacy, time.monotonic())
+            fresh.deleted_handles = OrderedDict.fromkeys(legacy, time.monotonic())
         state = queue.__dict__.setdefault("_local_sqs_state", fresh)
     return state
 
@@ -281,7 +284,7 @@ def _get_deleted_messages(self: Queue) -> Any:
 
 def _set_deleted_messages(self: Queue, value: Iterable[str]) -> None:
     now = time.monotonic()
-    _state(self).deleted_handles = dict.fromkeys(value, now)
+    _state(self).deleted_handles = OrderedDict.fromkeys(value, now)
 
 
 # Moto evaluates ``message.visible`` / ``message.delayed`` (a clock read each) per
@@ -336,6 +339,12 @@ def _attributes(self: Queue) -> dict[str, Any]:
     return result
 
 
+def dedup_window_ms() -> float:
+    """AWS's 5-minute deduplication interval; read from moto on every use, so a
+    test that patches ``moto.sqs.models.DEDUPLICATION_TIME_IN_SECONDS`` works."""
+    return sqs_models.DEDUPLICATION_TIME_IN_SECONDS * 1000
+
+
 def _dedup_key(queue: Queue, message: Message) -> Any:
     # DeduplicationScope=messageGroup (high-throughput FIFO) scopes ids to the
     # message group on AWS; moto ignored the setting and deduplicated queue-wide.
@@ -355,18 +364,19 @@ def _is_duplicate(queue: Queue, message: Message) -> bool:
     than the window are dropped lazily from the front.  Caller holds the lock.
     """
     index = _state(queue).dedup_first_sent
+    window_ms = dedup_window_ms()
     sent = float(message.sent_timestamp or unix_time_millis())
     while index:
         oldest_key = next(iter(index))
-        if sent - index[oldest_key] < DEDUP_WINDOW_MS:
+        if sent - index[oldest_key] < window_ms:
             break
         del index[oldest_key]
     key = _dedup_key(queue, message)
     first = index.get(key)
-    if first is not None and sent - first < DEDUP_WINDOW_MS:
+    if first is not None and sent - first < window_ms:
         return True
-    index.pop(key, None)
     index[key] = sent
+    index.move_to_end(key)
     return False
 
 

@@ -178,6 +178,7 @@ class SqsPoller:
         return keep
 
     def _process(self, messages: list[dict[str, Any]], worker: Any) -> None:
+        released = False
         try:
             try:
                 event = {"Records": [lambda_record(m, self.source, self.region) for m in messages]}
@@ -186,16 +187,24 @@ class SqsPoller:
                 raise
             result = self.pool.invoke(event, trigger="sqs", source=self.source.name, worker=worker)
             done = self._succeeded(messages, result)
+            # Forget the groups before deleting: once deleted, SQS may hand the group's next messages
+            # to our other slot, which must not mistake them for a group still in flight.
+            self._release_groups(messages)
+            released = True
             if done:
                 self._delete(done)
         except Exception:
             log.exception("batch processing failed", extra={"queue": self.source.name})
         finally:
-            if self.source.fifo:
-                with self._groups_lock:
-                    for m in messages:
-                        self._groups_in_flight.discard(m.get("Attributes", {}).get("MessageGroupId"))
+            if not released:
+                self._release_groups(messages)
             self._slots.release()
+
+    def _release_groups(self, messages: list[dict[str, Any]]) -> None:
+        if self.source.fifo:
+            with self._groups_lock:
+                for m in messages:
+                    self._groups_in_flight.discard(m.get("Attributes", {}).get("MessageGroupId"))
 
     def _succeeded(self, messages: list[dict[str, Any]], result: Any) -> list[dict[str, Any]]:
         if not result.ok:

@@ -182,7 +182,9 @@ class LocalStack:
     def _start_pollers(self) -> None:
         sqs = self.client("sqs")
         for lid, pool in self.invoker.pools.items():
-            for source in sources_for(self.stack, pool.spec.events):
+            sources = sources_for(self.stack, pool.spec.events)
+            pool.ensure_concurrency(sum(s.max_concurrency for s in sources))
+            for source in sources:
                 visibility = int(sqs.get_queue_attributes(QueueUrl=source.queue_url, AttributeNames=["VisibilityTimeout"])
                                  ["Attributes"].get("VisibilityTimeout", 30))
                 if visibility < pool.spec.timeout:

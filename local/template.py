@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cfnlint.decode import cfn_yaml
-
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 
@@ -34,6 +32,8 @@ def _plain(value: Any) -> Any:
 
 def load(path: str | Path) -> dict[str, Any]:
     """Parses with cfn-lint's loader, which understands every intrinsic short form (!Ref, !Sub …)."""
+    from cfnlint.decode import cfn_yaml  # heavy: imported only by the process that reads templates
+
     return _plain(cfn_yaml.load(str(path)))
 
 

@@ -11,9 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from local import logs
-from local.invoker import Fault
-from local.stack import Config, LocalStack, read_state
+# The runtime is imported inside the commands: worker processes re-import this module as their
+# __main__, and a cold start should not pay for the template loader.
 
 DEFAULT_STACK = "mars-local"
 DEFAULT_STATE_DIR = Path(".mars-local")
@@ -34,6 +33,10 @@ def _overrides(items: list[str]) -> dict[str, str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from local import logs
+    from local.invoker import Fault
+    from local.stack import Config, LocalStack
+
     logs.setup(args.log_level)
     faults = dict(Fault.parse(f) for f in args.fault)
     config = Config(template=Path(args.template), stack_name=args.stack_name, host=args.host,
@@ -62,6 +65,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_outputs(args: argparse.Namespace) -> int:
+    from local.stack import read_state
+
     state = read_state(Path(args.state_dir), args.stack_name)
     if state is None:
         print(f"mars: no local stack {args.stack_name!r} is running (state in {args.state_dir}); start one with `make up`",

@@ -1,0 +1,129 @@
+"""The local runtime's execution environments: timeouts, errors, faults, concurrency and fairness."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from local.functions import FunctionSpec
+from local.invoker import Fault, FunctionPool
+
+HANDLER = '''
+import os, time
+def handler(event, context):
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("raise"):
+        raise ValueError("asked to")
+    if event.get("unserialisable"):
+        return {"x": object()}
+    return {"env": os.environ.get("GREETING"), "name": context.function_name,
+            "remaining": context.get_remaining_time_in_millis(), "echo": event.get("n")}
+'''
+
+
+def spec(tmp: Path, *, handler: str = "fn.handler", timeout: float = 2.0, reserved: int | None = None) -> FunctionSpec:
+    (tmp / "fn.py").write_text(HANDLER)
+    (tmp / "broken.py").write_text("raise ImportError('cannot start')\n")
+    return FunctionSpec(logical_id="Fn", name="unit-Fn", arn="arn:aws:lambda:us-east-1:123456789012:function:unit-Fn",
+                        handler=handler, code_dir=tmp, layer_dirs=[], runtime="python3.11", timeout=timeout,
+                        memory_mb=128, environment={"GREETING": "hi"}, reserved_concurrency=reserved)
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[FunctionPool]:
+    p = FunctionPool(spec(tmp_path))
+    yield p
+    p.close()
+
+
+def test_invoke_runs_the_handler_with_its_environment_and_context(pool: FunctionPool) -> None:
+    result = pool.invoke({"n": 1}, trigger="test")
+    assert result.ok and result.payload["env"] == "hi" and result.payload["name"] == "unit-Fn"
+    assert 0 < result.payload["remaining"] <= 2000 and result.payload["echo"] == 1
+
+
+def test_errors_come_back_as_lambda_errors(pool: FunctionPool) -> None:
+    raised = pool.invoke({"raise": True}, trigger="test")
+    assert not raised.ok and raised.error["errorType"] == "ValueError" and raised.error["stackTrace"]
+    bad = pool.invoke({"unserialisable": True}, trigger="test")
+    assert not bad.ok and bad.error["errorType"] == "TypeError"
+    assert pool.invoke({"n": 2}, trigger="test").ok, "the environment survives a handler error"
+
+
+def test_a_timeout_kills_the_environment(pool: FunctionPool) -> None:
+    result = pool.invoke({"sleep": 5}, trigger="test")
+    assert not result.ok and result.error["errorType"] == "Sandbox.Timedout"
+    assert result.duration_ms < 4000
+    assert pool.invoke({"n": 3}, trigger="test").ok, "a new environment starts after the timeout"
+
+
+def test_an_init_error_is_reported_on_every_invocation(tmp_path: Path) -> None:
+    p = FunctionPool(spec(tmp_path, handler="broken.handler"))
+    try:
+        for _ in range(2):
+            result = p.invoke({}, trigger="test")
+            assert not result.ok and result.error["errorType"] == "ImportError"
+    finally:
+        p.close()
+
+
+def test_faults_before_and_after(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    (tmp_path / "mark.py").write_text(f"def handler(e, c):\n    open({str(marker)!r}, 'a').write('x')\n    return 1\n")
+    for when, ran in (("before", ""), ("after", "x")):
+        marker.write_text("")
+        p = FunctionPool(spec(tmp_path, handler="mark.handler"), Fault(1.0, when))
+        try:
+            result = p.invoke({}, trigger="test")
+        finally:
+            p.close()
+        assert not result.ok and result.error["errorType"] == "InjectedFault"
+        assert marker.read_text() == ran
+    assert Fault.parse("StoreFunction=0.25:before") == ("StoreFunction", Fault(0.25, "before"))
+    with pytest.raises(ValueError):
+        Fault.parse("StoreFunction=2")
+
+
+def test_reserved_concurrency_caps_environments_and_serves_waiters_in_order(tmp_path: Path) -> None:
+    p = FunctionPool(spec(tmp_path, reserved=1, timeout=5))
+    try:
+        held = p.checkout()
+        assert held is not None
+        assert p.checkout(timeout=0.2) is None, "the only environment is reserved"
+        order: list[int] = []
+
+        def wait(n: int) -> None:
+            w = p.checkout(timeout=5)
+            order.append(n)
+            assert w is not None
+            time.sleep(0.05)
+            p.checkin(w)
+
+        threads = [threading.Thread(target=wait, args=(n,)) for n in range(3)]
+        for t in threads:
+            t.start()
+            time.sleep(0.1)  # queue up in a known order
+        p.checkin(held)
+        for t in threads:
+            t.join(10)
+        assert order == [0, 1, 2]
+    finally:
+        p.close()
+
+
+def test_concurrency_can_be_raised_for_trigger_slots(tmp_path: Path) -> None:
+    p = FunctionPool(spec(tmp_path))
+    try:
+        p.concurrency = 1
+        first = p.checkout()
+        assert p.checkout(timeout=0.1) is None
+        p.ensure_concurrency(2)
+        second = p.checkout(timeout=5)
+        assert first is not None and second is not None and first is not second
+    finally:
+        p.close()

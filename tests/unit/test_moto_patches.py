@@ -1,0 +1,558 @@
+"""Correctness of local.moto_patches and of the emulator's AWS/SQS metrics thread.
+
+A patched moto server runs in this process (``local.emulator.serve``); a stock one
+(``python -m local.emulator --no-patches``) runs in a subprocess to show the
+FIFO redelivery bug the patch fixes.  Timing is not tested here (see
+``bench/sqs_depth.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto.sqs.models import Queue, SQSBackend, sqs_backends
+
+from local import emulator as emulator_mod
+from local import moto_patches
+
+REPO = Path(__file__).resolve().parents[2]
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "us-east-1"
+
+
+def _client(service: str, url: str, region: str = REGION) -> Any:
+    return boto3.client(
+        service,
+        region_name=region,
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[emulator_mod.Emulator]:
+    emu = emulator_mod.serve("127.0.0.1", 0, patched=True, metrics_interval=0.2)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="module")
+def sqs(server: emulator_mod.Emulator) -> Any:
+    return _client("sqs", server.endpoint_url)
+
+
+@pytest.fixture(scope="module")
+def unpatched_url() -> Iterator[str]:
+    """Stock moto in a subprocess, started through the launcher's CLI."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "local.emulator", "--port", "0", "--no-patches", "--metrics-interval", "0"],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = json.loads(proc.stderr.readline())
+    assert line["level"] == "INFO" and line["msg"] == "emulator listening"
+    assert line["host"] == "127.0.0.1" and line["patched"] is False
+    yield f"http://127.0.0.1:{line['port']}"
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0  # clean exit on SIGTERM
+    proc.stderr.close()
+
+
+def _name(prefix: str, fifo: bool = False) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}" + (".fifo" if fifo else "")
+
+
+def _fifo(sqs: Any, **attributes: str) -> str:
+    attrs = {"FifoQueue": "true", **attributes}
+    return sqs.create_queue(QueueName=_name("t", fifo=True), Attributes=attrs)["QueueUrl"]
+
+
+def _standard(sqs: Any, **attributes: str) -> str:
+    return sqs.create_queue(QueueName=_name("t"), Attributes=attributes)["QueueUrl"]
+
+
+def _model(queue_url: str, region: str = REGION) -> Queue:
+    return sqs_backends[ACCOUNT][region].queues[queue_url.rsplit("/", 1)[1]]
+
+
+def _counts(sqs: Any, url: str) -> tuple[int, int, int]:
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return tuple(int(attrs[n]) for n in names)  # type: ignore[return-value]
+
+
+def _receive(sqs: Any, url: str, n: int = 10, **kwargs: Any) -> list[dict[str, Any]]:
+    return sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=n, **kwargs).get("Messages", [])
+
+
+def _bodies(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["Body"] for m in messages]
+
+
+def _send_group(sqs: Any, url: str, group: str, bodies: list[str]) -> None:
+    for body in bodies:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group, MessageDeduplicationId=uuid.uuid4().hex)
+
+
+def _wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------
+# apply()
+# --------------------------------------------------------------------------
+
+
+def test_apply_is_idempotent(server: emulator_mod.Emulator) -> None:
+    assert moto_patches.is_applied()
+    receive, originals = SQSBackend.receive_message, dict(moto_patches.ORIGINALS)
+    moto_patches.apply()
+    moto_patches.apply()
+    assert SQSBackend.receive_message is receive
+    assert moto_patches.ORIGINALS == originals
+    assert originals["SQSBackend.receive_message"] is not receive  # moto's own is kept
+
+
+# --------------------------------------------------------------------------
+# (a, b) FIFO deduplication
+# --------------------------------------------------------------------------
+
+
+def test_fifo_duplicate_within_window_is_accepted_but_not_enqueued(sqs: Any) -> None:
+    url = _fifo(sqs)
+    first = sqs.send_message(QueueUrl=url, MessageBody="a", MessageGroupId="g", MessageDeduplicationId="d1")
+    dup = sqs.send_message(QueueUrl=url, MessageBody="b", MessageGroupId="g", MessageDeduplicationId="d1")
+    assert first["MessageId"] and dup["MessageId"]  # both calls succeed
+    sqs.send_message(QueueUrl=url, MessageBody="c", MessageGroupId="g", MessageDeduplicationId="d2")
+    assert _counts(sqs, url)[0] == 2
+    assert _bodies(_receive(sqs, url)) == ["a", "c"]
+
+
+def test_fifo_duplicate_of_deleted_message_is_not_enqueued(sqs: Any) -> None:
+    url = _fifo(sqs)
+    sqs.send_message(QueueUrl=url, MessageBody="a", MessageGroupId="g", MessageDeduplicationId="d1")
+    (msg,) = _receive(sqs, url)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"])
+    assert _counts(sqs, url) == (0, 0, 0)
+    # Stock moto only compares against messages still in the queue and enqueues this.
+    sqs.send_message(QueueUrl=url, MessageBody="a-again", MessageGroupId="g", MessageDeduplicationId="d1")
+    assert _counts(sqs, url) == (0, 0, 0)
+    assert _receive(sqs, url) == []
+    sqs.send_message(QueueUrl=url, MessageBody="new", MessageGroupId="g", MessageDeduplicationId="d2")
+    assert _bodies(_receive(sqs, url)) == ["new"]
+
+
+def test_fifo_dedup_window_expires(sqs: Any) -> None:
+    url = _fifo(sqs)
+    sqs.send_message(QueueUrl=url, MessageBody="a", MessageGroupId="g", MessageDeduplicationId="old")
+    index = moto_patches._state(_model(url)).dedup_first_sent
+    index["old"] -= moto_patches.dedup_window_ms() + 1  # pretend it was sent 5 min ago
+    sqs.send_message(QueueUrl=url, MessageBody="b", MessageGroupId="g", MessageDeduplicationId="new")
+    assert "old" not in index  # expired entries are dropped lazily
+    sqs.send_message(QueueUrl=url, MessageBody="a2", MessageGroupId="g", MessageDeduplicationId="old")
+    assert _bodies(_receive(sqs, url)) == ["a", "b", "a2"]
+
+
+def test_fifo_content_based_dedup(sqs: Any) -> None:
+    url = _fifo(sqs, ContentBasedDeduplication="true")
+    for body in ["x", "x", "y", "x"]:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId="g")
+    # An explicit id overrides the content hash.
+    sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g", MessageDeduplicationId="explicit")
+    assert _bodies(_receive(sqs, url)) == ["x", "y", "x"]
+
+
+def test_fifo_dedup_scope_message_group(sqs: Any) -> None:
+    url = _fifo(sqs, DeduplicationScope="messageGroup", FifoThroughputLimit="perMessageGroupId")
+    for group, body in [("g1", "a"), ("g2", "b"), ("g1", "dup")]:
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group, MessageDeduplicationId="same")
+    assert sorted(_bodies(_receive(sqs, url))) == ["a", "b"]
+
+
+def test_fifo_send_validation_unchanged(sqs: Any) -> None:
+    url = _fifo(sqs)
+    with pytest.raises(ClientError) as err:
+        sqs.send_message(QueueUrl=url, MessageBody="a", MessageGroupId="g")
+    assert err.value.response["Error"]["Code"] == "InvalidParameterValue"
+    with pytest.raises(ClientError) as err:
+        sqs.send_message(QueueUrl=url, MessageBody="a", MessageDeduplicationId="d")
+    assert err.value.response["Error"]["Code"] == "MissingParameter"
+
+
+# --------------------------------------------------------------------------
+# (d) FIFO redelivery after a visibility timeout
+# --------------------------------------------------------------------------
+
+
+def _timed_out_group_redelivery(sqs: Any) -> list[str]:
+    url = _fifo(sqs)
+    _send_group(sqs, url, "g", ["m1", "m2", "m3"])
+    assert _bodies(_receive(sqs, url, VisibilityTimeout=1)) == ["m1", "m2", "m3"]
+    assert _receive(sqs, url) == []  # the group is in flight
+    time.sleep(1.2)
+    return _bodies(_receive(sqs, url, VisibilityTimeout=30))
+
+
+def test_timed_out_fifo_group_is_redelivered_in_order(sqs: Any) -> None:
+    assert _timed_out_group_redelivery(sqs) == ["m1", "m2", "m3"]
+
+
+def test_stock_moto_redelivers_timed_out_group_out_of_order(unpatched_url: str) -> None:
+    # The bug the patch fixes: stock moto hands out the group's LAST message first.
+    assert _timed_out_group_redelivery(_client("sqs", unpatched_url)) == ["m3"]
+
+
+def test_in_flight_group_is_blocked_other_groups_are_not(sqs: Any) -> None:
+    url = _fifo(sqs)
+    _send_group(sqs, url, "g1", ["a1", "a2"])
+    _send_group(sqs, url, "g2", ["b1", "b2"])
+    first = _receive(sqs, url, n=1)
+    assert _bodies(first) == ["a1"]
+    assert _bodies(_receive(sqs, url)) == ["b1", "b2"]  # nothing more from g1
+    assert _receive(sqs, url) == []  # both groups in flight
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=first[0]["ReceiptHandle"])
+    assert _bodies(_receive(sqs, url)) == ["a2"]
+
+
+def test_partially_timed_out_group_stays_blocked(sqs: Any) -> None:
+    url = _fifo(sqs)
+    _send_group(sqs, url, "g", ["m1", "m2", "m3"])
+    msgs = _receive(sqs, url, VisibilityTimeout=30)
+    # m2 becomes visible again while m1 and m3 are still in flight.
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=msgs[1]["ReceiptHandle"], VisibilityTimeout=0)
+    assert _counts(sqs, url)[:2] == (1, 2)
+    assert _receive(sqs, url) == []
+    # Once every in-flight message of the group is visible again: in order.
+    for m in (msgs[0], msgs[2]):
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+    assert _bodies(_receive(sqs, url)) == ["m1", "m2", "m3"]
+
+
+def test_fifo_dead_letter_queue(sqs: Any) -> None:
+    dlq_url = _fifo(sqs)
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2})
+    url = _fifo(sqs, RedrivePolicy=policy)
+    _send_group(sqs, url, "g", ["m1", "m2"])
+    _send_group(sqs, url, "h", ["n1"])
+    # VisibilityTimeout=0: each receive counts, messages stay receivable.
+    assert _bodies(_receive(sqs, url, VisibilityTimeout=0)) == ["m1", "m2", "n1"]
+    assert _bodies(_receive(sqs, url, VisibilityTimeout=0)) == ["m1", "m2", "n1"]
+    assert _receive(sqs, url, VisibilityTimeout=0) == []  # third attempt: all moved
+    assert _counts(sqs, url) == (0, 0, 0)
+    moved = _receive(sqs, dlq_url, AttributeNames=["All"])
+    assert _bodies(moved) == ["m1", "m2", "n1"]
+    assert [m["Attributes"]["ApproximateReceiveCount"] for m in moved] == ["3", "3", "3"]
+    for m in moved:
+        sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=m["ReceiptHandle"])
+    assert _counts(sqs, dlq_url) == (0, 0, 0)
+
+
+def test_long_poll_wakes_when_blocking_message_is_deleted(sqs: Any) -> None:
+    url = _fifo(sqs)
+    _send_group(sqs, url, "g", ["m1", "m2"])
+    (m1,) = _receive(sqs, url, n=1)
+    got: list[list[str]] = []
+    waiter = threading.Thread(target=lambda: got.append(_bodies(_receive(sqs, url, WaitTimeSeconds=5))))
+    started = time.monotonic()
+    waiter.start()
+    time.sleep(0.3)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=m1["ReceiptHandle"])
+    waiter.join(timeout=10)
+    assert got == [["m2"]]
+    assert time.monotonic() - started < 2.0
+
+
+def test_concurrent_fifo_consumers_get_each_message_once_in_group_order(sqs: Any) -> None:
+    url = _fifo(sqs)
+    groups = [f"g{i}" for i in range(8)]
+    for seq in range(10):
+        entries = [
+            {
+                "Id": g,
+                "MessageBody": f"{g}:{seq}",
+                "MessageGroupId": g,
+                "MessageDeduplicationId": f"{g}-{seq}",
+            }
+            for g in groups
+        ]
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        client = _client("sqs", sqs.meta.endpoint_url)
+        idle = 0
+        while idle < 3:
+            msgs = _receive(client, url, VisibilityTimeout=30)
+            if not msgs:
+                idle += 1
+                continue
+            idle = 0
+            with lock:
+                seen.extend(_bodies(msgs))
+            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)]
+            client.delete_message_batch(QueueUrl=url, Entries=entries)
+
+    workers = [threading.Thread(target=consume) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=30)
+    assert sorted(seen) == sorted(f"{g}:{s}" for g in groups for s in range(10))
+    for g in groups:
+        assert [int(b.split(":")[1]) for b in seen if b.startswith(g + ":")] == list(range(10))
+
+
+# --------------------------------------------------------------------------
+# (c) delete, counts, visibility
+# --------------------------------------------------------------------------
+
+
+def test_delete_and_counts(sqs: Any) -> None:
+    url = _fifo(sqs)
+    _send_group(sqs, url, "g1", ["a", "b"])
+    _send_group(sqs, url, "g2", ["c"])
+    assert _counts(sqs, url) == (3, 0, 0)
+    msgs = _receive(sqs, url, n=2)
+    assert _counts(sqs, url) == (1, 2, 0)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=msgs[0]["ReceiptHandle"])
+    assert _counts(sqs, url) == (1, 1, 0)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=msgs[0]["ReceiptHandle"])  # again: fine
+    with pytest.raises(ClientError) as err:
+        sqs.delete_message(QueueUrl=url, ReceiptHandle="not-a-handle")
+    assert err.value.response["Error"]["Code"] == "ReceiptHandleIsInvalid"
+    result = sqs.delete_message_batch(
+        QueueUrl=url,
+        Entries=[
+            {"Id": "ok", "ReceiptHandle": msgs[1]["ReceiptHandle"]},
+            {"Id": "bad", "ReceiptHandle": "unknown"},
+        ],
+    )
+    assert [s["Id"] for s in result["Successful"]] == ["ok"]
+    assert [(f["Id"], f["Code"]) for f in result["Failed"]] == [("bad", "ReceiptHandleIsInvalid")]
+    assert _counts(sqs, url) == (1, 0, 0)
+    all_attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert all_attrs["ApproximateNumberOfMessages"] == "1"
+    assert all_attrs["FifoQueue"] == "true" and all_attrs["ContentBasedDeduplication"] == "false"
+
+
+def test_old_receipt_handle_still_deletes_and_is_indexed(sqs: Any) -> None:
+    url = _standard(sqs)
+    sqs.send_message(QueueUrl=url, MessageBody="x")
+    first = _receive(sqs, url, VisibilityTimeout=0)[0]["ReceiptHandle"]
+    second = _receive(sqs, url, VisibilityTimeout=30)[0]["ReceiptHandle"]
+    assert first != second
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=first)  # moto accepts any handle it issued
+    assert _counts(sqs, url) == (0, 0, 0)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=second)  # already deleted: fine
+    assert len(_model(url)._messages) == 0
+    assert moto_patches._store(_model(url))._by_handle == {}  # index cleaned up
+
+
+def test_change_visibility(sqs: Any) -> None:
+    url = _standard(sqs)
+    sqs.send_message(QueueUrl=url, MessageBody="x")
+    (msg,) = _receive(sqs, url, VisibilityTimeout=30)
+    assert _counts(sqs, url) == (0, 1, 0)
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"], VisibilityTimeout=0)
+    assert _counts(sqs, url) == (1, 0, 0)
+    result = sqs.change_message_visibility_batch(
+        QueueUrl=url,
+        Entries=[{"Id": "bad", "ReceiptHandle": "nope", "VisibilityTimeout": 5}],
+    )
+    assert result["Failed"][0]["Code"] == "ReceiptHandleIsInvalid"
+    with pytest.raises(ClientError) as err:
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle="nope", VisibilityTimeout=5)
+    assert err.value.response["Error"]["Code"] == "ReceiptHandleIsInvalid"
+
+
+# --------------------------------------------------------------------------
+# Standard queues, delays, retention, purge
+# --------------------------------------------------------------------------
+
+
+def test_standard_queue_send_receive_delete(sqs: Any) -> None:
+    url = _standard(sqs)
+    attrs = {"k": {"DataType": "String", "StringValue": "v"}}
+    sent = sqs.send_message(QueueUrl=url, MessageBody="one", MessageAttributes=attrs)
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"b{i}"} for i in range(3)])
+    sqs.send_message(QueueUrl=url, MessageBody="one")  # no dedup on standard queues
+    assert _counts(sqs, url) == (5, 0, 0)
+    msgs = _receive(sqs, url, MessageAttributeNames=["All"])
+    assert _bodies(msgs) == ["one", "b0", "b1", "b2", "one"]
+    assert msgs[0]["MessageAttributes"] == attrs
+    assert msgs[0]["MD5OfMessageAttributes"] == sent["MD5OfMessageAttributes"]
+    assert msgs[0]["MD5OfBody"] == sent["MD5OfMessageBody"]
+    result = sqs.delete_message_batch(
+        QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)]
+    )
+    assert len(result["Successful"]) == 5
+    assert _counts(sqs, url) == (0, 0, 0)
+
+
+def test_delay_and_retention(sqs: Any) -> None:
+    url = _standard(sqs)
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=1)
+    sqs.send_message(QueueUrl=url, MessageBody="now")
+    assert _counts(sqs, url) == (1, 0, 1)
+    assert _bodies(_receive(sqs, url)) == ["now"]
+    time.sleep(1.1)
+    assert _bodies(_receive(sqs, url)) == ["later"]
+
+    short = _standard(sqs, MessageRetentionPeriod="1")
+    sqs.send_message(QueueUrl=short, MessageBody="expires")
+    time.sleep(1.1)
+    sqs.send_message(QueueUrl=short, MessageBody="fresh")
+    assert _bodies(_receive(sqs, short)) == ["fresh"]  # the expired one is gone
+    assert len(_model(short)._messages) == 1
+
+
+def test_purge(sqs: Any) -> None:
+    url = _fifo(sqs)
+    _send_group(sqs, url, "g", ["a", "b"])
+    (msg,) = _receive(sqs, url, n=1)
+    sqs.purge_queue(QueueUrl=url)
+    assert _counts(sqs, url) == (0, 0, 0)
+    with pytest.raises(ClientError):
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"])
+    _send_group(sqs, url, "g", ["c"])
+    assert _bodies(_receive(sqs, url)) == ["c"]  # the group is not blocked any more
+
+
+def test_message_instances_are_tracked_weakly(sqs: Any) -> None:
+    from moto.sqs.models import Message
+
+    url = _standard(sqs)
+    sqs.send_message(QueueUrl=url, MessageBody="x")
+    tracked = Message.instances_tracked  # type: ignore[attr-defined]
+    assert isinstance(tracked, moto_patches._WeakInstances)
+    assert any(m.body == "x" for m in list(tracked))
+
+
+# --------------------------------------------------------------------------
+# AWS/SQS CloudWatch metrics
+# --------------------------------------------------------------------------
+
+
+def _metric(cw: Any, name: str, queue: str, stat: str = "Maximum", since: dt.datetime | None = None) -> list[float]:
+    now = dt.datetime.now(dt.UTC)
+    result = cw.get_metric_data(
+        MetricDataQueries=[
+            {
+                "Id": "m",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": "AWS/SQS",
+                        "MetricName": name,
+                        "Dimensions": [{"Name": "QueueName", "Value": queue}],
+                    },
+                    "Period": 60,
+                    "Stat": stat,
+                },
+            }
+        ],
+        StartTime=since or now - dt.timedelta(minutes=2),
+        EndTime=now + dt.timedelta(minutes=1),
+    )
+    return result["MetricDataResults"][0]["Values"]
+
+
+def test_sqs_metrics_in_cloudwatch(server: emulator_mod.Emulator, sqs: Any) -> None:
+    cw = _client("cloudwatch", server.endpoint_url)
+    url = _standard(sqs)
+    name = url.rsplit("/", 1)[1]
+    empty_url = _standard(sqs)
+    empty = empty_url.rsplit("/", 1)[1]
+    sqs.send_message(QueueUrl=url, MessageBody="old")
+    sqs.send_message(QueueUrl=url, MessageBody="new")
+    _receive(sqs, url, n=1)  # "old" in flight: still the oldest message in the queue
+    for message in _model(url)._messages:
+        if message.body == "old":
+            message.sent_timestamp -= 600_000  # sent ten minutes ago
+    # Only samples taken from now on (the server truncates StartTime to the second).
+    since = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    assert _wait_until(lambda: _metric(cw, "ApproximateAgeOfOldestMessage", name, since=since))
+    for stat in ("Minimum", "Maximum"):
+        (age,) = _metric(cw, "ApproximateAgeOfOldestMessage", name, stat, since)
+        assert 600 <= age < 630
+        assert _metric(cw, "ApproximateNumberOfMessagesVisible", name, stat, since) == [1]
+        assert _metric(cw, "ApproximateNumberOfMessagesNotVisible", name, stat, since) == [1]
+    assert set(_wait_until(lambda: _metric(cw, "ApproximateAgeOfOldestMessage", empty))) == {0.0}
+    listed = cw.list_metrics(Namespace="AWS/SQS", Dimensions=[{"Name": "QueueName", "Value": name}])
+    assert {m["MetricName"] for m in listed["Metrics"]} >= {
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateAgeOfOldestMessage",
+    }
+
+
+def test_sqs_metrics_other_region_and_queue_churn(server: emulator_mod.Emulator) -> None:
+    sqs_west = _client("sqs", server.endpoint_url, region="eu-west-1")
+    cw_west = _client("cloudwatch", server.endpoint_url, region="eu-west-1")
+    url = _standard(sqs_west)
+    name = url.rsplit("/", 1)[1]
+    sqs_west.send_message(QueueUrl=url, MessageBody="x")
+    # Create and delete queues (with messages) while the publisher is running.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        churn = _standard(sqs_west)
+        sqs_west.send_message(QueueUrl=churn, MessageBody="y")
+        sqs_west.delete_queue(QueueUrl=churn)
+    assert _wait_until(lambda: _metric(cw_west, "ApproximateNumberOfMessagesVisible", name))
+    publisher = server._publisher
+    assert publisher is not None and publisher.is_alive()
+    assert _metric(_client("cloudwatch", server.endpoint_url), "ApproximateNumberOfMessagesVisible", name) == []
+
+
+def test_metric_store_expires_old_samples() -> None:
+    store = emulator_mod._SqsMetricStore()
+    store.retention_seconds = 60
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    dims = [emulator_mod.Dimension("QueueName", "q")]
+    old = emulator_mod._datum("X", 1, "Count", dims, now - dt.timedelta(seconds=120))
+    new = emulator_mod._datum("X", 2, "Count", dims, now)
+    store.add("a", "r", "q", [old, new])
+    store.expire(now)
+    assert store.get("a", "r") == [new]
+    store.expire(now + dt.timedelta(seconds=120))
+    assert store.get("a", "r") == []
+
+
+def test_json_log_line() -> None:
+    import logging
+
+    record = logging.LogRecord("local.emulator", logging.INFO, __file__, 1, "emulator listening", None, None)
+    record.host, record.port, record.patched = "127.0.0.1", 4566, True
+    line = emulator_mod.JsonFormatter().format(record)
+    assert json.loads(line) == {
+        "level": "INFO",
+        "msg": "emulator listening",
+        "host": "127.0.0.1",
+        "port": 4566,
+        "patched": True,
+    }
