@@ -49,7 +49,7 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from moto.sqs.models import sqs_backends
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import make_server
 
 from local import moto_patches
 
@@ -254,7 +254,7 @@ class Emulator:
 
     def __init__(
         self,
-        server: BaseWSGIServer,
+        server: Any,
         publisher: SqsMetricsPublisher | None,
         patched: bool,
     ) -> None:
@@ -295,11 +295,42 @@ class Emulator:
         self.stop()
 
 
+class _WaitressServer:
+    """waitress behind the interface `Emulator` drives (werkzeug's serve_forever/shutdown).
+
+    werkzeug's dev server closes every connection (`Connection: close`) and starts a thread per
+    connection, so every AWS call paid a TCP handshake and a thread start on both sides; waitress
+    keeps HTTP/1.1 connections alive and serves them from a fixed pool of threads."""
+
+    def __init__(self, app: Any, sock: socket.socket, threads: int) -> None:
+        from waitress.server import create_server
+
+        self._sock = sock
+        self._server = create_server(app, sockets=[sock], threads=threads, channel_timeout=300,
+                                     connection_limit=2000, backlog=1024, clear_untrusted_proxy_headers=True)
+        self.server_address = sock.getsockname()[:2]
+
+    def serve_forever(self) -> None:
+        self._server.run()
+
+    def shutdown(self) -> None:
+        self._server.close()
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+
+    def server_close(self) -> None:
+        self._sock.close()
+
+
+# Long polls hold a thread each (up to 1 s per poll in the local runtime): room for every poller.
+WAITRESS_THREADS = 64
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 4566,
     patched: bool = True,
     metrics_interval: float | None = DEFAULT_METRICS_INTERVAL,
+    server: str = "waitress",
 ) -> Emulator:
     """Start moto server in this process (background threads) and return it.
 
@@ -310,16 +341,20 @@ def serve(
     """
     # Bind here so a busy port raises OSError (werkzeug would print and sys.exit).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=128)
-    try:
-        if patched:
-            moto_patches.apply()
-        app = DomainDispatcherApplication(create_backend_app)
-        server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler, fd=sock.fileno())
-    finally:
-        sock.close()  # werkzeug serves on its own dup of the descriptor
+    sock = socket.create_server((host, port), family=family, backlog=1024)
+    if patched:
+        moto_patches.apply()
+    app = DomainDispatcherApplication(create_backend_app)
+    http: Any
+    if server == "waitress":
+        http = _WaitressServer(app, sock, WAITRESS_THREADS)
+    else:
+        try:
+            http = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler, fd=sock.fileno())
+        finally:
+            sock.close()  # werkzeug serves on its own dup of the descriptor
     publisher = SqsMetricsPublisher(metrics_interval) if metrics_interval is not None and metrics_interval > 0 else None
-    emulator = Emulator(server, publisher, patched).start()
+    emulator = Emulator(http, publisher, patched).start()
     logger.info(
         "emulator listening",
         extra={"host": emulator.host, "port": emulator.port, "patched": patched},
@@ -332,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4566)
     parser.add_argument("--no-patches", action="store_true", help="run stock moto SQS")
+    parser.add_argument("--server", choices=["waitress", "werkzeug"], default="waitress",
+                        help="HTTP server: waitress keeps connections alive; werkzeug is moto's own")
     parser.add_argument(
         "--metrics-interval",
         type=float,
@@ -355,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             patched=not args.no_patches,
             metrics_interval=args.metrics_interval,
+            server=args.server,
         )
     except OSError as exc:
         logger.error(
