@@ -125,7 +125,7 @@ def start_stack(workdir: Path, *extra: str) -> Stack:
     state_dir, log = workdir / "state", workdir / "stack.log"
     name = f"bench{os.getpid()}"
     cmd = [sys.executable, "-m", "mars.cli", "up", "--stack-name", name, "--state-dir", str(state_dir),
-           "--api-port", str(free_port()), "--emulator-port", str(free_port()), "--log-level", "WARNING", *extra]
+           "--api-port", str(free_port()), "--emulator-port", str(free_port()), *(["--log-level", "WARNING"] if "--log-level" not in extra else []), *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     path = state_dir / f"{name}.json"
