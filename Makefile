@@ -45,6 +45,7 @@ test: install lint template-check
 
 bench: install
 	$(BIN)/python -m bench
+	$(BIN)/python bench/sqs_depth.py
 
 clean:
 	rm -rf build .mars-local .pytest_cache
