@@ -16,7 +16,7 @@ import boto3
 import requests
 from botocore.config import Config as BotoConfig
 
-from local.stack import free_port, wait_for_port
+from local.stack import free_port, terminate, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
@@ -59,13 +59,7 @@ class Emulator:
                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
     def stop(self) -> None:
-        for p in self.processes:
-            p.terminate()
-        for p in self.processes:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        terminate(*self.processes)
 
 
 def start_emulator(patched: bool = True, split: bool = True) -> Emulator:
@@ -112,11 +106,7 @@ class Stack:
             lam.update_event_source_mapping(UUID=m["UUID"], Enabled=enabled)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process, timeout=20)
 
 
 def start_stack(workdir: Path, *extra: str) -> Stack:
@@ -124,8 +114,9 @@ def start_stack(workdir: Path, *extra: str) -> Stack:
     workdir.mkdir(parents=True, exist_ok=True)
     state_dir, log = workdir / "state", workdir / "stack.log"
     name = f"bench{os.getpid()}"
+    quiet = [] if "--log-level" in extra else ["--log-level", "WARNING"]
     cmd = [sys.executable, "-m", "mars.cli", "up", "--stack-name", name, "--state-dir", str(state_dir),
-           "--api-port", str(free_port()), "--emulator-port", str(free_port()), *(["--log-level", "WARNING"] if "--log-level" not in extra else []), *extra]
+           "--api-port", str(free_port()), "--emulator-port", str(free_port()), *quiet, *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     path = state_dir / f"{name}.json"

@@ -170,20 +170,7 @@ def sample_queue(queue: Any, now_ms: float) -> tuple[int, int, int, float]:
     One pass over a snapshot of the queue's messages; works with or without
     ``local.moto_patches``.
     """
-    visible = not_visible = delayed = 0
-    oldest: float | None = None
-    for message in list(queue._messages):
-        is_delayed = now_ms < message.delayed_until
-        if is_delayed:
-            delayed += 1
-        if now_ms > message.visible_at:
-            if not is_delayed:
-                visible += 1
-        else:
-            not_visible += 1
-        sent = message.sent_timestamp
-        if sent is not None and (oldest is None or sent < oldest):
-            oldest = sent
+    visible, not_visible, delayed, oldest = moto_patches.count_messages(list(queue._messages), now_ms)
     age = max(0.0, (now_ms - oldest) / 1000.0) if oldest is not None else 0.0
     return visible, not_visible, delayed, age
 

@@ -26,7 +26,9 @@ log = logging.getLogger("local.lambda")
 # runtime ships it: a cold start then costs the function's own imports, not boto3's (~1 s of CPU).
 _ctx = multiprocessing.get_context("forkserver")
 _ctx.set_forkserver_preload(["boto3", "botocore.session", "local.worker"])
-DEFAULT_CONCURRENCY = 8  # environments per function without triggers of its own, when the template reserves none; on 2 cores more processes cost more in switching than they add
+# Environments per function without triggers of its own, when the template reserves none: on 2 cores
+# more processes cost more in switching than they add.
+DEFAULT_CONCURRENCY = 8
 
 
 @dataclass

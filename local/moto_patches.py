@@ -203,16 +203,15 @@ def _content_based_dedup(queue: Queue) -> bool:
     return bool(value)
 
 
-def _counts(queue: Queue) -> tuple[int, int, int]:
-    """(visible, not visible, delayed) message counts in one pass with one clock read.
+def count_messages(messages: Iterable[Message], now: float) -> tuple[int, int, int, float | None]:
+    """(visible, not visible, delayed, oldest SentTimestamp in ms or None) in one pass.
 
-    Same definitions as moto's ``approximate_number_of_messages`` (visible and not
-    delayed), ``..._not_visible`` and ``..._delayed``; moto computed each in its own
-    pass, reading the clock twice per message.
-    """
-    now = unix_time_millis()
+    Same definitions as moto's ``approximate_number_of_messages`` (visible and not delayed),
+    ``..._not_visible`` and ``..._delayed``; moto computed each in its own pass, reading the
+    clock twice per message. Also used by the emulator's CloudWatch sampler."""
     visible = not_visible = delayed = 0
-    for message in queue._messages:  # snapshot: no lock needed
+    oldest: float | None = None
+    for message in messages:
         is_delayed = now < message.delayed_until
         if is_delayed:
             delayed += 1
@@ -221,6 +220,15 @@ def _counts(queue: Queue) -> tuple[int, int, int]:
                 visible += 1
         else:
             not_visible += 1
+        sent = message.sent_timestamp
+        if sent is not None and (oldest is None or sent < oldest):
+            oldest = sent
+    return visible, not_visible, delayed, oldest
+
+
+def _counts(queue: Queue) -> tuple[int, int, int]:
+    """(visible, not visible, delayed) with one clock read; the store iterates a snapshot."""
+    visible, not_visible, delayed, _oldest = count_messages(queue._messages, unix_time_millis())
     return visible, not_visible, delayed
 
 

@@ -59,6 +59,17 @@ def endpoint_variable(service: str) -> str:
     return "AWS_ENDPOINT_URL_" + re.sub(r"[\s-]+", "_", str(service_id)).upper()
 
 
+def terminate(*processes: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL whatever has not exited within `timeout` seconds."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -206,13 +217,7 @@ class LocalStack:
         for server in self.servers:
             server.stop()
         self.invoker.close()
-        for emulator in self._emulators:
-            emulator.terminate()
-        for emulator in self._emulators:
-            try:
-                emulator.wait(10)
-            except subprocess.TimeoutExpired:
-                emulator.kill()
+        terminate(*self._emulators)
         state = self.state_file
         if state.exists() and json.loads(state.read_text()).get("pid") == os.getpid():
             state.unlink()

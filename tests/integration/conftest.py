@@ -16,7 +16,7 @@ import boto3
 import pytest
 import requests
 
-from local.stack import free_port
+from local.stack import free_port, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 MARS = [sys.executable, "-m", "mars.cli"]
@@ -67,11 +67,7 @@ class RunningStack:
         raise AssertionError("queues did not drain")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process, timeout=20)
 
 
 def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None, cwd: Path = ROOT,
