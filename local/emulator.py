@@ -301,8 +301,13 @@ class _WaitressServer:
         self._server.run()
 
     def shutdown(self) -> None:
-        self._server.close()
-        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        # The serving loop runs while it has sockets: close the listener and every kept-alive connection.
+        for channel in list(self._server._map.values()):
+            try:
+                channel.close()
+            except OSError:
+                pass
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
 
     def server_close(self) -> None:
         self._sock.close()

@@ -146,7 +146,8 @@ class LocalStack:
             if not self.config.patched_emulator:
                 cmd.append("--no-patches")
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-            self._emulators.append(subprocess.Popen(cmd, env=env))
+            # Its own session: Ctrl-C stops the runtime, which stops its pollers before the emulator.
+            self._emulators.append(subprocess.Popen(cmd, env=env, start_new_session=True))
         for port, process in zip(ports, self._emulators):
             wait_for_port(self.config.host, port, 30, process)
         if len(ports) > 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -54,6 +55,8 @@ def _error(exc: BaseException) -> dict[str, Any]:
 
 
 def main(conn: Connection, spec: dict[str, Any]) -> None:
+    # Ctrl-C reaches the whole process group; the runtime, not the terminal, ends environments.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         handler = _load(spec)
     except BaseException as exc:  # an init error is reported on every invocation, like Lambda's
