@@ -22,8 +22,8 @@ import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
 
-from . import apigw_rest, awscalls, lambda_api
-from .functions import FUNCTION_TYPES, build_spec
+from . import apigw_rest, awscalls, lambda_api, sns_trigger
+from .functions import FUNCTION_TYPES, build_spec, function_properties
 from .httpserver import Server
 from .invoker import Fault, FunctionPool, Invoker
 from .resources import provision
@@ -98,6 +98,7 @@ class LocalStack:
         self.invoker = Invoker()
         self.servers: list[Server] = []
         self.pollers: list[SqsPoller] = []
+        self.sns_pollers: list[sns_trigger.SnsPoller] = []
         self.control = lambda_api.LambdaControl(self.invoker, self.pollers)
         self.lambda_endpoint = ""
         self.api_urls: dict[str, str] = {}
@@ -126,6 +127,7 @@ class LocalStack:
             self._start_functions(self.lambda_endpoint)
             self._start_apis()
             self._start_pollers()
+            self._start_sns_triggers()
             self._write_state()
         except BaseException:
             self.stop()
@@ -210,7 +212,26 @@ class LocalStack:
                 log.info("event source", extra={"function": lid, "queue": source.name, "batch_size": source.batch_size,
                                                 "report_failures": source.report_failures})
 
+    def _start_sns_triggers(self) -> None:
+        sqs = self.client("sqs")
+        urls = {a.get("Arn"): a.get("QueueUrl") for a in self.stack.physical.values() if "QueueUrl" in a}
+        for lid, pool in self.invoker.pools.items():
+            props = function_properties(self.stack, lid)
+            dlq = self.stack.resolve(props.get("DeadLetterQueue") or {})
+            dlq_url = urls.get(dlq.get("TargetArn")) if dlq.get("Type") == "SQS" else None
+            for name, event in pool.spec.events.items():
+                if event.get("Type") != "SNS":
+                    continue
+                source = sns_trigger.subscribe(self.stack, self.client, lid, name,
+                                               self.stack.resolve(event.get("Properties", {})), dlq.get("TargetArn"))
+                poller = sns_trigger.SnsPoller(sqs, pool, source, dlq_url)
+                poller.start()
+                self.sns_pollers.append(poller)
+                log.info("event source", extra={"function": lid, "topic": source.topic_arn})
+
     def stop(self) -> None:
+        for sns_poller in self.sns_pollers:
+            sns_poller.stop()
         for poller in self.pollers:
             poller._stop.set()
         for poller in self.pollers:

@@ -219,3 +219,34 @@ def test_aws_calls_are_counted_through_botocore_hooks(probe: tuple[LocalStack, P
     assert calls["runtime"].get("sqs.ReceiveMessage", 0) > 0
     assert calls["runtime"].get("sqs.DeleteMessageBatch", 0) > 0
     assert "ProbeFunction" in calls["functions"]
+
+
+def test_sns_trigger_delivers_lambda_sns_events_and_dead_letters_after_three_attempts(
+        probe: tuple[LocalStack, Path]) -> None:
+    stack, record = probe
+    sns = stack.client("sns")
+    topic = stack.outputs()["TopicArn"]
+    tag = "sns-" + uuid.uuid4().hex[:6]
+    sns.publish(TopicArn=topic, Message=json.dumps({"tag": tag, "n": 1}), Subject="hello",
+                MessageAttributes={"k": {"DataType": "String", "StringValue": "v"}})
+
+    def sns_records(t: str) -> list[dict[str, Any]]:
+        return [r for r in records(record) if r["kind"] == "sns" and r["bodies"][0].get("tag") == t]
+
+    got = wait_for(lambda: sns_records(tag), timeout=15)
+    assert got[0]["topic"] == topic and got[0]["subject"] == "hello" and got[0]["count"] == 1
+    assert got[0]["attributes"] == {"k": {"Type": "String", "Value": "v"}}
+    assert got[0]["subscription"].startswith(topic + ":")
+    bad = "sns-bad-" + uuid.uuid4().hex[:6]
+    sns.publish(TopicArn=topic, Message=json.dumps({"tag": bad, "raise": True}))
+    sqs = stack.client("sqs")
+    dlq = stack.outputs()["AsyncDeadLettersUrl"]
+
+    def dead() -> list[dict[str, Any]]:
+        return sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                   MessageAttributeNames=["All"]).get("Messages", [])
+
+    msgs = wait_for(dead, timeout=20, interval=0.5)
+    assert len(sns_records(bad)) == 3, "Lambda's async invoke: three attempts"
+    assert json.loads(json.loads(msgs[0]["Body"])["Records"][0]["Sns"]["Message"])["tag"] == bad
+    assert msgs[0]["MessageAttributes"]["ErrorMessage"]["StringValue"] == "asked to raise"

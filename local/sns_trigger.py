@@ -1,0 +1,136 @@
+"""Lambda's SNS trigger: SNS invokes the function asynchronously with one notification per event.
+
+Locally the topic delivers to an SQS queue the runtime owns (SNS → SQS works in every emulator); a
+poller turns each notification into Lambda's SNS event and invokes the function with Lambda's
+asynchronous semantics: up to 3 attempts (a minute apart in AWS, a second here), then the function's
+`DeadLetterQueue` if the template declares one, else the event is dropped with an error line, as
+AWS does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .invoker import FunctionPool
+
+log = logging.getLogger("local.sns")
+ATTEMPTS = 3
+RETRY_DELAY_SECONDS = 1.0
+
+
+@dataclass
+class SnsSource:
+    topic_arn: str
+    queue_url: str  # the runtime's delivery queue
+    subscription_arn: str
+    dead_letter_arn: str | None = None
+
+
+def lambda_record(notification: dict[str, Any], subscription_arn: str) -> dict[str, Any]:
+    """An SNS notification (the JSON SNS delivers to SQS) as Lambda hands it to a function."""
+    return {
+        "EventSource": "aws:sns",
+        "EventVersion": "1.0",
+        "EventSubscriptionArn": subscription_arn,
+        "Sns": {
+            "Type": notification.get("Type", "Notification"),
+            "MessageId": notification.get("MessageId"),
+            "TopicArn": notification.get("TopicArn"),
+            "Subject": notification.get("Subject"),
+            "Message": notification.get("Message"),
+            "Timestamp": notification.get("Timestamp"),
+            "SignatureVersion": notification.get("SignatureVersion", "1"),
+            "Signature": notification.get("Signature", ""),
+            "SigningCertUrl": notification.get("SigningCertURL", ""),
+            "UnsubscribeUrl": notification.get("UnsubscribeURL", ""),
+            "MessageAttributes": notification.get("MessageAttributes", {}),
+        },
+    }
+
+
+def subscribe(stack: Any, clients: Any, function_lid: str, event_name: str, props: dict[str, Any],
+              dead_letter_arn: str | None) -> SnsSource:
+    """Creates the delivery queue and the topic's subscription to it (with the event's FilterPolicy)."""
+    sqs, sns = clients("sqs"), clients("sns")
+    name = f"{stack.name}-{function_lid}-{event_name}-sns"[:80]
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    attributes = {}
+    if props.get("FilterPolicy"):
+        attributes["FilterPolicy"] = json.dumps(props["FilterPolicy"])
+        if props.get("FilterPolicyScope"):
+            attributes["FilterPolicyScope"] = str(props["FilterPolicyScope"])
+    sub = sns.subscribe(TopicArn=props["Topic"], Protocol="sqs", Endpoint=arn, Attributes=attributes,
+                        ReturnSubscriptionArn=True)["SubscriptionArn"]
+    return SnsSource(props["Topic"], url, sub, dead_letter_arn)
+
+
+class SnsPoller:
+    def __init__(self, sqs: Any, pool: FunctionPool, source: SnsSource, dead_letter_url: str | None,
+                 concurrency: int = 4) -> None:
+        self.sqs, self.pool, self.source = sqs, pool, source
+        self.dead_letter_url = dead_letter_url
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sns-invoke")
+        self._slots = threading.Semaphore(concurrency)
+        self._thread = threading.Thread(target=self._run, name=f"sns:{source.topic_arn}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                got = self.sqs.receive_message(QueueUrl=self.source.queue_url, MaxNumberOfMessages=10,
+                                               WaitTimeSeconds=1).get("Messages", [])
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("receive failed", extra={"topic": self.source.topic_arn, "error": str(exc)})
+                self._stop.wait(1)
+                continue
+            for message in got:
+                self._slots.acquire()
+                self._pool.submit(self._deliver, message)
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        try:
+            notification = json.loads(message["Body"])
+            event = {"Records": [lambda_record(notification, self.source.subscription_arn)]}
+            result = None
+            for attempt in range(ATTEMPTS):
+                result = self.pool.invoke(event, trigger="sns", source=self.source.topic_arn)
+                if result.ok or self._stop.is_set():
+                    break
+                if attempt + 1 < ATTEMPTS:
+                    time.sleep(RETRY_DELAY_SECONDS)
+            if result is not None and not result.ok:
+                self._dead_letter(event, result.error or {})
+            self.sqs.delete_message(QueueUrl=self.source.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        except Exception:
+            log.exception("SNS delivery failed", extra={"topic": self.source.topic_arn})
+        finally:
+            self._slots.release()
+
+    def _dead_letter(self, event: dict[str, Any], error: dict[str, Any]) -> None:
+        """Lambda's async DLQ: the event, with the error in message attributes."""
+        if not self.dead_letter_url:
+            log.error("async invocation failed after retries; no DeadLetterQueue, event dropped",
+                      extra={"function": self.pool.spec.name, "error": error.get("errorMessage", "")[:300]})
+            return
+        self.sqs.send_message(QueueUrl=self.dead_letter_url, MessageBody=json.dumps(event), MessageAttributes={
+            "RequestID": {"DataType": "String", "StringValue": "local"},
+            "ErrorCode": {"DataType": "Number", "StringValue": "200"},
+            "ErrorMessage": {"DataType": "String", "StringValue": error.get("errorMessage", "")[:1000] or "error"},
+        })
