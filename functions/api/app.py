@@ -148,7 +148,7 @@ def create_event() -> Response:
 @_handles_errors
 def queue_stats() -> Response:
     cfg = settings()
-    return _json(200, stats(cfg.events_queue_urls, (cfg.dead_letter_queue_url,) if cfg.dead_letter_queue_url else ()))
+    return _json(200, stats(cfg.events_queue_urls, cfg.dead_letter_queue_urls))
 
 
 @app.route("/status", methods=["GET"], content_types=BODY_TYPES)
@@ -160,7 +160,7 @@ def status() -> Response:
                                           for t in (cfg.messages_table, cfg.apps_table)]
     checks += [("queue", queue_name(u),
                 lambda u=u: aws.client("sqs").get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"]))
-               for u in (*cfg.events_queue_urls, cfg.dead_letter_queue_url)]
+               for u in (*cfg.events_queue_urls, *cfg.dead_letter_queue_urls)]
 
     def run(check: tuple[str, str, Any]) -> dict[str, Any]:
         kind, name, call = check

@@ -11,12 +11,18 @@ from functools import lru_cache
 class Settings:
     events_queue_urls: tuple[str, ...]
     dead_letter_queue_url: str
+    ingest_dead_letter_queue_url: str
     messages_table: str
     apps_table: str
     store_function: str
     retention_days: int
     allow_test_routes: bool
     stage: str
+
+    @property
+    def dead_letter_queue_urls(self) -> tuple[str, ...]:
+        """Every dead-letter queue Mars counts: the event queues' and the producers' (ingest)."""
+        return tuple(u for u in (self.dead_letter_queue_url, self.ingest_dead_letter_queue_url) if u)
 
 
 def _flag(value: str | None) -> bool:
@@ -30,6 +36,7 @@ def settings() -> Settings:
     return Settings(
         events_queue_urls=urls,
         dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL", ""),
+        ingest_dead_letter_queue_url=env.get("INGEST_DEAD_LETTER_QUEUE_URL", ""),
         messages_table=env.get("MESSAGES_TABLE", ""),
         apps_table=env.get("APPS_TABLE", ""),
         store_function=env.get("STORE_FUNCTION_NAME", ""),
