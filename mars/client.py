@@ -1,0 +1,226 @@
+"""A Python client for Mars: one API over HTTP, SNS and SQS (gRPC joins with the shim).
+
+    from mars.client import MarsClient
+    mars = MarsClient.http("http://127.0.0.1:4000/")            # or .sns(topic_arn) / .sqs(queue_url)
+    event_id = mars.send({"app_id": "shop", "message_id": "order-42", "event": "CREATED"})
+    ids = mars.send_many(events)                               # batched: 500 per request / message
+
+Every event gets an `event_id` (and a `created_at`) *before* the first attempt, so a retry — of a
+whole request, or of the items a partial failure names — can never store an event twice. Retries
+use exponential backoff with full jitter, and only for errors that can succeed later (throttling,
+5xx, connection failures); a 400 raises `MarsValidationError` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+
+MAX_BULK = 500
+MAX_MESSAGE_BYTES = 250 * 1024  # SNS and SQS allow 256 KiB; leave room for attributes
+RETRYABLE_HTTP = {429, 500, 502, 503, 504}
+RETRYABLE_AWS = {"Throttling", "ThrottlingException", "RequestThrottled", "ServiceUnavailable", "InternalError",
+                 "InternalFailure", "KMS.ThrottlingException", "SlowDown"}
+
+
+class MarsError(Exception):
+    """Mars could not take the events (after retries where retrying made sense)."""
+
+
+class MarsValidationError(MarsError):
+    """The events are not valid: `details` holds Mars's per-field (and per-index) errors."""
+
+    def __init__(self, message: str, details: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class RetryableError(MarsError):
+    """A failure worth another attempt; `pending` are the events still to send (None: all of them)."""
+
+    def __init__(self, message: str, pending: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+@dataclass
+class Retry:
+    max_attempts: int = 5
+    base_delay: float = 0.1
+    max_delay: float = 5.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2^attempt)]."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * (2 ** attempt)))
+
+
+def prepare(event: dict[str, Any]) -> dict[str, Any]:
+    """A copy with the idempotency fields fixed once: the event id and, if absent, the time."""
+    out = dict(event)
+    if not out.get("created_at"):
+        out["created_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if not out.get("event_id"):
+        out["event_id"] = uuid.uuid4().hex
+    return out
+
+
+class Transport:
+    """Sends one batch; raises RetryableError or MarsError/MarsValidationError."""
+
+    max_batch = MAX_BULK
+
+    def send_batch(self, events: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+
+class HttpTransport(Transport):
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30,
+                 session: requests.Session | None = None) -> None:
+        self.base = base_url.rstrip("/")
+        self.session = session or requests.Session()
+        self.headers = {"Content-Type": "application/json", **({"x-api-key": api_key} if api_key else {})}
+        self.timeout = timeout
+
+    def send_batch(self, events: list[dict[str, Any]]) -> None:
+        try:
+            resp = self.session.post(self.base + "/api/event/bulk", data=json.dumps({"events": events}),
+                                     headers=self.headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RetryableError(f"HTTP request failed: {exc}") from exc
+        if resp.status_code == 202:
+            return
+        body = _json_or_empty(resp)
+        error = body.get("error") or {}
+        if resp.status_code == 400:
+            raise MarsValidationError(error.get("message", "invalid events"), error.get("details", []))
+        if resp.status_code == 207:
+            failed = {d["index"] for d in error.get("details", []) if "index" in d}
+            raise RetryableError("some events were not enqueued", [e for i, e in enumerate(events) if i in failed])
+        if resp.status_code in RETRYABLE_HTTP:
+            raise RetryableError(f"HTTP {resp.status_code}: {error.get('message', resp.text[:200])}")
+        raise MarsError(f"HTTP {resp.status_code}: {error.get('message', resp.text[:200])}")
+
+
+class _AwsTransport(Transport):
+    """Events packed into messages of up to 500 events and 250 KiB (SNS and SQS cap a message, and a
+    batch call's total, at 256 KiB), one message per call."""
+
+    max_batch = MAX_BULK * 10
+
+    @staticmethod
+    def _pack(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        packs: list[list[dict[str, Any]]] = [[]]
+        size = 0
+        for ev in events:
+            n = len(json.dumps(ev).encode()) + 2
+            if packs[-1] and (size + n > MAX_MESSAGE_BYTES or len(packs[-1]) >= MAX_BULK):
+                packs.append([])
+                size = 0
+            packs[-1].append(ev)
+            size += n
+        return packs
+
+    def send_batch(self, events: list[dict[str, Any]]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        pending: list[dict[str, Any]] = []
+        last = ""
+        for pack in self._pack(events):
+            body = json.dumps(pack[0] if len(pack) == 1 else {"events": pack})
+            try:
+                self._send(body)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code not in RETRYABLE_AWS and status < 500:
+                    raise MarsError(f"{code}: {exc}") from exc
+                pending += pack
+                last = f"{code}: {exc}"
+            except BotoCoreError as exc:
+                pending += pack
+                last = str(exc)
+        if pending:
+            raise RetryableError(f"{len(pending)} events not accepted ({last})", pending)
+
+    def _send(self, body: str) -> None:
+        raise NotImplementedError
+
+
+class SqsTransport(_AwsTransport):
+    def __init__(self, queue_url: str, client: Any = None, **client_kwargs: Any) -> None:
+        import boto3
+
+        self.queue_url = queue_url
+        self.client = client or boto3.client("sqs", **client_kwargs)
+
+    def _send(self, body: str) -> None:
+        self.client.send_message(QueueUrl=self.queue_url, MessageBody=body)
+
+
+class SnsTransport(_AwsTransport):
+    def __init__(self, topic_arn: str, client: Any = None, **client_kwargs: Any) -> None:
+        import boto3
+
+        self.topic_arn = topic_arn
+        self.client = client or boto3.client("sns", **client_kwargs)
+
+    def _send(self, body: str) -> None:
+        self.client.publish(TopicArn=self.topic_arn, Message=body)
+
+
+class MarsClient:
+    def __init__(self, transport: Transport, retry: Retry | None = None) -> None:
+        self.transport = transport
+        self.retry = retry or Retry()
+
+    @classmethod
+    def http(cls, base_url: str, api_key: str | None = None, retry: Retry | None = None) -> MarsClient:
+        return cls(HttpTransport(base_url, api_key), retry)
+
+    @classmethod
+    def sqs(cls, queue_url: str, client: Any = None, retry: Retry | None = None) -> MarsClient:
+        return cls(SqsTransport(queue_url, client), retry)
+
+    @classmethod
+    def sns(cls, topic_arn: str, client: Any = None, retry: Retry | None = None) -> MarsClient:
+        return cls(SnsTransport(topic_arn, client), retry)
+
+    def send(self, event: dict[str, Any]) -> str:
+        return self.send_many([event])[0]
+
+    def send_many(self, events: Iterable[dict[str, Any]]) -> list[str]:
+        """Sends every event (batched); returns their event ids in order."""
+        prepared = [prepare(e) for e in events]
+        size = self.transport.max_batch
+        for start in range(0, len(prepared), size):
+            self._with_retries(prepared[start:start + size])
+        return [e["event_id"] for e in prepared]
+
+    def _with_retries(self, batch: list[dict[str, Any]]) -> None:
+        pending = batch
+        for attempt in range(self.retry.max_attempts):
+            try:
+                self.transport.send_batch(pending)
+                return
+            except RetryableError as exc:
+                pending = exc.pending if exc.pending is not None else pending
+                if attempt + 1 == self.retry.max_attempts:
+                    raise MarsError(f"gave up after {attempt + 1} attempts: {exc}") from exc
+                self.retry.sleep(self.retry.delay(attempt))
+
+
+def _json_or_empty(resp: requests.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
