@@ -8,7 +8,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 UP_ARGS ?=
 
-.PHONY: install up test lint template-check unit integration bench clean
+.PHONY: install up test lint template-check unit integration bench clean proto
 
 $(BIN)/.installed: requirements-dev.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 (the Lambda runtime of template.yaml)"; exit 1; }
@@ -29,7 +29,7 @@ lint: install
 # cfn-lint, sam validate --lint and a container-less sam build of the very template we run locally.
 template-check: install
 	@mkdir -p build
-	$(BIN)/cfn-lint template.yaml
+	$(BIN)/cfn-lint template.yaml grpc_shim/template.yaml
 	$(BIN)/sam validate --lint --region us-east-1 --template-file template.yaml
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sam build --template-file template.yaml --build-dir build/sam --cache-dir build/sam-cache --cached --region us-east-1 >build/sam-build.log 2>&1 || { tail -40 build/sam-build.log; exit 1; }
 	@echo "sam build: ok (build/sam)"
@@ -46,6 +46,10 @@ test: install lint template-check
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python bench/sqs_depth.py
+
+# Generated gRPC code is committed; tests/unit/test_proto.py fails when it is stale.
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=grpc_shim --grpc_python_out=grpc_shim --pyi_out=grpc_shim event.proto
 
 clean:
 	rm -rf build .mars-local .pytest_cache

@@ -101,6 +101,8 @@ class LocalStack:
         self.sns_pollers: list[sns_trigger.SnsPoller] = []
         self.control = lambda_api.LambdaControl(self.invoker, self.pollers)
         self.lambda_endpoint = ""
+        # Outputs of services run beside the stack (what a deployed stack's other resources would give)
+        self.extra_outputs: dict[str, Any] = {}
         self.api_urls: dict[str, str] = {}
         self._emulators: list[subprocess.Popen[bytes]] = []
         # service → endpoint, for services not served by `self.endpoint`
@@ -254,7 +256,11 @@ class LocalStack:
 
     def outputs(self) -> dict[str, Any]:
         self.stack.url_rewriter = self.rewrite_url
-        return self.stack.output_values()
+        return {**self.stack.output_values(), **self.extra_outputs}
+
+    def add_outputs(self, values: dict[str, Any]) -> None:
+        self.extra_outputs.update(values)
+        self._write_state()
 
     @property
     def state_file(self) -> Path:

@@ -53,6 +53,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         log.error("stack failed to start", extra={"error": str(exc)})
         print(f"mars: the local stack did not start: {exc}", file=sys.stderr)
         return 1
+    shim = None
+    if args.grpc_port:
+        shim = _start_grpc_shim(args, stack)
+        stack.add_outputs({"GrpcEndpoint": f"{args.host}:{args.grpc_port}"})
     outputs = stack.outputs()
     print(f"Mars is up: API {outputs.get('ApiUrl', '?')}  (Ctrl-C stops it; `mars outputs` prints every output)",
           file=sys.stderr, flush=True)
@@ -60,8 +64,31 @@ def cmd_up(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         log.info("stopping")
+        if shim is not None:
+            from local.stack import terminate
+
+            terminate(shim)  # the shim drains its in-flight calls before the queues go away
         stack.stop()
     return 0
+
+
+def _start_grpc_shim(args: argparse.Namespace, stack: Any) -> Any:
+    """The shim is a container in AWS; locally the same entrypoint runs as a process."""
+    import os
+    import subprocess
+
+    from local.stack import wait_for_port
+
+    outputs = stack.outputs()
+    root = Path(args.template).resolve().parent
+    env = {**os.environ, "PYTHONPATH": str(root), "EVENTS_QUEUE_URLS": outputs["EventsQueueUrls"],
+           "AWS_ENDPOINT_URL": stack.endpoint, "AWS_REGION": stack.stack.region,
+           "AWS_DEFAULT_REGION": stack.stack.region, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing"}
+    process = subprocess.Popen([sys.executable, "-m", "grpc_shim", "--host", args.host, "--port", str(args.grpc_port)],
+                               env=env, cwd=root, start_new_session=True)
+    wait_for_port(args.host, args.grpc_port, 30)
+    return process
 
 
 def cmd_outputs(args: argparse.Namespace) -> int:
@@ -89,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="bind address (loopback only by default)")
     up.add_argument("--api-port", type=int, default=4000)
     up.add_argument("--emulator-port", type=int, default=4566)
+    up.add_argument("--grpc-port", type=int, default=4025, help="the gRPC shim's port (0: do not start it)")
     up.add_argument("--endpoint", help="use this AWS-compatible endpoint (e.g. LocalStack) instead of embedded moto")
     up.add_argument("--parameter-overrides", nargs="*", default=[], metavar="Name=Value")
     up.add_argument("--fault", action="append", default=[], metavar="Function=rate[:before|after]",

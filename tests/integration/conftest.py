@@ -74,7 +74,7 @@ def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None,
                 parameters: tuple[str, ...] = ()) -> RunningStack:
     state_dir, log_path = tmp / "state", tmp / f"{name}.log"
     cmd = [*MARS, "up", "--stack-name", name, "--state-dir", str(state_dir), "--api-port", str(free_port()),
-           "--emulator-port", str(free_port()), "--template", str(template or ROOT / "template.yaml"),
+           "--emulator-port", str(free_port()), "--grpc-port", str(free_port()), "--template", str(template or ROOT / "template.yaml"),
            "--parameter-overrides", *TEST_PARAMETERS, *parameters, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = log_path.open("wb")

@@ -46,7 +46,7 @@ def enqueue(events: list[Event], queue_urls: tuple[str, ...]) -> list[EnqueueFai
 def _send_queue(url: str, items: list[tuple[int, Event]]) -> list[EnqueueFailure]:
     failures: list[EnqueueFailure] = []
     for k in range(0, len(items), SQS_BATCH):
-        failures.extend(_send_batch(url, items[k:k + SQS_BATCH]))
+        failures.extend(send_batch(url, items[k:k + SQS_BATCH]))
     return failures
 
 
@@ -59,7 +59,7 @@ def _entry(n: int, ev: Event) -> dict[str, Any]:
     }
 
 
-def _send_batch(url: str, items: list[tuple[int, Event]]) -> list[EnqueueFailure]:
+def send_batch(url: str, items: list[tuple[int, Event]]) -> list[EnqueueFailure]:
     """One SendMessageBatch; entries SQS fails are retried, then reported (never silently lost)."""
     pending = {str(n): item for n, item in enumerate(items)}
     last_error: dict[str, tuple[str, str]] = {}

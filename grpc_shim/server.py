@@ -1,0 +1,167 @@
+"""The gRPC shim: MarsGrpc (+ health and reflection) → the layer's validation → the FIFO queues.
+
+A call is answered only after its events are durably enqueued. Events of concurrent calls bound for
+the same queue are sent together (micro-batching: up to 10 per SendMessageBatch, waiting at most
+`max_wait` for company), which keeps that guarantee: each call awaits its own events' results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+HERE = Path(__file__).resolve().parent
+for path in (HERE, HERE.parent / "layers" / "common"):  # generated code; the layer (in the image: /opt/python)
+    if path.is_dir() and str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import event_pb2  # noqa: E402
+import event_pb2_grpc  # noqa: E402
+from mars_common.config import settings  # noqa: E402
+from mars_common.events import MAX_BULK, Event, FieldError, ValidationError, parse_event, utc_now  # noqa: E402
+from mars_common.queues import EnqueueFailure, send_batch  # noqa: E402
+from mars_common.sharding import shard  # noqa: E402
+
+log = logging.getLogger("mars.grpc")
+SERVICE = "MarsWeb.GrpcService.MarsGrpc"
+
+
+class Batcher:
+    """Collects events per queue from concurrent calls and sends them in batches of up to 10."""
+
+    def __init__(self, queue_urls: tuple[str, ...], max_wait: float = 0.002) -> None:
+        self.queue_urls = queue_urls
+        self.max_wait = max_wait
+        self._buffers: dict[int, list[tuple[Event, asyncio.Future[EnqueueFailure | None]]]] = defaultdict(list)
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self.batches_sent = 0
+
+    async def enqueue(self, events: list[Event]) -> list[EnqueueFailure]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for ev in events:
+            q = shard(ev.app_id, ev.message_id, len(self.queue_urls))
+            fut: asyncio.Future[EnqueueFailure | None] = loop.create_future()
+            self._buffers[q].append((ev, fut))
+            futures.append(fut)
+            if len(self._buffers[q]) >= 10:
+                self._flush(q)
+            elif q not in self._timers:
+                self._timers[q] = loop.call_later(self.max_wait, self._flush, q)
+        results = await asyncio.gather(*futures)
+        return [r for r in results if r is not None]
+
+    def _flush(self, q: int) -> None:
+        timer = self._timers.pop(q, None)
+        if timer is not None:
+            timer.cancel()
+        batch, self._buffers[q] = self._buffers[q][:10], self._buffers[q][10:]
+        if self._buffers[q]:
+            self._timers[q] = asyncio.get_running_loop().call_later(self.max_wait, self._flush, q)
+        if batch:
+            asyncio.get_running_loop().create_task(self._send(q, batch))
+
+    async def _send(self, q: int, batch: list[tuple[Event, asyncio.Future[EnqueueFailure | None]]]) -> None:
+        items = [(i, ev) for i, (ev, _f) in enumerate(batch)]
+        try:
+            failures = await asyncio.to_thread(send_batch, self.queue_urls[q], items)
+        except Exception as exc:  # never leave a caller waiting
+            failures = [EnqueueFailure(i, ev.event_id, type(exc).__name__, str(exc)) for i, ev in items]
+        self.batches_sent += 1
+        by_index = {f.index: f for f in failures}
+        for i, (_ev, fut) in enumerate(batch):
+            if not fut.done():
+                fut.set_result(by_index.get(i))
+
+
+def to_dict(req: event_pb2.EventRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {"app_id": req.app_id, "message_id": req.message_id, "event": req.event,
+                           "created_at": req.created_at}
+    if req.HasField("event_id"):
+        out["event_id"] = req.event_id
+    if req.meta:
+        out["meta"] = dict(req.meta)
+    return out
+
+
+def describe(errors: list[FieldError]) -> str:
+    return "; ".join((f"events[{e.index}].{e.field}" if e.index is not None else e.field) + f": {e.message}"
+                     for e in errors)
+
+
+class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+
+    async def _accept(self, events: list[Event], context: grpc.aio.ServicerContext) -> list[str]:
+        failures = await self.batcher.enqueue(events)
+        if failures:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{len(failures)} event(s) not enqueued, resend them: {failures[0].code}")
+        return [e.event_id for e in events]
+
+    async def _validate(self, requests: list[event_pb2.EventRequest], context: grpc.aio.ServicerContext,
+                        indexed: bool) -> list[Event]:
+        received = utc_now()
+        events, errors = [], []
+        for i, req in enumerate(requests):
+            try:
+                events.append(parse_event(to_dict(req), received_at=received, index=i if indexed else None))
+            except ValidationError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, describe(errors))
+        return events
+
+    async def collectEvent(self, request: event_pb2.EventRequest,  # noqa: N802 - Mars's rpc name
+                           context: grpc.aio.ServicerContext) -> event_pb2.EventResponse:
+        events = await self._validate([request], context, indexed=False)
+        ids = await self._accept(events, context)
+        return event_pb2.EventResponse(success=True, event_id=ids[0])
+
+    async def collectEvents(self, request: event_pb2.EventsRequest,  # noqa: N802
+                            context: grpc.aio.ServicerContext) -> event_pb2.EventsResponse:
+        if not request.events or len(request.events) > MAX_BULK:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"events: send 1 to {MAX_BULK} events")
+        events = await self._validate(list(request.events), context, indexed=True)
+        return event_pb2.EventsResponse(success=True, event_ids=await self._accept(events, context))
+
+    async def streamEvents(self, request_iterator: Any,  # noqa: N802
+                           context: grpc.aio.ServicerContext) -> event_pb2.StreamSummary:
+        received, ids, pending = 0, [], []
+        async for req in request_iterator:
+            received += 1
+            pending.append(req)
+            if len(pending) == MAX_BULK:
+                ids += await self._accept(await self._validate(pending, context, indexed=True), context)
+                pending = []
+        if pending:
+            ids += await self._accept(await self._validate(pending, context, indexed=True), context)
+        return event_pb2.StreamSummary(success=True, received=received, accepted=len(ids), event_ids=ids)
+
+
+async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -> None:
+    server = grpc.aio.server()
+    event_pb2_grpc.add_MarsGrpcServicer_to_server(MarsGrpc(Batcher(settings().events_queue_urls)), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("grpc shim listening", extra={"host": host, "port": bound})
+    await stop.wait()
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace)  # in-flight calls finish; new ones are refused
+    log.info("grpc shim stopped")
