@@ -15,7 +15,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    sizes = pipeline.Sizes(events=1000, backlog=1000, seconds=3) if args.quick else pipeline.Sizes()
+    sizes = pipeline.Sizes(events=1000, backlog=1000, seconds=3, grpc_calls=500) if args.quick else pipeline.Sizes()
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, Python {info['python']}, "
           f"moto {info['moto']}, load {info['loadavg']}", flush=True)

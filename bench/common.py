@@ -125,7 +125,7 @@ def start_stack(workdir: Path, *extra: str) -> Stack:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("mars up failed:\n" + log.read_text()[-2000:])
-        if path.exists():
+        if path.exists() and "GrpcEndpoint" in json.loads(path.read_text())["outputs"]:
             return Stack(proc, json.loads(path.read_text()), log)
         time.sleep(0.2)
     proc.kill()

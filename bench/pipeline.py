@@ -45,6 +45,7 @@ class Sizes:
     clients: int = 4
     connections: int = 32
     seconds: float = 8.0
+    grpc_calls: int = 3000
 
 
 @dataclass
@@ -286,6 +287,13 @@ def run(sizes: Sizes) -> Results:
         eps_d, info_d = bulk_ingest(stack, sizes, backlog=sizes.backlog)
         res.figures["backlog_eps"] = eps_d
         res.notes["d"] = info_d
+        wait_drained(sqs, stack.queue_urls, timeout=600)
+
+        from mars import bench_grpc
+
+        progress(f"gRPC: {sizes.grpc_calls} collectEvent calls, concurrency 50, beside a no-op server")
+        res.notes["grpc"] = bench_grpc.report(stack.state["outputs"]["GrpcEndpoint"], sizes.grpc_calls, 50,
+                                              res.figures["send_ceiling_rps"])
     finally:
         stack.stop()
     return res

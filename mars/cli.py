@@ -80,7 +80,7 @@ def _start_grpc_shim(args: argparse.Namespace, stack: Any) -> Any:
     from local.stack import wait_for_port
 
     outputs = stack.outputs()
-    root = Path(args.template).resolve().parent
+    root = Path(__file__).resolve().parent.parent  # the checkout that holds grpc_shim/ and the layer
     env = {**os.environ, "PYTHONPATH": str(root), "EVENTS_QUEUE_URLS": outputs["EventsQueueUrls"],
            "AWS_ENDPOINT_URL": stack.endpoint, "AWS_REGION": stack.stack.region,
            "AWS_DEFAULT_REGION": stack.stack.region, "AWS_ACCESS_KEY_ID": "testing",
@@ -101,6 +101,24 @@ def cmd_outputs(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(state["outputs"], indent=2))
     return 0
+
+
+def cmd_bench_grpc(args: argparse.Namespace) -> int:
+    from local.stack import read_state
+    from mars import bench_grpc
+
+    target = args.target
+    if not target:
+        state = read_state(Path(args.state_dir), args.stack_name)
+        if state is None or "GrpcEndpoint" not in state["outputs"]:
+            print("mars: no running stack with a gRPC shim; start one with `make up`, or pass --target host:port",
+                  file=sys.stderr)
+            return 2
+        target = state["outputs"]["GrpcEndpoint"]
+    figures = bench_grpc.report(target, args.count, args.concurrency)
+    if args.json:
+        print(json.dumps(figures))
+    return 0 if set(figures["statuses"]) == {"OK"} else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", default="INFO")
     stack_args(up)
     up.set_defaults(func=cmd_up)
+
+    bench = sub.add_parser("bench", help="benchmarks against the running stack (make bench runs them all)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    grpc_bench = bench_sub.add_parser("grpc", help="ghz-style load on the gRPC shim, beside a no-op gRPC server")
+    grpc_bench.add_argument("--target", help="host:port (default: the running stack's GrpcEndpoint)")
+    grpc_bench.add_argument("-n", "--count", type=int, default=5000)
+    grpc_bench.add_argument("-c", "--concurrency", type=int, default=50)
+    grpc_bench.add_argument("--json", action="store_true")
+    stack_args(grpc_bench)
+    grpc_bench.set_defaults(func=cmd_bench_grpc)
 
     outputs = sub.add_parser("outputs", help="print the running local stack's Outputs as JSON")
     stack_args(outputs)

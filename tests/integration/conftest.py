@@ -85,7 +85,8 @@ def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None,
             raise RuntimeError(f"mars up exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
         got = subprocess.run([*MARS, "outputs", "--stack-name", name, "--state-dir", str(state_dir)],
                              capture_output=True, text=True, cwd=cwd, env=env)
-        if got.returncode == 0:
+        # ready once everything `mars up` starts is up: the last is the gRPC shim
+        if got.returncode == 0 and "GrpcEndpoint" in json.loads(got.stdout):
             return RunningStack(process, state_dir, log_path, json.loads(got.stdout), name)
         time.sleep(0.3)
     process.kill()

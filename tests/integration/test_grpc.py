@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -124,3 +125,14 @@ def test_the_dockerfile_runs_the_entrypoint_the_tests_start() -> None:
     dockerfile = (ROOT / "grpc_shim" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "-m", "grpc_shim"' in dockerfile
     assert Path(ROOT / "grpc_shim" / "__main__.py").exists()
+
+
+def test_mars_bench_grpc_prints_a_ghz_style_summary(mars: RunningStack) -> None:
+    got = subprocess.run([sys.executable, "-m", "mars.cli", "bench", "grpc", "--target", mars.outputs["GrpcEndpoint"],
+                          "-n", "100", "-c", "5", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    for heading in ("Summary:", "Requests/sec:", "Response time histogram:", "Latency distribution:",
+                    "99% in", "Status code distribution:", "[OK]   100 responses", "no-op MarsGrpc server"):
+        assert heading in got.stdout
+    figures = json.loads(got.stdout.strip().splitlines()[-1])
+    assert figures["statuses"] == {"OK": 100} and figures["rps"] > 0 and figures["noop_rps"] > 0
