@@ -25,6 +25,7 @@ up: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/hadolint grpc_shim/Dockerfile
 
 # cfn-lint, sam validate --lint and a container-less sam build of the very template we run locally.
 template-check: install

@@ -18,17 +18,9 @@ from typing import Any
 
 import grpc
 
+from mars.proto import stubs
+
 MARS_PUBLISHED = "Mars (Elixir), ghz -n 100000 on a MacBook Pro: 3,537.88 req/s, p99 4.60 ms, average 2.74 ms"
-
-
-def _stubs() -> tuple[Any, Any]:
-    shim = Path(__file__).resolve().parent.parent / "grpc_shim"
-    if str(shim) not in sys.path:
-        sys.path.insert(0, str(shim))
-    import event_pb2
-    import event_pb2_grpc
-
-    return event_pb2, event_pb2_grpc
 
 
 @dataclass
@@ -49,7 +41,7 @@ class Result:
 
 async def load(target: str, count: int, concurrency: int, app_id: str = "bench-grpc") -> Result:
     """`count` collectEvent calls, `concurrency` in flight at a time, over one HTTP/2 channel."""
-    pb2, pb2_grpc = _stubs()
+    pb2, pb2_grpc = stubs()
     result = Result(count, 0.0)
     next_i = 0
     run = f"{time.time_ns():x}"
@@ -79,7 +71,7 @@ async def load(target: str, count: int, concurrency: int, app_id: str = "bench-g
 
 def _noop_servicer() -> Any:
     """MarsGrpc that answers at once: the cost of gRPC itself on this machine."""
-    pb2, pb2_grpc = _stubs()
+    pb2, pb2_grpc = stubs()
 
     class Noop(pb2_grpc.MarsGrpcServicer):  # type: ignore[misc, name-defined]
         async def collectEvent(self, request: Any, context: Any) -> Any:  # noqa: N802 - Mars's rpc name
@@ -89,7 +81,7 @@ def _noop_servicer() -> Any:
 
 
 async def _serve_noop(port: int) -> None:
-    _pb2, pb2_grpc = _stubs()
+    _pb2, pb2_grpc = stubs()
     server = grpc.aio.server()
     pb2_grpc.add_MarsGrpcServicer_to_server(_noop_servicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")

@@ -1,7 +1,7 @@
-"""A Python client for Mars: one API over HTTP, SNS and SQS (gRPC joins with the shim).
+"""A Python client for Mars: one API over four transports, HTTP, gRPC, SNS and SQS.
 
     from mars.client import MarsClient
-    mars = MarsClient.http("http://127.0.0.1:4000/")            # or .sns(topic_arn) / .sqs(queue_url)
+    mars = MarsClient.http("http://127.0.0.1:4000/")            # or .grpc("127.0.0.1:4025"), .sns(topic_arn), .sqs(queue_url)
     event_id = mars.send({"app_id": "shop", "message_id": "order-42", "event": "CREATED"})
     ids = mars.send_many(events)                               # batched: 500 per request / message
 
@@ -177,6 +177,40 @@ class SnsTransport(_AwsTransport):
         self.client.publish(TopicArn=self.topic_arn, Message=body)
 
 
+class GrpcTransport(Transport):
+    """collectEvents (up to 500 per call) on the gRPC shim."""
+
+    RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED")
+
+    def __init__(self, target: str, api_key: str | None = None, timeout: float = 30, channel: Any = None) -> None:
+        import grpc
+
+        from mars.proto import stubs
+
+        self.pb2, pb2_grpc = stubs()
+        self.channel = channel or grpc.insecure_channel(target)
+        self.stub = pb2_grpc.MarsGrpcStub(self.channel)
+        self.metadata = (("x-api-key", api_key),) if api_key else ()
+        self.timeout = timeout
+
+    def send_batch(self, events: list[dict[str, Any]]) -> None:
+        import grpc
+
+        requests_ = [self.pb2.EventRequest(app_id=e.get("app_id", ""), message_id=e.get("message_id", ""),
+                                           event=e.get("event", ""), created_at=e.get("created_at", ""),
+                                           event_id=e["event_id"], meta=e.get("meta") or {}) for e in events]
+        try:
+            self.stub.collectEvents(self.pb2.EventsRequest(events=requests_), timeout=self.timeout,
+                                    metadata=self.metadata)
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() else "UNKNOWN"
+            if code == "INVALID_ARGUMENT":
+                raise MarsValidationError(exc.details() or "invalid events", [{"message": exc.details()}]) from exc
+            if code in self.RETRYABLE:
+                raise RetryableError(f"{code}: {exc.details()}") from exc
+            raise MarsError(f"{code}: {exc.details()}") from exc
+
+
 class MarsClient:
     def __init__(self, transport: Transport, retry: Retry | None = None) -> None:
         self.transport = transport
@@ -185,6 +219,10 @@ class MarsClient:
     @classmethod
     def http(cls, base_url: str, api_key: str | None = None, retry: Retry | None = None) -> MarsClient:
         return cls(HttpTransport(base_url, api_key), retry)
+
+    @classmethod
+    def grpc(cls, target: str, api_key: str | None = None, retry: Retry | None = None) -> MarsClient:
+        return cls(GrpcTransport(target, api_key), retry)
 
     @classmethod
     def sqs(cls, queue_url: str, client: Any = None, retry: Retry | None = None) -> MarsClient:

@@ -11,10 +11,12 @@ from mars.client import MarsClient, MarsValidationError
 from .conftest import RunningStack, wait_timeline
 
 
-@pytest.mark.parametrize("transport", ["http", "sns", "sqs"])
+@pytest.mark.parametrize("transport", ["http", "grpc", "sns", "sqs"])
 def test_each_transport_reaches_the_timeline_once(mars: RunningStack, transport: str) -> None:
     if transport == "http":
         client = MarsClient.http(mars.api)
+    elif transport == "grpc":
+        client = MarsClient.grpc(mars.outputs["GrpcEndpoint"])
     elif transport == "sns":
         client = MarsClient.sns(mars.outputs["IngestTopicArn"], mars.client("sns"))
     else:
@@ -32,3 +34,9 @@ def test_http_validation_errors_surface_with_details(mars: RunningStack) -> None
     with pytest.raises(MarsValidationError) as err:
         MarsClient.http(mars.api).send({"app_id": "shop", "message_id": "x", "evnt": "TYPO"})
     assert {d["field"] for d in err.value.details} >= {"evnt", "event"}
+
+
+def test_grpc_validation_errors_surface(mars: RunningStack) -> None:
+    with pytest.raises(MarsValidationError) as err:
+        MarsClient.grpc(mars.outputs["GrpcEndpoint"]).send({"app_id": "bad app", "message_id": "x", "event": "E"})
+    assert "app_id" in str(err.value)
