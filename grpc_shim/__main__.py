@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -18,10 +19,24 @@ class _Json(logging.Formatter):
         return json.dumps({"level": record.levelname, "logger": record.name, "msg": record.getMessage(), **extra})
 
 
+async def _watch(pid: int, stop: asyncio.Event) -> None:
+    """Locally the shim must not outlive `mars up` (e.g. after a SIGKILL)."""
+    while not stop.is_set():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stop.set()
+            return
+        except PermissionError:
+            pass
+        await asyncio.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grpc_shim", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=4025)
+    parser.add_argument("--parent-pid", type=int, help="stop when this process is gone (`mars up`, locally)")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Json())
@@ -32,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if args.parent_pid:
+            loop.create_task(_watch(args.parent_pid, stop))
         await serve(args.host, args.port, stop)
 
     asyncio.run(run())

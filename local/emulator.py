@@ -388,11 +388,22 @@ def serve(
     return emulator
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local.emulator", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4566)
     parser.add_argument("--no-patches", action="store_true", help="run stock moto SQS")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is gone (the runtime that started it)")
     parser.add_argument("--server", choices=["waitress", "werkzeug"], default="waitress",
                         help="HTTP server: waitress keeps connections alive; werkzeug is moto's own")
     parser.add_argument(
@@ -431,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.environ.setdefault("MOTO_PORT", str(emulator.port))  # as moto's own server does
     while not stop.wait(0.5):
-        pass
+        if args.parent_pid and not _alive(args.parent_pid):
+            break  # the runtime died without stopping us (SIGKILL): do not outlive it
     emulator.stop()
     logger.info("emulator stopped", extra={"host": emulator.host, "port": emulator.port})
     return 0

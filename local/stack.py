@@ -146,7 +146,8 @@ class LocalStack:
             return
         ports = [self.config.emulator_port] + [free_port(self.config.host) for _ in self.config.split_services[:1]]
         for port in ports:
-            cmd = [sys.executable, "-m", "local.emulator", "--host", self.config.host, "--port", str(port)]
+            cmd = [sys.executable, "-m", "local.emulator", "--host", self.config.host, "--port", str(port),
+                   "--parent-pid", str(os.getpid())]
             if not self.config.patched_emulator:
                 cmd.append("--no-patches")
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}

@@ -85,7 +85,8 @@ def _start_grpc_shim(args: argparse.Namespace, stack: Any) -> Any:
            "AWS_ENDPOINT_URL": stack.endpoint, "AWS_REGION": stack.stack.region,
            "AWS_DEFAULT_REGION": stack.stack.region, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing"}
-    process = subprocess.Popen([sys.executable, "-m", "grpc_shim", "--host", args.host, "--port", str(args.grpc_port)],
+    process = subprocess.Popen([sys.executable, "-m", "grpc_shim", "--host", args.host, "--port", str(args.grpc_port),
+                                "--parent-pid", str(os.getpid())],
                                env=env, cwd=root, start_new_session=True)
     wait_for_port(args.host, args.grpc_port, 30)
     return process
