@@ -46,6 +46,13 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> An
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+def received(stack: LocalStack, output: str) -> list[dict[str, Any]]:
+    """Up to 10 messages of the queue an output names (a dead-letter queue), with their attributes."""
+    return stack.client("sqs").receive_message(QueueUrl=stack.outputs()[output], MaxNumberOfMessages=10,
+                                               WaitTimeSeconds=1, AttributeNames=["All"],
+                                               MessageAttributeNames=["All"]).get("Messages", [])
+
+
 def batches_with(path: Path, tag: str) -> list[dict[str, Any]]:
     return [r for r in records(path) if r["kind"] == "batch" and any(b.get("tag") == tag for b in r["bodies"])]
 
@@ -152,14 +159,7 @@ def test_poison_goes_to_the_dead_letter_queue_without_blocking_others(probe: tup
     tag = "poison-" + uuid.uuid4().hex[:6]
     send_fifo(stack, [("P-" + tag, {"tag": tag, "n": 0, "fail": True}), ("Q-" + tag, {"tag": tag, "n": 1})])
     wait_for(lambda: any(1 in [b["n"] for b in batch["bodies"]] for batch in batches_with(record, tag)), timeout=10)
-    sqs = stack.client("sqs")
-    dlq = stack.outputs()["DeadLettersUrl"]
-
-    def dead() -> list[dict[str, Any]]:
-        return sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                   AttributeNames=["All"]).get("Messages", [])
-
-    msgs = wait_for(dead, timeout=40, interval=0.5)
+    msgs = wait_for(lambda: received(stack, "DeadLettersUrl"), timeout=40, interval=0.5)
     assert [json.loads(m["Body"])["n"] for m in msgs] == [0]
     attempts = [batch for batch in batches_with(record, tag) if 0 in [b["n"] for b in batch["bodies"]]]
     assert len(attempts) == 3, "maxReceiveCount receives, then the dead-letter queue"
@@ -239,14 +239,7 @@ def test_sns_trigger_delivers_lambda_sns_events_and_dead_letters_after_three_att
     assert got[0]["subscription"].startswith(topic + ":")
     bad = "sns-bad-" + uuid.uuid4().hex[:6]
     sns.publish(TopicArn=topic, Message=json.dumps({"tag": bad, "raise": True}))
-    sqs = stack.client("sqs")
-    dlq = stack.outputs()["AsyncDeadLettersUrl"]
-
-    def dead() -> list[dict[str, Any]]:
-        return sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                   MessageAttributeNames=["All"]).get("Messages", [])
-
-    msgs = wait_for(dead, timeout=20, interval=0.5)
+    msgs = wait_for(lambda: received(stack, "AsyncDeadLettersUrl"), timeout=20, interval=0.5)
     assert len(sns_records(bad)) == 3, "Lambda's async invoke: three attempts"
     assert json.loads(json.loads(msgs[0]["Body"])["Records"][0]["Sns"]["Message"])["tag"] == bad
     assert msgs[0]["MessageAttributes"]["ErrorMessage"]["StringValue"] == "asked to raise"
