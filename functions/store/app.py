@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common.config import settings
-from mars_common.events import Event, parse_event
+from mars_common.events import Event
 from mars_common.store import upsert_message
 
 logger = Logger(service="mars-store")
@@ -20,7 +20,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     stored = duplicates = 0
     for message in event.get("messages", []):
         try:
-            events = [_event(raw) for raw in message["events"]]
+            events = [Event.from_dict(raw) for raw in message["events"]]
             res = upsert_message(cfg.messages_table, message["app_id"], message["message_id"], events,
                                  cfg.retention_days)
         except Exception as exc:  # one message's failure must not fail its neighbours
@@ -34,9 +34,3 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     logger.info("stored", extra={"messages": len(results), "events_stored": stored, "duplicates_dropped": duplicates,
                                  "failed": sum(1 for r in results if not r["ok"])})
     return {"results": results}
-
-
-def _event(raw: dict[str, Any]) -> Event:
-    data = dict(raw)
-    received = data.pop("received_at", None)
-    return parse_event(data, received_at=received)

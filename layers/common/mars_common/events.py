@@ -73,12 +73,16 @@ class Event:
     @classmethod
     def from_json(cls, raw: str) -> "Event":
         """Reads an event already validated at ingress (queue bodies); re-checks its shape."""
-        data = json.loads(raw)
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Event":
+        """`as_dict()` back into an Event (received_at kept), validated again."""
         if not isinstance(data, dict):
             raise ValidationError([FieldError("body", "must be a JSON object")])
+        data = dict(data)
         received = data.pop("received_at", None)
-        event = parse_event(data, received_at=received if isinstance(received, str) else None)
-        return event
+        return parse_event(data, received_at=received if isinstance(received, str) else None)
 
 
 def format_ts(moment: datetime) -> str:
