@@ -65,6 +65,16 @@ def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iter
         _clear_caches()
 
 
+@pytest.fixture(scope="session")
+def mars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One local stack (`mars up`) per test session, shared by tests/integration and tests/browser."""
+    from tests.integration.conftest import start_stack
+
+    stack = start_stack(tmp_path_factory.mktemp("mars"), "mars-it")
+    yield stack
+    stack.stop()
+
+
 def load_function(name: str) -> ModuleType:
     """functions/<name>/app.py as its own module, so every app.py can be tested side by side."""
     path = ROOT / "functions" / name / "app.py"

@@ -7,13 +7,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
-import pytest
 import requests
 
 from local.stack import free_port, terminate
@@ -91,13 +89,6 @@ def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None,
         time.sleep(0.3)
     process.kill()
     raise RuntimeError(f"mars up did not become ready:\n{log_path.read_text()[-3000:]}")
-
-
-@pytest.fixture(scope="session")
-def mars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    stack = start_stack(tmp_path_factory.mktemp("mars"), "mars-it")
-    yield stack
-    stack.stop()
 
 
 def wait_timeline(stack: RunningStack, message_id: str, *, app_id: str | None = None, events: int = 1,
