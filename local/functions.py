@@ -81,7 +81,9 @@ def build_spec(stack: Stack, logical_id: str, base_env: dict[str, str]) -> Funct
         else:
             raise TemplateError(f"{logical_id}: layer {layer} is not defined in this template")
     variables = stack.resolve(props.get("Environment", {}).get("Variables", {}))
-    env = {**base_env, **{k: _env_str(v) for k, v in variables.items()}}
+    rewrite = stack.url_rewriter or (lambda value: value)
+    # Deployed API URLs in the environment (execute-api …) point at the local servers instead.
+    env = {**base_env, **{k: rewrite(_env_str(v)) for k, v in variables.items()}}
     return FunctionSpec(
         logical_id=logical_id, name=name, arn=stack.get_att(logical_id, "Arn"),
         handler=str(props["Handler"]), code_dir=stack.root / str(props.get("CodeUri", ".")),

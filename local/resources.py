@@ -119,6 +119,18 @@ def _api(stack: Stack, lid: str, props: dict[str, Any], clients: Callable[[str],
     return {"Ref": api_id, "RootResourceId": api_id[:6]}
 
 
+def _api_v2(stack: Stack, lid: str, props: dict[str, Any], clients: Callable[[str], Any]) -> dict[str, Any]:
+    api_id = local_api_id(stack, lid)
+    scheme = "wss" if str(props.get("ProtocolType", "HTTP")).upper() == "WEBSOCKET" else "https"
+    return {"Ref": api_id, "ApiId": api_id, "ApiEndpoint": f"{scheme}://{api_id}.execute-api.{stack.region}.amazonaws.com"}
+
+
+def _local_id(stack: Stack, lid: str, props: dict[str, Any], clients: Callable[[str], Any]) -> dict[str, Any]:
+    """Resources that exist only as configuration the runtime reads from the template (routes,
+    integrations, stages, permissions): an id so references to them resolve."""
+    return {"Ref": props.get("StageName") or local_api_id(stack, lid)[:7]}
+
+
 def _function(stack: Stack, lid: str, props: dict[str, Any], clients: Callable[[str], Any]) -> dict[str, Any]:
     name = props.get("FunctionName") or physical_name(stack, lid)
     return {"Ref": name, "Arn": f"arn:aws:lambda:{stack.region}:{stack.account_id}:function:{name}"}
@@ -134,6 +146,10 @@ CREATORS: dict[str, Callable[[Stack, str, dict[str, Any], Callable[[str], Any]],
     "AWS::DynamoDB::Table": create_table,
     "AWS::SNS::Topic": create_topic,
     "AWS::Serverless::Api": _api,
+    "AWS::ApiGatewayV2::Api": _api_v2,
+    **{t: _local_id for t in ("AWS::ApiGatewayV2::Integration", "AWS::ApiGatewayV2::Route",
+                              "AWS::ApiGatewayV2::RouteResponse", "AWS::ApiGatewayV2::Deployment",
+                              "AWS::ApiGatewayV2::Stage", "AWS::Lambda::Permission")},
     **{t: _function for t in FUNCTION_TYPES},
     **{t: _layer for t in LAYER_TYPES},
 }

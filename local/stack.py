@@ -22,7 +22,7 @@ import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
 
-from . import apigw_rest, awscalls, lambda_api, sns_trigger
+from . import apigw_rest, apigw_websocket, awscalls, lambda_api, sns_trigger
 from .functions import FUNCTION_TYPES, build_spec, function_properties
 from .httpserver import Server
 from .invoker import Fault, FunctionPool, Invoker
@@ -41,6 +41,7 @@ class Config:
     stack_name: str = "local"
     host: str = "127.0.0.1"
     api_port: int = 4000
+    ws_port: int = 4001  # websocket APIs; their @connections endpoints take free ports
     emulator_port: int = 4566
     endpoint: str | None = None  # an already running emulator (LocalStack…): no embedded moto
     parameter_overrides: dict[str, str] = field(default_factory=dict)
@@ -104,6 +105,10 @@ class LocalStack:
         # Outputs of services run beside the stack (what a deployed stack's other resources would give)
         self.extra_outputs: dict[str, Any] = {}
         self.api_urls: dict[str, str] = {}
+        # websocket api id → (ws:// URL, @connections management base URL)
+        self.websocket_urls: dict[str, tuple[str, str]] = {}
+        self.ws_gateways: list[apigw_websocket.Gateway] = []
+        self.stack.url_rewriter = self.rewrite_url
         self._emulators: list[subprocess.Popen[bytes]] = []
         # service → endpoint, for services not served by `self.endpoint`
         self.service_endpoints: dict[str, str] = {}
@@ -126,8 +131,8 @@ class LocalStack:
             lambda_server = lambda_api.serve(self.control, self.config.host, 0)
             self.servers.append(lambda_server)
             self.lambda_endpoint = f"http://{self.config.host}:{lambda_server.port}"
+            self._start_apis()  # before the functions: their environment holds the APIs' local URLs
             self._start_functions(self.lambda_endpoint)
-            self._start_apis()
             self._start_pollers()
             self._start_sns_triggers()
             self._write_state()
@@ -195,6 +200,16 @@ class LocalStack:
             server = apigw_rest.serve(api, self.invoker, self.config.host, port)
             self.servers.append(server)
             self.api_urls[api.api_id] = f"http://{self.config.host}:{server.port}/"
+        for i, ws_api in enumerate(apigw_websocket.build_apis(self.stack)):
+            port = self.config.ws_port + i if self.config.ws_port else 0
+            gateway, management = apigw_websocket.serve_api(ws_api, self.invoker, self.config.host, port)
+            self.ws_gateways.append(gateway)
+            self.servers.append(management)
+            self.websocket_urls[ws_api.api_id] = (f"ws://{self.config.host}:{gateway.port}",
+                                                  f"http://{self.config.host}:{management.port}")
+            log.info("websocket api", extra={"api": ws_api.logical_id, "url": self.websocket_urls[ws_api.api_id][0],
+                                             "connections_endpoint": self.websocket_urls[ws_api.api_id][1],
+                                             "routes": sorted(ws_api.routes)})
 
     def _start_pollers(self) -> None:
         sqs = self.client("sqs")
@@ -239,6 +254,8 @@ class LocalStack:
             poller._stop.set()
         for poller in self.pollers:
             poller.stop(timeout=5)
+        for gateway in self.ws_gateways:
+            gateway.stop()  # $disconnect runs for every open socket while the functions still live
         for server in self.servers:
             server.stop()
         self.invoker.close()
@@ -249,11 +266,18 @@ class LocalStack:
 
     # --- outputs ---------------------------------------------------------------------------------
     def rewrite_url(self, value: str) -> str:
-        """Deployed API URLs (https://{id}.execute-api.{region}.amazonaws.com/{stage}/…) → local ones."""
+        """Deployed API URLs → local ones: https://{id}.execute-api.{region}.amazonaws.com/{stage}/…
+        of a REST API → its local server; of a websocket API, wss:// → the gateway and https:// (the
+        @connections endpoint) → its management server."""
         def repl(m: re.Match[str]) -> str:
-            base = self.api_urls.get(m.group(1))
-            return base + (m.group(3) or "").lstrip("/") if base else m.group(0)
-        return re.sub(r"https://([a-z0-9]+)\.execute-api\.[a-z0-9-]+\.amazonaws\.com(/[^/\s,]*)?(/[^\s,]*)?", repl, value)
+            scheme, api_id, rest = m.group(1), m.group(2), (m.group(4) or "").lstrip("/")
+            if api_id in self.websocket_urls:
+                ws, management = self.websocket_urls[api_id]
+                return (ws if scheme == "wss" else management) + ("/" + rest if rest else "")
+            base = self.api_urls.get(api_id)
+            return base + rest if base else m.group(0)
+        return re.sub(r"(https|wss)://([a-z0-9]+)\.execute-api\.[a-z0-9-]+\.amazonaws\.com(/[^/\s,]*)?(/[^\s,]*)?",
+                      repl, value)
 
     def outputs(self) -> dict[str, Any]:
         self.stack.url_rewriter = self.rewrite_url
@@ -272,7 +296,7 @@ class LocalStack:
         state = {"pid": os.getpid(), "stack": self.stack.name, "template": str(self.config.template.resolve()),
                  "endpoint": self.endpoint, "service_endpoints": self.service_endpoints,
                  "lambda_endpoint": self.lambda_endpoint,
-                 "apis": self.api_urls, "outputs": self.outputs()}
+                 "apis": self.api_urls, "websockets": self.websocket_urls, "outputs": self.outputs()}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)

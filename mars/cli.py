@@ -40,7 +40,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     faults = dict(Fault.parse(f) for f in args.fault)
     config = Config(template=Path(args.template), stack_name=args.stack_name, host=args.host,
-                    api_port=args.api_port, emulator_port=args.emulator_port, endpoint=args.endpoint,
+                    api_port=args.api_port, ws_port=args.ws_port, emulator_port=args.emulator_port,
+                    endpoint=args.endpoint,
                     parameter_overrides=_overrides(args.parameter_overrides), state_dir=Path(args.state_dir),
                     faults=faults, fault_seed=args.fault_seed, warm=args.warm)
     stop = threading.Event()
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--template", default="template.yaml")
     up.add_argument("--host", default="127.0.0.1", help="bind address (loopback only by default)")
     up.add_argument("--api-port", type=int, default=4000)
+    up.add_argument("--ws-port", type=int, default=4001, help="websocket API (its @connections endpoint takes a free port)")
     up.add_argument("--emulator-port", type=int, default=4566)
     up.add_argument("--grpc-port", type=int, default=4025, help="the gRPC shim's port (0: do not start it)")
     up.add_argument("--endpoint", help="use this AWS-compatible endpoint (e.g. LocalStack) instead of embedded moto")

@@ -7,16 +7,29 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
-from mars_common import aws
+from mars_common import aws, live
 from mars_common.config import settings
-from mars_common.events import APP_ID_RE, MAX_EVENT, Event, FieldError, ValidationError, parse_event, parse_events
+from mars_common.events import (
+    APP_ID_RE,
+    MAX_EVENT,
+    MAX_MESSAGE_ID,
+    Event,
+    FieldError,
+    ValidationError,
+    check_text,
+    parse_event,
+    parse_events,
+    utc_now,
+)
 from mars_common.queues import enqueue, queue_name, stats
 from mars_common.store import (
     decode_cursor,
@@ -38,6 +51,9 @@ BODY_TYPES = ["*/*"]
 JSON_LIKE_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_CREATE_COUNT = 500
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+STATIC_NAME_RE = re.compile(r"^[a-z0-9_-]+\.(js|css|svg)$")
+STATIC_TYPES = {"js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-8", "svg": "image/svg+xml"}
 LOADTEST_LIFECYCLE = ("MESSAGE_CREATED", "MESSAGE_QUEUED", "MESSAGE_SENT", "MESSAGE_DELIVERED", "MESSAGE_ACKED")
 
 
@@ -290,3 +306,88 @@ def _int_param(name: str, *, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValidationError([FieldError(name, f"must be an integer from {low} to {high}")])
     return value
+
+
+@app.route("/api/test_socket", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def test_socket() -> Response:
+    """Mars's route: pushes a test entry to every subscriber of that message (nothing is stored)."""
+    _only_params("message_id", "app_id")
+    query = _query()
+    errors: list[FieldError] = []
+    message_id = check_text(query, "message_id", MAX_MESSAGE_ID, errors)
+    if errors or message_id is None:
+        raise ValidationError(errors)
+    app_id = query.get("app_id")
+    if app_id is not None:
+        _check_app_id(app_id)
+    cfg = settings()
+    rows = live.message_subscriptions(cfg.connections_table, message_id, app_id)
+    by_app: dict[str, set[str]] = {}
+    for row in rows:
+        by_app.setdefault(row["app_id"], set()).add(row["connection_id"])
+    entry = {"event": "TEST_SOCKET", "created_at": utc_now(), "received_at": utc_now(),
+             "event_id": f"test-{uuid.uuid4().hex[:16]}", "meta": {"source": "GET /api/test_socket"}}
+    delivered = stale = 0
+    for sub_app, connections in sorted(by_app.items()):
+        items = get_items(cfg.messages_table, message_id, sub_app)
+        item = items[0] if items else {"app_id": sub_app, "message_id": message_id}
+        timeline = to_timeline(item, get_lifecycle(cfg.apps_table, sub_app))
+        timeline["events"] = [*timeline["events"], entry]
+        frame = {**live.timeline_frame(timeline, {entry["event_id"]}), "test": True}
+        result = live.push(cfg.websocket_management_url, cfg.connections_table, connections, frame)
+        delivered, stale = delivered + result.delivered, stale + result.stale
+    return _json(200, {"success": True, "message_id": message_id, "subscribers": len(rows),
+                       "delivered": delivered, "stale_removed": stale, "event": entry})
+
+
+@app.route("/api/config", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def client_config() -> Response:
+    """What the dashboard needs to find the rest: the websocket URL differs per deployment."""
+    cfg = settings()
+    return _json(200, {"websocket_url": cfg.websocket_url, "stage": cfg.stage, "auth_required": False})
+
+
+def _dashboard() -> Response:
+    """The one-page dashboard; relative URLs under <base> work at / locally and /{stage}/ deployed."""
+    request = app.current_request
+    context_path = str(request.context.get("path") or request.path)
+    base = context_path[: len(context_path) - len(request.path)] + "/" if context_path.endswith(request.path) else "/"
+    html = (DASHBOARD_DIR / "index.html").read_text(encoding="utf-8").replace("{{BASE}}", base)
+    return Response(body=html, status_code=200, headers={
+        "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache",
+        "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+                                   "style-src 'self'; script-src 'self'; base-uri 'self'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff"})
+
+
+@app.route("/", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def dashboard() -> Response:
+    return _dashboard()
+
+
+@app.route("/search/event", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def dashboard_search() -> Response:
+    """Mars's deep link: the dashboard opened on ?message_id=…"""
+    return _dashboard()
+
+
+@app.route("/apps/{app_id}", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def dashboard_app(app_id: str) -> Response:
+    _check_app_id(app_id)
+    return _dashboard()
+
+
+@app.route("/static/{name}", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def dashboard_static(name: str) -> Response:
+    match = STATIC_NAME_RE.fullmatch(name)
+    path = DASHBOARD_DIR / name
+    if not match or not path.is_file():
+        raise ApiError(404, "NOT_FOUND", f"no static file {name!r}")
+    return Response(body=path.read_text(encoding="utf-8"), status_code=200, headers={
+        "Content-Type": STATIC_TYPES[match.group(1)], "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})

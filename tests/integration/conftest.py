@@ -71,7 +71,7 @@ class RunningStack:
 def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None, cwd: Path = ROOT,
                 parameters: tuple[str, ...] = ()) -> RunningStack:
     state_dir, log_path = tmp / "state", tmp / f"{name}.log"
-    cmd = [*MARS, "up", "--stack-name", name, "--state-dir", str(state_dir), "--api-port", str(free_port()),
+    cmd = [*MARS, "up", "--stack-name", name, "--state-dir", str(state_dir), "--api-port", str(free_port()), "--ws-port", str(free_port()),
            "--emulator-port", str(free_port()), "--grpc-port", str(free_port()), "--template", str(template or ROOT / "template.yaml"),
            "--parameter-overrides", *TEST_PARAMETERS, *parameters, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

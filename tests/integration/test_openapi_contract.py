@@ -67,10 +67,14 @@ def check(resp: requests.Response, method: str, template: str) -> Any:
     declared = sorted(oas.document()["paths"][template][method.lower()]["responses"])
     assert schema is not None, (f"{method} {template} answered {resp.status_code}, not one of {declared}: "
                                 f"{resp.text[:300]}")
-    assert resp.headers.get("Content-Type", "").startswith("application/json"), resp.headers
+    response = oas.resolve(oas.document()["paths"][template][method.lower()]["responses"][str(resp.status_code)])
+    media_type = resp.headers.get("Content-Type", "").split(";")[0]
+    if media_type != "application/json":  # the dashboard's page and files
+        assert media_type in response["content"], (media_type, sorted(response["content"]))
+        SEEN.add((method.lower(), template, str(resp.status_code)))
+        return resp.text
     body = resp.json()
     openapi_schema_validator.validate(body, schema, cls=oas.EcmaOAS31Validator, registry=oas.registry())
-    response = oas.resolve(oas.document()["paths"][template][method.lower()]["responses"][str(resp.status_code)])
     for header in response.get("headers", {}):
         assert header in resp.headers, f"{method} {template} {resp.status_code} lacks the header {header}"
     SEEN.add((method.lower(), template, str(resp.status_code)))
@@ -413,6 +417,36 @@ def test_an_event_before_year_1000_is_stored_fixed_width(private: dict[str, Runn
     wait_timeline(mars, mid, events=2, timeout=15)
     timeline = expect(mars, 200, "GET", "/api/messages/{message_id}", path={"message_id": mid})["timelines"][0]
     assert [e["event"] for e in timeline["events"]] == ["EARLY", "LATE"]
+
+
+# --- live and the dashboard -------------------------------------------------------------------------
+
+def test_config_200_names_the_local_websocket(mars: RunningStack) -> None:
+    config = expect(mars, 200, "GET", "/api/config")
+    assert config["websocket_url"] == mars.outputs["WebSocketUrl"]
+
+
+def test_test_socket_200_and_400(mars: RunningStack) -> None:
+    pushed = expect(mars, 200, "GET", "/api/test_socket", params={"message_id": uid("nobody")})
+    assert (pushed["subscribers"], pushed["delivered"]) == (0, 0)
+    expect(mars, 400, "GET", "/api/test_socket")
+    expect(mars, 400, "GET", "/api/test_socket", params={"message_id": "m", "app_id": "bad app"})
+    expect(mars, 400, "GET", "/api/test_socket", params={"message_id": "m", "colour": "red"})
+
+
+@pytest.mark.parametrize("template,path", [("/", {}), ("/search/event", {}), ("/apps/{app_id}", {"app_id": "shop"})])
+def test_dashboard_pages_200(mars: RunningStack, template: str, path: dict[str, str]) -> None:
+    page = expect(mars, 200, "GET", template, path=path, params={"message_id": "m-1"} if "search" in template else None)
+    assert '<base href="/">' in page and "static/app.js" in page
+
+
+def test_dashboard_app_400_and_static_200_404(mars: RunningStack) -> None:
+    expect(mars, 400, "GET", "/apps/{app_id}", path={"app_id": "no spaces"})
+    script = expect(mars, 200, "GET", "/static/{name}", path={"name": "app.js"})
+    assert "WebSocket" in script
+    assert expect(mars, 200, "GET", "/static/{name}", path={"name": "style.css"})
+    expect(mars, 404, "GET", "/static/{name}", path={"name": "nope.js"})
+    expect(mars, 404, "GET", "/static/{name}", path={"name": "..%2Fapp.py"})
 
 
 # --- every declared answer was driven -------------------------------------------------------------

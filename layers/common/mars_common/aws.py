@@ -21,3 +21,9 @@ def client(service: str) -> Any:
 @cache
 def table(name: str) -> Any:
     return boto3.session.Session().resource("dynamodb", config=_CONFIG).Table(name)
+
+
+@cache
+def endpoint_client(service: str, endpoint_url: str) -> Any:
+    """A client for an endpoint only known at run time (API Gateway's @connections)."""
+    return boto3.session.Session().client(service, endpoint_url=endpoint_url, config=_CONFIG)

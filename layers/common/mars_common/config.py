@@ -18,6 +18,9 @@ class Settings:
     retention_days: int
     allow_test_routes: bool
     stage: str
+    connections_table: str = ""
+    websocket_url: str = ""
+    websocket_management_url: str = ""
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
@@ -43,4 +46,7 @@ def settings() -> Settings:
         retention_days=int(env.get("RETENTION_DAYS", "30")),
         allow_test_routes=_flag(env.get("ALLOW_TEST_ROUTES")),
         stage=env.get("STAGE", "dev"),
+        connections_table=env.get("CONNECTIONS_TABLE", ""),
+        websocket_url=env.get("WEBSOCKET_URL", ""),
+        websocket_management_url=env.get("WEBSOCKET_MANAGEMENT_URL", ""),
     )

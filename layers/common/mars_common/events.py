@@ -116,7 +116,7 @@ def derive_event_id(app_id: str, message_id: str, event: str, created_at: str, m
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
-def _check_text(data: dict[str, Any], name: str, max_len: int, errors: list[FieldError]) -> str | None:
+def check_text(data: dict[str, Any], name: str, max_len: int, errors: list[FieldError]) -> str | None:
     if name not in data or data[name] is None:
         errors.append(FieldError(name, "is required"))
         return None
@@ -145,12 +145,12 @@ def parse_event(data: Any, *, received_at: str | None = None, index: int | None 
     for unknown in sorted(set(data) - ALLOWED_FIELDS):
         errors.append(FieldError(unknown, "is not a known field (allowed: " + ", ".join(sorted(ALLOWED_FIELDS)) + ")"))
 
-    app_id = _check_text(data, "app_id", 128, errors)
+    app_id = check_text(data, "app_id", 128, errors)
     if app_id is not None and not APP_ID_RE.fullmatch(app_id):
         errors.append(FieldError("app_id", "may contain only letters, digits and . _ : -"))
         app_id = None
-    message_id = _check_text(data, "message_id", MAX_MESSAGE_ID, errors)
-    event = _check_text(data, "event", MAX_EVENT, errors)
+    message_id = check_text(data, "message_id", MAX_MESSAGE_ID, errors)
+    event = check_text(data, "event", MAX_EVENT, errors)
 
     received = received_at or utc_now()
     created_raw = data.get("created_at")

@@ -1,0 +1,60 @@
+"""BroadcastFunction: every stored change of a timeline (MessagesTable stream) goes to the
+connections subscribed to that message or its app. A record whose push failed is reported back
+(ReportBatchItemFailures) so the stream retries it; a gone connection is removed, not retried."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from mars_common import live
+from mars_common.config import settings
+from mars_common.store import EVENT_PREFIX, get_lifecycle, to_timeline
+from mars_common.timeline import Lifecycle
+
+logger = Logger(service="mars-broadcast")
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+_lifecycles: dict[str, Lifecycle | None] = {}
+
+
+class PushFailedError(Exception):
+    pass
+
+
+def _lifecycle(app_id: str) -> Lifecycle | None:
+    if app_id not in _lifecycles:
+        _lifecycles[app_id] = get_lifecycle(settings().apps_table, app_id)
+    return _lifecycles[app_id]
+
+
+def record_handler(record: DynamoDBRecord) -> None:
+    ddb = record.dynamodb
+    if ddb is None or record.event_name is None or record.event_name.name == "REMOVE":
+        return
+    new = ddb.new_image or {}
+    old = ddb.old_image or {}
+    new_ids = {k[len(EVENT_PREFIX):] for k in new if k.startswith(EVENT_PREFIX) and k not in old}
+    if not new_ids:
+        return  # a duplicate delivery touched updated_at only: nothing a subscriber has not seen
+    cfg = settings()
+    app_id, message_id = new["app_id"], new["message_id"]
+    targets = live.subscribers(cfg.connections_table, app_id, message_id)
+    if not targets:
+        return
+    frame = live.timeline_frame(to_timeline(new, _lifecycle(app_id)), new_ids)
+    result = live.push(cfg.websocket_management_url, cfg.connections_table, targets, frame)
+    logger.info("pushed", extra={"app_id": app_id, "message_id": message_id, "new_events": len(new_ids),
+                                 "delivered": result.delivered, "stale_removed": result.stale,
+                                 "failed": result.failed, "truncated": "truncated" in frame})
+    if result.failed:
+        raise PushFailedError(f"{result.failed} of {len(targets)} push(es) failed")
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    _lifecycles.clear()  # a lifecycle may change between invocations; within one batch it is read once
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                    context=context)

@@ -1,0 +1,130 @@
+"""WebSocketFunction: every route of the websocket API ($connect, $disconnect, subscribe,
+unsubscribe, ping, $default). Replies go through @connections, like every other push."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from mars_common import live
+from mars_common.config import settings
+from mars_common.events import ValidationError
+from mars_common.store import get_items, get_lifecycle, to_timeline
+
+logger = Logger(service="mars-websocket")
+OK = {"statusCode": 200}
+
+
+def _reply(connection_id: str, frame: dict[str, Any]) -> None:
+    live.post(settings().websocket_management_url, connection_id, frame)
+
+
+def _error(connection_id: str, code: str, message: str, details: list[dict[str, Any]] | None = None,
+           action: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message, "details": details or []}
+    if action:
+        frame["action"] = action
+    _reply(connection_id, frame)
+    return OK
+
+
+def _body(event: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        body = json.loads(event.get("body") or "")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def connect(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
+    identity = event.get("requestContext", {}).get("identity", {})
+    live.put_connection(settings().connections_table, connection_id,
+                        source_ip=identity.get("sourceIp") or "", user_agent=(identity.get("userAgent") or "")[:256])
+    return OK
+
+
+def disconnect(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
+    removed = live.delete_connection(settings().connections_table, connection_id)
+    logger.info("disconnected", extra={"connection_id": connection_id, "rows_removed": removed,
+                                       "status": event.get("requestContext", {}).get("disconnectStatusCode")})
+    return OK
+
+
+def subscribe(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
+    cfg = settings()
+    sub = _subscription(event, connection_id, "subscribe")
+    if sub is None:
+        return OK
+    try:
+        live.subscribe(cfg.connections_table, connection_id, sub)
+    except live.TooManySubscriptionsError as exc:
+        return _error(connection_id, "TOO_MANY_SUBSCRIPTIONS", str(exc), action="subscribe")
+    # Stored first, then acknowledged: a client may rely on every change after this frame.
+    _reply(connection_id, {"type": "subscribed", **sub.as_dict()})
+    if sub.message_id is not None:
+        items = get_items(cfg.messages_table, sub.message_id, sub.app_id)
+        lifecycle = get_lifecycle(cfg.apps_table, sub.app_id)
+        item = items[0] if items else {"app_id": sub.app_id, "message_id": sub.message_id}
+        _reply(connection_id, live.timeline_frame(to_timeline(item, lifecycle)))
+    return OK
+
+
+def unsubscribe(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
+    sub = _subscription(event, connection_id, "unsubscribe")
+    if sub is None:
+        return OK
+    existed = live.unsubscribe(settings().connections_table, connection_id, sub)
+    _reply(connection_id, {"type": "unsubscribed", **sub.as_dict(), "existed": existed})
+    return OK
+
+
+def ping(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
+    _reply(connection_id, {"type": "pong"})
+    return OK
+
+
+def default(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
+    """Anything the route selection did not match: say precisely what was wrong."""
+    body = _body(event)
+    if body is None:
+        return _error(connection_id, "INVALID_JSON",
+                      'send a JSON object such as {"action": "subscribe", "app_id": "..."}')
+    action = body.get("action")
+    if action is None:
+        return _error(connection_id, "MISSING_ACTION", "the frame has no action",
+                      [{"field": "action", "message": "is required: subscribe, unsubscribe or ping"}])
+    return _error(connection_id, "UNKNOWN_ACTION", f"unknown action {str(action)[:64]!r}",
+                  [{"field": "action", "message": "must be subscribe, unsubscribe or ping"}])
+
+
+def _subscription(event: dict[str, Any], connection_id: str, action: str) -> live.Subscription | None:
+    body = _body(event)
+    if body is None:
+        _error(connection_id, "INVALID_JSON", "the frame is not a JSON object", action=action)
+        return None
+    try:
+        return live.parse_subscription(body)
+    except ValidationError as err:
+        _error(connection_id, "VALIDATION_ERROR", "the request is not valid", [e.as_dict() for e in err.errors],
+               action=action)
+        return None
+
+
+ROUTES: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
+    "$connect": connect, "$disconnect": disconnect, "subscribe": subscribe, "unsubscribe": unsubscribe,
+    "ping": ping, "$default": default,
+}
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    ctx = event.get("requestContext", {})
+    route, connection_id = ctx.get("routeKey", ""), ctx.get("connectionId", "")
+    handler = ROUTES.get(route)
+    if handler is None:
+        logger.error("no handler for route", extra={"route": route})
+        return {"statusCode": 500}
+    return handler(event, connection_id)
