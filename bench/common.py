@@ -116,7 +116,8 @@ def start_stack(workdir: Path, *extra: str) -> Stack:
     name = f"bench{os.getpid()}"
     quiet = [] if "--log-level" in extra else ["--log-level", "WARNING"]
     cmd = [sys.executable, "-m", "mars.cli", "up", "--stack-name", name, "--state-dir", str(state_dir),
-           "--api-port", str(free_port()), "--emulator-port", str(free_port()), "--grpc-port", str(free_port()),
+           "--api-port", str(free_port()), "--ws-port", str(free_port()), "--emulator-port", str(free_port()),
+           "--grpc-port", str(free_port()),
            *quiet, *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

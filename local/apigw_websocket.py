@@ -329,8 +329,9 @@ class Gateway:
             return None
         def iso(t: float) -> str:
             return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        return {"ConnectedAt": iso(conn.connected_at), "LastActiveAt": iso(conn.last_active),
-                "Identity": {"SourceIp": conn.source_ip, "UserAgent": conn.user_agent}}
+        # the wire names of GetConnection (rest-json: lower camel case)
+        return {"connectedAt": iso(conn.connected_at), "lastActiveAt": iso(conn.last_active),
+                "identity": {"sourceIp": conn.source_ip, "userAgent": conn.user_agent}}
 
     def close(self, conn_id: str) -> bool:
         conn = self.connections.get(conn_id)

@@ -123,6 +123,24 @@ def cmd_bench_grpc(args: argparse.Namespace) -> int:
     return 0 if set(figures["statuses"]) == {"OK"} else 1
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from local.stack import read_state
+    from mars import tail
+
+    url = args.url
+    if not url:
+        state = read_state(Path(args.state_dir), args.stack_name)
+        if state is None or "WebSocketUrl" not in state["outputs"]:
+            print("mars: no running stack with a websocket; start one with `make up`, or pass --url ws://…",
+                  file=sys.stderr)
+            return 2
+        url = state["outputs"]["WebSocketUrl"]
+    try:
+        return tail.run(url, args.app, args.message, as_json=args.json, api_key=args.api_key)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mars", description="Mars: message lifecycle and acknowledgement tracing.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -157,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     grpc_bench.add_argument("--json", action="store_true")
     stack_args(grpc_bench)
     grpc_bench.set_defaults(func=cmd_bench_grpc)
+
+    tail_cmd = sub.add_parser("tail", help="live tail of an app's (or one message's) events over the websocket")
+    tail_cmd.add_argument("--app", required=True, help="the app_id to follow")
+    tail_cmd.add_argument("--message", help="follow only this message_id (prints its timeline so far first)")
+    tail_cmd.add_argument("--url", help="websocket URL (default: the running stack's WebSocketUrl)")
+    tail_cmd.add_argument("--api-key", help="API key, when the stack requires one")
+    tail_cmd.add_argument("--json", action="store_true", help="one JSON object per event")
+    stack_args(tail_cmd)
+    tail_cmd.set_defaults(func=cmd_tail)
 
     outputs = sub.add_parser("outputs", help="print the running local stack's Outputs as JSON")
     stack_args(outputs)

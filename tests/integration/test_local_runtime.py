@@ -25,7 +25,8 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack
     tmp = tmp_path_factory.mktemp("probe")
     record = tmp / "record.jsonl"
     record.touch()
-    stack = LocalStack(Config(template=PROBE, stack_name="probe", api_port=free_port(), emulator_port=free_port(),
+    stack = LocalStack(Config(template=PROBE, stack_name="probe", api_port=free_port(), ws_port=free_port(),
+                              emulator_port=free_port(),
                               parameter_overrides={"RecordFile": str(record)}, state_dir=tmp / "state"))
     stack.start()
     yield stack, record
@@ -243,3 +244,115 @@ def test_sns_trigger_delivers_lambda_sns_events_and_dead_letters_after_three_att
     assert len(sns_records(bad)) == 3, "Lambda's async invoke: three attempts"
     assert json.loads(json.loads(msgs[0]["Body"])["Records"][0]["Sns"]["Message"])["tag"] == bad
     assert msgs[0]["MessageAttributes"]["ErrorMessage"]["StringValue"] == "asked to raise"
+
+
+# --- websocket API ---------------------------------------------------------------------------------
+
+def ws_events(path: Path, route: str) -> list[dict[str, Any]]:
+    return [r["event"] for r in records(path) if r["kind"] == "ws" and r["event"]["requestContext"]["routeKey"] == route]
+
+
+def test_websocket_connect_message_and_disconnect_events(probe: tuple[LocalStack, Path]) -> None:
+    from websockets.sync.client import connect
+
+    stack, record = probe
+    url = stack.outputs()["SocketUrl"]
+    assert url.startswith("ws://127.0.0.1:")
+    with connect(url + "/live?team=blue", additional_headers={"X-Probe": "1"}) as ws:
+        ws.send(json.dumps({"action": "echo", "n": 1}))
+        answer = json.loads(ws.recv(timeout=10))
+        conn_id = answer["connection_id"]
+    assert answer["echo"] == {"action": "echo", "n": 1}
+    assert len(conn_id) == 16 and conn_id.endswith("=")
+    connect_event = next(e for e in ws_events(record, "$connect") if e["requestContext"]["connectionId"] == conn_id)
+    ctx = connect_event["requestContext"]
+    assert (ctx["eventType"], ctx["stage"], ctx["messageDirection"]) == ("CONNECT", "live", "IN")
+    assert ctx["apiId"] and ctx["domainName"].startswith("127.0.0.1:") and ctx["identity"]["sourceIp"] == "127.0.0.1"
+    assert connect_event["queryStringParameters"] == {"team": "blue"}
+    assert connect_event["headers"]["X-Probe"] == "1" and "Sec-WebSocket-Key" in connect_event["headers"]
+    message = next(e for e in ws_events(record, "echo") if e["requestContext"]["connectionId"] == conn_id)
+    assert message["requestContext"]["eventType"] == "MESSAGE" and message["requestContext"]["messageId"]
+    assert json.loads(message["body"]) == {"action": "echo", "n": 1} and message["isBase64Encoded"] is False
+    gone = wait_for(lambda: [e for e in ws_events(record, "$disconnect") if e["requestContext"]["connectionId"] == conn_id])
+    assert gone[0]["requestContext"]["eventType"] == "DISCONNECT"
+    assert gone[0]["requestContext"]["disconnectStatusCode"] == 1000
+
+
+def test_websocket_connect_route_can_refuse(probe: tuple[LocalStack, Path]) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    stack, _ = probe
+    with pytest.raises(InvalidStatus) as refused:
+        connect(stack.outputs()["SocketUrl"] + "?deny=403")
+    assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as wrong_stage:
+        connect(stack.outputs()["SocketUrl"] + "/prod")
+    assert wrong_stage.value.response.status_code == 403
+
+
+def test_websocket_routes_two_way_forbidden_and_errors(probe: tuple[LocalStack, Path]) -> None:
+    from websockets.sync.client import connect
+
+    stack, _ = probe
+    with connect(stack.outputs()["SocketUrl"]) as ws:
+        ws.send(json.dumps({"action": "reply", "x": 1}))  # a route with a RouteResponse: the body comes back
+        assert json.loads(ws.recv(timeout=10)) == {"reply": {"action": "reply", "x": 1}}
+        ws.send(json.dumps({"action": "nothing-routes-here"}))  # no such route and no $default
+        forbidden = json.loads(ws.recv(timeout=10))
+        assert forbidden["message"] == "Forbidden" and forbidden["connectionId"] and forbidden["requestId"]
+        ws.send("not json at all")
+        assert json.loads(ws.recv(timeout=10))["message"] == "Forbidden"
+        ws.send(json.dumps({"action": "echo", "raise": True}))
+        assert json.loads(ws.recv(timeout=10))["message"] == "Internal server error"
+        ws.send(json.dumps({"action": "echo", "n": 2}))  # the connection survives all of that
+        assert json.loads(ws.recv(timeout=10))["echo"]["n"] == 2
+
+
+def test_connections_api_post_get_delete_gone_and_limits(probe: tuple[LocalStack, Path]) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    stack, record = probe
+    with connect(stack.outputs()["SocketUrl"], max_size=None) as ws:
+        ws.send(json.dumps({"action": "echo", "big": True, "gone": True, "describe": True, "pad": 100_000}))
+        answer = json.loads(ws.recv(timeout=10))
+        assert answer["big"] == {"error": "PayloadTooLargeException", "status": 413}
+        assert answer["gone"] == {"error": "GoneException", "status": 410}
+        assert "error" not in answer["describe"], answer["describe"]
+        assert answer["describe"]["Identity"]["SourceIp"] == "127.0.0.1" and answer["describe"]["ConnectedAt"]
+        assert len(answer["pad"]) == 100_000  # over 32 KB: sent as several frames, received as one message
+        conn_id = answer["connection_id"]
+        ws.send(json.dumps({"action": "echo", "hangup": True}))  # DELETE @connections/{own id}
+        ws.recv(timeout=10)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+    gone = wait_for(lambda: [e for e in ws_events(record, "$disconnect") if e["requestContext"]["connectionId"] == conn_id])
+    assert gone[0]["requestContext"]["disconnectStatusCode"] == 1000
+    # from outside (what the broadcaster does): the closed connection is Gone
+    endpoint = next(iter(stack.websocket_urls.values()))[1]
+    mgmt = boto3.client("apigatewaymanagementapi", endpoint_url=endpoint + "/live", region_name="us-east-1",
+                        aws_access_key_id="t", aws_secret_access_key="t")
+    with pytest.raises(mgmt.exceptions.GoneException):
+        mgmt.post_to_connection(ConnectionId=conn_id, Data=b"{}")
+
+
+def test_a_client_message_over_128_kb_closes_the_socket_with_1009(probe: tuple[LocalStack, Path]) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    stack, _ = probe
+    with connect(stack.outputs()["SocketUrl"]) as ws:
+        ws.send(json.dumps({"action": "echo", "pad": "x" * (128 * 1024)}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+def test_function_environment_urls_point_at_the_local_servers(probe: tuple[LocalStack, Path]) -> None:
+    stack, _ = probe
+    env = stack.invoker.pools["SocketFunction"].spec.environment
+    ws_url, management = next(iter(stack.websocket_urls.values()))
+    # as for REST APIs, the stage is not part of a local URL (the gateway accepts it in the path too)
+    assert env["CONNECTIONS_URL"] == management
+    assert stack.outputs()["SocketUrl"] == ws_url
