@@ -1,9 +1,9 @@
-"""Fixes for moto's SQS emulation (written against moto 5.2.5).
+"""Fixes for moto's SQS emulation, and one for its DynamoDB streams (written against moto 5.2.5).
 
 ``apply()`` replaces a handful of methods on ``moto.sqs.models.Queue``,
 ``moto.sqs.models.SQSBackend`` and ``moto.sqs.models.Message`` in place, so every
 queue created afterwards (and, lazily, every queue created before) gets them.
-The patches fix three kinds of problems:
+The SQS patches fix three kinds of problems:
 
 * per-request work that grows with the queue depth (moto rebuilds the whole
   ``Queue.attributes`` dict, which counts every message, several times per
@@ -21,6 +21,10 @@ a receipt-handle index) that still iterates, ``len()``s, ``append``s and
 ``remove``s like the list moto used.  Every mutation of it, and every iteration
 over its live view, happens under the queue's own ``_messages_lock``; iterating
 the store from outside (``for m in queue._messages``) walks a snapshot.
+
+DynamoDB streams: an ``UpdateItem`` that creates its item emits one INSERT with
+the full new image, as on AWS (moto emitted a keys-only INSERT first), and
+stream records get their sequence numbers under a lock (see the section below).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from moto.core.utils import camelcase_to_underscores, unix_time, unix_time_millis
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.table import StreamShard
 from moto.moto_api._internal import mock_random as random
 from moto.sqs import models as sqs_models
 from moto.sqs.exceptions import (
@@ -723,6 +729,58 @@ def _make_purge_queue(original: Any) -> Any:
 
 
 # --------------------------------------------------------------------------
+# DynamoDB streams
+# --------------------------------------------------------------------------
+
+
+# Moto's ``update_item`` on a key with no item yet first ``put_item``s the bare
+# keys (which appends an INSERT whose NewImage is only the keys) and then appends
+# a second INSERT with the full item: a stream consumer sees two INSERTs for one
+# write.  AWS emits one.  The wrapper below marks, in a thread-local (moto server
+# serves requests on many threads), that this thread's next INSERT on that table
+# is the interim one; the wrapped ``StreamShard.add`` skips exactly that record.
+_stream_local = threading.local()
+# ``StreamShard.add`` numbers a record ``len(items) + start`` and then appends it:
+# two concurrent writes to one table could get the same sequence number.
+_stream_lock = threading.Lock()
+
+
+def _item_exists(backend: DynamoDBBackend, table: Any, key: dict[str, Any]) -> bool:
+    hash_key, range_key = backend.get_keys_value(table, key)
+    return table.get_item(hash_key, range_key) is not None
+
+
+def _make_update_item(original: Any) -> Any:
+    def _update_item(self: DynamoDBBackend, table_name: str, key: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            table = self.get_table(table_name)
+            creates = table.stream_shard is not None and not _item_exists(self, table, key)
+        except Exception:  # an invalid request: moto's own update_item reports it
+            creates = False
+        if not creates:
+            return original(self, table_name, key, *args, **kwargs)
+        previous = getattr(_stream_local, "interim_insert", None)
+        _stream_local.interim_insert = table
+        try:
+            return original(self, table_name, key, *args, **kwargs)
+        finally:
+            _stream_local.interim_insert = previous
+
+    return _update_item
+
+
+def _make_stream_add(original: Any) -> Any:
+    def _add(self: StreamShard, old: Any, new: Any) -> None:
+        if old is None and getattr(_stream_local, "interim_insert", None) is self.table:
+            _stream_local.interim_insert = None  # skip this one only: the next INSERT is the real one
+            return
+        with _stream_lock:
+            original(self, old, new)
+
+    return _add
+
+
+# --------------------------------------------------------------------------
 # apply()
 # --------------------------------------------------------------------------
 
@@ -735,7 +793,7 @@ def _replace(cls: type, name: str, value: Any) -> None:
 
 
 def apply() -> None:
-    """Install the SQS patches into moto's classes.  Idempotent."""
+    """Install the patches into moto's classes.  Idempotent."""
     global _applied
     with _apply_lock:
         if _applied:
@@ -772,8 +830,11 @@ def apply() -> None:
             _is_message_valid_based_on_retention_period,
         )
         _replace(SQSBackend, "purge_queue", _make_purge_queue(SQSBackend.__dict__["purge_queue"]))
+
+        _replace(DynamoDBBackend, "update_item", _make_update_item(DynamoDBBackend.__dict__["update_item"]))
+        _replace(StreamShard, "add", _make_stream_add(StreamShard.__dict__["add"]))
         _applied = True
-    logger.debug("moto SQS patches applied")
+    logger.debug("moto patches applied")
 
 
 def is_applied() -> bool:
@@ -810,4 +871,4 @@ def revert() -> None:
             queue.__dict__["_messages"] = messages
             queue.__dict__["deleted_messages"] = deleted
         _applied = False
-    logger.debug("moto SQS patches reverted")
+    logger.debug("moto patches reverted")

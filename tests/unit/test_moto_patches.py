@@ -455,6 +455,83 @@ def test_message_instances_are_tracked_weakly(sqs: Any) -> None:
 
 
 # --------------------------------------------------------------------------
+# DynamoDB streams: one INSERT per item-creating UpdateItem
+# --------------------------------------------------------------------------
+
+
+def _stream_records_after_updates(url: str) -> list[dict[str, Any]]:
+    """Creates an item with UpdateItem, updates it again, and returns the table's stream records."""
+    ddb = _client("dynamodb", url)
+    table = _name("streamed")
+    arn = ddb.create_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )["TableDescription"]["LatestStreamArn"]
+    for value in ("one", "two"):
+        ddb.update_item(
+            TableName=table,
+            Key={"pk": {"S": "k"}},
+            UpdateExpression="SET v = :v",
+            ExpressionAttributeValues={":v": {"S": value}},
+        )
+    streams = _client("dynamodbstreams", url)
+    (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
+    return streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
+
+
+def test_update_item_creating_an_item_emits_one_insert(server: emulator_mod.Emulator) -> None:
+    records = _stream_records_after_updates(server.endpoint_url)
+    assert [r["eventName"] for r in records] == ["INSERT", "MODIFY"]
+    insert, modify = (r["dynamodb"] for r in records)
+    assert insert["NewImage"] == {"pk": {"S": "k"}, "v": {"S": "one"}} and "OldImage" not in insert
+    assert modify["OldImage"] == {"pk": {"S": "k"}, "v": {"S": "one"}}
+    assert modify["NewImage"] == {"pk": {"S": "k"}, "v": {"S": "two"}}
+    assert int(modify["SequenceNumber"]) == int(insert["SequenceNumber"]) + 1  # no gap where the interim one was
+
+
+def test_stock_moto_emits_a_keys_only_insert_first(unpatched_url: str) -> None:
+    # The bug the patch fixes: a keys-only INSERT, then the real one.
+    records = _stream_records_after_updates(unpatched_url)
+    assert [r["eventName"] for r in records] == ["INSERT", "INSERT", "MODIFY"]
+    assert records[0]["dynamodb"]["NewImage"] == {"pk": {"S": "k"}}
+
+
+def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: emulator_mod.Emulator) -> None:
+    ddb = _client("dynamodb", server.endpoint_url)
+    table = _name("streamed")
+    arn = ddb.create_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    )["TableDescription"]["LatestStreamArn"]
+
+    def write(n: int) -> None:
+        client = _client("dynamodb", server.endpoint_url)
+        for i in range(10):
+            client.update_item(TableName=table, Key={"pk": {"S": f"{n}-{i}"}}, UpdateExpression="SET v = :v",
+                               ExpressionAttributeValues={":v": {"N": str(i)}})
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=30)
+    streams = _client("dynamodbstreams", server.endpoint_url)
+    (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
+    records = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
+    assert len(records) == 40 and {r["eventName"] for r in records} == {"INSERT"}
+    assert all("v" in r["dynamodb"]["NewImage"] for r in records)
+    assert len({r["dynamodb"]["SequenceNumber"] for r in records}) == 40
+
+
+# --------------------------------------------------------------------------
 # AWS/SQS CloudWatch metrics
 # --------------------------------------------------------------------------
 
