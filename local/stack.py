@@ -22,7 +22,7 @@ import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
 
-from . import apigw_rest, apigw_websocket, awscalls, lambda_api, sns_trigger
+from . import apigw_rest, apigw_websocket, awscalls, lambda_api, sns_trigger, stream_poller
 from .functions import FUNCTION_TYPES, build_spec, function_properties
 from .httpserver import Server
 from .invoker import Fault, FunctionPool, Invoker
@@ -100,6 +100,7 @@ class LocalStack:
         self.servers: list[Server] = []
         self.pollers: list[SqsPoller] = []
         self.sns_pollers: list[sns_trigger.SnsPoller] = []
+        self.stream_pollers: list[stream_poller.StreamPoller] = []
         self.control = lambda_api.LambdaControl(self.invoker, self.pollers)
         self.lambda_endpoint = ""
         # Outputs of services run beside the stack (what a deployed stack's other resources would give)
@@ -135,6 +136,7 @@ class LocalStack:
             self._start_functions(self.lambda_endpoint)
             self._start_pollers()
             self._start_sns_triggers()
+            self._start_stream_pollers()
             self._write_state()
         except BaseException:
             self.stop()
@@ -247,7 +249,20 @@ class LocalStack:
                 self.sns_pollers.append(poller)
                 log.info("event source", extra={"function": lid, "topic": source.topic_arn})
 
+    def _start_stream_pollers(self) -> None:
+        streams = self.client("dynamodbstreams")
+        for lid, pool in self.invoker.pools.items():
+            for source in stream_poller.sources_for(self.stack, pool.spec.events):
+                poller = stream_poller.StreamPoller(streams, pool, source, self.stack.region, self.client)
+                poller.start()
+                self.stream_pollers.append(poller)
+                log.info("event source", extra={"function": lid, "stream": source.stream_arn,
+                                                "batch_size": source.batch_size,
+                                                "starting_position": source.starting_position})
+
     def stop(self) -> None:
+        for stream in self.stream_pollers:
+            stream.stop()
         for sns_poller in self.sns_pollers:
             sns_poller.stop()
         for poller in self.pollers:
