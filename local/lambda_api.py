@@ -13,25 +13,37 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import awscalls
 from .httpserver import Handler, Server
-from .invoker import Invoker
-from .sqs_poller import SqsPoller
+from .invoker import FunctionPool, Invoker
 
 log = logging.getLogger("local.lambda_api")
 FUNCTIONS = "/2015-03-31/functions/"
 MAPPINGS = "/2015-03-31/event-source-mappings/"
 
 
+class EventSourceMapping(Protocol):
+    """What SQS and DynamoDB stream pollers share: an id, Lambda's description, pause/resume."""
+
+    pool: FunctionPool
+
+    @property
+    def uuid(self) -> str: ...
+
+    def mapping(self) -> dict[str, Any]: ...
+
+    def set_enabled(self, enabled: bool) -> None: ...
+
+
 @dataclass
 class LambdaControl:
     invoker: Invoker
-    pollers: list[SqsPoller] = field(default_factory=list)
+    pollers: list[EventSourceMapping] = field(default_factory=list)
 
-    def mapping(self, uuid: str) -> SqsPoller | None:
+    def mapping(self, uuid: str) -> EventSourceMapping | None:
         return next((p for p in self.pollers if p.uuid == uuid), None)
 
     def aws_calls(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from typing import Any
 from moto.core.utils import camelcase_to_underscores, unix_time, unix_time_millis
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import StreamShard
+from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 from moto.moto_api._internal import mock_random as random
 from moto.sqs import models as sqs_models
 from moto.sqs.exceptions import (
@@ -780,6 +781,48 @@ def _make_stream_add(original: Any) -> Any:
     return _add
 
 
+# moto keeps every shard iterator forever and GetRecords mints a new one per call (~1.8 KB each: a
+# poller at 4 calls a second leaks ~26 MB an hour per shard). AWS iterators expire after 15 minutes;
+# so do these, with AWS's ExpiredIteratorException when one is used after that.
+ITERATOR_TTL_SECONDS = 15 * 60
+_iterator_births: dict[int, Any] = {}  # id(backend) → deque of (born, arn)
+_iterator_lock = threading.Lock()
+
+
+def _track_iterator(backend: DynamoDBStreamsBackend, arn: str) -> None:
+    from collections import deque
+
+    now = time.monotonic()
+    with _iterator_lock:
+        births = _iterator_births.setdefault(id(backend), deque())
+        births.append((now, arn))
+        while births and now - births[0][0] > ITERATOR_TTL_SECONDS:
+            backend.shard_iterators.pop(births.popleft()[1], None)
+
+
+def _make_get_shard_iterator(original: Any) -> Any:
+    def _get_shard_iterator(self: DynamoDBStreamsBackend, *args: Any, **kwargs: Any) -> Any:
+        iterator = original(self, *args, **kwargs)
+        _track_iterator(self, iterator.arn)
+        return iterator
+
+    return _get_shard_iterator
+
+
+def _make_get_records(original: Any) -> Any:
+    from moto.core.exceptions import JsonRESTError
+
+    def _get_records(self: DynamoDBStreamsBackend, iterator_arn: str, limit: int) -> Any:
+        if iterator_arn not in self.shard_iterators:
+            raise JsonRESTError("ExpiredIteratorException", "Iterator expired. The iterator was created more than "
+                                "15 minutes ago (or never existed).")
+        result = original(self, iterator_arn, limit)
+        _track_iterator(self, result["NextShardIterator"])
+        return result
+
+    return _get_records
+
+
 # --------------------------------------------------------------------------
 # apply()
 # --------------------------------------------------------------------------
@@ -833,6 +876,9 @@ def apply() -> None:
 
         _replace(DynamoDBBackend, "update_item", _make_update_item(DynamoDBBackend.__dict__["update_item"]))
         _replace(StreamShard, "add", _make_stream_add(StreamShard.__dict__["add"]))
+        _replace(DynamoDBStreamsBackend, "get_shard_iterator",
+                 _make_get_shard_iterator(DynamoDBStreamsBackend.__dict__["get_shard_iterator"]))
+        _replace(DynamoDBStreamsBackend, "get_records", _make_get_records(DynamoDBStreamsBackend.__dict__["get_records"]))
         _applied = True
     logger.debug("moto patches applied")
 

@@ -101,7 +101,8 @@ class LocalStack:
         self.pollers: list[SqsPoller] = []
         self.sns_pollers: list[sns_trigger.SnsPoller] = []
         self.stream_pollers: list[stream_poller.StreamPoller] = []
-        self.control = lambda_api.LambdaControl(self.invoker, self.pollers)
+        self.mappings: list[lambda_api.EventSourceMapping] = []  # every poller, for the Lambda API
+        self.control = lambda_api.LambdaControl(self.invoker, self.mappings)
         self.lambda_endpoint = ""
         # Outputs of services run beside the stack (what a deployed stack's other resources would give)
         self.extra_outputs: dict[str, Any] = {}
@@ -229,6 +230,7 @@ class LocalStack:
                 poller = SqsPoller(sqs, pool, source, self.stack.region)
                 poller.start()
                 self.pollers.append(poller)
+                self.mappings.append(poller)
                 log.info("event source", extra={"function": lid, "queue": source.name, "batch_size": source.batch_size,
                                                 "report_failures": source.report_failures})
 
@@ -252,10 +254,14 @@ class LocalStack:
     def _start_stream_pollers(self) -> None:
         streams = self.client("dynamodbstreams")
         for lid, pool in self.invoker.pools.items():
-            for source in stream_poller.sources_for(self.stack, pool.spec.events):
+            sources = stream_poller.sources_for(self.stack, pool.spec.events)
+            # one batch in flight per shard: an environment of its own, beside the function's other triggers
+            pool.ensure_concurrency(len(sources) + sum(s.max_concurrency for s in sources_for(self.stack, pool.spec.events)))
+            for source in sources:
                 poller = stream_poller.StreamPoller(streams, pool, source, self.stack.region, self.client)
                 poller.start()
                 self.stream_pollers.append(poller)
+                self.mappings.append(poller)
                 log.info("event source", extra={"function": lid, "stream": source.stream_arn,
                                                 "batch_size": source.batch_size,
                                                 "starting_position": source.starting_position})

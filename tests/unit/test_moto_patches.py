@@ -531,6 +531,34 @@ def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: 
     assert len({r["dynamodb"]["SequenceNumber"] for r in records}) == 40
 
 
+def test_shard_iterators_expire_after_15_minutes_instead_of_piling_up(server: emulator_mod.Emulator,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    ddb = _client("dynamodb", server.endpoint_url)
+    table = _name("iterated")
+    arn = ddb.create_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    )["TableDescription"]["LatestStreamArn"]
+    streams = _client("dynamodbstreams", server.endpoint_url)
+    (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    first = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST")["ShardIterator"]
+    iterator = first
+    for _ in range(5):  # what a poller does: every GetRecords mints the next iterator
+        iterator = streams.get_records(ShardIterator=iterator)["NextShardIterator"]
+    assert streams.get_records(ShardIterator=first)["Records"] == []  # still young: reusable, as in AWS
+    clock = [time.monotonic()]
+    monkeypatch.setattr(moto_patches.time, "monotonic", lambda: clock[0])
+    clock[0] += moto_patches.ITERATOR_TTL_SECONDS + 1
+    iterator = streams.get_records(ShardIterator=iterator)["NextShardIterator"]  # prunes the old ones
+    with pytest.raises(ClientError) as expired:
+        streams.get_records(ShardIterator=first)
+    assert expired.value.response["Error"]["Code"] == "ExpiredIteratorException"
+    assert streams.get_records(ShardIterator=iterator)["Records"] == []  # the new one works
+
+
 # --------------------------------------------------------------------------
 # AWS/SQS CloudWatch metrics
 # --------------------------------------------------------------------------
