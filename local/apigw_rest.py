@@ -2,7 +2,8 @@
 
 Each request becomes the event API Gateway would send: `resource` is the template's path pattern
 (so frameworks like Chalice route exactly as deployed), path parameters are decoded, the stage is
-in requestContext but not in the local URL.
+in requestContext but not in the local URL (as behind a custom domain, `requestContext.path` is the
+path without it).
 """
 
 from __future__ import annotations
@@ -131,7 +132,10 @@ def proxy_event(api: RestApi, route: Route, params: dict[str, str], method: str,
         "requestContext": {
             "resourceId": route.path, "resourcePath": route.path, "httpMethod": method,
             "extendedRequestId": request_id, "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "path": f"/{api.stage}{path}", "accountId": "123456789012", "protocol": "HTTP/1.1",
+            # The path as the client asked for it: on an execute-api host that starts with the stage, on a
+            # custom domain (and locally, where URLs carry no stage) it does not. Apps derive their base
+            # URL from the difference (the dashboard's <base href>).
+            "path": path, "accountId": "123456789012", "protocol": "HTTP/1.1",
             "stage": api.stage, "domainPrefix": host.split(".")[0], "requestTimeEpoch": int(now * 1000),
             "requestId": request_id, "domainName": host, "apiId": api.api_id,
             "identity": {"sourceIp": source_ip, "userAgent": hdrs.get("User-Agent") or hdrs.get("user-agent"),

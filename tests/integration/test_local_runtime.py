@@ -93,6 +93,7 @@ def test_rest_proxy_event_shape_and_environment(probe: tuple[LocalStack, Path]) 
     assert ev["headers"]["X-Trace"] == "t1" and ev["multiValueHeaders"]["X-Trace"] == ["t1"]
     assert ev["requestContext"]["stage"] == "Prod" and ev["requestContext"]["resourcePath"] == "/hello/{name}"
     assert ev["requestContext"]["identity"]["sourceIp"] == "127.0.0.1"
+    assert ev["requestContext"]["path"] == ev["path"] == "/hello/wörld x"  # no stage in local URLs (custom-domain shape)
     assert ev["body"] is None and ev["isBase64Encoded"] is False
     assert got["function_name"] == "probe-ProbeFunction"
     assert 0 < got["remaining_ms"] <= 2000
