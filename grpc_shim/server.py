@@ -25,6 +25,7 @@ for path in (HERE, HERE.parent / "layers" / "common"):  # generated code; the la
 
 import event_pb2  # noqa: E402
 import event_pb2_grpc  # noqa: E402
+from mars_common import auth  # noqa: E402
 from mars_common.config import settings  # noqa: E402
 from mars_common.events import MAX_BULK, Event, FieldError, ValidationError, parse_event, utc_now  # noqa: E402
 from mars_common.queues import EnqueueFailure, send_batch  # noqa: E402
@@ -101,6 +102,23 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
     def __init__(self, batcher: Batcher) -> None:
         self.batcher = batcher
 
+    async def _principal(self, context: grpc.aio.ServicerContext) -> auth.Principal:
+        """The caller's key from the `x-api-key` metadata (DESIGN §2), as on HTTP."""
+        key = next((str(v) for k, v in (context.invocation_metadata() or ()) if k.lower() == auth.HEADER), None)
+        cfg = settings()
+        try:
+            return await asyncio.to_thread(auth.authenticate, cfg.keys_table, cfg.auth_required, key)
+        except auth.AuthError as err:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, err.message)
+            raise  # abort raises; this line is for the type checker
+
+    async def _authorize(self, principal: auth.Principal, events: list[Event],
+                         context: grpc.aio.ServicerContext) -> None:
+        denied = principal.denied(e.app_id for e in events)
+        if denied:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"app_id: this API key may not write to app(s) {', '.join(denied)}")
+
     async def _accept(self, events: list[Event], context: grpc.aio.ServicerContext) -> list[str]:
         failures = await self.batcher.enqueue(events)
         if failures:
@@ -123,28 +141,39 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
 
     async def collectEvent(self, request: event_pb2.EventRequest,  # noqa: N802 - Mars's rpc name
                            context: grpc.aio.ServicerContext) -> event_pb2.EventResponse:
+        principal = await self._principal(context)
         events = await self._validate([request], context, indexed=False)
+        await self._authorize(principal, events, context)
         ids = await self._accept(events, context)
         return event_pb2.EventResponse(success=True, event_id=ids[0])
 
     async def collectEvents(self, request: event_pb2.EventsRequest,  # noqa: N802
                             context: grpc.aio.ServicerContext) -> event_pb2.EventsResponse:
+        principal = await self._principal(context)
         if not request.events or len(request.events) > MAX_BULK:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"events: send 1 to {MAX_BULK} events")
         events = await self._validate(list(request.events), context, indexed=True)
+        await self._authorize(principal, events, context)
         return event_pb2.EventsResponse(success=True, event_ids=await self._accept(events, context))
 
     async def streamEvents(self, request_iterator: Any,  # noqa: N802
                            context: grpc.aio.ServicerContext) -> event_pb2.StreamSummary:
+        principal = await self._principal(context)
         received, ids, pending = 0, [], []
+
+        async def flush(requests: list[event_pb2.EventRequest]) -> list[str]:
+            events = await self._validate(requests, context, indexed=True)
+            await self._authorize(principal, events, context)
+            return await self._accept(events, context)
+
         async for req in request_iterator:
             received += 1
             pending.append(req)
             if len(pending) == MAX_BULK:
-                ids += await self._accept(await self._validate(pending, context, indexed=True), context)
+                ids += await flush(pending)
                 pending = []
         if pending:
-            ids += await self._accept(await self._validate(pending, context, indexed=True), context)
+            ids += await flush(pending)
         return event_pb2.StreamSummary(success=True, received=received, accepted=len(ids), event_ids=ids)
 
 

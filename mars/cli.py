@@ -17,13 +17,16 @@ from typing import Any
 DEFAULT_STACK = "mars-local"
 DEFAULT_STATE_DIR = Path(".mars-local")
 # Locally Mars's load-test route is on (DESIGN §2); everything else is the template's defaults.
-LOCAL_PARAMETERS = {"AllowTestRoutes": "true", "Stage": "dev"}
+# Auth is off unless asked for (`--auth`, `make up AUTH=1`): every local server binds loopback only.
+LOCAL_PARAMETERS = {"AllowTestRoutes": "true", "Stage": "dev", "AuthRequired": "false"}
 
 log = logging.getLogger("mars")
 
 
-def _overrides(items: list[str]) -> dict[str, str]:
+def _overrides(items: list[str], auth: bool = False) -> dict[str, str]:
     out = dict(LOCAL_PARAMETERS)
+    if auth:
+        out["AuthRequired"] = "true"
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
@@ -42,7 +45,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = Config(template=Path(args.template), stack_name=args.stack_name, host=args.host,
                     api_port=args.api_port, ws_port=args.ws_port, emulator_port=args.emulator_port,
                     endpoint=args.endpoint,
-                    parameter_overrides=_overrides(args.parameter_overrides), state_dir=Path(args.state_dir),
+                    parameter_overrides=_overrides(args.parameter_overrides, args.auth), state_dir=Path(args.state_dir),
                     faults=faults, fault_seed=args.fault_seed, warm=args.warm)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -82,7 +85,12 @@ def _start_grpc_shim(args: argparse.Namespace, stack: Any) -> Any:
 
     outputs = stack.outputs()
     root = Path(__file__).resolve().parent.parent  # the checkout that holds grpc_shim/ and the layer
+    from local.stack import endpoint_variable
+
     env = {**os.environ, "PYTHONPATH": str(root), "EVENTS_QUEUE_URLS": outputs["EventsQueueUrls"],
+           "KEYS_TABLE": outputs.get("KeysTableName", ""),
+           "AUTH_REQUIRED": str(stack.stack.parameters.get("AuthRequired", "false")),
+           **{endpoint_variable(svc): url for svc, url in stack.service_endpoints.items()},
            "AWS_ENDPOINT_URL": stack.endpoint, "AWS_REGION": stack.stack.region,
            "AWS_DEFAULT_REGION": stack.stack.region, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -158,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--grpc-port", type=int, default=4025, help="the gRPC shim's port (0: do not start it)")
     up.add_argument("--endpoint", help="use this AWS-compatible endpoint (e.g. LocalStack) instead of embedded moto")
     up.add_argument("--parameter-overrides", nargs="*", default=[], metavar="Name=Value")
+    up.add_argument("--auth", action="store_true", help="require API keys (mars keys create), as deployed")
     up.add_argument("--fault", action="append", default=[], metavar="Function=rate[:before|after]",
                     help="inject failures into a function's invocations (testing)")
     up.add_argument("--fault-seed", type=int, help="seed for --fault, for reproducible runs")
@@ -184,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     tail_cmd.add_argument("--json", action="store_true", help="one JSON object per event")
     stack_args(tail_cmd)
     tail_cmd.set_defaults(func=cmd_tail)
+
+    from mars import keys
+
+    keys.register(sub, stack_args)
 
     outputs = sub.add_parser("outputs", help="print the running local stack's Outputs as JSON")
     stack_args(outputs)

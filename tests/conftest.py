@@ -35,8 +35,9 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _clear_caches() -> None:
-    from mars_common import aws, config
+    from mars_common import auth, aws, config
 
+    auth.clear_cache()
     aws.client.cache_clear()
     aws.table.cache_clear()
     config.settings.cache_clear()
@@ -54,7 +55,7 @@ def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iter
 
     with mock_aws():
         stack = Stack(load(ROOT / "template.yaml"), root=ROOT, name="unit",
-                      parameter_overrides={"AllowTestRoutes": "true"})
+                      parameter_overrides={"AllowTestRoutes": "true", "AuthRequired": "false"})
         provision(stack, lambda service: boto3.client(service, region_name="us-east-1"))
         env = build_spec(stack, "ApiFunction", {}).environment
         env["STORE_FUNCTION_NAME"] = stack.ref("StoreFunction")

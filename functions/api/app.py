@@ -16,7 +16,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
-from mars_common import aws, live
+from mars_common import auth, aws, live
 from mars_common.config import settings
 from mars_common.events import (
     APP_ID_RE,
@@ -80,6 +80,8 @@ def _handles_errors(view: Any) -> Any:
             return view(*args, **kwargs)
         except ApiError as err:
             return _error(err)
+        except auth.AuthError as err:
+            return _error(ApiError(err.status, err.code, err.message))
         except ValidationError as err:
             return _error(ApiError(400, "VALIDATION_ERROR", "the request is not valid",
                                    [e.as_dict() for e in err.errors]))
@@ -106,6 +108,21 @@ def _body() -> Any:
         raise ApiError(400, "INVALID_JSON", f"the body is not valid JSON: {exc}") from exc
 
 
+def _principal() -> auth.Principal:
+    """Who is calling (401 without a valid key when auth is on); every non-public route asks first."""
+    cfg = settings()
+    return auth.authenticate(cfg.keys_table, cfg.auth_required, app.current_request.headers.get(auth.HEADER))
+
+
+def _require_event_apps(principal: auth.Principal, events: list[Event]) -> None:
+    denied = [(i, e.app_id) for i, e in enumerate(events) if not principal.can(e.app_id)]
+    if denied:
+        raise ApiError(403, "FORBIDDEN", "this API key may not write to app(s) "
+                       + ", ".join(sorted({a for _, a in denied})),
+                       [{"index": i, "field": "app_id", "message": f"app {a!r} is not one of this key's apps"}
+                        for i, a in denied])
+
+
 def _query() -> dict[str, str]:
     return dict(app.current_request.query_params or {})
 
@@ -128,21 +145,27 @@ def _accept(events: list[Event]) -> Response:
 @app.route("/api/event", methods=["POST"], content_types=BODY_TYPES)
 @_handles_errors
 def post_event() -> Response:
+    principal = _principal()
     body = _body()
     if isinstance(body, dict) and "events" in body:
         raise ApiError(400, "VALIDATION_ERROR", "this route takes one event; send lists to /api/event/bulk",
                        [{"field": "events", "message": "is not a known field (use /api/event/bulk)"}])
-    return _accept([parse_event(body)])
+    events = [parse_event(body)]
+    _require_event_apps(principal, events)
+    return _accept(events)
 
 
 @app.route("/api/event/bulk", methods=["POST"], content_types=BODY_TYPES)
 @_handles_errors
 def post_bulk() -> Response:
+    principal = _principal()
     body = _body()
     if not isinstance(body, dict) or "events" not in body:
         raise ApiError(400, "VALIDATION_ERROR", 'the body must be {"events": [...]}',
                        [{"field": "events", "message": "is required"}])
-    return _accept(parse_events(body))
+    events = parse_events(body)
+    _require_event_apps(principal, events)
+    return _accept(events)
 
 
 @app.route("/api/create_event", methods=["GET"], content_types=BODY_TYPES)
@@ -151,6 +174,8 @@ def create_event() -> Response:
     """Mars's load-test route: N random lifecycle events (only where the stage allows test routes)."""
     if not settings().allow_test_routes:
         raise ApiError(404, "NOT_FOUND", "test routes are disabled on this stage (parameter AllowTestRoutes)")
+    if not _principal().admin:
+        raise ApiError(403, "FORBIDDEN", "the load-test route needs an admin key")
     count = _int_param("count", default=1, low=1, high=MAX_CREATE_COUNT)
     now = time.time()
     events = [parse_event({"app_id": "mars-loadtest", "message_id": str(uuid.uuid4()),
@@ -163,6 +188,7 @@ def create_event() -> Response:
 @app.route("/api/q/stats", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def queue_stats() -> Response:
+    _principal()  # any valid key: queue depths hold no app's data
     cfg = settings()
     return _json(200, stats(cfg.events_queue_urls, cfg.dead_letter_queue_urls))
 
@@ -199,12 +225,15 @@ def status() -> Response:
 @app.route("/api/messages/{message_id}", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def get_message(message_id: str) -> Response:
+    principal = _principal()
     _only_params("app_id")
     app_id = _query().get("app_id")
     if app_id is not None:
         _check_app_id(app_id)
+        auth.require_apps(principal, [app_id])
     cfg = settings()
-    items = get_items(cfg.messages_table, message_id, app_id)
+    # Another app's timeline of the same id is neither shown nor hinted at.
+    items = [i for i in get_items(cfg.messages_table, message_id, app_id) if principal.can(i["app_id"])]
     if not items:
         raise ApiError(404, "NOT_FOUND", f"no events for message_id {message_id!r}"
                        + (f" in app {app_id!r}" if app_id else ""))
@@ -216,12 +245,14 @@ def get_message(message_id: str) -> Response:
 @app.route("/api/messages", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def list_app_messages() -> Response:
+    principal = _principal()
     query = _query()
     _only_params("app_id", "status", "limit", "cursor")
     app_id = query.get("app_id")
     if not app_id:
         raise ApiError(400, "VALIDATION_ERROR", "app_id is required", [{"field": "app_id", "message": "is required"}])
     _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
     status_filter = query.get("status")
     if status_filter is not None and status_filter not in STATUSES:
         raise ApiError(400, "VALIDATION_ERROR", "unknown status",
@@ -242,7 +273,9 @@ def list_app_messages() -> Response:
 @app.route("/api/apps/{app_id}/lifecycle", methods=["PUT"], content_types=BODY_TYPES)
 @_handles_errors
 def put_app_lifecycle(app_id: str) -> Response:
+    principal = _principal()
     _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
     body = _body()
     lifecycle = _parse_lifecycle(body)
     item = put_lifecycle(settings().apps_table, app_id, lifecycle)
@@ -253,7 +286,9 @@ def put_app_lifecycle(app_id: str) -> Response:
 @app.route("/api/apps/{app_id}/lifecycle", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def get_app_lifecycle(app_id: str) -> Response:
+    principal = _principal()
     _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
     lifecycle = get_lifecycle(settings().apps_table, app_id)
     if lifecycle is None:
         raise ApiError(404, "NOT_FOUND", f"app {app_id!r} declares no lifecycle; PUT one first")
@@ -312,6 +347,7 @@ def _int_param(name: str, *, default: int, low: int, high: int) -> int:
 @_handles_errors
 def test_socket() -> Response:
     """Mars's route: pushes a test entry to every subscriber of that message (nothing is stored)."""
+    principal = _principal()
     _only_params("message_id", "app_id")
     query = _query()
     errors: list[FieldError] = []
@@ -321,8 +357,10 @@ def test_socket() -> Response:
     app_id = query.get("app_id")
     if app_id is not None:
         _check_app_id(app_id)
+        auth.require_apps(principal, [app_id])
     cfg = settings()
-    rows = live.message_subscriptions(cfg.connections_table, message_id, app_id)
+    rows = [r for r in live.message_subscriptions(cfg.connections_table, message_id, app_id)
+            if principal.can(r["app_id"])]
     by_app: dict[str, set[str]] = {}
     for row in rows:
         by_app.setdefault(row["app_id"], set()).add(row["connection_id"])
@@ -346,7 +384,7 @@ def test_socket() -> Response:
 def client_config() -> Response:
     """What the dashboard needs to find the rest: the websocket URL differs per deployment."""
     cfg = settings()
-    return _json(200, {"websocket_url": cfg.websocket_url, "stage": cfg.stage, "auth_required": False})
+    return _json(200, {"websocket_url": cfg.websocket_url, "stage": cfg.stage, "auth_required": cfg.auth_required})
 
 
 def _dashboard() -> Response:

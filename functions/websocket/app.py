@@ -9,7 +9,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from mars_common import live
+from mars_common import auth, live
 from mars_common.config import settings
 from mars_common.events import ValidationError
 from mars_common.store import get_items, get_lifecycle, to_timeline
@@ -40,10 +40,31 @@ def _body(event: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def connect(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
+    """Browsers cannot set headers on a websocket: the key comes as `?api_key=` (DESIGN §2)."""
+    cfg = settings()
+    key = (event.get("queryStringParameters") or {}).get("api_key")
+    try:
+        principal = auth.authenticate(cfg.keys_table, cfg.auth_required, key)
+    except auth.AuthError as err:
+        logger.info("connection refused", extra={"connection_id": connection_id, "reason": err.code})
+        return {"statusCode": err.status}  # API Gateway refuses the handshake with this status
     identity = event.get("requestContext", {}).get("identity", {})
-    live.put_connection(settings().connections_table, connection_id,
-                        source_ip=identity.get("sourceIp") or "", user_agent=(identity.get("userAgent") or "")[:256])
+    live.put_connection(cfg.connections_table, connection_id,
+                        source_ip=identity.get("sourceIp") or "", user_agent=(identity.get("userAgent") or "")[:256],
+                        key_id=principal.key_id, apps=sorted(principal.apps), admin=principal.admin)
     return OK
+
+
+def _connection_principal(connection_id: str) -> auth.Principal | None:
+    """What $connect stored for this connection; None if it is unknown (then only auth-off allows)."""
+    cfg = settings()
+    if not cfg.auth_required:
+        return auth.ANONYMOUS_ADMIN
+    row = live.get_connection(cfg.connections_table, connection_id)
+    if row is None:
+        return None
+    return auth.Principal(key_id=str(row.get("key_id", "")), apps=frozenset(row.get("apps", [])),
+                          admin=bool(row.get("admin")))
 
 
 def disconnect(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
@@ -58,6 +79,10 @@ def subscribe(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
     sub = _subscription(event, connection_id, "subscribe")
     if sub is None:
         return OK
+    principal = _connection_principal(connection_id)
+    if principal is None or not principal.can(sub.app_id):
+        return _error(connection_id, "FORBIDDEN", f"this connection's API key may not read app {sub.app_id!r}",
+                      [{"field": "app_id", "message": "is not one of the key's apps"}], action="subscribe")
     try:
         live.subscribe(cfg.connections_table, connection_id, sub)
     except live.TooManySubscriptionsError as exc:

@@ -21,6 +21,8 @@ class Settings:
     connections_table: str = ""
     websocket_url: str = ""
     websocket_management_url: str = ""
+    keys_table: str = ""
+    auth_required: bool = False
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
@@ -49,4 +51,6 @@ def settings() -> Settings:
         connections_table=env.get("CONNECTIONS_TABLE", ""),
         websocket_url=env.get("WEBSOCKET_URL", ""),
         websocket_management_url=env.get("WEBSOCKET_MANAGEMENT_URL", ""),
+        keys_table=env.get("KEYS_TABLE", ""),
+        auth_required=_flag(env.get("AUTH_REQUIRED")),
     )

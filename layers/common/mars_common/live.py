@@ -77,6 +77,12 @@ def put_connection(table: str, connection_id: str, **attributes: Any) -> None:
                                     "connected_at": int(time.time()), "expires_at": _expires(), **attributes})
 
 
+def get_connection(table: str, connection_id: str) -> dict[str, Any] | None:
+    item: dict[str, Any] | None = aws.table(table).get_item(
+        Key={"connection_id": connection_id, "sk": CONNECTION_SK}).get("Item")
+    return item
+
+
 def connection_rows(table: str, connection_id: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"KeyConditionExpression": Key("connection_id").eq(connection_id)}

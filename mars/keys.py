@@ -1,0 +1,126 @@
+"""`mars keys create|list|revoke`: API keys scoped to apps (DESIGN §2, docs/SECURITY.md).
+
+Against the running local stack by default; against a deployed one with `--stack-outputs FILE` (the
+stack's Outputs as JSON, e.g. `aws cloudformation describe-stacks --query 'Stacks[0].Outputs'`),
+using the normal AWS credentials. Deployed, a key is also registered as an API Gateway key of the
+REST API's usage plan (API Gateway throttles per key; the app checks the key's apps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LAYER = Path(__file__).resolve().parent.parent / "layers" / "common"
+
+
+def _auth() -> Any:
+    if str(LAYER) not in sys.path:
+        sys.path.insert(0, str(LAYER))  # the one implementation of keys lives in the layer
+    from mars_common import auth
+
+    return auth
+
+
+def _outputs(args: argparse.Namespace) -> tuple[dict[str, Any], bool] | None:
+    """(outputs, deployed). Locally the process talks to the stack's emulators (dummy credentials)."""
+    if args.stack_outputs:
+        raw = json.loads(Path(args.stack_outputs).read_text())
+        if isinstance(raw, list):  # describe-stacks form: [{"OutputKey", "OutputValue"}, …]
+            raw = {o["OutputKey"]: o["OutputValue"] for o in raw}
+        return raw, True
+    from local.stack import endpoint_variable, read_state
+
+    state = read_state(Path(args.state_dir), args.stack_name)
+    if state is None:
+        return None
+    os.environ.update({"AWS_ENDPOINT_URL": state["endpoint"], "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    for service, url in state.get("service_endpoints", {}).items():
+        os.environ[endpoint_variable(service)] = url
+    return state["outputs"], False
+
+
+def _register_in_usage_plan(outputs: dict[str, Any], key_id: str, key: str) -> None:
+    import boto3
+
+    apigw = boto3.client("apigateway")
+    created = apigw.create_api_key(name=f"mars-{key_id}", value=key, enabled=True,
+                                   description="mars keys create (app scopes are in KeysTable)")
+    apigw.create_usage_plan_key(usagePlanId=outputs["UsagePlanId"], keyId=created["id"], keyType="API_KEY")
+
+
+def _disable_in_api_gateway(key_id: str) -> None:
+    import boto3
+
+    apigw = boto3.client("apigateway")
+    for item in apigw.get_api_keys(nameQuery=f"mars-{key_id}").get("items", []):
+        apigw.update_api_key(apiKey=item["id"], patchOperations=[{"op": "replace", "path": "/enabled",
+                                                                   "value": "false"}])
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    found = _outputs(args)
+    if found is None:
+        print(f"mars: no local stack {args.stack_name!r} is running; start one with `make up AUTH=1`, "
+              "or pass --stack-outputs FILE for a deployed stack", file=sys.stderr)
+        return 2
+    outputs, deployed = found
+    table = outputs.get("KeysTableName")
+    if not table:
+        print("mars: the stack has no KeysTableName output (an older template?)", file=sys.stderr)
+        return 2
+    auth = _auth()
+    if args.keys == "create":
+        try:
+            key_id, key = auth.create_key(table, args.app or [], admin=args.admin, note=args.note or "")
+        except ValueError as exc:
+            print(f"mars: {exc}", file=sys.stderr)
+            return 2
+        if deployed and outputs.get("UsagePlanId"):
+            _register_in_usage_plan(outputs, key_id, key)
+        scope = "every app (admin)" if args.admin else ", ".join(sorted(set(args.app)))
+        print(f"key {key_id} for {scope}; shown once, only its hash is stored:", file=sys.stderr)
+        print(key)  # alone on the last line of stdout (DESIGN §3)
+        return 0
+    if args.keys == "list":
+        keys = auth.list_keys(table)
+        if args.json:
+            print(json.dumps(keys))
+            return 0
+        rows = [("KEY ID", "APPS", "CREATED", "REVOKED", "NOTE")]
+        rows += [(k["key_id"], "* (admin)" if k["admin"] else ",".join(k["apps"]), k["created_at"] or "",
+                  k["revoked_at"] or "-", k["note"]) for k in keys]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        return 0
+    if not auth.revoke_key(table, args.key_id):
+        print(f"mars: no key with id {args.key_id!r} (`mars keys list` shows them)", file=sys.stderr)
+        return 1
+    if deployed:
+        _disable_in_api_gateway(args.key_id)
+    print(f"key {args.key_id} revoked (it stops working within {int(auth.CACHE_SECONDS)} s)", file=sys.stderr)
+    return 0
+
+
+def register(sub: Any, stack_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    keys = sub.add_parser("keys", help="API keys scoped to apps: create, list, revoke")
+    keys_sub = keys.add_subparsers(dest="keys", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="a new key for --app A [--app B …] (or --admin); printed once")
+    create.add_argument("--app", action="append", help="an app the key may write and read (repeat for more)")
+    create.add_argument("--admin", action="store_true", help="every app, and the admin routes")
+    create.add_argument("--note", help="who or what the key is for")
+    listing = keys_sub.add_parser("list", help="every key: id, apps, created, revoked (never the key)")
+    listing.add_argument("--json", action="store_true")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    for p in (create, listing, revoke):
+        stack_args(p)
+        p.add_argument("--stack-outputs", help="a deployed stack's Outputs as JSON (default: the local stack)")
+        p.set_defaults(func=cmd_keys)
