@@ -76,6 +76,28 @@ def mars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     stack.stop()
 
 
+@pytest.fixture(scope="session")
+def mars_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A local stack with API keys required (`mars up --auth`), and keys made by `mars keys create`:
+    `.keys["shop"]` (app shop), `["bank"]` (apps bank, bank2), `["admin"]`."""
+    import subprocess
+
+    from tests.integration.conftest import MARS, start_stack
+
+    stack = start_stack(tmp_path_factory.mktemp("mars-auth"), "mars-auth", "--auth")
+    try:
+        stack.keys = {}
+        for name, args in {"shop": ["--app", "shop"], "bank": ["--app", "bank", "--app", "bank2"],
+                           "admin": ["--admin"]}.items():
+            got = subprocess.run([*MARS, "keys", "create", *args, "--note", f"tests {name}", "--stack-name", "mars-auth",
+                                  "--state-dir", str(stack.state_dir)], capture_output=True, text=True, check=True,
+                                 cwd=ROOT)
+            stack.keys[name] = got.stdout.strip().splitlines()[-1]
+        yield stack
+    finally:
+        stack.stop()
+
+
 def load_function(name: str) -> ModuleType:
     """functions/<name>/app.py as its own module, so every app.py can be tested side by side."""
     path = ROOT / "functions" / name / "app.py"

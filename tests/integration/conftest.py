@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class RunningStack:
     log_path: Path
     outputs: dict[str, Any]
     stack_name: str
+    keys: dict[str, str] = field(default_factory=dict)  # API keys made for the stack (auth stacks)
 
     @property
     def api(self) -> str:
@@ -99,6 +100,7 @@ def wait_timeline(stack: RunningStack, message_id: str, *, app_id: str | None = 
     last: Any = None
     while time.monotonic() < deadline:
         resp = requests.get(stack.url(f"/api/messages/{requests.utils.quote(message_id, safe='')}"), params=params,
+                            headers={"x-api-key": stack.keys["admin"]} if "admin" in stack.keys else {},
                             timeout=10)
         if resp.status_code == 200:
             last = resp.json()

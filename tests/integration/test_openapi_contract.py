@@ -449,6 +449,39 @@ def test_dashboard_app_400_and_static_200_404(mars: RunningStack) -> None:
     expect(mars, 404, "GET", "/static/{name}", path={"name": "..%2Fapp.py"})
 
 
+# --- auth: 401 and 403 on the stack with keys required ----------------------------------------------
+
+AUTH_CASES = [  # (method, template, path params, query, body, app the request is about or None)
+    ("POST", "/api/event", {}, None, {"app_id": "bank", "message_id": "m", "event": "E"}, "bank"),
+    ("POST", "/api/event/bulk", {}, None, {"events": [{"app_id": "bank", "message_id": "m", "event": "E"}]}, "bank"),
+    ("GET", "/api/create_event", {}, {"count": 1}, None, "admin"),
+    ("GET", "/api/q/stats", {}, None, None, None),
+    ("GET", "/api/messages/{message_id}", {"message_id": "m"}, {"app_id": "bank"}, None, "bank"),
+    ("GET", "/api/messages", {}, {"app_id": "bank"}, None, "bank"),
+    ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, {"events": ["A"]}, "bank"),
+    ("GET", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, None, "bank"),
+    ("GET", "/api/test_socket", {}, {"message_id": "m", "app_id": "bank"}, None, "bank"),
+]
+
+
+@pytest.mark.parametrize("method,template,path,params,body,about", AUTH_CASES,
+                         ids=[f"{c[0]} {c[1]}" for c in AUTH_CASES])
+def test_401_without_a_key_and_403_with_another_apps_key(mars_auth: RunningStack, method: str, template: str,
+                                                         path: dict[str, str], params: dict[str, Any] | None,
+                                                         body: Any, about: str | None) -> None:
+    for key in (None, "mk_AAAAAAAA_" + "A" * 43):
+        headers = {"x-api-key": key} if key else {}
+        assert expect(mars_auth, 401, method, template, path=path, params=params, body=body,
+                      headers=headers)["error"]["code"] == "UNAUTHORIZED"
+    if about is not None:  # a valid key, but for the shop app only
+        expect(mars_auth, 403, method, template, path=path, params=params, body=body,
+               headers={"x-api-key": mars_auth.keys["shop"]})
+    owner = mars_auth.keys["admin" if about in ("admin", None) else "bank"]
+    allowed = call(mars_auth, method, template, path=path, params=params, body=body, headers={"x-api-key": owner})
+    assert allowed.status_code < 400 or allowed.status_code == 404, allowed.text  # 404: message m was never stored
+    check(allowed, method, template)
+
+
 # --- every declared answer was driven -------------------------------------------------------------
 
 def test_every_declared_response_was_driven(request: pytest.FixtureRequest) -> None:
