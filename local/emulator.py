@@ -31,6 +31,7 @@ import datetime
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -347,6 +348,50 @@ def cached_dispatch(app: DomainDispatcherApplication) -> DomainDispatcherApplica
     app.get_application = get_application  # type: ignore[method-assign]
     return app
 
+class ErrorInjection:
+    """Fails a fraction of one API's calls with an AWS error, as a throttled or failing service does
+    (`Target=rate:ErrorCode`, e.g. `DynamoDB_20120810.UpdateItem=0.05:ProvisionedThroughputExceededException`:
+    the `X-Amz-Target` of JSON-protocol calls). `GET /_local/faults` counts calls and injected errors."""
+
+    def __init__(self, app: Any, specs: list[str], seed: int | None = None) -> None:
+        self.app = app
+        self.rules: dict[str, tuple[float, str]] = {}
+        for spec in specs:
+            target, _, rest = spec.partition("=")
+            rate, _, code = rest.partition(":")
+            if not target or not code or not 0 <= float(rate) <= 1:
+                raise ValueError(f"bad emulator fault {spec!r}: use Target=rate:ErrorCode")
+            self.rules[target] = (float(rate), code)
+        self.random = random.Random(seed)
+        self.counts: dict[str, dict[str, int]] = {t: {"calls": 0, "injected": 0} for t in self.rules}
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == "/_local/faults":
+            with self._lock:
+                body = json.dumps(self.counts).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        rule = self.rules.get(environ.get("HTTP_X_AMZ_TARGET", ""))
+        if rule is not None:
+            target = environ["HTTP_X_AMZ_TARGET"]
+            with self._lock:
+                self.counts[target]["calls"] += 1
+                inject = self.random.random() < rule[0]
+                if inject:
+                    self.counts[target]["injected"] += 1
+            if inject:
+                code = rule[1]
+                status = "503 Service Unavailable" if "Unavailable" in code else (
+                    "500 Internal Server Error" if "Internal" in code else "400 Bad Request")
+                body = json.dumps({"__type": code, "message": f"injected by the emulator ({target})"}).encode()
+                environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))  # keep the connection usable
+                start_response(status, [("Content-Type", "application/x-amz-json-1.0"), ("x-amzn-ErrorType", code),
+                                        ("Content-Length", str(len(body)))])
+                return [body]
+        return self.app(environ, start_response)
+
+
 # Long polls hold a thread each (up to 1 s per poll in the local runtime): room for every poller.
 WAITRESS_THREADS = 64
 
@@ -357,6 +402,8 @@ def serve(
     patched: bool = True,
     metrics_interval: float | None = DEFAULT_METRICS_INTERVAL,
     server: str = "waitress",
+    faults: list[str] | None = None,
+    fault_seed: int | None = None,
 ) -> Emulator:
     """Start moto server in this process (background threads) and return it.
 
@@ -370,7 +417,9 @@ def serve(
     sock = socket.create_server((host, port), family=family, backlog=1024)
     if patched:
         moto_patches.apply()
-    app = cached_dispatch(DomainDispatcherApplication(create_backend_app))
+    app: Any = cached_dispatch(DomainDispatcherApplication(create_backend_app))
+    if faults:
+        app = ErrorInjection(app, faults, fault_seed)
     http: Any
     if server == "waitress":
         http = _WaitressServer(app, sock, WAITRESS_THREADS)
@@ -412,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_METRICS_INTERVAL,
         help="seconds between AWS/SQS CloudWatch samples (0 disables)",
     )
+    parser.add_argument("--fault", action="append", default=[], metavar="Target=rate:ErrorCode",
+                        help="fail a fraction of one API's calls (X-Amz-Target) with that AWS error")
+    parser.add_argument("--fault-seed", type=int)
     args = parser.parse_args(argv)
     configure_json_logging()
     # Many short requests on many threads: hand the GIL over sooner than the default 5 ms, so a
@@ -433,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
             patched=not args.no_patches,
             metrics_interval=args.metrics_interval,
             server=args.server,
+            faults=args.fault,
+            fault_seed=args.fault_seed,
         )
     except OSError as exc:
         logger.error(

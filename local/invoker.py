@@ -1,8 +1,8 @@
 """Lambda's invoke semantics over pools of worker processes: concurrency, timeouts, cold starts.
 
-Also where faults are injected (`--fault Function=rate[:before|after]`): "after" runs the handler and
-then reports a failure, the nastiest case for idempotency (the side effects happened, the caller
-retries).
+Also where faults are injected (`--fault Function=rate[:before|after|kill]`): "after" runs the handler
+and then reports a failure, the nastiest case for idempotency (the side effects happened, the caller
+retries); "kill" also kills the environment, as a crashed sandbox (a cold start follows).
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class InvokeResult:
 @dataclass(frozen=True)
 class Fault:
     rate: float
-    when: str = "after"  # "before": fail without running; "after": run, then report failure
+    # "before": fail without running; "after": run, then report failure; "kill": run, then the
+    # environment dies before it can answer (the result is lost, as when Lambda's sandbox crashes)
+    when: str = "after"
 
     @classmethod
     def parse(cls, text: str) -> tuple[str, "Fault"]:
@@ -55,8 +57,8 @@ class Fault:
         name, _, rest = text.partition("=")
         rate, _, when = rest.partition(":")
         fault = cls(float(rate), when or "after")
-        if not name or not 0 <= fault.rate <= 1 or fault.when not in ("before", "after"):
-            raise ValueError(f"bad fault {text!r}: use Function=rate[:before|after], rate in [0, 1]")
+        if not name or not 0 <= fault.rate <= 1 or fault.when not in ("before", "after", "kill"):
+            raise ValueError(f"bad fault {text!r}: use Function=rate[:before|after|kill], rate in [0, 1]")
         return name, fault
 
 
@@ -242,9 +244,13 @@ class FunctionPool:
             self._discard(w)
             return InvokeResult(False, error={"errorMessage": f"execution environment exited: {exc}",
                                               "errorType": "Runtime.ExitError"})
-        self._release(w)
         with self._cond:
             self.aws_calls.update(calls)
+        if injected and fault and fault.when == "kill":
+            self._discard(w)  # the handler's side effects happened; its answer never arrives
+            return InvokeResult(False, error={"errorMessage": "injected fault: the execution environment was killed "
+                                              "after the handler ran", "errorType": "Runtime.ExitError"})
+        self._release(w)
         if kind != "ok":
             return InvokeResult(False, error=body)
         if injected:

@@ -48,6 +48,8 @@ class Config:
     state_dir: Path = Path(".mars-local")
     faults: dict[str, Fault] = field(default_factory=dict)
     fault_seed: int | None = None
+    # Target=rate:ErrorCode: the emulators fail that fraction of those AWS calls (throttling, 5xx)
+    emulator_faults: list[str] = field(default_factory=list)
     warm: int = 1
     patched_emulator: bool = True
     # Services served by a second emulator process (its own GIL, the machine's other core); empty: one process.
@@ -158,6 +160,10 @@ class LocalStack:
                    "--parent-pid", str(os.getpid())]
             if not self.config.patched_emulator:
                 cmd.append("--no-patches")
+            for fault in self.config.emulator_faults:
+                cmd += ["--fault", fault]
+            if self.config.fault_seed is not None:
+                cmd += ["--fault-seed", str(self.config.fault_seed)]
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
             # Its own session: Ctrl-C stops the runtime, which stops its pollers before the emulator.
             self._emulators.append(subprocess.Popen(cmd, env=env, start_new_session=True))

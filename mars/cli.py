@@ -46,7 +46,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     api_port=args.api_port, ws_port=args.ws_port, emulator_port=args.emulator_port,
                     endpoint=args.endpoint,
                     parameter_overrides=_overrides(args.parameter_overrides, args.auth), state_dir=Path(args.state_dir),
-                    faults=faults, fault_seed=args.fault_seed, warm=args.warm)
+                    faults=faults, fault_seed=args.fault_seed, warm=args.warm, emulator_faults=args.emulator_fault)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -167,8 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--endpoint", help="use this AWS-compatible endpoint (e.g. LocalStack) instead of embedded moto")
     up.add_argument("--parameter-overrides", nargs="*", default=[], metavar="Name=Value")
     up.add_argument("--auth", action="store_true", help="require API keys (mars keys create), as deployed")
-    up.add_argument("--fault", action="append", default=[], metavar="Function=rate[:before|after]",
+    up.add_argument("--fault", action="append", default=[], metavar="Function=rate[:before|after|kill]",
                     help="inject failures into a function's invocations (testing)")
+    up.add_argument("--emulator-fault", action="append", default=[], metavar="Target=rate:ErrorCode",
+                    help="the emulator fails that fraction of an AWS API's calls, e.g. "
+                         "DynamoDB_20120810.UpdateItem=0.05:ProvisionedThroughputExceededException")
     up.add_argument("--fault-seed", type=int, help="seed for --fault, for reproducible runs")
     up.add_argument("--warm", type=int, default=1, help="execution environments started per function (default 1)")
     up.add_argument("--log-level", default="INFO")

@@ -89,6 +89,25 @@ def test_faults_before_and_after(tmp_path: Path) -> None:
         Fault.parse("StoreFunction=2")
 
 
+def test_a_kill_fault_runs_the_handler_then_loses_the_answer_and_the_environment(tmp_path: Path) -> None:
+    marker = tmp_path / "pids"
+    (tmp_path / "pid.py").write_text(f"import os\ndef handler(e, c):\n    open({str(marker)!r}, 'a').write(f'{{os.getpid()}} ')\n"
+                                     "    return 1\n")
+    p = FunctionPool(spec(tmp_path, handler="pid.handler"), Fault(0.5, "kill"), seed=7)
+    try:
+        results = [p.invoke({}, trigger="test") for _ in range(8)]
+    finally:
+        p.close()
+    killed = [r for r in results if not r.ok]
+    assert killed and len(killed) < 8
+    assert all(r.error["errorType"] == "Runtime.ExitError" for r in killed)
+    pids = marker.read_text().split()
+    assert len(pids) == 8  # every handler ran …
+    # … and each kill cost its environment: a new one served the next invocation
+    assert len(set(pids)) == len(killed) + (1 if results[-1].ok else 0)
+    assert Fault.parse("AggregatorFunction=0.1:kill") == ("AggregatorFunction", Fault(0.1, "kill"))
+
+
 def test_reserved_concurrency_caps_environments_and_serves_waiters_in_order(tmp_path: Path) -> None:
     p = FunctionPool(spec(tmp_path, reserved=1, timeout=5))
     try:

@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.sqs.models import Queue, SQSBackend, sqs_backends
 
@@ -557,6 +558,35 @@ def test_shard_iterators_expire_after_15_minutes_instead_of_piling_up(server: em
         streams.get_records(ShardIterator=first)
     assert expired.value.response["Error"]["Code"] == "ExpiredIteratorException"
     assert streams.get_records(ShardIterator=iterator)["Records"] == []  # the new one works
+
+
+def test_the_emulator_injects_aws_errors_into_a_fraction_of_one_apis_calls() -> None:
+    em = emulator_mod.serve(port=0, metrics_interval=None, server="waitress", patched=True,
+                            faults=["DynamoDB_20120810.PutItem=0.5:ProvisionedThroughputExceededException"], fault_seed=3)
+    try:
+        ddb = boto3.client("dynamodb", endpoint_url=em.endpoint_url, region_name="us-east-1", aws_access_key_id="t",
+                           aws_secret_access_key="t", config=Config(retries={"total_max_attempts": 1}))
+        table = _name("throttled")
+        ddb.create_table(TableName=table, AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+        outcomes = []
+        for i in range(40):
+            try:
+                ddb.put_item(TableName=table, Item={"pk": {"S": str(i)}})
+                outcomes.append("ok")
+            except ClientError as exc:
+                outcomes.append(exc.response["Error"]["Code"])
+        assert set(outcomes) == {"ok", "ProvisionedThroughputExceededException"}
+        stored = ddb.scan(TableName=table)["Count"]  # other calls are untouched, and a refused put stored nothing
+        assert stored == outcomes.count("ok")
+        import requests
+
+        counts = requests.get(em.endpoint_url + "/_local/faults", timeout=5).json()
+        assert counts == {"DynamoDB_20120810.PutItem": {"calls": 40, "injected": 40 - stored}}
+    finally:
+        em.stop()
+    with pytest.raises(ValueError):
+        emulator_mod.ErrorInjection(None, ["nonsense"])
 
 
 # --------------------------------------------------------------------------
