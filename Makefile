@@ -8,7 +8,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 UP_ARGS ?=
 
-.PHONY: install up test lint template-check unit integration bench clean proto
+.PHONY: install up test lint template-check unit integration browser browser-deps bench clean proto
+
+# tests/browser drive Debian's Chromium (apt), never a browser build downloaded at test time.
+export MARS_CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(BIN)/.installed: requirements-dev.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 (the Lambda runtime of template.yaml)"; exit 1; }
@@ -41,7 +45,14 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest -q tests/integration
 
-test: install lint template-check
+browser-deps:
+	@test -x $(MARS_CHROMIUM) || { echo "make: installing chromium for the browser tests"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
+browser: install browser-deps
+	$(BIN)/python -m pytest -q tests/browser
+
+test: install lint template-check browser-deps
 	$(BIN)/python -m pytest -q tests
 
 bench: install
