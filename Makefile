@@ -7,8 +7,13 @@ export SAM_CLI_TELEMETRY := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
 UP_ARGS ?=
+# `make up AUTH=1`: API keys required, as deployed (create one with `.venv/bin/mars keys create --app A`)
+AUTH ?=
+ifeq ($(AUTH),1)
+UP_ARGS += --auth
+endif
 
-.PHONY: install up test lint template-check unit integration browser browser-deps bench clean proto
+.PHONY: install up test lint template-check unit integration browser browser-deps faults soak bench clean proto
 
 # tests/browser drive Debian's Chromium (apt), never a browser build downloaded at test time.
 export MARS_CHROMIUM ?= /usr/bin/chromium
@@ -44,6 +49,15 @@ unit: install
 
 integration: install
 	$(BIN)/python -m pytest -q tests/integration
+
+# The fault-injection suite at 600 events runs inside `make test`; `make soak` runs it at 10,000 and
+# then the overload soak (a burst at twice the local drain rate).
+faults: install
+	$(BIN)/python -m pytest -q tests/faults
+
+soak: install
+	MARS_FAULT_EVENTS=10000 $(BIN)/python -m pytest -q -s tests/faults
+	$(BIN)/python -m bench.soak
 
 browser-deps:
 	@test -x $(MARS_CHROMIUM) || { echo "make: installing chromium for the browser tests"; \

@@ -6,7 +6,9 @@
     ids = mars.send_many(events)                               # batched: 500 per request / message
 
 Every event gets an `event_id` (and a `created_at`) *before* the first attempt, so a retry — of a
-whole request, or of the items a partial failure names — can never store an event twice. Retries
+whole request, or of the items a partial failure names — can never store an event twice. Without a
+client id it is the id Mars itself derives from the event's content (the layer's `parse_event`), so
+the same event sent again later, by this client or through any other way in, is stored once too. Retries
 use exponential backoff with full jitter, and only for errors that can succeed later (throttling,
 5xx, connection failures); a 400 raises `MarsValidationError` at once.
 """
@@ -16,13 +18,13 @@ from __future__ import annotations
 import json
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import requests
+from mars_common.events import ValidationError, parse_event
 
 MAX_BULK = 500
 MAX_MESSAGE_BYTES = 250 * 1024  # SNS and SQS allow 256 KiB; leave room for attributes
@@ -64,12 +66,17 @@ class Retry:
 
 
 def prepare(event: dict[str, Any]) -> dict[str, Any]:
-    """A copy with the idempotency fields fixed once: the event id and, if absent, the time."""
+    """A copy with the idempotency fields fixed once: the time if absent, and the event id Mars would
+    derive (a random id would make the same event, resent through another way in, a second event).
+    An invalid event raises MarsValidationError here, before anything is sent."""
     out = dict(event)
     if not out.get("created_at"):
         out["created_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if not out.get("event_id"):
-        out["event_id"] = uuid.uuid4().hex
+        try:
+            out["event_id"] = parse_event(out).event_id
+        except ValidationError as err:
+            raise MarsValidationError(f"the event is not valid: {err}", [e.as_dict() for e in err.errors]) from err
     return out
 
 

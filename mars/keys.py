@@ -16,13 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-LAYER = Path(__file__).resolve().parent.parent / "layers" / "common"
-
 
 def _auth() -> Any:
-    if str(LAYER) not in sys.path:
-        sys.path.insert(0, str(LAYER))  # the one implementation of keys lives in the layer
-    from mars_common import auth
+    from mars_common import auth  # the one implementation of keys lives in the layer
 
     return auth
 

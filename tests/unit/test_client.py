@@ -60,6 +60,17 @@ def test_prepare_fixes_the_idempotency_fields_once() -> None:
     assert b["event_id"] == "mine" and b["created_at"] == "2026-11-26T10:00:00Z"
 
 
+def test_without_an_event_id_the_client_uses_the_id_mars_derives() -> None:
+    """The same event sent by the client and, later, by anyone else (or a restarted client) is one event."""
+    from mars_common.events import parse_event
+
+    ev = {**EV, "created_at": "2026-11-26T11:00:00+01:00", "meta": {"k": "v"}}
+    assert prepare(ev)["event_id"] == prepare(dict(ev))["event_id"] == parse_event(ev).event_id
+    with pytest.raises(MarsValidationError) as bad:
+        prepare({"app_id": "shop", "event": "X"})
+    assert bad.value.details[0]["field"] == "message_id"
+
+
 def test_retries_resend_the_same_event_ids() -> None:
     session = FakeSession((503, {"error": {"message": "busy"}}), requests.ConnectionError("reset"), (202, accepted))
     mars, sleeps = client(session)
@@ -87,8 +98,11 @@ def test_validation_errors_are_not_retried() -> None:
                                                              "details": details}}))
     mars, sleeps = client(session)
     with pytest.raises(MarsValidationError) as err:
-        mars.send({"app_id": "shop", "message_id": "m1"})
+        mars.send(EV)  # valid here; the server has the last word (e.g. a newer rule)
     assert err.value.details == details and sleeps == [] and len(session.sent) == 1
+    with pytest.raises(MarsValidationError):
+        mars.send({"app_id": "shop", "message_id": "m1"})  # invalid before anything is sent
+    assert len(session.sent) == 1
 
 
 def test_other_client_errors_are_not_retried_and_retries_are_bounded() -> None:
