@@ -149,6 +149,98 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 0
 
 
+def _running_outputs(args: argparse.Namespace) -> dict[str, Any] | None:
+    from local.stack import read_state
+
+    state = read_state(Path(args.state_dir), args.stack_name)
+    if state is None:
+        print(f"mars: no local stack {args.stack_name!r} is running; start one with `make up` (or pass --url)",
+              file=sys.stderr)
+        return None
+    return dict(state["outputs"])
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import requests
+
+    base = args.url
+    if not base:
+        outputs = _running_outputs(args)
+        if outputs is None:
+            return 2
+        base = outputs["ApiUrl"]
+    resp = requests.get(base.rstrip("/") + "/api/q/stats", headers={"x-api-key": args.api_key} if args.api_key else {},
+                        timeout=30)
+    if resp.status_code != 200:
+        print(f"mars: {resp.status_code} from /api/q/stats: {resp.text[:300]}"
+              + (" (pass --api-key)" if resp.status_code == 401 else ""), file=sys.stderr)
+        return 1
+    stats = resp.json()
+    if args.json:
+        print(json.dumps(stats))
+        return 0
+    rows = [("QUEUE", "VISIBLE", "IN FLIGHT", "OLDEST")]
+    for kind in ("queues", "dead_letter"):
+        for q in stats[kind]:
+            age = q["oldest_age_seconds"]
+            rows.append((q["name"], str(q["visible"]), str(q["in_flight"]), "-" if age is None else f"{age:.0f} s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    dead = sum(q["visible"] + q["in_flight"] for q in stats["dead_letter"])
+    if dead:
+        print(f"warning: {dead} message(s) in dead-letter queues; see them with the AWS CLI, move them back with "
+              "`mars redrive --dry-run` then `mars redrive`", file=sys.stderr)
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from mars.client import MarsClient, MarsError, MarsValidationError
+
+    if args.file:
+        raw = json.loads(Path(args.file).read_text() if args.file != "-" else sys.stdin.read())
+        events = raw["events"] if isinstance(raw, dict) and "events" in raw else raw if isinstance(raw, list) else [raw]
+    else:
+        if not (args.app and args.message and args.event):
+            print("mars: send needs --app, --message and --event (or --file events.json)", file=sys.stderr)
+            return 2
+        event: dict[str, Any] = {"app_id": args.app, "message_id": args.message, "event": args.event}
+        if args.created_at:
+            event["created_at"] = args.created_at
+        if args.event_id:
+            event["event_id"] = args.event_id
+        if args.meta:
+            event["meta"] = dict(item.partition("=")[::2] for item in args.meta)
+        events = [event]
+    outputs = None if args.url else _running_outputs(args)
+    if not args.url and outputs is None:
+        return 2
+    if args.transport == "http":
+        client = MarsClient.http(args.url or outputs["ApiUrl"], api_key=args.api_key)  # type: ignore[index]
+    elif args.transport == "grpc":
+        client = MarsClient.grpc(args.url or outputs["GrpcEndpoint"], api_key=args.api_key)  # type: ignore[index]
+    else:
+        import boto3
+
+        assert outputs is not None, "sns/sqs need the stack's outputs"
+        endpoint = outputs["EventsQueueUrls"].split("/123456789012/")[0]
+        aws = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "testing",
+               "aws_secret_access_key": "testing"}
+        client = (MarsClient.sns(outputs["IngestTopicArn"], boto3.client("sns", **aws)) if args.transport == "sns"
+                  else MarsClient.sqs(outputs["IngestQueueUrl"], boto3.client("sqs", **aws)))
+    try:
+        ids = client.send_many(events)
+    except MarsValidationError as err:
+        print(f"mars: not sent, the event is not valid: {err}", file=sys.stderr)
+        return 1
+    except MarsError as err:
+        print(f"mars: not sent: {err}", file=sys.stderr)
+        return 1
+    for event_id in ids:
+        print(event_id)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mars", description="Mars: message lifecycle and acknowledgement tracing.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -200,6 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
     from mars import keys
 
     keys.register(sub, stack_args)
+
+    stats = sub.add_parser("stats", help="depth, in-flight and oldest age of every queue and dead-letter queue")
+    stats.add_argument("--url", help="the API's base URL (default: the running stack's ApiUrl)")
+    stats.add_argument("--api-key")
+    stats.add_argument("--json", action="store_true")
+    stack_args(stats)
+    stats.set_defaults(func=cmd_stats)
+
+    send = sub.add_parser("send", help="report events (the event ids print one per line)")
+    send.add_argument("--app")
+    send.add_argument("--message")
+    send.add_argument("--event")
+    send.add_argument("--created-at", help="RFC 3339; default: now")
+    send.add_argument("--event-id", help="your idempotency key (default: derived from the event)")
+    send.add_argument("--meta", nargs="*", metavar="KEY=VALUE")
+    send.add_argument("--file", help="JSON file of events (a list, or {\"events\": [...]}); - for stdin")
+    send.add_argument("--transport", choices=["http", "grpc", "sns", "sqs"], default="http")
+    send.add_argument("--url", help="API base URL (http) or host:port (grpc); default: the running stack")
+    send.add_argument("--api-key")
+    stack_args(send)
+    send.set_defaults(func=cmd_send)
 
     outputs = sub.add_parser("outputs", help="print the running local stack's Outputs as JSON")
     stack_args(outputs)
