@@ -289,9 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     stack_args(tail_cmd)
     tail_cmd.set_defaults(func=cmd_tail)
 
-    from mars import keys
+    from mars import keys, redrive
 
     keys.register(sub, stack_args)
+    redrive.register(sub, stack_args)
 
     stats = sub.add_parser("stats", help="depth, in-flight and oldest age of every queue and dead-letter queue")
     stats.add_argument("--url", help="the API's base URL (default: the running stack's ApiUrl)")
