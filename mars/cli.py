@@ -113,18 +113,24 @@ def cmd_outputs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_grpc(args: argparse.Namespace) -> int:
+def _running_output(args: argparse.Namespace, name: str, instead: str) -> str | None:
+    """One Output of the running local stack; None (after saying what to do) if there is none."""
     from local.stack import read_state
+
+    state = read_state(Path(args.state_dir), args.stack_name)
+    if state is None or name not in state["outputs"]:
+        print(f"mars: no running local stack {args.stack_name!r} with {name}; start one with `make up`, "
+              f"or pass {instead}", file=sys.stderr)
+        return None
+    return str(state["outputs"][name])
+
+
+def cmd_bench_grpc(args: argparse.Namespace) -> int:
     from mars import bench_grpc
 
-    target = args.target
+    target = args.target or _running_output(args, "GrpcEndpoint", "--target host:port")
     if not target:
-        state = read_state(Path(args.state_dir), args.stack_name)
-        if state is None or "GrpcEndpoint" not in state["outputs"]:
-            print("mars: no running stack with a gRPC shim; start one with `make up`, or pass --target host:port",
-                  file=sys.stderr)
-            return 2
-        target = state["outputs"]["GrpcEndpoint"]
+        return 2
     figures = bench_grpc.report(target, args.count, args.concurrency)
     if args.json:
         print(json.dumps(figures))
@@ -132,17 +138,11 @@ def cmd_bench_grpc(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from local.stack import read_state
     from mars import tail
 
-    url = args.url
+    url = args.url or _running_output(args, "WebSocketUrl", "--url ws://…")
     if not url:
-        state = read_state(Path(args.state_dir), args.stack_name)
-        if state is None or "WebSocketUrl" not in state["outputs"]:
-            print("mars: no running stack with a websocket; start one with `make up`, or pass --url ws://…",
-                  file=sys.stderr)
-            return 2
-        url = state["outputs"]["WebSocketUrl"]
+        return 2
     try:
         return tail.run(url, args.app, args.message, as_json=args.json, api_key=args.api_key)
     except KeyboardInterrupt:
@@ -163,12 +163,9 @@ def _running_outputs(args: argparse.Namespace) -> dict[str, Any] | None:
 def cmd_stats(args: argparse.Namespace) -> int:
     import requests
 
-    base = args.url
+    base = args.url or _running_output(args, "ApiUrl", "--url")
     if not base:
-        outputs = _running_outputs(args)
-        if outputs is None:
-            return 2
-        base = outputs["ApiUrl"]
+        return 2
     resp = requests.get(base.rstrip("/") + "/api/q/stats", headers={"x-api-key": args.api_key} if args.api_key else {},
                         timeout=30)
     if resp.status_code != 200:
