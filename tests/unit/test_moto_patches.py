@@ -460,17 +460,23 @@ def test_message_instances_are_tracked_weakly(sqs: Any) -> None:
 # --------------------------------------------------------------------------
 
 
-def _stream_records_after_updates(url: str) -> list[dict[str, Any]]:
-    """Creates an item with UpdateItem, updates it again, and returns the table's stream records."""
-    ddb = _client("dynamodb", url)
-    table = _name("streamed")
-    arn = ddb.create_table(
+def _streamed_table(url: str, prefix: str, view: str) -> tuple[str, str]:
+    """A new table with a stream of that view type: (table name, stream ARN)."""
+    table = _name(prefix)
+    arn = _client("dynamodb", url).create_table(
         TableName=table,
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
         BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": view},
     )["TableDescription"]["LatestStreamArn"]
+    return table, arn
+
+
+def _stream_records_after_updates(url: str) -> list[dict[str, Any]]:
+    """Creates an item with UpdateItem, updates it again, and returns the table's stream records."""
+    ddb = _client("dynamodb", url)
+    table, arn = _streamed_table(url, "streamed", "NEW_AND_OLD_IMAGES")
     for value in ("one", "two"):
         ddb.update_item(
             TableName=table,
@@ -502,15 +508,7 @@ def test_stock_moto_emits_a_keys_only_insert_first(unpatched_url: str) -> None:
 
 
 def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: emulator_mod.Emulator) -> None:
-    ddb = _client("dynamodb", server.endpoint_url)
-    table = _name("streamed")
-    arn = ddb.create_table(
-        TableName=table,
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
-    )["TableDescription"]["LatestStreamArn"]
+    table, arn = _streamed_table(server.endpoint_url, "streamed", "NEW_IMAGE")
 
     def write(n: int) -> None:
         client = _client("dynamodb", server.endpoint_url)
@@ -534,15 +532,7 @@ def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: 
 
 def test_shard_iterators_expire_after_15_minutes_instead_of_piling_up(server: emulator_mod.Emulator,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    ddb = _client("dynamodb", server.endpoint_url)
-    table = _name("iterated")
-    arn = ddb.create_table(
-        TableName=table,
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
-    )["TableDescription"]["LatestStreamArn"]
+    _table, arn = _streamed_table(server.endpoint_url, "iterated", "NEW_IMAGE")
     streams = _client("dynamodbstreams", server.endpoint_url)
     (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
     first = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST")["ShardIterator"]
