@@ -22,7 +22,7 @@ import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
 
-from . import apigw_rest, apigw_websocket, awscalls, lambda_api, sns_trigger, stream_poller
+from . import apigw_rest, apigw_websocket, awscalls, lambda_api, scheduler, sns_trigger, stream_poller
 from .functions import FUNCTION_TYPES, build_spec, function_properties
 from .httpserver import Server
 from .invoker import Fault, FunctionPool, Invoker
@@ -103,6 +103,7 @@ class LocalStack:
         self.pollers: list[SqsPoller] = []
         self.sns_pollers: list[sns_trigger.SnsPoller] = []
         self.stream_pollers: list[stream_poller.StreamPoller] = []
+        self.schedulers: list[scheduler.Scheduler] = []
         self.mappings: list[lambda_api.EventSourceMapping] = []  # every poller, for the Lambda API
         self.control = lambda_api.LambdaControl(self.invoker, self.mappings)
         self.lambda_endpoint = ""
@@ -140,6 +141,7 @@ class LocalStack:
             self._start_pollers()
             self._start_sns_triggers()
             self._start_stream_pollers()
+            self._start_schedules()
             self._write_state()
         except BaseException:
             self.stop()
@@ -272,7 +274,18 @@ class LocalStack:
                                                 "batch_size": source.batch_size,
                                                 "starting_position": source.starting_position})
 
+    def _start_schedules(self) -> None:
+        for lid, pool in self.invoker.pools.items():
+            for schedule in scheduler.schedules_for(self.stack, lid, pool.spec.events):
+                timer = scheduler.Scheduler(pool, schedule, self.stack.region, self.stack.account_id)
+                timer.start()
+                self.schedulers.append(timer)
+                log.info("schedule", extra={"function": lid, "rule": schedule.name, "expression": schedule.expression,
+                                            "enabled": schedule.enabled})
+
     def stop(self) -> None:
+        for timer in self.schedulers:
+            timer.stop()
         for stream in self.stream_pollers:
             stream.stop()
         for sns_poller in self.sns_pollers:

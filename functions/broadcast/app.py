@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import live
 from mars_common.config import settings
-from mars_common.store import EVENT_PREFIX, get_lifecycle, to_timeline
+from mars_common.store import EVENT_PREFIX, STUCK_AT, get_lifecycle, to_timeline
 from mars_common.timeline import Lifecycle
 
 logger = Logger(service="mars-broadcast")
@@ -37,7 +37,8 @@ def record_handler(record: DynamoDBRecord) -> None:
     new = ddb.new_image or {}
     old = ddb.old_image or {}
     new_ids = {k[len(EVENT_PREFIX):] for k in new if k.startswith(EVENT_PREFIX) and k not in old}
-    if not new_ids:
+    went_stuck = STUCK_AT in new and STUCK_AT not in old
+    if not new_ids and not went_stuck:
         return  # a duplicate delivery touched updated_at only: nothing a subscriber has not seen
     cfg = settings()
     app_id, message_id = new["app_id"], new["message_id"]
@@ -45,6 +46,8 @@ def record_handler(record: DynamoDBRecord) -> None:
     if not targets:
         return
     frame = live.timeline_frame(to_timeline(new, _lifecycle(app_id)), new_ids)
+    if went_stuck:
+        frame["alert"] = {"type": "stuck", "since": new[STUCK_AT]}
     result = live.push(cfg.websocket_management_url, cfg.connections_table, targets, frame)
     logger.info("pushed", extra={"app_id": app_id, "message_id": message_id, "new_events": len(new_ids),
                                  "delivered": result.delivered, "stale_removed": result.stale,

@@ -185,3 +185,31 @@ def test_mars_tail_exits_1_when_the_subscription_is_refused(mars: RunningStack) 
 def test_mars_tail_requires_an_app(argv: list[str]) -> None:
     got = subprocess.run([sys.executable, "-m", "mars.cli", *argv], cwd=ROOT, capture_output=True, text=True)
     assert got.returncode == 2 and "--app" in got.stderr
+
+
+def test_a_message_going_stuck_is_pushed_live_and_alerted(mars: RunningStack) -> None:
+    app_id, mid = uid("live-stuck"), uid("m")
+    requests.put(mars.url(f"/api/apps/{app_id}/lifecycle"), json={"events": ["CREATED", "DONE"], "sla_seconds": 3},
+                 timeout=10).raise_for_status()
+    sqs, sns = mars.client("sqs"), mars.client("sns")
+    inbox = sqs.create_queue(QueueName=uid("alerts"))["QueueUrl"]
+    inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=mars.outputs["AlertsTopicArn"], Protocol="sqs", Endpoint=inbox_arn,
+                  Attributes={"RawMessageDelivery": "true", "FilterPolicy": json.dumps({"app_id": [app_id]})})
+    with subscribed(mars, app_id, mid) as ws:
+        next_frame(ws)
+        post(mars, app_id, mid, "CREATED")
+        assert next_frame(ws, message_id=mid)["status"] == "in_progress"
+        time.sleep(3.5)  # past the SLA
+        state = json.loads((mars.state_dir / f"{mars.stack_name}.json").read_text())
+        lam = boto3.client("lambda", endpoint_url=state["lambda_endpoint"], region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        # what the every-minute schedule does (the schedule itself is covered in tests/unit/test_stuck.py)
+        swept = json.loads(lam.invoke(FunctionName=f"{mars.stack_name}-StuckFunction",
+                                      Payload=json.dumps({"source": "aws.events"}))["Payload"].read())
+        assert swept["marked"] >= 1
+        frame = next_frame(ws, message_id=mid)
+        assert frame["status"] == "stuck" and frame["alert"]["type"] == "stuck" and frame["missing"] == ["DONE"]
+    (alert,) = [json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=inbox, WaitTimeSeconds=5)["Messages"]]
+    assert (alert["app_id"], alert["message_id"], alert["missing"]) == (app_id, mid, ["DONE"])
+    assert any(line.get("msg") == "schedule" and line.get("function") == "StuckFunction" for line in mars.log_lines())

@@ -16,15 +16,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
 
 from . import aws
-from .events import Event, utc_now
+from .events import Event, format_ts, utc_now
 from .timeline import Lifecycle, summarize
 
 EVENT_PREFIX = "e:"
 BY_MESSAGE_INDEX = "ByMessage"
 BY_APP_INDEX = "ByAppUpdated"
 MAX_EVENTS_PER_UPDATE = 50  # keeps an UpdateExpression far below DynamoDB's 4 KB limit
+STUCK_AT = "stuck_at"  # set by the stuck sweep (an alert was sent), removed by the next event
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,10 @@ def upsert_message(table_name: str, app_id: str, message_id: str, events: list[E
                 entry["meta"] = ev.meta
             values[f":e{i}"] = entry
             sets.append(f"#e{i} = if_not_exists(#e{i}, :e{i})")
+        names["#s"] = STUCK_AT  # a new event ends a stuck spell: the next one alerts again
         resp = aws.table(table_name).update_item(
             Key={"app_id": app_id, "message_id": message_id},
-            UpdateExpression="SET " + ", ".join(sets),
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE #s",
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
             ReturnValues="ALL_OLD",
@@ -182,3 +185,57 @@ def put_lifecycle(table_name: str, app_id: str, lifecycle: Lifecycle) -> dict[st
             "updated_at": utc_now()}
     aws.table(table_name).put_item(Item=item)
     return item
+
+
+def stuck_candidates(table_name: str, app_id: str, lifecycle: Lifecycle, now: datetime,
+                     lookback_seconds: int) -> list[dict[str, Any]]:
+    """Messages of an app that are stuck now and not yet marked: last written between
+    `lookback` before the SLA cut-off and the cut-off (older ones were swept by earlier runs)."""
+    if lifecycle.sla_seconds <= 0 or not lifecycle.events:
+        return []
+    cutoff = now.timestamp() - lifecycle.sla_seconds
+    low = format_ts(datetime.fromtimestamp(cutoff - lookback_seconds, UTC))
+    high = format_ts(datetime.fromtimestamp(cutoff, UTC))
+    table = aws.table(table_name)
+    kwargs: dict[str, Any] = {"IndexName": BY_APP_INDEX,
+                              "KeyConditionExpression": Key("app_id").eq(app_id) & Key("updated_at").between(low, high)}
+    out = []
+    while True:
+        resp = table.query(**kwargs)
+        for item in resp.get("Items", []):
+            if STUCK_AT not in item and to_timeline(item, lifecycle, with_events=False, now=now)["status"] == "stuck":
+                out.append(item)
+        if "LastEvaluatedKey" not in resp:
+            return out
+        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+
+def mark_stuck(table_name: str, item: dict[str, Any], now: str) -> bool:
+    """Marks a message stuck unless it was marked or written since it was read (then False)."""
+    try:
+        aws.table(table_name).update_item(
+            Key={"app_id": item["app_id"], "message_id": item["message_id"]},
+            UpdateExpression="SET #s = :now",
+            ConditionExpression="attribute_not_exists(#s) AND #u = :u",
+            ExpressionAttributeNames={"#s": STUCK_AT, "#u": "updated_at"},
+            ExpressionAttributeValues={":now": now, ":u": item["updated_at"]},
+        )
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise
+
+
+def lifecycles(table_name: str) -> dict[str, Lifecycle]:
+    """Every app's lifecycle (AppsTable holds one small item per app)."""
+    out: dict[str, Lifecycle] = {}
+    kwargs: dict[str, Any] = {}
+    while True:
+        resp = aws.table(table_name).scan(**kwargs)
+        for item in resp.get("Items", []):
+            out[item["app_id"]] = Lifecycle(events=tuple(item.get("events", [])),
+                                            sla_seconds=int(item.get("sla_seconds", 0)), updated_at=item.get("updated_at"))
+        if "LastEvaluatedKey" not in resp:
+            return out
+        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
