@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -177,9 +178,55 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
         return event_pb2.StreamSummary(success=True, received=received, accepted=len(ids), event_ids=ids)
 
 
+def _decode(message_type: Any, raw: bytes) -> Any:
+    return message_type.FromString(raw)
+
+
+def register(servicer: MarsGrpc, server: grpc.aio.Server) -> None:
+    """The generated registration, except that requests arrive as bytes and are decoded here: a message
+    that is not a valid protobuf is the caller's error (INVALID_ARGUMENT), where grpcio's own
+    decoding answers UNKNOWN ("Exception deserializing request")."""
+    async def invalid(context: grpc.aio.ServicerContext, message_type: Any, exc: Exception) -> None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid {message_type.DESCRIPTOR.full_name}: {exc}")
+
+    def unary(behavior: Any, message_type: Any) -> Any:
+        async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = _decode(message_type, raw)
+            except DecodeError as exc:
+                await invalid(context, message_type, exc)
+            return await behavior(request, context)
+        return handler
+
+    def stream(behavior: Any, message_type: Any) -> Any:
+        async def handler(raws: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def decoded() -> Any:
+                async for raw in raws:
+                    try:
+                        yield _decode(message_type, raw)
+                    except DecodeError as exc:
+                        await invalid(context, message_type, exc)
+            return await behavior(decoded(), context)
+        return handler
+
+    handlers = {
+        "collectEvent": grpc.unary_unary_rpc_method_handler(
+            unary(servicer.collectEvent, event_pb2.EventRequest),
+            response_serializer=event_pb2.EventResponse.SerializeToString),
+        "collectEvents": grpc.unary_unary_rpc_method_handler(
+            unary(servicer.collectEvents, event_pb2.EventsRequest),
+            response_serializer=event_pb2.EventsResponse.SerializeToString),
+        "streamEvents": grpc.stream_unary_rpc_method_handler(
+            stream(servicer.streamEvents, event_pb2.EventRequest),
+            response_serializer=event_pb2.StreamSummary.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
 async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -> None:
     server = grpc.aio.server()
-    event_pb2_grpc.add_MarsGrpcServicer_to_server(MarsGrpc(Batcher(settings().events_queue_urls)), server)
+    register(MarsGrpc(Batcher(settings().events_queue_urls)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)

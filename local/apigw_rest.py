@@ -186,6 +186,13 @@ class RestHandler(Handler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle  # noqa: N815
 
+    def __getattr__(self, name: str) -> Any:
+        """Any other method (TRACE, QUERY, …) gets API Gateway's answer for an undeclared one, through
+        the same routing (http.server would answer 501 in HTML)."""
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
+
 
 @dataclass
 class Gateway:

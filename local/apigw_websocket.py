@@ -70,7 +70,7 @@ class WebSocketApi:
             value: Any = json.loads(body)
             for part in self.selection_path:
                 value = value.get(part) if isinstance(value, dict) else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             value = None
         if isinstance(value, str) and value in self.routes and not value.startswith("$"):
             return value

@@ -34,7 +34,7 @@ def _error(connection_id: str, code: str, message: str, details: list[dict[str, 
 def _body(event: dict[str, Any]) -> dict[str, Any] | None:
     try:
         body = json.loads(event.get("body") or "")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
     return body if isinstance(body, dict) else None
 
@@ -113,10 +113,13 @@ def ping(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
 
 def default(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
     """Anything the route selection did not match: say precisely what was wrong."""
+    if event.get("isBase64Encoded"):  # API Gateway routes every binary frame here, whatever it holds
+        return _error(connection_id, "BINARY_FRAME", "send actions as text frames (UTF-8 JSON), not binary")
     body = _body(event)
     if body is None:
         return _error(connection_id, "INVALID_JSON",
-                      'send a JSON object such as {"action": "subscribe", "app_id": "..."}')
+                      'send a JSON object (nested at most a few hundred levels) such as '
+                      '{"action": "subscribe", "app_id": "..."}')
     action = body.get("action")
     if action is None:
         return _error(connection_id, "MISSING_ACTION", "the frame has no action",
