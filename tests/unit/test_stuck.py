@@ -20,11 +20,9 @@ from local.scheduler import Schedule, Scheduler, scheduled_event, schedules_for
 from tests.conftest import load_function
 from tests.unit.test_live import FakeConnections, stream_records, ws_event
 
-NOW = datetime.now(UTC)
-
-
 def ago(seconds: float) -> str:
-    return format_ts(NOW - timedelta(seconds=seconds))
+    """A timestamp `seconds` before now (at call time: the suite may run long after this module loads)."""
+    return format_ts(datetime.now(UTC) - timedelta(seconds=seconds))
 
 
 def put_message(app_id: str, message_id: str, events: list[str], written_ago: float) -> None:
@@ -97,9 +95,9 @@ def test_a_message_written_since_it_was_read_is_not_marked(mocked_stack: Any) ->
     read = item("shop", "raced")
     upsert_message(settings().messages_table, "shop", "raced", [parse_event({"app_id": "shop", "message_id": "raced",
                                                                              "event": "PAID"})], 30)
-    assert mark_stuck(settings().messages_table, read, format_ts(NOW)) is False
-    assert mark_stuck(settings().messages_table, item("shop", "raced"), format_ts(NOW)) is True
-    assert mark_stuck(settings().messages_table, item("shop", "raced"), format_ts(NOW)) is False  # already marked
+    assert mark_stuck(settings().messages_table, read, format_ts(datetime.now(UTC))) is False
+    assert mark_stuck(settings().messages_table, item("shop", "raced"), format_ts(datetime.now(UTC))) is True
+    assert mark_stuck(settings().messages_table, item("shop", "raced"), format_ts(datetime.now(UTC))) is False  # already marked
 
 
 def test_going_stuck_is_pushed_live_with_an_alert(stuck: Any, alerts: Any, lambda_context: Any,
