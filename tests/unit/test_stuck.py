@@ -20,6 +20,7 @@ from local.scheduler import Schedule, Scheduler, scheduled_event, schedules_for
 from tests.conftest import load_function
 from tests.unit.test_live import FakeConnections, stream_records, ws_event
 
+
 def ago(seconds: float) -> str:
     """A timestamp `seconds` before now (at call time: the suite may run long after this module loads)."""
     return format_ts(datetime.now(UTC) - timedelta(seconds=seconds))
