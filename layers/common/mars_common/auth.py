@@ -85,17 +85,9 @@ def create_key(table: str, apps: list[str], *, admin: bool = False, note: str = 
 
 def list_keys(table: str) -> list[dict[str, Any]]:
     """Every key's id, apps, admin flag, note, created/revoked times (never the hash)."""
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {}
-    while True:
-        resp = aws.table(table).scan(**kwargs)
-        items.extend(resp.get("Items", []))
-        if "LastEvaluatedKey" not in resp:
-            break
-        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
     out = [{"key_id": i["key_id"], "apps": list(i.get("apps", [])), "admin": bool(i.get("admin")),
             "note": i.get("note", ""), "created_at": i.get("created_at"), "revoked_at": i.get("revoked_at")}
-           for i in items]
+           for i in aws.items(table, "scan")]
     return sorted(out, key=lambda k: (k["created_at"] or "", k["key_id"]))
 
 

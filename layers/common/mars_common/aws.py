@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -27,3 +28,14 @@ def table(name: str) -> Any:
 def endpoint_client(service: str, endpoint_url: str) -> Any:
     """A client for an endpoint only known at run time (API Gateway's @connections)."""
     return boto3.session.Session().client(service, endpoint_url=endpoint_url, config=_CONFIG)
+
+
+def items(table_name: str, operation: str = "query", **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every item of a Query or Scan, page after page (DynamoDB returns at most 1 MB a call)."""
+    call = getattr(table(table_name), operation)
+    while True:
+        resp = call(**kwargs)
+        yield from resp.get("Items", [])
+        if "LastEvaluatedKey" not in resp:
+            return
+        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]

@@ -83,18 +83,8 @@ def get_connection(table: str, connection_id: str) -> dict[str, Any] | None:
     return item
 
 
-def _query_all(table: str, **kwargs: Any) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    while True:
-        resp = aws.table(table).query(**kwargs)
-        rows.extend(resp.get("Items", []))
-        if "LastEvaluatedKey" not in resp:
-            return rows
-        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-
-
 def connection_rows(table: str, connection_id: str) -> list[dict[str, Any]]:
-    return _query_all(table, KeyConditionExpression=Key("connection_id").eq(connection_id))
+    return list(aws.items(table, KeyConditionExpression=Key("connection_id").eq(connection_id)))
 
 
 def delete_connection(table: str, connection_id: str) -> int:
@@ -130,7 +120,7 @@ def _topic_rows(table: str, topic: str, app_id: str | None) -> list[dict[str, An
     kwargs: dict[str, Any] = {"IndexName": BY_TOPIC_INDEX, "KeyConditionExpression": Key("topic").eq(topic)}
     if app_id is not None:
         kwargs["FilterExpression"] = Attr("app_id").eq(app_id)
-    return _query_all(table, **kwargs)
+    return list(aws.items(table, **kwargs))
 
 
 def subscribers(table: str, app_id: str, message_id: str) -> set[str]:

@@ -105,15 +105,9 @@ def get_items(table_name: str, message_id: str, app_id: str | None = None) -> li
     if app_id is not None:
         item = table.get_item(Key={"app_id": app_id, "message_id": message_id}).get("Item")
         return [item] if item else []
-    keys: list[dict[str, str]] = []
-    kwargs: dict[str, Any] = {"IndexName": BY_MESSAGE_INDEX,
-                              "KeyConditionExpression": Key("message_id").eq(message_id)}
-    while True:
-        resp = table.query(**kwargs)
-        keys.extend({"app_id": i["app_id"], "message_id": i["message_id"]} for i in resp.get("Items", []))
-        if "LastEvaluatedKey" not in resp:
-            break
-        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+    keys = [{"app_id": i["app_id"], "message_id": i["message_id"]}
+            for i in aws.items(table_name, IndexName=BY_MESSAGE_INDEX,
+                               KeyConditionExpression=Key("message_id").eq(message_id))]
     items: list[dict[str, Any]] = []
     for start in range(0, len(keys), 100):
         request = {table_name: {"Keys": keys[start:start + 100], "ConsistentRead": True}}
@@ -174,8 +168,10 @@ def list_messages(table_name: str, app_id: str, lifecycle: Lifecycle | None, *, 
 
 def get_lifecycle(table_name: str, app_id: str) -> Lifecycle | None:
     item = aws.table(table_name).get_item(Key={"app_id": app_id}).get("Item")
-    if not item:
-        return None
+    return _lifecycle(item) if item else None
+
+
+def _lifecycle(item: dict[str, Any]) -> Lifecycle:
     return Lifecycle(events=tuple(item.get("events", [])), sla_seconds=int(item.get("sla_seconds", 0)),
                      updated_at=item.get("updated_at"))
 
@@ -196,18 +192,10 @@ def stuck_candidates(table_name: str, app_id: str, lifecycle: Lifecycle, now: da
     cutoff = now.timestamp() - lifecycle.sla_seconds
     low = format_ts(datetime.fromtimestamp(cutoff - lookback_seconds, UTC))
     high = format_ts(datetime.fromtimestamp(cutoff, UTC))
-    table = aws.table(table_name)
-    kwargs: dict[str, Any] = {"IndexName": BY_APP_INDEX,
-                              "KeyConditionExpression": Key("app_id").eq(app_id) & Key("updated_at").between(low, high)}
-    out = []
-    while True:
-        resp = table.query(**kwargs)
-        for item in resp.get("Items", []):
-            if STUCK_AT not in item and to_timeline(item, lifecycle, with_events=False, now=now)["status"] == "stuck":
-                out.append(item)
-        if "LastEvaluatedKey" not in resp:
-            return out
-        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+    written = aws.items(table_name, IndexName=BY_APP_INDEX,
+                        KeyConditionExpression=Key("app_id").eq(app_id) & Key("updated_at").between(low, high))
+    return [item for item in written if STUCK_AT not in item
+            and to_timeline(item, lifecycle, with_events=False, now=now)["status"] == "stuck"]
 
 
 def mark_stuck(table_name: str, item: dict[str, Any], now: str) -> bool:
@@ -229,13 +217,4 @@ def mark_stuck(table_name: str, item: dict[str, Any], now: str) -> bool:
 
 def lifecycles(table_name: str) -> dict[str, Lifecycle]:
     """Every app's lifecycle (AppsTable holds one small item per app)."""
-    out: dict[str, Lifecycle] = {}
-    kwargs: dict[str, Any] = {}
-    while True:
-        resp = aws.table(table_name).scan(**kwargs)
-        for item in resp.get("Items", []):
-            out[item["app_id"]] = Lifecycle(events=tuple(item.get("events", [])),
-                                            sla_seconds=int(item.get("sla_seconds", 0)), updated_at=item.get("updated_at"))
-        if "LastEvaluatedKey" not in resp:
-            return out
-        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+    return {item["app_id"]: _lifecycle(item) for item in aws.items(table_name, "scan")}
