@@ -13,7 +13,7 @@ ifeq ($(AUTH),1)
 UP_ARGS += --auth
 endif
 
-.PHONY: install up test lint template-check unit integration browser browser-deps faults soak bench clean proto
+.PHONY: install up test lint template-check unit integration browser system-deps faults soak bench clean proto
 
 # tests/browser drive Debian's Chromium (apt), never a browser build downloaded at test time.
 export MARS_CHROMIUM ?= /usr/bin/chromium
@@ -59,17 +59,20 @@ soak: install
 	MARS_FAULT_EVENTS=10000 $(BIN)/python -m pytest -q -s tests/faults
 	$(BIN)/python -m bench.soak
 
-browser-deps:
-	@test -x $(MARS_CHROMIUM) || { echo "make: installing chromium for the browser tests"; \
-	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+# Debian packages: Chromium for tests/browser, wrk for benchmark (c) and its test.
+system-deps:
+	@missing=""; test -x $(MARS_CHROMIUM) || missing="$$missing chromium"; \
+	  command -v wrk >/dev/null || missing="$$missing wrk"; \
+	  if [ -n "$$missing" ]; then echo "make: installing$$missing"; \
+	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
-browser: install browser-deps
+browser: install system-deps
 	$(BIN)/python -m pytest -q tests/browser
 
-test: install lint template-check browser-deps
+test: install lint template-check system-deps
 	$(BIN)/python -m pytest -q tests
 
-bench: install
+bench: install system-deps
 	$(BIN)/python -m bench
 	$(BIN)/python bench/sqs_depth.py
 

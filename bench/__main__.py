@@ -43,15 +43,16 @@ def main() -> int:
         print(f"{name:44} {value:10.1f} {unit:9} {ratio_text}")
     for key, label in (("c_latency_ms", "(c) "), ("c_draining_latency_ms", "(c')")):
         lat = res.notes[key]
-        print(f"{label} latency ms: p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
-              f"({sizes.connections} connections, {lat['count']} requests)")
+        print(f"{label} latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  "
+              f"({sizes.connections} connections, {lat['count']} requests, {lat['errors']} failed, "
+              f"load generator: {lat['load']})")
     print(f"(b) {b['events']} events accepted in {b['accept_seconds']} s, all stored after {b['seconds']} s")
     print(f"(d) {d['events']} + {d['backlog']} waiting, all stored after {d['seconds']} s")
     print(f"(b) AWS API calls per event: {per_event:.3f} (minimum possible {minimum:.3f}); "
           f"Lambda invokes per event: {invokes:.3f} (minimum {min_invokes:.3f})")
     print("    by operation: " + ", ".join(f"{k} {v}" for k, v in sorted(b["calls"].items())))
-    print("\nsame load with wrk (apt-get install wrk; Mars's README): "
-          "wrk -t2 -c32 -d10s http://127.0.0.1:4000/api/create_event")
+    print("\n(c) by hand against `make up` (apt-get install wrk; Mars's README): "
+          + " ".join(pipeline.wrk_command("http://127.0.0.1:4000", sizes.connections, sizes.seconds)))
     if args.json:
         print(json.dumps({"machine": info, "figures": f, "notes": res.notes}, indent=2, default=str))
     return 0

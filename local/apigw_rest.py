@@ -30,6 +30,7 @@ class Route:
     method: str  # upper case, or ANY
     function: str  # logical id
     regex: re.Pattern[str]
+    params: tuple[str, ...] = ()  # the path parameters' names, in the order of the regex's groups
 
     @classmethod
     def make(cls, path: str, method: str, function: str) -> "Route":
@@ -41,7 +42,8 @@ class Route:
                 pattern += f"(?P<{_group(part[1:-1])}>[^/]+)"
             else:
                 pattern += re.escape(part)
-        return cls(path, method.upper(), function, re.compile(f"^{pattern}/?$" if path != "/" else "^/$"))
+        return cls(path, method.upper(), function, re.compile(f"^{pattern}/?$" if path != "/" else "^/$"),
+                   tuple(re.findall(r"\{([^}+]+)\+?\}", path)))
 
     def specificity(self) -> tuple[int, int, int]:
         literal = len([p for p in self.path.split("/") if p and not p.startswith("{")])
@@ -64,8 +66,7 @@ class RestApi:
         for route in self.routes:
             m = route.regex.match(path)
             if m and route.method in (method, "ANY"):
-                names = re.findall(r"\{([^}+]+)\+?\}", route.path)
-                return route, {n: unquote(v) for n, v in zip(names, m.groups())}
+                return route, {n: unquote(v) for n, v in zip(route.params, m.groups())}
         return None
 
 

@@ -86,6 +86,18 @@ class _Worker:
             self.conn.close()
 
 
+class _Waiter:
+    """One caller waiting for an environment. Each has its own condition (on the pool's lock), so a
+    release wakes exactly the caller it serves, not every waiting thread (a thundering herd that cost
+    the gateway ~0.1 ms of CPU per request with 32 callers queued on 8 environments)."""
+
+    __slots__ = ("cond", "got")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.cond = threading.Condition(lock)
+        self.got: _Worker | bool | None = None  # an environment, or True: the right to start one
+
+
 class FunctionPool:
     """Up to `concurrency` execution environments of one function, each one invocation at a time."""
 
@@ -95,9 +107,9 @@ class FunctionPool:
         self.fault = fault
         self._random = random.Random(seed)
         self._idle: list[_Worker] = []
-        self._waiters: deque[list[_Worker | bool | None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._count = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._closed = False
         self.aws_calls: Counter[str] = Counter()  # AWS API calls made by this function's handlers
 
@@ -105,14 +117,14 @@ class FunctionPool:
         """Room for every trigger slot (an SQS mapping's pollers each hold an environment while they
         receive), unless the template reserves a concurrency: then, as in Lambda, callers wait."""
         if self.spec.reserved_concurrency is None and needed > self.concurrency:
-            with self._cond:
+            with self._lock:
                 self.concurrency = needed
-                self._cond.notify_all()
+                self._wake_all()
 
     def warm(self, count: int = 1) -> None:
         """Starts environments ahead of traffic, like provisioned concurrency."""
         workers = []
-        with self._cond:
+        with self._lock:
             count = min(count, self.concurrency - self._count)
             self._count += count
         for _ in range(count):
@@ -131,7 +143,7 @@ class FunctionPool:
         """An idle environment, or the right to start one (True); None if none frees up in time.
         Waiters are served first come, first served, so no caller starves."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("function pool is closed")
             if self._idle and not self._waiters:
@@ -139,9 +151,9 @@ class FunctionPool:
             if self._count < self.concurrency:
                 self._count += 1
                 return None, True
-            slot: list[_Worker | bool | None] = [None]
+            slot = _Waiter(self._lock)
             self._waiters.append(slot)
-            while slot[0] is None:
+            while slot.got is None:
                 if self._closed:
                     raise RuntimeError("function pool is closed")
                 if self._count < self.concurrency:  # the concurrency was raised meanwhile
@@ -152,8 +164,8 @@ class FunctionPool:
                 if remaining is not None and remaining <= 0:
                     self._waiters.remove(slot)
                     return None
-                self._cond.wait(remaining)
-            got = slot[0]
+                slot.cond.wait(remaining)
+            got = slot.got
             if got is True:  # a discarded environment's place was handed over: start a new one
                 return None, True
             return got, False  # type: ignore[return-value]
@@ -185,13 +197,12 @@ class FunctionPool:
         self._release(w)
 
     def _release(self, w: _Worker) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 w.kill()
                 return
             if self._waiters:
-                self._waiters.popleft()[0] = w
-                self._cond.notify_all()
+                self._hand_over(w)
             else:
                 self._idle.append(w)
 
@@ -201,12 +212,26 @@ class FunctionPool:
 
     def _free_place(self) -> None:
         """An environment is gone: its place goes to the oldest waiter, or back to the pool."""
-        with self._cond:
+        with self._lock:
             if self._waiters:
-                self._waiters.popleft()[0] = True
-                self._cond.notify_all()
+                self._hand_over(True)
             else:
                 self._count -= 1
+
+    def aws_call_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.aws_calls)
+
+    def _hand_over(self, got: "_Worker | bool") -> None:
+        """Gives an environment (or a place for one) to the oldest waiter; the pool's lock is held."""
+        slot = self._waiters.popleft()
+        slot.got = got
+        slot.cond.notify()
+
+    def _wake_all(self) -> None:
+        """Every waiter re-checks the pool (it closed, or its concurrency rose); the lock is held."""
+        for slot in self._waiters:
+            slot.cond.notify()
 
     def invoke(self, event: Any, *, trigger: str, source: str = "", invoked_arn: str = "",
                worker: "_Worker | None" = None) -> InvokeResult:
@@ -244,7 +269,7 @@ class FunctionPool:
             self._discard(w)
             return InvokeResult(False, error={"errorMessage": f"execution environment exited: {exc}",
                                               "errorType": "Runtime.ExitError"})
-        with self._cond:
+        with self._lock:
             self.aws_calls.update(calls)
         if injected and fault and fault.when == "kill":
             self._discard(w)  # the handler's side effects happened; its answer never arrives
@@ -273,10 +298,10 @@ class FunctionPool:
         log.info("invoke", extra=extra)
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-            self._cond.notify_all()
+            self._wake_all()
         for w in idle:
             try:
                 w.conn.send(None)

@@ -47,10 +47,7 @@ class LambdaControl:
         return next((p for p in self.pollers if p.uuid == uuid), None)
 
     def aws_calls(self) -> dict[str, Any]:
-        functions = {}
-        for pool in self.invoker.pools.values():
-            with pool._cond:
-                functions[pool.spec.logical_id] = dict(pool.aws_calls)
+        functions = {pool.spec.logical_id: pool.aws_call_counts() for pool in self.invoker.pools.values()}
         return {"runtime": awscalls.peek(), "functions": functions}
 
 

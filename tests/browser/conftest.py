@@ -1,6 +1,6 @@
 """Browser fixtures: Debian's headless Chromium driven by Playwright, and a fake Mars for the page alone.
 
-Chromium is the system package (`make browser-deps` installs it): no `playwright install`, no download.
+Chromium is the system package (`make system-deps` installs it): no `playwright install`, no download.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: run `make browser-deps` (apt-get install chromium) or set MARS_CHROMIUM")
+        pytest.fail(f"{CHROMIUM} not found: run `make system-deps` (apt-get install chromium) or set MARS_CHROMIUM")
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from mars_common import aws, config
+from mars_common import aws, config, queues
 from mars_common.config import settings
 from mars_common.events import parse_event
 from mars_common.sharding import dedup_id, message_key, shard
@@ -313,16 +313,30 @@ def test_one_invalid_item_rejects_the_whole_bulk_with_per_index_details(api: Api
 
 # --- enqueue failures are reported, never dropped -----------------------------------------------
 
-def _patch_sqs(monkeypatch: pytest.MonkeyPatch, behaviour: Any) -> list[dict[str, Any]]:
-    sqs = aws.client("sqs")
-    real = sqs.send_message_batch
+def _patch_sqs(monkeypatch: pytest.MonkeyPatch, behaviour: Any, method: str | None = None) -> list[dict[str, Any]]:
+    """`behaviour(real, calls, **kwargs)` answers the SQS client's `method`; without one, every send
+    (a batch, or a lone entry's SendMessage) as SendMessageBatch would, with QueueUrl and Entries."""
     calls: list[dict[str, Any]] = []
+    if method is None:
+        real_send = queues._send
+
+        def real(**kw: Any) -> Any:
+            return real_send(kw["QueueUrl"], kw["Entries"])
+
+        def fake_send(url: str, entries: list[dict[str, Any]]) -> Any:
+            calls.append({"QueueUrl": url, "Entries": entries})
+            return behaviour(real, calls, QueueUrl=url, Entries=entries)
+
+        monkeypatch.setattr(queues, "_send", fake_send)
+        return calls
+    sqs = aws.client("sqs")
+    real_method = getattr(sqs, method)
 
     def fake(**kwargs: Any) -> Any:
         calls.append(kwargs)
-        return behaviour(real, calls, **kwargs)
+        return behaviour(real_method, calls, **kwargs)
 
-    monkeypatch.setattr(sqs, "send_message_batch", fake)
+    monkeypatch.setattr(sqs, method, fake)
     return calls
 
 
@@ -349,13 +363,33 @@ def test_every_entry_failed_is_a_503_listing_every_index(api: Api, monkeypatch: 
 
 def test_a_raising_sqs_call_is_a_503(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(real: Any, calls: Any, **kw: Any) -> Any:
-        raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "try later"}}, "SendMessageBatch")
+        raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "try later"}}, "SendMessage")
 
-    _patch_sqs(monkeypatch, boom)
+    calls = _patch_sqs(monkeypatch, boom, "send_message")
     reply = api.call("POST", "/api/event", body=event_body())
     details = assert_error(reply, 503, "ENQUEUE_FAILED")
     assert [(d["index"], d["code"]) for d in details] == [(0, "ServiceUnavailable")]
+    assert len(calls) == 3  # retried, then reported
     assert depths() == [0] * 11
+
+
+def test_one_event_is_one_send_message_with_the_batch_entry_fields(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = _patch_sqs(monkeypatch, lambda real, calls, **kw: real(**kw), "send_message_batch")
+    failures = iter([ClientError({"Error": {"Code": "InternalError", "Message": "once"}}, "SendMessage")])
+
+    def flaky(real: Any, calls: Any, **kw: Any) -> Any:
+        failure = next(failures, None)
+        if failure:
+            raise failure
+        return real(**kw)
+
+    singles = _patch_sqs(monkeypatch, flaky, "send_message")
+    reply = api.call("POST", "/api/event", body=event_body(message_id="lone"))
+    assert reply.status == 202, reply.body
+    assert batches == [] and len(singles) == 2  # one transient failure, retried
+    assert set(singles[1]) == {"QueueUrl", "MessageBody", "MessageGroupId", "MessageDeduplicationId"}
+    assert json.loads(singles[1]["MessageBody"])["event_id"] == reply.body["event_ids"][0]
+    assert sum(depths()) == 1
 
 
 def test_one_failing_queue_is_a_207_naming_exactly_its_events(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -146,3 +146,44 @@ def test_concurrency_can_be_raised_for_trigger_slots(tmp_path: Path) -> None:
         assert first is not None and second is not None and first is not second
     finally:
         p.close()
+
+
+def test_raising_the_concurrency_wakes_a_caller_already_waiting(tmp_path: Path) -> None:
+    p = FunctionPool(spec(tmp_path))
+    try:
+        p.concurrency = 1
+        first = p.checkout()
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(p.checkout(timeout=10)))
+        waiter.start()
+        time.sleep(0.2)  # it is waiting now
+        p.ensure_concurrency(2)
+        waiter.join(10)
+        assert got and got[0] is not None and got[0] is not first
+    finally:
+        p.close()
+
+
+def test_closing_the_pool_wakes_every_waiter(tmp_path: Path) -> None:
+    p = FunctionPool(spec(tmp_path, reserved=1))
+    held = p.checkout()
+    assert held is not None
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            p.checkout(timeout=30)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wait) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    p.close()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 3 and all("closed" in str(e) for e in errors)
+    assert time.monotonic() - started < 5
+    held.kill()
