@@ -74,7 +74,7 @@ class _Worker:
     def wait_ready(self, timeout: float) -> dict[str, Any] | None:
         if not self.conn.poll(timeout):
             raise TimeoutError("init timed out")
-        _kind, init_error = self.conn.recv()
+        _kind, init_error = json.loads(self.conn.recv_bytes())
         self.ready = True
         return init_error
 
@@ -259,12 +259,19 @@ class FunctionPool:
                                                   "errorType": "Runtime.InitError"})
         deadline_ms = int(time.time() * 1000 + self.spec.timeout * 1000)
         try:
-            w.conn.send((request_id, event, deadline_ms, invoked_arn or self.spec.arn))
+            # JSON both ways, as Lambda's runtime API: the handler sees exactly what a deployed one would.
+            request = json.dumps([request_id, event, deadline_ms, invoked_arn or self.spec.arn]).encode()
+        except (TypeError, ValueError) as exc:
+            self._release(w)
+            return InvokeResult(False, error={"errorMessage": f"the event is not JSON: {exc}",
+                                              "errorType": "InvalidRequestContentException"})
+        try:
+            w.conn.send_bytes(request)
             if not w.conn.poll(self.spec.timeout):
                 self._discard(w)
                 return InvokeResult(False, error={"errorMessage": f"Task timed out after {self.spec.timeout:.2f} seconds",
                                                   "errorType": "Sandbox.Timedout"})
-            kind, body, calls = w.conn.recv()
+            kind, body, calls = json.loads(w.conn.recv_bytes())
         except (EOFError, OSError, BrokenPipeError) as exc:
             self._discard(w)
             return InvokeResult(False, error={"errorMessage": f"execution environment exited: {exc}",
@@ -281,7 +288,7 @@ class FunctionPool:
         if injected:
             return InvokeResult(False, error={"errorMessage": "injected fault (after handler)",
                                               "errorType": "InjectedFault"})
-        return InvokeResult(True, payload=json.loads(body))
+        return InvokeResult(True, payload=body)
 
     def _log(self, result: InvokeResult, event: Any, trigger: str, source: str) -> None:
         records = event.get("Records") if isinstance(event, dict) else None
@@ -304,7 +311,7 @@ class FunctionPool:
             self._wake_all()
         for w in idle:
             try:
-                w.conn.send(None)
+                w.conn.send_bytes(b"null")
             except OSError:
                 pass
             w.kill()

@@ -64,22 +64,26 @@ def main(conn: Connection, spec: dict[str, Any]) -> None:
         handler = None
     else:
         init_error = None
-    conn.send(("ready", init_error))
+    conn.send_bytes(json.dumps(["ready", init_error]).encode())
     while True:
         try:
-            msg = conn.recv()
+            msg = json.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
         if msg is None:
             return
         request_id, event, deadline_ms, invoked_arn = msg
         if init_error is not None:
-            conn.send(("error", init_error, {}))
+            conn.send_bytes(json.dumps(["error", init_error, {}]).encode())
             continue
         try:
-            result = handler(event, LambdaContext(spec, request_id, deadline_ms, invoked_arn))
-            # Lambda serialises the result as JSON: a handler returning something else fails there too.
-            conn.send(("ok", json.dumps(result), awscalls.take()))
+            reply = ["ok", handler(event, LambdaContext(spec, request_id, deadline_ms, invoked_arn)), awscalls.take()]
         except BaseException as exc:
-            conn.send(("error", _error(exc), awscalls.take()))
+            reply = ["error", _error(exc), awscalls.take()]
+        try:
+            data = json.dumps(reply)
+        except (TypeError, ValueError) as exc:
+            # Lambda serialises the result as JSON: a handler returning something else fails there too.
+            data = json.dumps(["error", _error(exc), reply[2]])
+        conn.send_bytes(data.encode())
         sys.stdout.flush()

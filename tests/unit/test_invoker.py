@@ -55,6 +55,13 @@ def test_errors_come_back_as_lambda_errors(pool: FunctionPool) -> None:
     assert pool.invoke({"n": 2}, trigger="test").ok, "the environment survives a handler error"
 
 
+def test_events_travel_as_json_as_in_lambda(pool: FunctionPool) -> None:
+    bad = pool.invoke({"n": {1, 2}}, trigger="test")
+    assert not bad.ok and bad.error["errorType"] == "InvalidRequestContentException"
+    echoed = pool.invoke({"n": (1, "é", None)}, trigger="test")
+    assert echoed.ok and echoed.payload["echo"] == [1, "é", None], "a tuple arrives as a JSON list"
+
+
 def test_a_timeout_kills_the_environment(pool: FunctionPool) -> None:
     result = pool.invoke({"sleep": 5}, trigger="test")
     assert not result.ok and result.error["errorType"] == "Sandbox.Timedout"
