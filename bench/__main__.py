@@ -61,7 +61,8 @@ def main() -> int:
           f"Lambda invokes per event: {invokes:.3f} (minimum {min_invokes:.3f})")
     print("    by operation: " + ", ".join(f"{k} {v}" for k, v in sorted(b["calls"].items())))
     print("\n(c) by hand against `make up` (apt-get install wrk; Mars's README): "
-          + " ".join(pipeline.wrk_command("http://127.0.0.1:4000", res.notes["c_connections"], sizes.seconds)))
+          + " ".join(pipeline.wrk_command("http://127.0.0.1:4000", res.notes["c_connections"], sizes.seconds))
+          .replace(f"{pipeline.ROOT}/", ""))
     if args.json:
         print(json.dumps({"machine": info, "figures": f, "notes": res.notes}, indent=2, default=str))
     return 0
