@@ -338,10 +338,9 @@ def _paused(stack: Stack, measure: Any) -> Any:
 
 def run(sizes: Sizes) -> Results:
     """Every figure on a stack in the state of its baseline's emulator: freshly started (and warmed
-    up). A stack that has just carried a few thousand events answers 5-16 % slower, mostly because
-    the idle environments' keep-alive connections cost its emulator's server on every request
-    (docs/BENCHMARKS.md), so (c) and (b) each get their own stack; (c'') shows (c) on the stack
-    that has carried (b)."""
+    up). A stack that has just carried a few thousand events answers 5-16 % slower (its emulator
+    spends more per call; docs/BENCHMARKS.md), so (c) and (b) each get their own stack; (c'')
+    shows (c) on the stack that has carried (b)."""
     res = ceilings(sizes)
     with warm_stack(sizes) as stack:
         # (c) is the front door: HTTP → function → SendMessage, the same work per event as the
