@@ -243,7 +243,7 @@ WRK_SCRIPT = Path(__file__).resolve().parent / "single.lua"
 
 def single_events(stack: Stack, sizes: Sizes) -> tuple[float, dict[str, Any]]:
     """(req/s, latency) of POST /api/event on `sizes.connections` keep-alive connections. wrk (Mars's
-    README's tool) drives it when installed: its C event loop costs ~0.02 ms of CPU a request, where
+    README's tool) drives it when installed: its C event loop costs ~0.03 ms of CPU a request, where
     a Python client costs ~0.17 ms on the same 2 cores as the stack. Without wrk, the Python client."""
     run = uuid.uuid4().hex[:6]
     if shutil.which("wrk"):
