@@ -101,28 +101,35 @@ def _start_grpc_shim(args: argparse.Namespace, stack: Any) -> Any:
     return process
 
 
-def cmd_outputs(args: argparse.Namespace) -> int:
+def _running_outputs(args: argparse.Namespace, instead: str = "") -> dict[str, Any] | None:
+    """The running local stack's Outputs; None (after saying what to do) if there is none."""
     from local.stack import read_state
 
     state = read_state(Path(args.state_dir), args.stack_name)
     if state is None:
-        print(f"mars: no local stack {args.stack_name!r} is running (state in {args.state_dir}); start one with `make up`",
-              file=sys.stderr)
-        return 2
-    print(json.dumps(state["outputs"], indent=2))
-    return 0
+        print(f"mars: no local stack {args.stack_name!r} is running (state in {args.state_dir}); start one with "
+              f"`make up`{f', or pass {instead}' if instead else ''}", file=sys.stderr)
+        return None
+    return dict(state["outputs"])
 
 
 def _running_output(args: argparse.Namespace, name: str, instead: str) -> str | None:
     """One Output of the running local stack; None (after saying what to do) if there is none."""
-    from local.stack import read_state
-
-    state = read_state(Path(args.state_dir), args.stack_name)
-    if state is None or name not in state["outputs"]:
-        print(f"mars: no running local stack {args.stack_name!r} with {name}; start one with `make up`, "
-              f"or pass {instead}", file=sys.stderr)
+    outputs = _running_outputs(args, instead)
+    if outputs is None:
         return None
-    return str(state["outputs"][name])
+    if name not in outputs:
+        print(f"mars: the local stack {args.stack_name!r} has no {name} output; pass {instead}", file=sys.stderr)
+        return None
+    return str(outputs[name])
+
+
+def cmd_outputs(args: argparse.Namespace) -> int:
+    outputs = _running_outputs(args)
+    if outputs is None:
+        return 2
+    print(json.dumps(outputs, indent=2))
+    return 0
 
 
 def cmd_bench_grpc(args: argparse.Namespace) -> int:
@@ -147,17 +154,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return tail.run(url, args.app, args.message, as_json=args.json, api_key=args.api_key)
     except KeyboardInterrupt:
         return 0
-
-
-def _running_outputs(args: argparse.Namespace) -> dict[str, Any] | None:
-    from local.stack import read_state
-
-    state = read_state(Path(args.state_dir), args.stack_name)
-    if state is None:
-        print(f"mars: no local stack {args.stack_name!r} is running; start one with `make up` (or pass --url)",
-              file=sys.stderr)
-        return None
-    return dict(state["outputs"])
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -209,7 +205,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         if args.meta:
             event["meta"] = dict(item.partition("=")[::2] for item in args.meta)
         events = [event]
-    outputs = None if args.url else _running_outputs(args)
+    outputs = None if args.url else _running_outputs(args, "--url")
     if not args.url and outputs is None:
         return 2
     if args.transport == "http":

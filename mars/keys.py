@@ -26,10 +26,9 @@ def _auth() -> Any:
 def _outputs(args: argparse.Namespace) -> tuple[dict[str, Any], bool] | None:
     """(outputs, deployed). Locally the process talks to the stack's emulators (dummy credentials)."""
     if args.stack_outputs:
-        raw = json.loads(Path(args.stack_outputs).read_text())
-        if isinstance(raw, list):  # describe-stacks form: [{"OutputKey", "OutputValue"}, …]
-            raw = {o["OutputKey"]: o["OutputValue"] for o in raw}
-        return raw, True
+        from mars.redrive import read_outputs_file  # one reader of every form of a stack's Outputs (or UsageError)
+
+        return read_outputs_file(Path(args.stack_outputs)), True
     from local.stack import endpoint_variable, read_state
 
     state = read_state(Path(args.state_dir), args.stack_name)
@@ -61,7 +60,13 @@ def _disable_in_api_gateway(key_id: str) -> None:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    found = _outputs(args)
+    from mars.redrive import UsageError
+
+    try:
+        found = _outputs(args)
+    except UsageError as exc:  # an unreadable --stack-outputs file
+        print(f"mars: {exc}", file=sys.stderr)
+        return 2
     if found is None:
         print(f"mars: no local stack {args.stack_name!r} is running; start one with `make up AUTH=1`, "
               "or pass --stack-outputs FILE for a deployed stack", file=sys.stderr)

@@ -246,3 +246,7 @@ def test_mars_keys_against_a_deployed_stack_registers_the_key_in_the_usage_plan(
     assert apigw.get_api_keys()["items"][0]["enabled"] is False
     assert cli.main(["keys", "revoke", "zzzzzzzz", "--stack-outputs", str(outputs)]) == 1
     assert cli.main(["keys", "create", "--stack-outputs", str(outputs)]) == 2  # no app, no --admin
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    assert cli.main(["keys", "list", "--stack-outputs", str(bad)]) == 2
+    assert "is not JSON" in capsys.readouterr().err
