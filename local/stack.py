@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,8 @@ class LocalStack:
         self.stream_pollers: list[stream_poller.StreamPoller] = []
         self.schedulers: list[scheduler.Scheduler] = []
         self.mappings: list[lambda_api.EventSourceMapping] = []  # every poller, for the Lambda API
+        # function → environments its triggers hold at once (SQS poller slots + one per stream)
+        self._trigger_slots: Counter[str] = Counter()
         self.control = lambda_api.LambdaControl(self.invoker, self.mappings)
         self.lambda_endpoint = ""
         # Outputs of services run beside the stack (what a deployed stack's other resources would give)
@@ -226,7 +229,8 @@ class LocalStack:
         sqs = self.client("sqs")
         for lid, pool in self.invoker.pools.items():
             sources = sources_for(self.stack, pool.spec.events)
-            pool.ensure_concurrency(sum(s.max_concurrency for s in sources))
+            self._trigger_slots[lid] += sum(s.max_concurrency for s in sources)
+            pool.ensure_concurrency(self._trigger_slots[lid])
             for source in sources:
                 visibility = int(sqs.get_queue_attributes(QueueUrl=source.queue_url, AttributeNames=["VisibilityTimeout"])
                                  ["Attributes"].get("VisibilityTimeout", 30))
@@ -263,8 +267,9 @@ class LocalStack:
         streams = self.client("dynamodbstreams")
         for lid, pool in self.invoker.pools.items():
             sources = stream_poller.sources_for(self.stack, pool.spec.events)
-            # one batch in flight per shard: an environment of its own, beside the function's other triggers
-            pool.ensure_concurrency(len(sources) + sum(s.max_concurrency for s in sources_for(self.stack, pool.spec.events)))
+            # an environment per stream mapping for its batch in flight, beside the function's other triggers
+            self._trigger_slots[lid] += len(sources)
+            pool.ensure_concurrency(self._trigger_slots[lid])
             for source in sources:
                 poller = stream_poller.StreamPoller(streams, pool, source, self.stack.region, self.client)
                 poller.start()
@@ -320,7 +325,6 @@ class LocalStack:
                       repl, value)
 
     def outputs(self) -> dict[str, Any]:
-        self.stack.url_rewriter = self.rewrite_url
         return {**self.stack.output_values(), **self.extra_outputs}
 
     def add_outputs(self, values: dict[str, Any]) -> None:
