@@ -15,11 +15,11 @@ import hashlib
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from .invoker import FunctionPool
+from .lambda_api import describe_mapping, mapping_uuid
 
 log = logging.getLogger("local.sqs")
 DEFAULT_CONCURRENCY = 2
@@ -82,19 +82,14 @@ class SqsPoller:
 
     @property
     def uuid(self) -> str:
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.pool.spec.arn}|{self.source.queue_arn}"))
+        return mapping_uuid(self.pool.spec.arn, self.source.queue_arn)
 
     def mapping(self) -> dict[str, Any]:
         """This poller as Lambda's EventSourceMapping resource describes it."""
         src = self.source
-        out: dict[str, Any] = {
-            "UUID": self.uuid, "EventSourceArn": src.queue_arn, "FunctionArn": self.pool.spec.arn,
-            "State": "Enabled" if src.enabled else "Disabled", "BatchSize": src.batch_size,
-            "MaximumBatchingWindowInSeconds": int(src.window_seconds),
-            "FunctionResponseTypes": ["ReportBatchItemFailures"] if src.report_failures else [],
-            "ScalingConfig": {"MaximumConcurrency": src.max_concurrency},
-        }
-        return out
+        return describe_mapping(self.pool.spec.arn, src.queue_arn, enabled=src.enabled, batch_size=src.batch_size,
+                                window_seconds=src.window_seconds, report_failures=src.report_failures,
+                                ScalingConfig={"MaximumConcurrency": src.max_concurrency})
 
     def set_enabled(self, enabled: bool) -> None:
         """UpdateEventSourceMapping Enabled: a disabled mapping stops polling; batches in flight finish."""

@@ -53,6 +53,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .invoker import FunctionPool, InvokeResult
+from .lambda_api import describe_mapping, mapping_uuid
 
 log = logging.getLogger("local.dynamodb")
 
@@ -321,20 +322,18 @@ class StreamPoller:
     # --- what Lambda's API shows -----------------------------------------------------------------
     @property
     def uuid(self) -> str:
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.pool.spec.arn}|{self.source.stream_arn}"))
+        return mapping_uuid(self.pool.spec.arn, self.source.stream_arn)
 
     def mapping(self) -> dict[str, Any]:
         """This poller as Lambda's EventSourceMapping resource describes it."""
         src = self.source
-        out: dict[str, Any] = {
-            "UUID": self.uuid, "EventSourceArn": src.stream_arn, "FunctionArn": self.pool.spec.arn,
-            "State": "Enabled" if src.enabled else "Disabled", "StartingPosition": src.starting_position,
-            "BatchSize": src.batch_size, "MaximumBatchingWindowInSeconds": int(src.window_seconds),
-            "ParallelizationFactor": 1, "BisectBatchOnFunctionError": src.bisect_on_error,
-            "MaximumRetryAttempts": src.max_retry_attempts, "MaximumRecordAgeInSeconds": src.max_record_age_seconds,
-            "FunctionResponseTypes": ["ReportBatchItemFailures"] if src.report_failures else [],
-            "DestinationConfig": {"OnFailure": {"Destination": src.on_failure_arn} if src.on_failure_arn else {}},
-        }
+        out = describe_mapping(
+            self.pool.spec.arn, src.stream_arn, enabled=src.enabled, batch_size=src.batch_size,
+            window_seconds=src.window_seconds, report_failures=src.report_failures,
+            StartingPosition=src.starting_position, ParallelizationFactor=1,
+            BisectBatchOnFunctionError=src.bisect_on_error, MaximumRetryAttempts=src.max_retry_attempts,
+            MaximumRecordAgeInSeconds=src.max_record_age_seconds,
+            DestinationConfig={"OnFailure": {"Destination": src.on_failure_arn} if src.on_failure_arn else {}})
         if src.filters:
             out["FilterCriteria"] = {"Filters": [{"Pattern": json.dumps(p)} for p in src.filters]}
         return out
