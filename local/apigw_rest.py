@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -150,6 +151,15 @@ def proxy_event(api: RestApi, route: Route, params: dict[str, str], method: str,
 
 class RestHandler(Handler):
     def _handle(self) -> None:
+        try:
+            self._route()
+        except Exception as exc:  # a gateway bug still answers, as API Gateway does, and says why in the log
+            log.error("gateway failed to handle a request", exc_info=True,
+                      extra={"method": self.command, "path": self.path, "error_type": type(exc).__name__})
+            self.close_connection = True
+            self.reply(500, b'{"message": "Internal server error"}')
+
+    def _route(self) -> None:
         gateway: Gateway = self.server.app
         api = gateway.api
         method = self.command
@@ -161,9 +171,16 @@ class RestHandler(Handler):
             self.reply(403, b'{"message":"Missing Authentication Token"}', [("x-amzn-ErrorType", "MissingAuthenticationTokenException")])
             return
         route, params = found
+        pool = gateway.invoker.pools.get(route.function) if gateway.ready.is_set() else None
+        if pool is None:
+            # Still starting: API Gateway's answer while an integration cannot take requests yet.
+            log.warning("request before the stack is ready", extra={"method": method, "path": path,
+                                                                    "function": route.function})
+            self.reply(503, b'{"message":"Service Unavailable"}',
+                       [("x-amzn-ErrorType", "ServiceUnavailableException"), ("Retry-After", "1")])
+            return
         event = proxy_event(api, route, params, method, self.path, list(self.headers.items()), body,
                             self.client_address[0], self.headers.get("Host", "localhost"))
-        pool = gateway.invoker.pools[route.function]
         result = pool.invoke(event, trigger="api", source=f"{method} {route.path}")
         if not result.ok:
             if result.error_type == "Sandbox.Timedout":
@@ -199,9 +216,13 @@ class RestHandler(Handler):
 class Gateway:
     api: RestApi
     invoker: Invoker
+    ready: threading.Event  # set once every function behind the API can be invoked
 
 
-def serve(api: RestApi, invoker: Invoker, host: str, port: int) -> Server:
-    server = Server(host, port, RestHandler, Gateway(api, invoker))
+def serve(api: RestApi, invoker: Invoker, host: str, port: int, ready: threading.Event | None = None) -> Server:
+    if ready is None:
+        ready = threading.Event()
+        ready.set()
+    server = Server(host, port, RestHandler, Gateway(api, invoker, ready))
     server.start(f"apigw:{api.logical_id}")
     return server

@@ -155,6 +155,9 @@ class Gateway:
         self._server: WsServer | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name=f"websocket:{api.logical_id}", daemon=True)
         self.port = 0
+        # Handshakes get 503 until every function behind the API can be invoked (set by the stack).
+        self.ready = threading.Event()
+        self.ready.set()
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -205,6 +208,11 @@ class Gateway:
 
     async def _on_handshake(self, socket: ServerConnection, request: Request) -> Response | None:
         split = urlsplit(request.path)
+        if not self.ready.is_set():
+            log.warning("websocket handshake before the stack is ready", extra={"api": self.api.logical_id})
+            response = socket.respond(HTTPStatus.SERVICE_UNAVAILABLE, '{"message":"Service Unavailable"}\n')
+            response.headers["Retry-After"] = "1"
+            return response
         if split.path.rstrip("/") not in ("", f"/{self.api.stage}"):
             return socket.respond(HTTPStatus.FORBIDDEN, '{"message":"Forbidden"}\n')
         conn_id = connection_id()
@@ -387,8 +395,10 @@ class ManagementHandler(Handler):
 
 
 def serve_api(api: WebSocketApi, invoker: Invoker, host: str, port: int,
-              management_port: int = 0) -> tuple[Gateway, Server]:
+              management_port: int = 0, ready: threading.Event | None = None) -> tuple[Gateway, Server]:
     gateway = Gateway(api, invoker, host, port)
+    if ready is not None:
+        gateway.ready = ready
     gateway.start()
     management = Server(host, management_port, ManagementHandler, gateway)
     management.start(f"connections:{api.logical_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from http import HTTPStatus
@@ -9,6 +10,7 @@ from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 
+log = logging.getLogger("local.http")
 MAX_LINE = 65536
 MAX_HEADERS = 100
 
@@ -63,6 +65,11 @@ class Server(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A handler that raised: one structured ERROR line (socketserver prints a raw traceback)."""
+        log.error("request handler failed", exc_info=True,
+                  extra={"server": self._thread.name if self._thread else None, "client": str(client_address)})
 
 
 class Handler(BaseHTTPRequestHandler):

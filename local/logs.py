@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from types import TracebackType
 from typing import Any
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
@@ -31,3 +33,24 @@ def setup(level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("botocore", "boto3", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_excepthooks()
+
+
+def install_excepthooks() -> None:
+    """An exception nobody caught (in any thread) is one structured ERROR line, never a raw traceback."""
+    crash = logging.getLogger("local.crash")
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        crash.error("uncaught exception in a thread",
+                    exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+                    extra={"thread": args.thread.name if args.thread else None, "error_type": args.exc_type.__name__})
+
+    def process_hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            return
+        crash.error("uncaught exception", exc_info=(exc_type, exc, tb), extra={"error_type": exc_type.__name__})
+
+    threading.excepthook = thread_hook
+    sys.excepthook = process_hook

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ class LocalStack:
         self.ws_gateways: list[apigw_websocket.Gateway] = []
         self.stack.url_rewriter = self.rewrite_url
         self._emulators: list[subprocess.Popen[bytes]] = []
+        # Set once the functions behind the gateways exist; until then they answer 503 (Retry-After).
+        self.ready = threading.Event()
         # service → endpoint, for services not served by `self.endpoint`
         self.service_endpoints: dict[str, str] = {}
 
@@ -130,7 +133,9 @@ class LocalStack:
                  config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64))
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "LocalStack":
+    def start(self, open_gateways: bool = True) -> "LocalStack":
+        """Starts everything; the API gateways answer 503 until `open_gateways()` (called here unless
+        the caller starts more servers first: "up" means every server accepts connections)."""
         started = time.monotonic()
         try:
             self._start_emulator()
@@ -145,7 +150,6 @@ class LocalStack:
             self._start_sns_triggers()
             self._start_stream_pollers()
             self._start_schedules()
-            self._write_state()
         except BaseException:
             self.stop()
             raise
@@ -154,7 +158,17 @@ class LocalStack:
                  "apis": self.api_urls,
                                        "functions": sorted(self.invoker.pools),
                                        "seconds": round(time.monotonic() - started, 2)})
+        if open_gateways:
+            self.open_gateways()
         return self
+
+    def open_gateways(self) -> None:
+        """Every function behind the gateways is ready: requests are served, and the state file that
+        `mars outputs` reads is written (so a stack with outputs is one that answers)."""
+        self.ready.set()
+        self._write_state()
+        log.info("gateways open", extra={"stack": self.stack.name, "apis": self.api_urls,
+                                         "websockets": {k: v[0] for k, v in self.websocket_urls.items()}})
 
     def _start_emulator(self) -> None:
         if self.config.endpoint:
@@ -211,12 +225,12 @@ class LocalStack:
     def _start_apis(self) -> None:
         for i, api in enumerate(apigw_rest.build_apis(self.stack)):
             port = self.config.api_port + i if self.config.api_port else 0
-            server = apigw_rest.serve(api, self.invoker, self.config.host, port)
+            server = apigw_rest.serve(api, self.invoker, self.config.host, port, self.ready)
             self.servers.append(server)
             self.api_urls[api.api_id] = f"http://{self.config.host}:{server.port}/"
         for i, ws_api in enumerate(apigw_websocket.build_apis(self.stack)):
             port = self.config.ws_port + i if self.config.ws_port else 0
-            gateway, management = apigw_websocket.serve_api(ws_api, self.invoker, self.config.host, port)
+            gateway, management = apigw_websocket.serve_api(ws_api, self.invoker, self.config.host, port, ready=self.ready)
             self.ws_gateways.append(gateway)
             self.servers.append(management)
             self.websocket_urls[ws_api.api_id] = (f"ws://{self.config.host}:{gateway.port}",
@@ -329,7 +343,8 @@ class LocalStack:
 
     def add_outputs(self, values: dict[str, Any]) -> None:
         self.extra_outputs.update(values)
-        self._write_state()
+        if self.ready.is_set():
+            self._write_state()
 
     @property
     def state_file(self) -> Path:
@@ -340,20 +355,10 @@ class LocalStack:
         state = {"pid": os.getpid(), "stack": self.stack.name, "template": str(self.config.template.resolve()),
                  "endpoint": self.endpoint, "service_endpoints": self.service_endpoints,
                  "lambda_endpoint": self.lambda_endpoint,
-                 "apis": self.api_urls, "websockets": self.websocket_urls, "outputs": self.outputs()}
+                 "apis": self.api_urls, "websockets": self.websocket_urls, "outputs": self.outputs(),
+                 "region": self.stack.region,
+                 # every queue of the template, so `mars stats` can show any SAM app's queues
+                 "queues": {lid: a["QueueUrl"] for lid, a in self.stack.physical.items() if "QueueUrl" in a}}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
-
-
-def read_state(state_dir: Path, stack_name: str) -> dict[str, Any] | None:
-    """The running stack's state, or None if no stack of that name is running."""
-    path = state_dir / f"{stack_name}.json"
-    if not path.exists():
-        return None
-    state = json.loads(path.read_text())
-    try:
-        os.kill(int(state["pid"]), 0)
-    except (OSError, ValueError):
-        return None
-    return state

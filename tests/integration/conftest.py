@@ -38,10 +38,16 @@ class RunningStack:
     def url(self, path: str) -> str:
         return self.api.rstrip("/") + path
 
+    @property
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads((self.state_dir / f"{self.stack_name}.json").read_text()))
+
     def client(self, service: str) -> Any:
-        endpoint = self.outputs["EventsQueueUrls"].split("/123456789012/")[0]
-        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                            aws_secret_access_key="testing")
+        """A boto3 client of the stack's emulator for `service` (as `mars` commands make them)."""
+        state = self.state
+        endpoint = (state.get("service_endpoints") or {}).get(service) or state["endpoint"]
+        return boto3.client(service, endpoint_url=endpoint, region_name=state.get("region") or "us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
 
     def log_lines(self) -> list[dict[str, Any]]:
         out = []
@@ -74,7 +80,8 @@ def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None,
     state_dir, log_path = tmp / "state", tmp / f"{name}.log"
     cmd = [*MARS, "up", "--stack-name", name, "--state-dir", str(state_dir), "--api-port", str(free_port()), "--ws-port", str(free_port()),
            "--emulator-port", str(free_port()), "--grpc-port", str(free_port()), "--template", str(template or ROOT / "template.yaml"),
-           "--parameter-overrides", *TEST_PARAMETERS, *parameters, *extra]
+           # Mars's test parameters for Mars's template; another SAM app gets only the ones it is given
+           "--parameter-overrides", *(TEST_PARAMETERS if template is None else []), *parameters, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = log_path.open("wb")
     process = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -84,8 +91,9 @@ def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None,
             raise RuntimeError(f"mars up exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
         got = subprocess.run([*MARS, "outputs", "--stack-name", name, "--state-dir", str(state_dir)],
                              capture_output=True, text=True, cwd=cwd, env=env)
-        # ready once everything `mars up` starts is up: the last is the gRPC shim
-        if got.returncode == 0 and "GrpcEndpoint" in json.loads(got.stdout):
+        # the state (and so `mars outputs`) is written once every server `mars up` starts accepts
+        # connections and the gateways are open
+        if got.returncode == 0:
             return RunningStack(process, state_dir, log_path, json.loads(got.stdout), name)
         time.sleep(0.3)
     process.kill()
