@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mars import stacks
+
 # The runtime is imported inside the commands: worker processes re-import this module as their
 # __main__, and a cold start should not pay for the template loader.
 
-DEFAULT_STACK = "mars-local"
-DEFAULT_STATE_DIR = Path(".mars-local")
 # Locally Mars's load-test route is on (DESIGN §2); everything else is the template's defaults.
 # Auth is off unless asked for (`--auth`, `make up AUTH=1`): every local server binds loopback only.
 LOCAL_PARAMETERS = {"AllowTestRoutes": "true", "Stage": "dev", "AuthRequired": "false"}
@@ -23,9 +23,13 @@ LOCAL_PARAMETERS = {"AllowTestRoutes": "true", "Stage": "dev", "AuthRequired": "
 log = logging.getLogger("mars")
 
 
-def _overrides(items: list[str], auth: bool = False) -> dict[str, str]:
-    out = dict(LOCAL_PARAMETERS)
+def _overrides(items: list[str], declared: set[str], auth: bool = False) -> dict[str, str]:
+    """The stack's parameter values: Mars's local defaults for the parameters the template declares
+    (another SAM app gets none of them), `--auth`, then the user's own, which must be declared."""
+    out = {k: v for k, v in LOCAL_PARAMETERS.items() if k in declared}
     if auth:
+        if "AuthRequired" not in declared:
+            raise SystemExit("mars: --auth needs a template with an AuthRequired parameter (Mars's template.yaml)")
         out["AuthRequired"] = "true"
     for item in items:
         key, sep, value = item.partition("=")
@@ -39,31 +43,54 @@ def cmd_up(args: argparse.Namespace) -> int:
     from local import logs
     from local.invoker import Fault
     from local.stack import Config, LocalStack
+    from local.template import TemplateError, load
 
     logs.setup(args.log_level)
+    if args.template is None:
+        here = Path("template.yaml")
+        args.template = str(here if here.exists() else Path(__file__).resolve().parent.parent / "template.yaml")
+    try:
+        declared = set(load(args.template).get("Parameters") or {})
+    except (OSError, TemplateError, ValueError) as exc:
+        print(f"mars: cannot read the template {args.template}: {exc}", file=sys.stderr)
+        return 2
     faults = dict(Fault.parse(f) for f in args.fault)
     config = Config(template=Path(args.template), stack_name=args.stack_name, host=args.host,
                     api_port=args.api_port, ws_port=args.ws_port, emulator_port=args.emulator_port,
                     endpoint=args.endpoint,
-                    parameter_overrides=_overrides(args.parameter_overrides, args.auth), state_dir=Path(args.state_dir),
+                    parameter_overrides=_overrides(args.parameter_overrides, declared, args.auth),
+                    state_dir=stacks.state_dir(args),
                     faults=faults, fault_seed=args.fault_seed, warm=args.warm, emulator_faults=args.emulator_fault)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stack = LocalStack(config)
+    shim = None
     try:
-        stack.start()
-    except Exception as exc:
-        log.error("stack failed to start", extra={"error": str(exc)})
+        # The gateways answer 503 until everything below listens: "up" means every server is.
+        stack.start(open_gateways=False)
+    except Exception as exc:  # start() has stopped what it started
+        log.error("stack failed to start", extra={"error": str(exc), "error_type": type(exc).__name__})
         print(f"mars: the local stack did not start: {exc}", file=sys.stderr)
         return 1
-    shim = None
-    if args.grpc_port:
-        shim = _start_grpc_shim(args, stack)
-        stack.add_outputs({"GrpcEndpoint": f"{args.host}:{args.grpc_port}"})
+    try:
+        if args.grpc_port and "EventsQueueUrls" in stack.outputs():  # Mars's own template: its gRPC way in
+            shim = _start_grpc_shim(args, stack)
+            stack.add_outputs({"GrpcEndpoint": f"{args.host}:{args.grpc_port}"})
+        stack.open_gateways()
+    except Exception as exc:
+        log.error("stack failed to start", extra={"error": str(exc), "error_type": type(exc).__name__})
+        print(f"mars: the local stack did not start: {exc}", file=sys.stderr)
+        if shim is not None:
+            from local.stack import terminate
+
+            terminate(shim)
+        stack.stop()
+        return 1
     outputs = stack.outputs()
-    print(f"Mars is up: API {outputs.get('ApiUrl', '?')}  (Ctrl-C stops it; `mars outputs` prints every output)",
-          file=sys.stderr, flush=True)
+    first = outputs.get("ApiUrl") or next(iter(stack.api_urls.values()), None)
+    print(f"{'Mars' if shim else 'The stack'} is up{f': API {first}' if first else ''}  "
+          "(Ctrl-C stops it; `mars outputs` prints every output)", file=sys.stderr, flush=True)
     try:
         stop.wait()
     finally:
@@ -101,41 +128,37 @@ def _start_grpc_shim(args: argparse.Namespace, stack: Any) -> Any:
     return process
 
 
-def _running_outputs(args: argparse.Namespace, instead: str = "") -> dict[str, Any] | None:
-    """The running local stack's Outputs; None (after saying what to do) if there is none."""
-    from local.stack import read_state
-
-    state = read_state(Path(args.state_dir), args.stack_name)
-    if state is None:
-        print(f"mars: no local stack {args.stack_name!r} is running (state in {args.state_dir}); start one with "
-              f"`make up`{f', or pass {instead}' if instead else ''}", file=sys.stderr)
-        return None
-    return dict(state["outputs"])
-
-
-def _running_output(args: argparse.Namespace, name: str, instead: str) -> str | None:
-    """One Output of the running local stack; None (after saying what to do) if there is none."""
-    outputs = _running_outputs(args, instead)
-    if outputs is None:
-        return None
-    if name not in outputs:
-        print(f"mars: the local stack {args.stack_name!r} has no {name} output; pass {instead}", file=sys.stderr)
-        return None
-    return str(outputs[name])
-
-
 def cmd_outputs(args: argparse.Namespace) -> int:
-    outputs = _running_outputs(args)
+    outputs = stacks.outputs(args)
     if outputs is None:
         return 2
     print(json.dumps(outputs, indent=2))
     return 0
 
 
+def cmd_stacks(args: argparse.Namespace) -> int:
+    directory = stacks.state_dir(args)
+    found = stacks.running(directory)
+    if args.json:
+        print(json.dumps([{"stack": s.get("stack"), "pid": s.get("pid"), "template": s.get("template"),
+                           "apis": s.get("apis"), "state": str(directory / f"{s.get('stack')}.json")} for s in found]))
+        return 0
+    if not found:
+        print(f"mars: no local stack is running (state in {directory}); start one with `make up`", file=sys.stderr)
+        return 0
+    rows = [("STACK", "PID", "API", "TEMPLATE")]
+    rows += [(str(s.get("stack")), str(s.get("pid")), next(iter((s.get("apis") or {}).values()), "-"),
+              str(s.get("template"))) for s in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
 def cmd_bench_grpc(args: argparse.Namespace) -> int:
     from mars import bench_grpc
 
-    target = args.target or _running_output(args, "GrpcEndpoint", "--target host:port")
+    target = args.target or stacks.output(args, "GrpcEndpoint", "--target host:port")
     if not target:
         return 2
     figures = bench_grpc.report(target, args.count, args.concurrency)
@@ -147,7 +170,7 @@ def cmd_bench_grpc(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from mars import tail
 
-    url = args.url or _running_output(args, "WebSocketUrl", "--url ws://…")
+    url = args.url or stacks.output(args, "WebSocketUrl", "--url ws://…")
     if not url:
         return 2
     try:
@@ -159,16 +182,23 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     import requests
 
-    base = args.url or _running_output(args, "ApiUrl", "--url")
-    if not base:
+    state = None if args.url else stacks.find(args, "--url")
+    if state is None and not args.url:
         return 2
-    resp = requests.get(base.rstrip("/") + "/api/q/stats", headers={"x-api-key": args.api_key} if args.api_key else {},
-                        timeout=30)
-    if resp.status_code != 200:
-        print(f"mars: {resp.status_code} from /api/q/stats: {resp.text[:300]}"
-              + (" (pass --api-key)" if resp.status_code == 401 else ""), file=sys.stderr)
-        return 1
-    stats = resp.json()
+    if state is not None and "EventsQueueUrls" not in state["outputs"]:
+        stats = _queue_stats(state)  # another SAM app: its queues, straight from the emulator
+    else:
+        base = args.url or state["outputs"].get("ApiUrl")  # type: ignore[index]
+        if not base:
+            print(f"mars: the local stack {args.stack_name!r} has no ApiUrl output; pass --url", file=sys.stderr)
+            return 2
+        resp = requests.get(base.rstrip("/") + "/api/q/stats",
+                            headers={"x-api-key": args.api_key} if args.api_key else {}, timeout=30)
+        if resp.status_code != 200:
+            print(f"mars: {resp.status_code} from /api/q/stats: {resp.text[:300]}"
+                  + (" (pass --api-key)" if resp.status_code == 401 else ""), file=sys.stderr)
+            return 1
+        stats = resp.json()
     if args.json:
         print(json.dumps(stats))
         return 0
@@ -185,6 +215,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"warning: {dead} message(s) in dead-letter queues; see them with the AWS CLI, move them back with "
               "`mars redrive --dry-run` then `mars redrive`", file=sys.stderr)
     return 0
+
+
+def _queue_stats(state: dict[str, Any]) -> dict[str, Any]:
+    """Every queue of a running local stack, in /api/q/stats's shape: a queue that another queue's
+    RedrivePolicy names is a dead-letter queue. SQS has no oldest-age attribute (AWS publishes it as a
+    CloudWatch metric), so it is left out."""
+    import boto3
+
+    endpoint = (state.get("service_endpoints") or {}).get("sqs") or state["endpoint"]
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=state.get("region") or "us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    rows, dead_arns = [], set()
+    for url in sorted((state.get("queues") or {}).values()):
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        if attrs.get("RedrivePolicy"):
+            dead_arns.add(json.loads(attrs["RedrivePolicy"]).get("deadLetterTargetArn"))
+        rows.append((attrs.get("QueueArn"), {"name": url.rsplit("/", 1)[-1],
+                                             "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+                                             "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                                             "oldest_age_seconds": None}))
+    return {"queues": [row for arn, row in rows if arn not in dead_arns],
+            "dead_letter": [row for arn, row in rows if arn in dead_arns]}
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -205,7 +257,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         if args.meta:
             event["meta"] = dict(item.partition("=")[::2] for item in args.meta)
         events = [event]
-    outputs = None if args.url else _running_outputs(args, "--url")
+    outputs = None if args.url else stacks.outputs(args, "--url")
     if not args.url and outputs is None:
         return 2
     if args.transport == "http":
@@ -238,12 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mars", description="Mars: message lifecycle and acknowledgement tracing.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def stack_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--stack-name", default=DEFAULT_STACK, help="local stack name (default %(default)s)")
-        p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="where the running stack records its outputs")
-
-    up = sub.add_parser("up", help="run the whole stack locally from template.yaml (Ctrl-C stops it)")
-    up.add_argument("--template", default="template.yaml")
+    stack_args = stacks.stack_args
+    up = sub.add_parser("up", help="run a SAM template locally: Mars's template.yaml, or any app's (Ctrl-C stops it)")
+    up.add_argument("--template", default=None,
+                    help="the SAM template (default: ./template.yaml if there is one, else Mars's own)")
     up.add_argument("--host", default="127.0.0.1", help="bind address (loopback only by default)")
     up.add_argument("--api-port", type=int, default=4000)
     up.add_argument("--ws-port", type=int, default=4001, help="websocket API (its @connections endpoint takes a free port)")
@@ -307,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--api-key")
     stack_args(send)
     send.set_defaults(func=cmd_send)
+
+    running = sub.add_parser("stacks", help="list the local stacks running (any folder), with their template and API")
+    running.add_argument("--json", action="store_true")
+    running.add_argument("--state-dir", type=Path, default=None, help="where running stacks record their outputs")
+    running.set_defaults(func=cmd_stacks)
 
     outputs = sub.add_parser("outputs", help="print the running local stack's Outputs as JSON")
     stack_args(outputs)

@@ -29,9 +29,10 @@ def _outputs(args: argparse.Namespace) -> tuple[dict[str, Any], bool] | None:
         from mars.redrive import read_outputs_file  # one reader of every form of a stack's Outputs (or UsageError)
 
         return read_outputs_file(Path(args.stack_outputs)), True
-    from local.stack import endpoint_variable, read_state
+    from local.stack import endpoint_variable
+    from mars import stacks
 
-    state = read_state(Path(args.state_dir), args.stack_name)
+    state = stacks.find(args, "--stack-outputs FILE for a deployed stack", start="make up AUTH=1")
     if state is None:
         return None
     os.environ.update({"AWS_ENDPOINT_URL": state["endpoint"], "AWS_ACCESS_KEY_ID": "testing",
@@ -67,9 +68,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     except UsageError as exc:  # an unreadable --stack-outputs file
         print(f"mars: {exc}", file=sys.stderr)
         return 2
-    if found is None:
-        print(f"mars: no local stack {args.stack_name!r} is running; start one with `make up AUTH=1`, "
-              "or pass --stack-outputs FILE for a deployed stack", file=sys.stderr)
+    if found is None:  # stacks.find has said which stacks do run
         return 2
     outputs, deployed = found
     table = outputs.get("KeysTableName")

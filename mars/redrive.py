@@ -161,13 +161,15 @@ def connect(args: argparse.Namespace, which: Iterable[str]) -> tuple[Any, Queues
         if not region:
             raise UsageError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION / a profile's region)")
         return session.client("sqs", region_name=region, config=config), queues
-    from local.stack import read_state
-    from local.template import REGION
+    import io
 
-    state = read_state(Path(args.state_dir), args.stack_name)
+    from local.template import REGION
+    from mars import stacks
+
+    said = io.StringIO()
+    state = stacks.find(args, "--stack-outputs FILE for a deployed stack", err=said)
     if state is None:
-        raise UsageError(f"no local stack {args.stack_name!r} is running (state in {args.state_dir}): start one with "
-                         "`make up`, or pass --stack-outputs FILE for a deployed stack")
+        raise UsageError(said.getvalue().strip().removeprefix("mars: "))
     queues = queues_from_outputs(state["outputs"], which)
     endpoint = (state.get("service_endpoints") or {}).get("sqs") or state["endpoint"]
     session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
@@ -628,11 +630,7 @@ def register(subparsers: Any, stack_args: Callable[[argparse.ArgumentParser], No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mars.cli import DEFAULT_STACK, DEFAULT_STATE_DIR
-
-    def stack_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--stack-name", default=DEFAULT_STACK, help="local stack name (default %(default)s)")
-        p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="where the running stack records its outputs")
+    from mars.stacks import stack_args
 
     parser = argparse.ArgumentParser(prog="mars")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), stack_args)

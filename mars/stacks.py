@@ -1,0 +1,86 @@
+"""Where running local stacks record themselves, and how every `mars` command finds one.
+
+A stack writes `<state dir>/<stack name>.json` while it runs (local/stack.py). The state dir is per
+user, not per folder, so `mars stats` finds the stack `make up` started from any folder:
+`--state-dir`, else `$MARS_STATE_DIR`, else `$XDG_STATE_HOME/mars`, else `~/.local/state/mars`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+DEFAULT_STACK = "mars-local"
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("MARS_STATE_DIR"):
+        return Path(os.environ["MARS_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mars"
+
+
+def stack_args(p: argparse.ArgumentParser) -> None:
+    """--stack-name and --state-dir, the same on every command that talks to a local stack."""
+    p.add_argument("--stack-name", default=DEFAULT_STACK, help="local stack name (default %(default)s)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="where running stacks record their outputs (default: $MARS_STATE_DIR, else "
+                        f"$XDG_STATE_HOME/mars, else ~/.local/state/mars; now {default_state_dir()})")
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) if getattr(args, "state_dir", None) else default_state_dir()
+
+
+def read_state(directory: Path, stack_name: str) -> dict[str, Any] | None:
+    """The running stack's state, or None if no stack of that name is running (its process is gone)."""
+    path = directory / f"{stack_name}.json"
+    try:
+        state = json.loads(path.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dict(state)
+
+
+def running(directory: Path) -> list[dict[str, Any]]:
+    """Every stack running with its state in `directory`, by name."""
+    if not directory.is_dir():
+        return []
+    found = (read_state(directory, path.stem) for path in sorted(directory.glob("*.json")))
+    return [state for state in found if state is not None]
+
+
+def find(args: argparse.Namespace, instead: str = "", err: TextIO = sys.stderr,
+         start: str = "make up") -> dict[str, Any] | None:
+    """The state of the stack `args` names; None after telling the user which stacks do run."""
+    directory = state_dir(args)
+    state = read_state(directory, args.stack_name)
+    if state is not None:
+        return state
+    others = [s.get("stack", "?") for s in running(directory)]
+    hint = (f"running: {', '.join(others)} (pass --stack-name)" if others
+            else f"start one with `{start}`")
+    print(f"mars: no local stack {args.stack_name!r} is running (state in {directory}); {hint}"
+          f"{f', or pass {instead}' if instead else ''}", file=err)
+    return None
+
+
+def outputs(args: argparse.Namespace, instead: str = "") -> dict[str, Any] | None:
+    state = find(args, instead)
+    return None if state is None else dict(state["outputs"])
+
+
+def output(args: argparse.Namespace, name: str, instead: str) -> str | None:
+    """One Output of the running local stack; None (after saying what to do) if there is none."""
+    values = outputs(args, instead)
+    if values is None:
+        return None
+    if name not in values:
+        print(f"mars: the local stack {args.stack_name!r} has no {name} output; pass {instead}", file=sys.stderr)
+        return None
+    return str(values[name])
