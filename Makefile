@@ -72,8 +72,10 @@ browser: install system-deps
 test: install lint template-check system-deps
 	$(BIN)/python -m pytest -q tests
 
+# Each run is recorded in bench/runs/ and docs/BENCHMARKS.md's current table is rendered from them.
 bench: install system-deps
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --record
+	$(BIN)/python -m bench.table
 	$(BIN)/python bench/sqs_depth.py
 
 # Generated gRPC code is committed; tests/unit/test_proto.py fails when it is stale.
@@ -81,4 +83,4 @@ proto: install
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=grpc_shim --grpc_python_out=grpc_shim --pyi_out=grpc_shim event.proto
 
 clean:
-	rm -rf build .mars-local .pytest_cache
+	rm -rf build .pytest_cache

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
-from . import pipeline
+from . import pipeline, table
 from .common import machine
 
 
@@ -14,9 +15,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--record", action="store_true",
+                        help="save the run in bench/runs/ (make bench does; `python -m bench.table` renders them)")
     args = parser.parse_args()
     sizes = pipeline.Sizes(events=1000, backlog=1000, seconds=3, grpc_calls=500) if args.quick else pipeline.Sizes()
     info = machine()
+    started = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, Python {info['python']}, "
           f"moto {info['moto']}, load {info['loadavg']}", flush=True)
     res = pipeline.run(sizes)
@@ -63,8 +67,12 @@ def main() -> int:
     print("\n(c) by hand against `make up` (apt-get install wrk; Mars's README): "
           + " ".join(pipeline.wrk_command("http://127.0.0.1:4000", res.notes["c_connections"], sizes.seconds))
           .replace(f"{pipeline.ROOT}/", ""))
+    run = {"date": started, "machine": info, "sizes": vars(sizes), "figures": f, "notes": res.notes,
+           "calls_per_event": per_event, "calls_minimum": minimum}
+    if args.record and not args.quick:
+        print(f"recorded: {table.record(run).relative_to(table.ROOT)}")
     if args.json:
-        print(json.dumps({"machine": info, "figures": f, "notes": res.notes}, indent=2, default=str))
+        print(json.dumps(run, indent=2, default=str))
     return 0
 
 
