@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -67,9 +68,14 @@ class Server(ThreadingHTTPServer):
         self.server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A handler that raised: one structured ERROR line (socketserver prints a raw traceback)."""
-        log.error("request handler failed", exc_info=True,
-                  extra={"server": self._thread.name if self._thread else None, "client": str(client_address)})
+        """A handler that raised: one structured ERROR line (socketserver prints a raw traceback). A
+        client that hung up (reset, broken pipe) is not an error of the server."""
+        exc = sys.exc_info()[1]
+        extra = {"server": self._thread.name if self._thread else None, "client": str(client_address)}
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("client connection ended", extra={**extra, "error_type": type(exc).__name__})
+            return
+        log.error("request handler failed", exc_info=True, extra={**extra, "error_type": type(exc).__name__})
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -96,3 +96,25 @@ def test_expect_100_continue_and_double_slash_paths(server: Server) -> None:
         assert sock.recv(100).startswith(b"HTTP/1.1 100")
     (resp,), _ = exchange(server, b"GET //evil.example/p HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert json.loads(resp[2])["path"] == "/evil.example/p"
+
+
+def test_a_handler_that_raises_is_one_structured_error_and_a_hang_up_is_not(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    class Raises(Handler):
+        def do_GET(self) -> None:  # noqa: N802
+            raise (ConnectionResetError("gone") if self.path == "/reset" else ValueError("bug"))
+
+    srv = Server("127.0.0.1", 0, Raises, None)
+    srv.start("test-raises")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="local.http"):
+            for path in ("/bug", "/reset"):
+                with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+                    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+                    sock.recv(1)
+    finally:
+        srv.stop()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].error_type == "ValueError" and errors[0].exc_info  # type: ignore[attr-defined]
+    assert any(r.levelno == logging.DEBUG and r.error_type == "ConnectionResetError" for r in caplog.records)  # type: ignore[attr-defined]
