@@ -55,6 +55,7 @@ from botocore.exceptions import ClientError
 from .filtering import check_pattern, matches, parse_filters
 from .invoker import FunctionPool, InvokeResult
 from .lambda_api import describe_mapping, mapping_uuid
+from .supervise import supervised
 
 log = logging.getLogger("local.dynamodb")
 
@@ -255,7 +256,8 @@ class StreamPoller:
             self._discover()
         except Exception as exc:
             log.warning("describe stream failed; will retry", extra=self._extra(error=str(exc)))
-        t = threading.Thread(target=self._coordinate, name=f"ddb-stream:{self.source.table_name}", daemon=True)
+        run = supervised(self._coordinate, self._stop, log, self._extra)
+        t = threading.Thread(target=run, name=f"ddb-stream:{self.source.table_name}", daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -315,7 +317,8 @@ class StreamPoller:
                 reader.acquire()
             except Exception as exc:  # the reader tries again
                 log.warning("get shard iterator failed", extra=self._extra(shard=reader.shard_id, error=str(exc)))
-            t = threading.Thread(target=reader.run, name=f"ddb-shard:{self.source.table_name}:{reader.shard_id[-8:]}",
+            run = supervised(reader.run, self._stop, log, lambda r=reader: self._extra(shard=r.shard_id))
+            t = threading.Thread(target=run, name=f"ddb-shard:{self.source.table_name}:{reader.shard_id[-8:]}",
                                  daemon=True)
             t.start()
             self._threads.append(t)
@@ -424,16 +427,15 @@ class _ShardReader:
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> None:
+        """Reads the shard to its end; an unexpected exception ends this call and the supervisor
+        restarts it (the reader keeps its checkpoint and buffer): a shard never stops silently."""
         stop = self.poller._stop
-        try:
-            while not stop.is_set():
-                if not self.source.enabled:
-                    stop.wait(0.1)
-                    continue
-                if not self._step():
-                    return
-        except Exception:
-            log.exception("shard reader failed", extra=self.poller._extra(shard=self.shard_id))
+        while not stop.is_set():
+            if not self.source.enabled:
+                stop.wait(0.1)
+                continue
+            if not self._step():
+                return
 
     def _step(self) -> bool:
         """One turn: read if a batch wants records, deliver a batch if one is ready, else wait.

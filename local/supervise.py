@@ -12,7 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-RESTART_DELAY_SECONDS = 1.0
+RESTART_DELAY_SECONDS = 1.0  # first pause before a restart, doubling for a loop that keeps dying …
+MAX_RESTART_DELAY_SECONDS = 30.0  # … up to this
 
 
 def supervised(body: Callable[[], None], stop: threading.Event, logger: logging.Logger,
@@ -32,7 +33,7 @@ def supervised(body: Callable[[], None], stop: threading.Event, logger: logging.
                 fields = extra() if callable(extra) else dict(extra or {})
                 logger.error("trigger thread died; restarting", exc_info=True,
                              extra={**fields, "thread_name": threading.current_thread().name, "restarts": restarts})
-            if stop.wait(RESTART_DELAY_SECONDS):
+            if stop.wait(min(MAX_RESTART_DELAY_SECONDS, RESTART_DELAY_SECONDS * 2 ** (restarts - 1))):
                 return
 
     return run
