@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +26,7 @@ from local import sqs_poller, supervise
 from local.functions import FunctionSpec
 from local.invoker import FunctionPool, InvokeResult
 from local.sqs_poller import SqsPoller, SqsSource, lambda_record
+from local.stack import LocalStack
 
 REGION = "us-east-1"
 FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:unit-Fn"
@@ -309,3 +311,32 @@ def test_a_poller_thread_that_dies_is_restarted_and_says_so(sqs: Any, pollers: l
     died = [r for r in caplog.records if r.getMessage() == "trigger thread died; restarting"]
     assert died and died[0].levelno == logging.ERROR and vars(died[0])["queue"] == "restarted"
     assert "ValueError: unexpected" in (caplog.text or "")
+
+
+# --- the mapping, at start ----------------------------------------------------------------------------
+
+def test_a_queue_whose_visibility_timeout_is_shorter_than_the_function_timeout_is_refused(sqs: Any) -> None:
+    short_url, short_arn = queue(sqs, "short", VisibilityTimeout="2")
+    long_url, long_arn = queue(sqs, "long", VisibilityTimeout="30")
+    pool = FakePool()
+    pool.spec = SimpleNamespace(name="unit-Fn", arn=FUNCTION_ARN, timeout=30.0, events={
+        "Short": {"Type": "SQS", "Properties": {"Queue": short_arn}}})
+    pool.ensure_concurrency = lambda needed: None  # type: ignore[attr-defined]
+    stack = SimpleNamespace(physical={"Short": {"Arn": short_arn, "QueueUrl": short_url},
+                                      "Long": {"Arn": long_arn, "QueueUrl": long_url}},
+                            resolve=lambda value: value, region=REGION)
+    local = SimpleNamespace(client=lambda service: sqs, invoker=SimpleNamespace(pools={"Fn": pool}), stack=stack,
+                            _trigger_slots=Counter(), pollers=[], mappings=[])
+    with pytest.raises(ValueError) as refused:
+        LocalStack._start_pollers(local)  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert "short" in message and "Fn" in message and "unit-Fn" in message
+    assert "visibility timeout of 2 s" in message and "function timeout of 30 s" in message
+    assert local.pollers == [], "nothing starts"
+    pool.spec.events = {"Long": {"Type": "SQS", "Properties": {"Queue": long_arn}}}
+    LocalStack._start_pollers(local)  # type: ignore[arg-type]
+    try:
+        assert [p.source.name for p in local.pollers] == ["long"]
+    finally:
+        for p in local.pollers:
+            p.stop(5)
