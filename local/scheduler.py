@@ -191,6 +191,12 @@ def schedules_for(stack: Any, function_lid: str, events: dict[str, dict[str, Any
                             enabled=str(enabled).upper() not in ("FALSE", "DISABLED"),
                             timezone=props.get("ScheduleExpressionTimezone"), v2=kind == "ScheduleV2")
         schedule.validate()  # a bad expression fails the start, not the first firing
+        if schedule.payload is not None:
+            try:
+                json.loads(schedule.payload)
+            except (TypeError, ValueError):
+                # EventBridge refuses a target Input that is not JSON text; it would fail every firing
+                raise ValueError(f"schedule {schedule.name}: Input must be JSON text, not {schedule.payload!r}") from None
         out.append(schedule)
     return out
 

@@ -361,7 +361,7 @@ def sources_for(stack: Any, events: dict[str, dict[str, Any]]) -> list[SqsSource
     """The SQS event sources of one function, resolved against the running stack."""
     arn_to_url = {attrs.get("Arn"): attrs.get("QueueUrl") for attrs in stack.physical.values() if "QueueUrl" in attrs}
     out = []
-    for _name, spec in events.items():
+    for name, spec in events.items():
         if spec.get("Type") != "SQS":
             continue
         props = stack.resolve(spec.get("Properties", {}))
@@ -369,12 +369,26 @@ def sources_for(stack: Any, events: dict[str, dict[str, Any]]) -> list[SqsSource
         url = arn_to_url.get(arn)
         if url is None:
             raise ValueError(f"SQS event source {arn} is not a queue of this template")
-        out.append(SqsSource(
+        source = SqsSource(
             queue_url=url, queue_arn=arn, batch_size=int(props.get("BatchSize", 10)),
             window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
             report_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
             max_concurrency=int(props.get("ScalingConfig", {}).get("MaximumConcurrency", DEFAULT_CONCURRENCY)),
             enabled=str(props.get("Enabled", True)).lower() != "false",
             filters=parse_filters(props.get("FilterCriteria")),
-        ))
+        )
+        _check(source, name)
+        out.append(source)
     return out
+
+
+def _check(source: SqsSource, event: str) -> None:
+    """The limits Lambda's CreateEventSourceMapping enforces for SQS: a template that breaks them does
+    not deploy, so it does not start here either."""
+    limit = 10 if source.fifo else 10_000
+    if not 1 <= source.batch_size <= limit:
+        raise ValueError(f"SQS event {event}: BatchSize {source.batch_size} is not 1-{limit} for queue {source.name}")
+    if not 0 <= source.window_seconds <= 300:
+        raise ValueError(f"SQS event {event}: MaximumBatchingWindowInSeconds must be 0-300, not {source.window_seconds:g}")
+    if source.batch_size > 10 and source.window_seconds < 1:
+        raise ValueError(f"SQS event {event}: a BatchSize over 10 needs MaximumBatchingWindowInSeconds of at least 1")

@@ -13,7 +13,7 @@ import pytest
 
 from local import supervise
 from local.invoker import InvokeResult
-from local.scheduler import Schedule, Scheduler
+from local.scheduler import Schedule, Scheduler, schedules_for
 
 SUNDAY = datetime(2026, 11, 29, 0, 0, tzinfo=UTC).timestamp()  # Sunday 29 November 2026, 00:00 UTC
 
@@ -125,3 +125,12 @@ def test_a_scheduler_thread_that_dies_is_restarted_and_says_so(monkeypatch: pyte
     assert pool.events, "the schedule fires again after its thread died"
     died = [r for r in caplog.records if r.getMessage() == "trigger thread died; restarting"]
     assert died and died[0].levelno == logging.ERROR and vars(died[0])["schedule"] == "tick"
+
+
+def test_an_input_that_is_not_json_fails_the_start() -> None:
+    stack = SimpleNamespace(name="s", resolve=lambda value: value)
+    events = {"E": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 minute)", "Input": "{not json"}}}
+    with pytest.raises(ValueError, match="Input must be JSON"):
+        schedules_for(stack, "Fn", events)
+    events["E"]["Properties"]["Input"] = '{"ok": true}'
+    assert schedules_for(stack, "Fn", events)[0].payload == '{"ok": true}'

@@ -340,3 +340,17 @@ def test_a_queue_whose_visibility_timeout_is_shorter_than_the_function_timeout_i
     finally:
         for p in local.pollers:
             p.stop(5)
+
+
+@pytest.mark.parametrize(("queue_url", "properties", "error"), [
+    ("http://q/q", {"BatchSize": 11}, "needs MaximumBatchingWindowInSeconds"),
+    ("http://q/q", {"BatchSize": 10_001, "MaximumBatchingWindowInSeconds": 1}, "BatchSize 10001"),
+    ("http://q/q", {"MaximumBatchingWindowInSeconds": 301}, "0-300"),
+    ("http://q/q.fifo", {"BatchSize": 11, "MaximumBatchingWindowInSeconds": 1}, "not 1-10"),
+])
+def test_mappings_lambda_refuses_fail_the_start(queue_url: str, properties: dict[str, Any], error: str) -> None:
+    stack = SimpleNamespace(physical={"Q": {"Arn": "arn:q", "QueueUrl": queue_url}}, resolve=lambda v: v)
+    with pytest.raises(ValueError, match=error):
+        sqs_poller.sources_for(stack, {"E": {"Type": "SQS", "Properties": {"Queue": "arn:q", **properties}}})
+    ok = {"BatchSize": 100, "MaximumBatchingWindowInSeconds": 1} if not queue_url.endswith(".fifo") else {}
+    assert sqs_poller.sources_for(stack, {"E": {"Type": "SQS", "Properties": {"Queue": "arn:q", **ok}}})
