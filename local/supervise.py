@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,13 +24,15 @@ def supervised(body: Callable[[], None], stop: threading.Event, logger: logging.
     def run() -> None:
         restarts = 0
         while True:
+            began = time.monotonic()
             try:
                 body()
                 return
             except Exception:
                 if stop.is_set():
                     return
-                restarts += 1
+                # A loop that ran a good while before dying starts the backoff again.
+                restarts = 1 if time.monotonic() - began > MAX_RESTART_DELAY_SECONDS else restarts + 1
                 fields = extra() if callable(extra) else dict(extra or {})
                 logger.error("trigger thread died; restarting", exc_info=True,
                              extra={**fields, "thread_name": threading.current_thread().name, "restarts": restarts})
