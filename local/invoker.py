@@ -13,6 +13,7 @@ import multiprocessing
 import random
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -290,19 +291,41 @@ class FunctionPool:
                                               "errorType": "InjectedFault"})
         return InvokeResult(True, payload=body)
 
-    def _log(self, result: InvokeResult, event: Any, trigger: str, source: str) -> None:
+    def undeliverable(self, exc: BaseException, *, trigger: str, source: str = "", batch_size: int = 1,
+                      worker: "_Worker | None" = None) -> InvokeResult:
+        """A batch whose event cannot even be built for the function: a failed invocation, logged as
+        one, so the trigger applies its failure semantics (redelivery, DLQ) instead of stalling."""
+        if worker is not None:
+            self._release(worker)
+        result = InvokeResult(False, error={"errorMessage": f"the event could not be built: {exc}",
+                                            "errorType": "InvalidRequestContentException",
+                                            "stackTrace": traceback.format_tb(exc.__traceback__)},
+                              request_id=str(uuid.uuid4()))
+        self._log(result, None, trigger, source, batch_size)
+        return result
+
+    def _log(self, result: InvokeResult, event: Any, trigger: str, source: str, batch_size: int | None = None) -> None:
+        """One line per invocation: INFO when it succeeded, ERROR (with the handler's error and stack
+        trace) when it failed, whatever the trigger: a failure is never silent."""
         records = event.get("Records") if isinstance(event, dict) else None
+        if batch_size is None:
+            batch_size = len(records) if isinstance(records, list) else 1
         outcome = "ok" if result.ok else ("timeout" if result.error_type == "Sandbox.Timedout" else "error")
         extra: dict[str, Any] = {"function": self.spec.name, "trigger": trigger, "source": source,
-                                 "batch_size": len(records) if isinstance(records, list) else 1,
-                                 "duration_ms": result.duration_ms, "outcome": outcome,
+                                 "batch_size": batch_size, "duration_ms": result.duration_ms, "outcome": outcome,
                                  "request_id": result.request_id}
-        if result.ok and isinstance(result.payload, dict) and result.payload.get("batchItemFailures"):
-            extra["outcome"] = "partial"
-            extra["failed_items"] = len(result.payload["batchItemFailures"])
-        if not result.ok:
-            extra["error"] = (result.error or {}).get("errorMessage", "")[:300]
-        log.info("invoke", extra=extra)
+        if result.ok:
+            if isinstance(result.payload, dict) and result.payload.get("batchItemFailures"):
+                extra["outcome"] = "partial"
+                extra["failed_items"] = len(result.payload["batchItemFailures"])
+            log.info("invoke", extra=extra)
+            return
+        error = result.error or {}
+        message = str(error.get("errorMessage", ""))
+        trace = error.get("stackTrace") or []
+        extra.update(error=message[:300], error_type=str(error.get("errorType", "")), error_message=message,
+                     stack_trace="".join(trace) if isinstance(trace, list) else str(trace))
+        log.error("invoke", extra=extra)
 
     def close(self) -> None:
         with self._lock:

@@ -33,7 +33,6 @@ import copy
 import hashlib
 import json
 import logging
-import string
 import threading
 import time
 import weakref
@@ -168,7 +167,7 @@ _MISSING = object()
 class _QueueState:
     """Per-queue bookkeeping the patches add to moto's ``Queue``."""
 
-    __slots__ = ("dedup_first_sent", "deleted_handles")
+    __slots__ = ("dedup_first_sent", "deleted_handles", "sequence")
 
     def __init__(self) -> None:
         # dedup key -> SentTimestamp (ms) of the first message sent with it.
@@ -177,6 +176,8 @@ class _QueueState:
         self.dedup_first_sent: OrderedDict[Any, float] = OrderedDict()
         # receipt handle -> time.monotonic() when its message was deleted.
         self.deleted_handles: OrderedDict[str, float] = OrderedDict()
+        # The last SequenceNumber given to a FIFO message of this queue.
+        self.sequence = 0
 
 
 def _state(queue: Queue) -> _QueueState:
@@ -515,7 +516,10 @@ def _validate_message(
 
 
 # Moto's ``send_message`` with the content-based-dedup flag read directly instead
-# of via ``queue.attributes`` (which counts every message).  Otherwise verbatim.
+# of via ``queue.attributes`` (which counts every message), and FIFO sequence
+# numbers as SQS gives them: moto drew 20 random digits, and only when the sender
+# passed a deduplication id (none with content-based deduplication).  SQS gives
+# every FIFO message one, increasing in the order the queue accepted them.
 def _send_message(
     self: SQSBackend,
     queue_name: str,
@@ -546,7 +550,8 @@ def _send_message(
         message.deduplication_id = hashlib.sha256(message_body.encode("utf-8")).hexdigest()
     if deduplication_id is not None:
         message.deduplication_id = deduplication_id
-        message.sequence_number = "".join(random.choice(string.digits) for _ in range(20))
+    if queue.fifo_queue:
+        message.sequence_number = _next_sequence_number(queue)
     if group_id is not None:
         message.group_id = group_id
     if message_attributes:
@@ -558,6 +563,14 @@ def _send_message(
     message.mark_sent(delay_seconds=delay_seconds)
     queue.add_message(message)
     return message
+
+
+def _next_sequence_number(queue: Queue) -> str:
+    """20 digits, like SQS's, increasing per queue (so within every message group)."""
+    with queue._messages_lock:
+        state = _state(queue)
+        state.sequence += 1
+        return f"{18_000_000_000_000_000_000 + state.sequence:020d}"
 
 
 def _response_copy(message: Message) -> Message:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .invoker import FunctionPool
+from .supervise import supervised
 
 log = logging.getLogger("local.sns")
 ATTEMPTS = 3
@@ -79,7 +80,8 @@ class SnsPoller:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sns-invoke")
         self._slots = threading.Semaphore(concurrency)
-        self._thread = threading.Thread(target=self._run, name=f"sns:{source.topic_arn}", daemon=True)
+        run = supervised(self._run, self._stop, log, {"function": pool.spec.name, "topic": source.topic_arn})
+        self._thread = threading.Thread(target=run, name=f"sns:{source.topic_arn}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -102,7 +104,11 @@ class SnsPoller:
                 continue
             for message in got:
                 self._slots.acquire()
-                self._pool.submit(self._deliver, message)
+                try:
+                    self._pool.submit(self._deliver, message)
+                except BaseException:
+                    self._slots.release()  # the message comes back after its visibility timeout
+                    raise
 
     def _deliver(self, message: dict[str, Any]) -> None:
         try:

@@ -1,29 +1,44 @@
 """Lambda's SQS event source mapping: poll, batch, invoke, delete, with Lambda's semantics.
 
-- BatchSize (FIFO: at most 10) and MaximumBatchingWindowInSeconds;
+- BatchSize (FIFO: at most 10); on standard queues MaximumBatchingWindowInSeconds gathers records
+  until the batch is full or the window (counted from the first record) ends; a batch never exceeds
+  Lambda's 6 MB invocation payload: the records that would overflow it go back to the queue
+  (visible at once) for the next batch;
+- Lambda's record shape: binary message attributes as base64 text, and every system attribute
+  (FIFO: SequenceNumber, MessageGroupId, MessageDeduplicationId);
+- FilterCriteria: a message that matches none of the patterns is deleted, never delivered, as
+  Lambda does on SQS (`body` is matched as JSON when it parses as JSON, else as a string);
 - a failed invocation deletes nothing: SQS redelivers after the visibility timeout, and after
-  maxReceiveCount the queue's redrive policy moves the message to its dead-letter queue;
+  maxReceiveCount the queue's redrive policy moves the message to its dead-letter queue; a batch
+  whose event cannot be built is such a failure (an ERROR line, then redelivery), never a stall;
 - with FunctionResponseTypes ReportBatchItemFailures only the reported items stay; a malformed
   report fails the whole batch, as Lambda does;
 - up to ScalingConfig.MaximumConcurrency batches in flight; for FIFO queues never two batches of one
-  message group (SQS withholds a group while any of its messages is in flight, and the poller checks).
+  message group (SQS withholds a group while any of its messages is in flight, and the poller checks);
+- the polling thread is restarted (with an ERROR line) if it dies of an unexpected exception.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .filtering import matches, parse_filters
 from .invoker import FunctionPool
 from .lambda_api import describe_mapping, mapping_uuid
+from .supervise import supervised
 
 log = logging.getLogger("local.sqs")
 DEFAULT_CONCURRENCY = 2
 POLL_WAIT_SECONDS = 1
+PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload
+_EVENT_OVERHEAD = len('{"Records":[]}')
 
 
 @dataclass
@@ -35,6 +50,7 @@ class SqsSource:
     report_failures: bool = False
     max_concurrency: int = DEFAULT_CONCURRENCY
     enabled: bool = True
+    filters: list[dict[str, Any]] = field(default_factory=list)  # FilterCriteria.Filters[].Pattern, parsed
 
     @property
     def fifo(self) -> bool:
@@ -45,26 +61,59 @@ class SqsSource:
         return self.queue_url.rsplit("/", 1)[-1]
 
 
+def _base64(value: Any) -> str:
+    """boto3 hands binary attribute values over as bytes; Lambda's event carries base64 text."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    return str(value)
+
+
+def _message_attribute(value: dict[str, Any]) -> dict[str, Any]:
+    """A message attribute as Lambda's event carries it (only the value fields the attribute has)."""
+    out: dict[str, Any] = {}
+    if "StringValue" in value:
+        out["stringValue"] = value["StringValue"]
+    if "BinaryValue" in value:
+        out["binaryValue"] = _base64(value["BinaryValue"])
+    out["stringListValues"] = list(value.get("StringListValues", []))
+    out["binaryListValues"] = [_base64(v) for v in value.get("BinaryListValues", [])]
+    out["dataType"] = value.get("DataType")
+    return out
+
+
 def lambda_record(message: dict[str, Any], source: SqsSource, region: str) -> dict[str, Any]:
     """An SQS message as Lambda hands it to a function."""
-    attributes = {k: v for k, v in message.get("Attributes", {}).items()}
     body = message["Body"]
     return {
         "messageId": message["MessageId"],
         "receiptHandle": message["ReceiptHandle"],
         "body": body,
-        "attributes": attributes,
-        "messageAttributes": {
-            name: {"stringValue": v.get("StringValue"), "binaryValue": v.get("BinaryValue"),
-                   "stringListValues": v.get("StringListValues", []), "binaryListValues": v.get("BinaryListValues", []),
-                   "dataType": v.get("DataType")}
-            for name, v in message.get("MessageAttributes", {}).items()
-        },
+        "attributes": dict(message.get("Attributes", {})),
+        "messageAttributes": {name: _message_attribute(v) for name, v in message.get("MessageAttributes", {}).items()},
         "md5OfBody": message.get("MD5OfBody") or hashlib.md5(body.encode()).hexdigest(),
         "eventSource": "aws:sqs",
         "eventSourceARN": source.queue_arn,
         "awsRegion": region,
     }
+
+
+def filter_view(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as Lambda's SQS filtering sees it: `body` as JSON when it parses, else the string."""
+    try:
+        body = json.loads(record["body"])
+    except (TypeError, ValueError):
+        return record
+    return {**record, "body": body}
+
+
+@dataclass
+class _Item:
+    """A received message and its record in the function's event (or why it could not be built)."""
+
+    message: dict[str, Any]
+    record: dict[str, Any] | None
+    error: Exception | None
+    size: int  # its bytes in the invocation payload
 
 
 class SqsPoller:
@@ -79,6 +128,7 @@ class SqsPoller:
         self._groups_in_flight: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._batches: list[threading.Thread] = []
+        self.filtered_out = 0  # messages deleted by FilterCriteria
 
     @property
     def uuid(self) -> str:
@@ -87,16 +137,20 @@ class SqsPoller:
     def mapping(self) -> dict[str, Any]:
         """This poller as Lambda's EventSourceMapping resource describes it."""
         src = self.source
-        return describe_mapping(self.pool.spec.arn, src.queue_arn, enabled=src.enabled, batch_size=src.batch_size,
-                                window_seconds=src.window_seconds, report_failures=src.report_failures,
-                                ScalingConfig={"MaximumConcurrency": src.max_concurrency})
+        out = describe_mapping(self.pool.spec.arn, src.queue_arn, enabled=src.enabled, batch_size=src.batch_size,
+                               window_seconds=src.window_seconds, report_failures=src.report_failures,
+                               ScalingConfig={"MaximumConcurrency": src.max_concurrency})
+        if src.filters:
+            out["FilterCriteria"] = {"Filters": [{"Pattern": json.dumps(p)} for p in src.filters]}
+        return out
 
     def set_enabled(self, enabled: bool) -> None:
         """UpdateEventSourceMapping Enabled: a disabled mapping stops polling; batches in flight finish."""
         self.source.enabled = enabled
 
     def start(self) -> None:
-        t = threading.Thread(target=self._run, name=f"sqs:{self.source.name}", daemon=True)
+        run = supervised(self._run, self._stop, log, lambda: {"function": self.pool.spec.name, "queue": self.source.name})
+        t = threading.Thread(target=run, name=f"sqs:{self.source.name}", daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -113,49 +167,108 @@ class SqsPoller:
                 continue
             if not self._slots.acquire(timeout=0.5):
                 continue
-            # Reserve an execution environment first: received messages never wait for one.
+            worker: Any = None
+            items: list[_Item] = []
+            handed_off = False
             try:
-                worker = self.pool.checkout(timeout=0.5)
-            except RuntimeError:  # the pool closed: the stack is stopping
-                self._slots.release()
-                return
-            if worker is None:
-                self._slots.release()
-                continue
-            try:
-                messages = self._receive()
-            except Exception as exc:
-                self.pool.checkin(worker)
-                self._slots.release()
-                if self._stop.is_set():
+                # Reserve an execution environment first: received messages never wait for one.
+                try:
+                    worker = self.pool.checkout(timeout=0.5)
+                except RuntimeError:  # the pool closed: the stack is stopping
                     return
-                log.warning("receive failed", extra={"queue": self.source.name, "error": str(exc)})
-                self._stop.wait(1)
-                continue
-            if not messages:
-                self.pool.checkin(worker)
-                self._slots.release()
-                continue
-            t = threading.Thread(target=self._process, args=(messages, worker), daemon=True,
-                                 name=f"sqs-batch:{self.source.name}")
-            self._batches = [b for b in self._batches if b.is_alive()] + [t]
-            t.start()
+                if worker is None:
+                    continue
+                try:
+                    items = self._receive()
+                except Exception as exc:
+                    if self._stop.is_set():
+                        return
+                    log.warning("receive failed", extra={"queue": self.source.name, "error": str(exc)})
+                    self._stop.wait(1)
+                    continue
+                if not items:
+                    continue
+                t = threading.Thread(target=self._process, args=(items, worker), daemon=True,
+                                     name=f"sqs-batch:{self.source.name}")
+                self._batches = [b for b in self._batches if b.is_alive()] + [t]
+                t.start()
+                handed_off = True
+            finally:
+                if not handed_off:
+                    # Whatever went wrong, nothing stays reserved: the received messages come back
+                    # after their visibility timeout, as from a failed invocation.
+                    if worker is not None:
+                        self.pool.checkin(worker)
+                    self._release_groups([i.message for i in items])
+                    self._slots.release()
 
-    def _receive(self) -> list[dict[str, Any]]:
+    def _item(self, message: dict[str, Any]) -> _Item:
+        try:
+            record = lambda_record(message, self.source, self.region)
+            size = len(json.dumps(record, separators=(",", ":")).encode()) + 1
+        except Exception as exc:  # delivered as a failed invocation, with its error logged
+            return _Item(message, None, exc, 0)
+        return _Item(message, record, None, size)
+
+    def _receive(self) -> list[_Item]:
+        """One batch: up to BatchSize records, gathered for up to the batching window (standard
+        queues), within the 6 MB payload; filtered-out messages are deleted on the way."""
         src = self.source
         want = min(src.batch_size, 10) if src.fifo else src.batch_size
-        messages: list[dict[str, Any]] = []
-        deadline = time.monotonic() + src.window_seconds
-        while len(messages) < want and not self._stop.is_set():
-            got = self.sqs.receive_message(
-                QueueUrl=src.queue_url, MaxNumberOfMessages=min(10, want - len(messages)),
-                WaitTimeSeconds=POLL_WAIT_SECONDS if not messages else 0,
-                AttributeNames=["All"], MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"],
-            ).get("Messages", [])
-            messages.extend(got)
-            if src.fifo or not got or time.monotonic() >= deadline:
-                break
-        return self._fifo_guard(messages) if src.fifo else messages
+        items: list[_Item] = []
+        dropped: list[dict[str, Any]] = []
+        size = _EVENT_OVERHEAD
+        deadline: float | None = None
+        overflow: list[dict[str, Any]] = []
+        guarded: list[dict[str, Any]] = []  # FIFO: messages whose groups the guard marked in flight
+        try:
+            while len(items) < want and not self._stop.is_set() and not overflow:
+                if deadline is None:
+                    wait = POLL_WAIT_SECONDS
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    wait = min(20, int(remaining))
+                got = self.sqs.receive_message(
+                    QueueUrl=src.queue_url, MaxNumberOfMessages=min(10, want - len(items)), WaitTimeSeconds=wait,
+                    AttributeNames=["All"], MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"],
+                ).get("Messages", [])
+                if src.fifo:
+                    got = self._fifo_guard(got)
+                    guarded.extend(got)
+                for n, message in enumerate(got):
+                    item = self._item(message)
+                    if item.record is not None and src.filters and not matches(src.filters, filter_view(item.record)):
+                        dropped.append(message)
+                        continue
+                    if items and size + item.size > PAYLOAD_LIMIT_BYTES:
+                        overflow = got[n:]  # the next batch's
+                        break
+                    items.append(item)
+                    size += item.size
+                if not items:
+                    break  # nothing to deliver (yet): the caller reserves and polls again
+                if deadline is None:
+                    if src.fifo or src.window_seconds <= 0:
+                        break
+                    deadline = time.monotonic() + src.window_seconds  # the window counts from the first record
+                if not got and wait == 0:  # under a second left: short polls, paced
+                    self._stop.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        except BaseException:
+            self._release_groups(guarded)  # they come back after their visibility timeout
+            raise
+        if overflow:
+            self._change_visibility(overflow, 0)
+        if dropped:
+            self.filtered_out += len(dropped)
+            self._delete(dropped)
+        if src.fifo:
+            # Only the delivered batch's groups stay in flight (dropped or handed back ones do not).
+            kept = {i.message.get("Attributes", {}).get("MessageGroupId") for i in items}
+            self._release_groups([m for m in overflow + dropped
+                                  if m.get("Attributes", {}).get("MessageGroupId") not in kept])
+        return items
 
     def _fifo_guard(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """SQS never hands out a group with messages in flight; if an emulator ever does, the
@@ -172,15 +285,17 @@ class SqsPoller:
             self._change_visibility(back, 1)
         return keep
 
-    def _process(self, messages: list[dict[str, Any]], worker: Any) -> None:
+    def _process(self, items: list[_Item], worker: Any) -> None:
+        messages = [i.message for i in items]
         released = False
         try:
-            try:
-                event = {"Records": [lambda_record(m, self.source, self.region) for m in messages]}
-            except Exception:
-                self.pool.checkin(worker)
-                raise
-            result = self.pool.invoke(event, trigger="sqs", source=self.source.name, worker=worker)
+            broken = next((i.error for i in items if i.error is not None), None)
+            if broken is not None:
+                result = self.pool.undeliverable(broken, trigger="sqs", source=self.source.name,
+                                                 batch_size=len(items), worker=worker)
+            else:
+                event = {"Records": [i.record for i in items]}
+                result = self.pool.invoke(event, trigger="sqs", source=self.source.name, worker=worker)
             done = self._succeeded(messages, result)
             # Forget the groups before deleting: once deleted, SQS may hand the group's next messages
             # to our other slot, which must not mistake them for a group still in flight.
@@ -189,14 +304,15 @@ class SqsPoller:
             if done:
                 self._delete(done)
         except Exception:
-            log.exception("batch processing failed", extra={"queue": self.source.name})
+            log.exception("batch processing failed", extra={"queue": self.source.name,
+                                                            "function": self.pool.spec.name})
         finally:
             if not released:
                 self._release_groups(messages)
             self._slots.release()
 
     def _release_groups(self, messages: list[dict[str, Any]]) -> None:
-        if self.source.fifo:
+        if self.source.fifo and messages:
             with self._groups_lock:
                 for m in messages:
                     self._groups_in_flight.discard(m.get("Attributes", {}).get("MessageGroupId"))
@@ -235,6 +351,8 @@ class SqsPoller:
                 QueueUrl=self.source.queue_url,
                 Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": seconds}
                          for i, m in enumerate(messages[:10])])
+            if len(messages) > 10:
+                self._change_visibility(messages[10:], seconds)
         except Exception as exc:
             log.warning("change visibility failed", extra={"queue": self.source.name, "error": str(exc)})
 
@@ -243,7 +361,7 @@ def sources_for(stack: Any, events: dict[str, dict[str, Any]]) -> list[SqsSource
     """The SQS event sources of one function, resolved against the running stack."""
     arn_to_url = {attrs.get("Arn"): attrs.get("QueueUrl") for attrs in stack.physical.values() if "QueueUrl" in attrs}
     out = []
-    for _name, spec in events.items():
+    for name, spec in events.items():
         if spec.get("Type") != "SQS":
             continue
         props = stack.resolve(spec.get("Properties", {}))
@@ -251,11 +369,26 @@ def sources_for(stack: Any, events: dict[str, dict[str, Any]]) -> list[SqsSource
         url = arn_to_url.get(arn)
         if url is None:
             raise ValueError(f"SQS event source {arn} is not a queue of this template")
-        out.append(SqsSource(
+        source = SqsSource(
             queue_url=url, queue_arn=arn, batch_size=int(props.get("BatchSize", 10)),
             window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
             report_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
             max_concurrency=int(props.get("ScalingConfig", {}).get("MaximumConcurrency", DEFAULT_CONCURRENCY)),
             enabled=str(props.get("Enabled", True)).lower() != "false",
-        ))
+            filters=parse_filters(props.get("FilterCriteria")),
+        )
+        _check(source, name)
+        out.append(source)
     return out
+
+
+def _check(source: SqsSource, event: str) -> None:
+    """The limits Lambda's CreateEventSourceMapping enforces for SQS: a template that breaks them does
+    not deploy, so it does not start here either."""
+    limit = 10 if source.fifo else 10_000
+    if not 1 <= source.batch_size <= limit:
+        raise ValueError(f"SQS event {event}: BatchSize {source.batch_size} is not 1-{limit} for queue {source.name}")
+    if not 0 <= source.window_seconds <= 300:
+        raise ValueError(f"SQS event {event}: MaximumBatchingWindowInSeconds must be 0-300, not {source.window_seconds:g}")
+    if source.batch_size > 10 and source.window_seconds < 1:
+        raise ValueError(f"SQS event {event}: a BatchSize over 10 needs MaximumBatchingWindowInSeconds of at least 1")

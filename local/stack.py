@@ -241,24 +241,28 @@ class LocalStack:
 
     def _start_pollers(self) -> None:
         sqs = self.client("sqs")
+        planned = []
         for lid, pool in self.invoker.pools.items():
-            sources = sources_for(self.stack, pool.spec.events)
-            self._trigger_slots[lid] += sum(s.max_concurrency for s in sources)
-            pool.ensure_concurrency(self._trigger_slots[lid])
-            for source in sources:
+            for source in sources_for(self.stack, pool.spec.events):
                 visibility = int(sqs.get_queue_attributes(QueueUrl=source.queue_url, AttributeNames=["VisibilityTimeout"])
                                  ["Attributes"].get("VisibilityTimeout", 30))
                 if visibility < pool.spec.timeout:
-                    # Lambda refuses this mapping; locally it runs (tests want fast redelivery), with a warning.
-                    log.warning("queue visibility timeout is shorter than the function timeout (AWS rejects this)",
-                                extra={"queue": source.name, "visibility_timeout": visibility,
-                                       "function_timeout": pool.spec.timeout})
-                poller = SqsPoller(sqs, pool, source, self.stack.region)
-                poller.start()
-                self.pollers.append(poller)
-                self.mappings.append(poller)
-                log.info("event source", extra={"function": lid, "queue": source.name, "batch_size": source.batch_size,
-                                                "report_failures": source.report_failures})
+                    # Lambda refuses this mapping (CreateEventSourceMapping fails, and the stack with it):
+                    # a batch could come back to another poller while the function still runs.
+                    raise ValueError(
+                        f"SQS event source of {lid} ({pool.spec.name}) refused, as Lambda does: queue {source.name} "
+                        f"has a visibility timeout of {visibility} s, less than the function timeout of "
+                        f"{pool.spec.timeout:g} s. Raise the queue's VisibilityTimeout or lower the function's Timeout.")
+                planned.append((lid, pool, source))
+        for lid, pool, source in planned:
+            self._trigger_slots[lid] += source.max_concurrency
+            pool.ensure_concurrency(self._trigger_slots[lid])
+            poller = SqsPoller(sqs, pool, source, self.stack.region)
+            poller.start()
+            self.pollers.append(poller)
+            self.mappings.append(poller)
+            log.info("event source", extra={"function": lid, "queue": source.name, "batch_size": source.batch_size,
+                                            "report_failures": source.report_failures})
 
     def _start_sns_triggers(self) -> None:
         sqs = self.client("sqs")

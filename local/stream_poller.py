@@ -52,8 +52,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from .filtering import check_pattern, matches, parse_filters
 from .invoker import FunctionPool, InvokeResult
 from .lambda_api import describe_mapping, mapping_uuid
+from .supervise import supervised
 
 log = logging.getLogger("local.dynamodb")
 
@@ -128,10 +130,7 @@ def sources_for(stack: Any, events: dict[str, dict[str, Any]]) -> list[StreamSou
         if int(props.get("ParallelizationFactor", 1)) != 1:
             log.warning("ParallelizationFactor > 1 not emulated: one batch per shard at a time",
                         extra={"event": name, "parallelization_factor": props["ParallelizationFactor"]})
-        patterns = []
-        for f in (props.get("FilterCriteria") or {}).get("Filters", []):
-            pattern = f.get("Pattern", {})
-            patterns.append(json.loads(pattern) if isinstance(pattern, str) else pattern)
+        patterns = parse_filters(props.get("FilterCriteria"))
         on_failure = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
         out.append(StreamSource(
             stream_arn=props["Stream"], starting_position=str(props["StartingPosition"]),
@@ -185,106 +184,6 @@ def lambda_record(record: dict[str, Any], stream_arn: str, region: str) -> dict[
         out["userIdentity"] = record["userIdentity"]
     out["eventSourceARN"] = stream_arn
     return out
-
-
-# --- FilterCriteria -------------------------------------------------------------------------------
-
-_MISSING = object()
-_OPERATORS = ("exists", "prefix", "suffix", "equals-ignore-case", "anything-but", "numeric")
-_NUMERIC_OPS: dict[str, Callable[[float, float], bool]] = {
-    "=": lambda a, b: a == b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-}
-
-
-def check_pattern(pattern: Any) -> None:
-    """Raises ValueError for a pattern Lambda would reject or that this runtime does not emulate."""
-    if not isinstance(pattern, dict):
-        raise ValueError(f"filter pattern must be a JSON object, not {pattern!r}")
-    for key, rule in pattern.items():
-        if isinstance(rule, dict):
-            check_pattern(rule)
-        elif isinstance(rule, list):
-            for item in rule:
-                if isinstance(item, dict):
-                    if len(item) != 1 or next(iter(item)) not in _OPERATORS:
-                        raise ValueError(f"filter rule {item!r} at {key!r}: supported operators are {', '.join(_OPERATORS)}")
-                    op, arg = next(iter(item.items()))
-                    if op == "numeric" and (not isinstance(arg, list) or len(arg) % 2
-                                            or any(o not in _NUMERIC_OPS for o in arg[::2])):
-                        raise ValueError(f"filter rule {item!r} at {key!r}: numeric takes [op, number, ...]")
-        else:
-            raise ValueError(f"filter pattern at {key!r}: values must be arrays or objects, not {rule!r}")
-
-
-def matches(filters: list[dict[str, Any]], record: dict[str, Any]) -> bool:
-    """Lambda event filtering: no filters → everything; otherwise any pattern (OR) matching the record."""
-    return not filters or any(_match_object(p, record) for p in filters)
-
-
-def _match_object(pattern: dict[str, Any], value: Any) -> bool:
-    obj = value if isinstance(value, dict) else {}
-    for key, rule in pattern.items():
-        found = obj.get(key, _MISSING)
-        if isinstance(rule, dict):
-            if found is not _MISSING and not isinstance(found, dict):
-                return False
-            if not _match_object(rule, found):
-                return False
-        elif not _match_leaf(rule, found):
-            return False
-    return True
-
-
-def _match_leaf(rules: list[Any], found: Any) -> bool:
-    # Rules apply to leaf values only: an object where a leaf is expected counts as absent (so
-    # `{"OldImage": [{"exists": true}]}` never matches, as in AWS). Arrays match if any element does.
-    if found is _MISSING or isinstance(found, dict):
-        values: list[Any] = [_MISSING]
-    elif isinstance(found, list):
-        values = found
-    else:
-        values = [found]
-    for rule in rules:
-        if isinstance(rule, dict):
-            if any(_match_operator(rule, v) for v in values):
-                return True
-        elif any(v is not _MISSING and _equal(rule, v) for v in values):
-            return True
-    return False
-
-
-def _equal(expected: Any, value: Any) -> bool:
-    if isinstance(expected, bool) or isinstance(value, bool):
-        return isinstance(expected, bool) and isinstance(value, bool) and expected == value
-    return bool(expected == value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _match_operator(rule: dict[str, Any], value: Any) -> bool:
-    op, arg = next(iter(rule.items()))
-    if op == "exists":
-        return (value is not _MISSING) == bool(arg)
-    if value is _MISSING:
-        return False
-    if op == "anything-but":
-        if isinstance(arg, dict):
-            return not _match_operator(arg, value)
-        return not any(_equal(a, value) for a in (arg if isinstance(arg, list) else [arg]))
-    if op == "numeric":
-        return _is_number(value) and all(_NUMERIC_OPS[o](value, float(n)) for o, n in zip(arg[::2], arg[1::2]))
-    if not isinstance(value, str):
-        return False
-    if op == "equals-ignore-case":
-        return value.lower() == str(arg).lower()
-    if isinstance(arg, dict):  # {"prefix": {"equals-ignore-case": "x"}}
-        text, value = str(arg.get("equals-ignore-case", "")).lower(), value.lower()
-    else:
-        text = str(arg)
-    return value.startswith(text) if op == "prefix" else value.endswith(text)
 
 
 # --- the poller -----------------------------------------------------------------------------------
@@ -357,7 +256,8 @@ class StreamPoller:
             self._discover()
         except Exception as exc:
             log.warning("describe stream failed; will retry", extra=self._extra(error=str(exc)))
-        t = threading.Thread(target=self._coordinate, name=f"ddb-stream:{self.source.table_name}", daemon=True)
+        run = supervised(self._coordinate, self._stop, log, self._extra)
+        t = threading.Thread(target=run, name=f"ddb-stream:{self.source.table_name}", daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -417,7 +317,8 @@ class StreamPoller:
                 reader.acquire()
             except Exception as exc:  # the reader tries again
                 log.warning("get shard iterator failed", extra=self._extra(shard=reader.shard_id, error=str(exc)))
-            t = threading.Thread(target=reader.run, name=f"ddb-shard:{self.source.table_name}:{reader.shard_id[-8:]}",
+            run = supervised(reader.run, self._stop, log, lambda r=reader: self._extra(shard=r.shard_id))
+            t = threading.Thread(target=run, name=f"ddb-shard:{self.source.table_name}:{reader.shard_id[-8:]}",
                                  daemon=True)
             t.start()
             self._threads.append(t)
@@ -526,16 +427,15 @@ class _ShardReader:
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> None:
+        """Reads the shard to its end; an unexpected exception ends this call and the supervisor
+        restarts it (the reader keeps its checkpoint and buffer): a shard never stops silently."""
         stop = self.poller._stop
-        try:
-            while not stop.is_set():
-                if not self.source.enabled:
-                    stop.wait(0.1)
-                    continue
-                if not self._step():
-                    return
-        except Exception:
-            log.exception("shard reader failed", extra=self.poller._extra(shard=self.shard_id))
+        while not stop.is_set():
+            if not self.source.enabled:
+                stop.wait(0.1)
+                continue
+            if not self._step():
+                return
 
     def _step(self) -> bool:
         """One turn: read if a batch wants records, deliver a batch if one is ready, else wait.

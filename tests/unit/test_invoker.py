@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -194,3 +195,39 @@ def test_closing_the_pool_wakes_every_waiter(tmp_path: Path) -> None:
     assert len(errors) == 3 and all("closed" in str(e) for e in errors)
     assert time.monotonic() - started < 5
     held.kill()
+
+
+def invoke_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "local.lambda" and r.getMessage() == "invoke"]
+
+
+def test_a_failed_invocation_logs_one_error_line_with_the_handlers_stack_trace(
+        pool: FunctionPool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="local.lambda")
+    result = pool.invoke({"raise": True}, trigger="sqs", source="q")
+    [line] = invoke_lines(caplog)
+    assert line.levelno == logging.ERROR
+    fields = vars(line)
+    assert fields["function"] == "unit-Fn" and fields["trigger"] == "sqs" and fields["request_id"] == result.request_id
+    assert fields["error_type"] == "ValueError" and fields["error_message"] == "asked to"
+    assert fields["outcome"] == "error" and 'raise ValueError("asked to")' in fields["stack_trace"]
+    caplog.clear()
+    pool.invoke({"n": 1}, trigger="api")
+    [ok] = invoke_lines(caplog)
+    assert ok.levelno == logging.INFO and vars(ok)["outcome"] == "ok", "successes stay at INFO"
+
+
+def test_an_event_that_cannot_be_delivered_is_a_logged_failure(pool: FunctionPool,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="local.lambda")
+    pool.invoke({"n": b"\x00"}, trigger="schedule")
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        refused = pool.undeliverable(exc, trigger="sqs", source="q", batch_size=3)
+    assert not refused.ok and refused.error_type == "InvalidRequestContentException"
+    lines = invoke_lines(caplog)
+    assert [r.levelno for r in lines] == [logging.ERROR, logging.ERROR]
+    assert vars(lines[0])["error_type"] == "InvalidRequestContentException"
+    assert vars(lines[1])["batch_size"] == 3 and "KeyError" not in vars(lines[1])["error_type"]
+    assert pool.invoke({"n": 2}, trigger="test").ok, "the reserved environment went back to the pool"

@@ -187,6 +187,20 @@ def test_fifo_content_based_dedup(sqs: Any) -> None:
     assert _bodies(_receive(sqs, url)) == ["x", "y", "x"]
 
 
+def test_every_fifo_message_gets_an_increasing_sequence_number(sqs: Any) -> None:
+    """SQS numbers every FIFO message, increasing in the order the queue took them (Lambda's records
+    carry it); moto numbered only messages sent with an explicit deduplication id, at random."""
+    url = _fifo(sqs, ContentBasedDeduplication="true")
+    sent = [sqs.send_message(QueueUrl=url, MessageBody=f"m{i}", MessageGroupId="g")["SequenceNumber"] for i in range(3)]
+    sent.append(sqs.send_message(QueueUrl=url, MessageBody="e", MessageGroupId="g",
+                                 MessageDeduplicationId="explicit")["SequenceNumber"])
+    got = _receive(sqs, url, MessageSystemAttributeNames=["All"])
+    numbers = [m["Attributes"]["SequenceNumber"] for m in got]
+    assert numbers == sent and all(len(n) == 20 and n.isdigit() for n in numbers)
+    assert [int(n) for n in numbers] == sorted(int(n) for n in numbers) and len(set(numbers)) == 4
+    assert all(m["Attributes"]["MessageGroupId"] == "g" and m["Attributes"]["MessageDeduplicationId"] for m in got)
+
+
 def test_fifo_dedup_scope_message_group(sqs: Any) -> None:
     url = _fifo(sqs, DeduplicationScope="messageGroup", FifoThroughputLimit="perMessageGroupId")
     for group, body in [("g1", "a"), ("g2", "b"), ("g1", "dup")]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import re
 import threading
 import time
@@ -22,7 +23,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from local import stream_poller
+from local import stream_poller, supervise
 from local.invoker import InvokeResult
 from local.stream_poller import StreamPoller, StreamSource, check_pattern, matches, sources_for
 from local.template import Stack
@@ -613,3 +614,25 @@ def test_sources_for_reads_the_template_event(tmp_path: Path) -> None:
                 with_props(DestinationConfig={"OnFailure": {"Destination": "arn:aws:s3:::bucket"}})):
         with pytest.raises(ValueError):
             sources_for(stack, bad)
+
+
+def test_a_shard_reader_that_dies_is_restarted_and_says_so(aws: SimpleNamespace, start: Callable[..., StreamPoller],
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(supervise, "RESTART_DELAY_SECONDS", 0.02)
+    real = stream_poller._ShardReader._ready_batch
+    crashes = [RuntimeError("unexpected")]
+
+    def flaky(self: Any, more_waiting: bool) -> Any:
+        if crashes:
+            raise crashes.pop()
+        return real(self, more_waiting)
+
+    monkeypatch.setattr(stream_poller._ShardReader, "_ready_batch", flaky)
+    caplog.set_level(logging.INFO, logger="local.dynamodb")
+    pool = FakePool()
+    start(pool, starting_position="TRIM_HORIZON")
+    put(aws, "a", "b")
+    wait_until(lambda: pool.delivered() == ["a", "b"], what="delivery after the restart")
+    died = [r for r in caplog.records if r.getMessage() == "trigger thread died; restarting"]
+    assert died and died[0].levelno == logging.ERROR and vars(died[0])["shard"]

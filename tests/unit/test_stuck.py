@@ -127,16 +127,17 @@ def test_going_stuck_is_pushed_live_with_an_alert(stuck: Any, alerts: Any, lambd
      datetime(2026, 11, 26, 10, 15, tzinfo=UTC).timestamp()),
     ("cron(0 8 ? * MON-FRI *)", datetime(2026, 11, 27, 9, 0, tzinfo=UTC).timestamp(),  # a Friday, after 08:00
      datetime(2026, 11, 30, 8, 0, tzinfo=UTC).timestamp()),                          # → Monday 08:00
+    ("cron(0 8 ? * MON 2027)", 0.0, datetime(2027, 1, 4, 8, 0, tzinfo=UTC).timestamp()),  # a year: its first Monday
 ])
 def test_schedule_expressions(expression: str, after: float, expected: float) -> None:
     assert Schedule("r", expression).next_after(after) == expected
 
 
 @pytest.mark.parametrize("expression", ["rate(0 minutes)", "rate(1 fortnight)", "cron(0 8 * * ?)",
-                                        "cron(0 8 ? * MON 2027)", "every minute"])
+                                        "cron(0 8 * * MON *)", "every minute"])
 def test_bad_schedule_expressions_are_refused(expression: str) -> None:
     with pytest.raises((ValueError, KeyError)):
-        Schedule("r", expression).next_after(0)
+        Schedule("r", expression).validate()
 
 
 def test_the_templates_schedule_and_the_scheduled_event_shape(mocked_stack: Any) -> None:
