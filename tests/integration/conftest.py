@@ -69,12 +69,25 @@ class RunningStack:
         terminate(self.process, timeout=20)
 
 
+def _mars_shaped(template: Path) -> tuple[list[str], bool]:
+    """The test parameters `template` declares, and whether it has what the gRPC shim needs (Mars's
+    queues): another SAM app (tests/fixtures/…) gets neither, a copy of Mars's template both."""
+    from local.template import load
+
+    spec = load(template)
+    declared = set(spec.get("Parameters") or {})
+    return ([p for p in TEST_PARAMETERS if p.split("=")[0] in declared],
+            "EventsQueueUrls" in (spec.get("Outputs") or {}))
+
+
 def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None, cwd: Path = ROOT,
                 parameters: tuple[str, ...] = ()) -> RunningStack:
     state_dir, log_path = tmp / "state", tmp / f"{name}.log"
+    test_parameters, grpc = _mars_shaped(template) if template else (TEST_PARAMETERS, True)
     cmd = [*MARS, "up", "--stack-name", name, "--state-dir", str(state_dir), "--api-port", str(free_port()), "--ws-port", str(free_port()),
-           "--emulator-port", str(free_port()), "--grpc-port", str(free_port()), "--template", str(template or ROOT / "template.yaml"),
-           "--parameter-overrides", *TEST_PARAMETERS, *parameters, *extra]
+           "--emulator-port", str(free_port()), "--grpc-port", str(free_port() if grpc else 0),
+           "--template", str(template or ROOT / "template.yaml"),
+           "--parameter-overrides", *test_parameters, *parameters, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = log_path.open("wb")
     process = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -84,8 +97,8 @@ def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None,
             raise RuntimeError(f"mars up exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
         got = subprocess.run([*MARS, "outputs", "--stack-name", name, "--state-dir", str(state_dir)],
                              capture_output=True, text=True, cwd=cwd, env=env)
-        # ready once everything `mars up` starts is up: the last is the gRPC shim
-        if got.returncode == 0 and "GrpcEndpoint" in json.loads(got.stdout):
+        # ready once everything `mars up` starts is up: the last is the gRPC shim (when it starts one)
+        if got.returncode == 0 and ("GrpcEndpoint" in json.loads(got.stdout) or not grpc):
             return RunningStack(process, state_dir, log_path, json.loads(got.stdout), name)
         time.sleep(0.3)
     process.kill()
