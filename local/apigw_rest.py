@@ -85,7 +85,10 @@ def matches(media: str, patterns: tuple[str, ...]) -> bool:
 @functools.lru_cache(maxsize=4096)
 def resource_id(api_id: str, path: str) -> str:
     """A resource's id as API Gateway shapes it (10 lowercase alphanumerics are ids of APIs; resources
-    get 6, e.g. `a1b2c3`): stable per API and path, and never the path itself."""
+    get 6, e.g. `a1b2c3`): stable per API and path, and never the path itself. The root's is the API's
+    RootResourceId, as `resources.py` gives it."""
+    if path == "/":
+        return api_id[:6]
     n = int.from_bytes(hashlib.sha256(f"{api_id} {path}".encode()).digest()[:8], "big")
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     out = ""
@@ -165,7 +168,13 @@ def proxy_event(api: RestApi, route: Route, params: dict[str, str], method: str,
     elif binary:
         text = base64.b64encode(body).decode()
     else:
-        text = body.decode("utf-8", errors="replace")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("request body is not UTF-8 and its Content-Type is not one of the API's BinaryMediaTypes: "
+                        "the function gets it mangled, as deployed", extra={"content_type": ctype, "path": raw_path,
+                                                                             "binary_media_types": list(api.binary_types)})
+            text = body.decode("utf-8", errors="replace")
     now = time.time()
     request_id = str(uuid.uuid4())
     path = unquote(split.path)

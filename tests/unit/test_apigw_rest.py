@@ -67,7 +67,7 @@ def gateway() -> Iterator[Callable[..., tuple[str, FakePool]]]:
               timeout: float = 3.0) -> tuple[str, FakePool]:
         pool = FakePool(answer, FakeSpec(timeout))
         routes = sorted([Route.make("/items/{id}", "GET", "Fn"), Route.make("/other", "GET", "Fn"),
-                         Route.make("/{proxy+}", "ANY", "Fn")], key=lambda r: r.specificity(), reverse=True)
+                         Route.make("/", "GET", "Fn"), Route.make("/{proxy+}", "ANY", "Fn")], key=lambda r: r.specificity(), reverse=True)
         api = RestApi("Api", API_ID, "Prod", routes, binary_types)
         server = serve(api, FakeInvoker({"Fn": pool}), "127.0.0.1", 0)  # type: ignore[arg-type]
         servers.append(server)
@@ -177,6 +177,8 @@ def test_request_context_resource_id_is_shaped_as_aws_and_path_has_no_stage(
     assert re.fullmatch(r"[a-z0-9]{6}", first["resourceId"])
     assert first["resourceId"] == again["resourceId"] != other["resourceId"]  # one per resource
     assert first["resourcePath"] == "/items/{id}"
+    root = json.loads(requests.get(url + "/", timeout=5).content)["requestContext"]
+    assert root["resourceId"] == API_ID[:6]  # the API's RootResourceId
     # locally URLs carry no stage, as behind a custom domain: requestContext.path is the path as asked
     assert first["path"] == "/items/42" and first["stage"] == "Prod"
 
