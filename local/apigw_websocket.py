@@ -51,10 +51,10 @@ MAX_MESSAGE_BYTES = 128 * 1024
 MAX_FRAME_BYTES = 32 * 1024  # a client sending a longer message must fragment it, as for API Gateway
 FRAME_CHARS = 8 * 1024  # ≤ 32 KB per frame even if every character takes 4 bytes in UTF-8
 IDLE_TIMEOUT_SECONDS = 600
+MAX_CONNECTION_SECONDS = 7200
 # Headers of a $connect answer that the handshake owns (the rest, e.g. Sec-WebSocket-Protocol, go out)
 _HANDSHAKE_HEADERS = {"connection", "upgrade", "sec-websocket-accept", "sec-websocket-extensions",
                       "content-length", "transfer-encoding", "date", "server"}
-MAX_CONNECTION_SECONDS = 7200
 
 
 @dataclass
