@@ -5,14 +5,17 @@
   `eventType`, `connectionId`, `domainName`, `stage` …), routed by the API's RouteSelectionExpression
   to the Lambda integration of the matching route, else `$default`, else API Gateway's
   `{"message": "Forbidden"}`.
-- `$connect` decides: a non-2xx answer (or an error) rejects the handshake with that status.
+- `$connect` decides: a non-2xx answer (or an error) rejects the handshake with that status; the
+  headers of a 2xx answer (`Sec-WebSocket-Protocol` …) go out in the handshake response.
 - The management API (`POST`/`GET`/`DELETE /@connections/{id}`) answers like AWS, `410 GoneException`
   for a closed or unknown connection included, so boto3's `apigatewaymanagementapi` works against it.
-  It listens on its own port (the `websockets` server speaks only GET); the runtime rewrites the
-  template's `https://{api}.execute-api…/{stage}` URLs to it.
-- Limits as in AWS: 128 KB per message (bigger client messages close the socket with 1009, bigger
-  posts get 413), outgoing messages sent in frames of at most 32 KB, 10 minutes idle and 2 hours per
-  connection.
+  It listens on ports of its own (the `websockets` server speaks only GET): plain HTTP, where the
+  runtime rewrites the template's `https://{api}.execute-api…/{stage}` URLs to; and TLS (a local CA,
+  see `tls.py`) at `requestContext.domainName`, so a function that builds its endpoint as
+  `https://{domainName}/{stage}`, as AWS's samples do, reaches it. A call that fails logs an ERROR.
+- Limits as in AWS: 32 KB per frame and 128 KB per message (a bigger client frame or message closes
+  the socket with 1009, bigger posts get 413), outgoing messages sent in frames of at most 32 KB,
+  10 minutes idle and 2 hours per connection.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import json
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
+from socket import SHUT_RDWR
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -43,9 +48,13 @@ from .invoker import FunctionPool, Invoker
 
 log = logging.getLogger("local.websocket")
 MAX_MESSAGE_BYTES = 128 * 1024
+MAX_FRAME_BYTES = 32 * 1024  # a client sending a longer message must fragment it, as for API Gateway
 FRAME_CHARS = 8 * 1024  # ≤ 32 KB per frame even if every character takes 4 bytes in UTF-8
 IDLE_TIMEOUT_SECONDS = 600
 MAX_CONNECTION_SECONDS = 7200
+# Headers of a $connect answer that the handshake owns (the rest, e.g. Sec-WebSocket-Protocol, go out)
+_HANDSHAKE_HEADERS = {"connection", "upgrade", "sec-websocket-accept", "sec-websocket-extensions",
+                      "content-length", "transfer-encoding", "date", "server"}
 
 
 @dataclass
@@ -150,7 +159,10 @@ class Gateway:
         self.requested_port = port
         self.idle_timeout, self.max_duration = idle_timeout, max_duration
         self.connections: dict[str, Connection] = {}
-        self._pending: dict[int, tuple[str, Request]] = {}  # id(socket) → connection id, handshake
+        # id(socket) → connection id, handshake request, headers of the $connect answer
+        self._pending: dict[int, tuple[str, Request, list[tuple[str, str]]]] = {}
+        # `host:port` of the TLS management endpoint: requestContext.domainName (else the Host header)
+        self.domain_name: str | None = None
         self.loop = asyncio.new_event_loop()
         self._server: WsServer | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name=f"websocket:{api.logical_id}", daemon=True)
@@ -167,7 +179,8 @@ class Gateway:
 
     async def _serve(self) -> WsServer:
         return await serve(self._handle, self.host, self.requested_port, process_request=self._on_handshake,
-                           max_size=MAX_MESSAGE_BYTES, ping_interval=None, compression=None)
+                           process_response=self._on_handshake_response,
+                           max_size=(MAX_MESSAGE_BYTES, MAX_FRAME_BYTES), ping_interval=None, compression=None)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -191,7 +204,8 @@ class Gateway:
                 "requestTime": _http_time(now), "messageDirection": "IN", "stage": self.api.stage,
                 "connectedAt": int(connected_at * 1000), "requestTimeEpoch": int(now * 1000),
                 "identity": {"sourceIp": source_ip, **({"userAgent": user_agent} if user_agent else {})},
-                "requestId": request_id, "domainName": host, "connectionId": conn_id, "apiId": self.api.api_id}
+                "requestId": request_id, "domainName": self.domain_name or host, "connectionId": conn_id,
+                "apiId": self.api.api_id}
 
     @staticmethod
     def _headers(headers: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -219,7 +233,7 @@ class Gateway:
         headers = list(request.headers.raw_items())
         host = request.headers.get("Host", f"{self.host}:{self.port}")
         source_ip = str(socket.remote_address[0]) if socket.remote_address else "127.0.0.1"
-        self._pending[id(socket)] = (conn_id, request)
+        self._pending[id(socket)] = (conn_id, request, [])
         if "$connect" not in self.api.routes:
             return None
         single, multi = self._headers(headers)
@@ -243,10 +257,28 @@ class Gateway:
                 http_status = HTTPStatus.FORBIDDEN
             return socket.respond(http_status, '{"message":"Forbidden"}\n' if status < 500 else
                                   '{"message":"Internal server error"}\n')
+        self._pending[id(socket)] = (conn_id, request, self._answer_headers(result.payload))
         return None
 
+    @staticmethod
+    def _answer_headers(payload: dict[str, Any]) -> list[tuple[str, str]]:
+        headers = [(str(k), str(v)) for k, v in (payload.get("headers") or {}).items()]
+        for k, values in (payload.get("multiValueHeaders") or {}).items():
+            headers += [(str(k), str(v)) for v in values if (str(k), str(v)) not in headers]
+        return [(k, v) for k, v in headers if k.lower() not in _HANDSHAKE_HEADERS]
+
+    def _on_handshake_response(self, socket: ServerConnection, request: Request, response: Response) -> None:
+        """The $connect answer's headers (a chosen subprotocol …) join the 101, as API Gateway sends them."""
+        pending = self._pending.get(id(socket))
+        if pending is None or response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
+            return
+        for name, value in pending[2]:
+            if name in response.headers:
+                del response.headers[name]
+            response.headers[name] = value
+
     async def _handle(self, socket: ServerConnection) -> None:
-        conn_id, request = self._pending.pop(id(socket))
+        conn_id, request, _ = self._pending.pop(id(socket))
         host = request.headers.get("Host", f"{self.host}:{self.port}")
         conn = Connection(conn_id, socket, time.time(),
                           str(socket.remote_address[0]) if socket.remote_address else "127.0.0.1",
@@ -359,6 +391,11 @@ class ManagementHandler(Handler):
         return unquote(m.group(1)) if m else None
 
     def _error(self, status: int, kind: str, message: str | None = None) -> None:
+        # Never silent: the function that called sees an exception, the runtime's log says which call failed.
+        gateway: Gateway = self.server.app
+        log.error("@connections call failed", extra={"api": gateway.api.logical_id, "method": self.command,
+                                                     "path": self.path, "status": status, "error_type": kind,
+                                                     "error": message})
         self.reply(status, json.dumps({"message": message}).encode(), [("x-amzn-ErrorType", kind)])
 
     def do_POST(self) -> None:  # noqa: N802
@@ -394,12 +431,48 @@ class ManagementHandler(Handler):
             self.reply(204, b"")
 
 
-def serve_api(api: WebSocketApi, invoker: Invoker, host: str, port: int,
-              management_port: int = 0, ready: threading.Event | None = None) -> tuple[Gateway, Server]:
+class TlsServer(Server):
+    """The management API over TLS; each connection's handshake runs in its own thread (not in the
+    one that accepts), and one that fails is logged: a function that does not trust the local CA
+    (no AWS_CA_BUNDLE) would otherwise fail with nothing in the runtime's log."""
+
+    def __init__(self, host: str, port: int, handler: type[Handler], app: Any, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, handler, app)
+        self.context = context
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(30)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.error("TLS handshake with the @connections endpoint failed (does the client trust the local "
+                      "CA? functions get it as AWS_CA_BUNDLE)",
+                      extra={"api": self.app.api.logical_id, "client": client_address[0], "error": str(exc)})
+            return
+        try:
+            tls.settimeout(None)
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            try:
+                tls.shutdown(SHUT_RDWR)
+            except OSError:
+                pass
+            tls.close()
+
+
+def serve_api(api: WebSocketApi, invoker: Invoker, host: str, port: int, management_port: int = 0,
+              tls: ssl.SSLContext | None = None, ready: threading.Event | None = None) -> tuple[Gateway, list[Server]]:
+    """The gateway and its management servers: plain HTTP first, then (given a TLS context) the one
+    at `requestContext.domainName`."""
     gateway = Gateway(api, invoker, host, port)
     if ready is not None:
         gateway.ready = ready
     gateway.start()
-    management = Server(host, management_port, ManagementHandler, gateway)
-    management.start(f"connections:{api.logical_id}")
-    return gateway, management
+    servers = [Server(host, management_port, ManagementHandler, gateway)]
+    servers[0].start(f"connections:{api.logical_id}")
+    if tls is not None:
+        servers.append(TlsServer(host, 0, ManagementHandler, gateway, tls))
+        servers[1].start(f"connections-tls:{api.logical_id}")
+        # Where `https://{domainName}/{stage}` reaches the TLS server (an IPv6 literal needs brackets)
+        gateway.domain_name = f"[{host}]:{servers[1].port}" if ":" in host else f"{host}:{servers[1].port}"
+    return gateway, servers

@@ -24,7 +24,7 @@ import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
 
-from . import apigw_rest, apigw_websocket, awscalls, lambda_api, scheduler, sns_trigger, stream_poller
+from . import apigw_rest, apigw_websocket, awscalls, lambda_api, scheduler, sns_trigger, stream_poller, tls
 from .functions import FUNCTION_TYPES, build_spec, function_properties
 from .httpserver import Server
 from .invoker import Fault, FunctionPool, Invoker
@@ -117,6 +117,8 @@ class LocalStack:
         # websocket api id → (ws:// URL, @connections management base URL)
         self.websocket_urls: dict[str, tuple[str, str]] = {}
         self.ws_gateways: list[apigw_websocket.Gateway] = []
+        # the local CA behind the websocket APIs' TLS management endpoints (None: no websocket API)
+        self.ca: tls.LocalCa | None = None
         self.stack.url_rewriter = self.rewrite_url
         self._emulators: list[subprocess.Popen[bytes]] = []
         # Set once the functions behind the gateways exist; until then they answer 503 (Retry-After).
@@ -204,6 +206,8 @@ class LocalStack:
                     **{endpoint_variable(svc): url for svc, url in self.service_endpoints.items()},
                     "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_EXECUTION_ENV": "AWS_Lambda_local",
                     "PYTHONUNBUFFERED": "1"})
+        if self.ca is not None:  # boto3 in the function trusts the local CA (and the public roots)
+            env["AWS_CA_BUNDLE"] = str(self.ca.bundle.resolve())
         return env
 
     def _start_functions(self, lambda_endpoint: str) -> None:
@@ -228,15 +232,26 @@ class LocalStack:
             server = apigw_rest.serve(api, self.invoker, self.config.host, port, self.ready)
             self.servers.append(server)
             self.api_urls[api.api_id] = f"http://{self.config.host}:{server.port}/"
-        for i, ws_api in enumerate(apigw_websocket.build_apis(self.stack)):
+        ws_apis = apigw_websocket.build_apis(self.stack)
+        if ws_apis:
+            # Functions reach @connections at https://{requestContext.domainName}/{stage}: a TLS server
+            # with a certificate of a CA made now, for loopback names only.
+            self.ca = tls.make_ca(self.config.state_dir / f"{self.stack.name}-ca",
+                                  tuple(dict.fromkeys([*tls.LOOPBACK_NAMES, self.config.host])))
+        context = self.ca.server_context() if self.ca else None
+        for i, ws_api in enumerate(ws_apis):
             port = self.config.ws_port + i if self.config.ws_port else 0
-            gateway, management = apigw_websocket.serve_api(ws_api, self.invoker, self.config.host, port, ready=self.ready)
+            gateway, management = apigw_websocket.serve_api(ws_api, self.invoker, self.config.host, port, tls=context,
+                                                                ready=self.ready)
             self.ws_gateways.append(gateway)
-            self.servers.append(management)
+            self.servers.extend(management)
+            # the plain endpoint: where the template's deployed @connections URLs are rewritten to
             self.websocket_urls[ws_api.api_id] = (f"ws://{self.config.host}:{gateway.port}",
-                                                  f"http://{self.config.host}:{management.port}")
+                                                  f"http://{self.config.host}:{management[0].port}")
             log.info("websocket api", extra={"api": ws_api.logical_id, "url": self.websocket_urls[ws_api.api_id][0],
                                              "connections_endpoint": self.websocket_urls[ws_api.api_id][1],
+                                             "domain_name": gateway.domain_name,
+                                             "ca_bundle": str(self.ca.bundle) if self.ca else None,
                                              "routes": sorted(ws_api.routes)})
 
     def _start_pollers(self) -> None:

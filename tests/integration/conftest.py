@@ -19,7 +19,7 @@ from local.stack import free_port, terminate
 ROOT = Path(__file__).resolve().parents[2]
 MARS = [sys.executable, "-m", "mars.cli"]
 # Fast redelivery for tests; everything else is template.yaml's defaults.
-TEST_PARAMETERS = ["QueueVisibilityTimeout=2", "MaxReceiveCount=3"]
+TEST_PARAMETERS = ["QueueVisibilityTimeout=3", "QueueFunctionTimeout=3", "MaxReceiveCount=3"]
 
 
 @dataclass
@@ -75,13 +75,25 @@ class RunningStack:
         terminate(self.process, timeout=20)
 
 
+def _mars_shaped(template: Path) -> tuple[list[str], bool]:
+    """The test parameters `template` declares, and whether it has what the gRPC shim needs (Mars's
+    queues): another SAM app (tests/fixtures/…) gets neither, a copy of Mars's template both."""
+    from local.template import load
+
+    spec = load(template)
+    declared = set(spec.get("Parameters") or {})
+    return ([p for p in TEST_PARAMETERS if p.split("=")[0] in declared],
+            "EventsQueueUrls" in (spec.get("Outputs") or {}))
+
+
 def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None, cwd: Path = ROOT,
                 parameters: tuple[str, ...] = ()) -> RunningStack:
     state_dir, log_path = tmp / "state", tmp / f"{name}.log"
+    test_parameters, grpc = _mars_shaped(template) if template else (TEST_PARAMETERS, True)
     cmd = [*MARS, "up", "--stack-name", name, "--state-dir", str(state_dir), "--api-port", str(free_port()), "--ws-port", str(free_port()),
-           "--emulator-port", str(free_port()), "--grpc-port", str(free_port()), "--template", str(template or ROOT / "template.yaml"),
-           # Mars's test parameters for Mars's template; another SAM app gets only the ones it is given
-           "--parameter-overrides", *(TEST_PARAMETERS if template is None else []), *parameters, *extra]
+           "--emulator-port", str(free_port()), "--grpc-port", str(free_port() if grpc else 0),
+           "--template", str(template or ROOT / "template.yaml"),
+           "--parameter-overrides", *test_parameters, *parameters, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = log_path.open("wb")
     process = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
