@@ -51,7 +51,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     # Poison is not part of this test: enough receives that a message survives its unlucky streak
     # (P(20 failures in a row) ≈ 0.15^20).
     stack = start_stack(tmp_path_factory.mktemp("faults"), "mars-faults", *FAULTS,
-                        parameters=("MaxReceiveCount=20", "QueueVisibilityTimeout=3", "QueueFunctionTimeout=3"))
+                        parameters=("MaxReceiveCount=20", "QueueVisibilityTimeout=10", "QueueFunctionTimeout=10"))
     yield stack
     stack.stop()
 

@@ -18,8 +18,9 @@ from local.stack import free_port, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 MARS = [sys.executable, "-m", "mars.cli"]
-# Fast redelivery for tests; everything else is template.yaml's defaults.
-TEST_PARAMETERS = ["QueueVisibilityTimeout=3", "QueueFunctionTimeout=3", "MaxReceiveCount=3"]
+# Fast redelivery for tests (the SQS-triggered functions time out first: Lambda refuses a visibility
+# timeout shorter than the function timeout); everything else is template.yaml's defaults.
+TEST_PARAMETERS = ["QueueVisibilityTimeout=5", "QueueFunctionTimeout=5", "MaxReceiveCount=3"]
 
 
 @dataclass

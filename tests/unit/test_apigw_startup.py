@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ class FakePool:
 
     def __init__(self, result: InvokeResult | Exception) -> None:
         self.result = result
+        self.spec = SimpleNamespace(timeout=3, name="StatusFunction")  # shorter than the 29 s integration limit
 
     def invoke(self, event: Any, **_: Any) -> InvokeResult:
         if isinstance(self.result, Exception):
