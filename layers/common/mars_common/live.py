@@ -96,6 +96,15 @@ def delete_connection(table: str, connection_id: str) -> int:
     return len(rows)
 
 
+def delete_subscriptions(table: str, connection_id: str) -> int:
+    """Removes a connection's subscriptions (not the connection row); returns how many."""
+    rows = [r for r in connection_rows(table, connection_id) if r["sk"] != CONNECTION_SK]
+    with aws.table(table).batch_writer() as batch:
+        for row in rows:
+            batch.delete_item(Key={"connection_id": row["connection_id"], "sk": row["sk"]})
+    return len(rows)
+
+
 class TooManySubscriptionsError(Exception):
     pass
 
@@ -188,6 +197,15 @@ def post(endpoint: str, connection_id: str, frame: dict[str, Any]) -> bool:
         if exc.response.get("Error", {}).get("Code") == "GoneException":
             return False
         raise
+
+
+def close(endpoint: str, connection_id: str) -> bool:
+    """Closes a connection through @connections (DELETE); False when it was already gone or the call failed."""
+    try:
+        management_client(endpoint).delete_connection(ConnectionId=connection_id)
+        return True
+    except Exception:  # best effort: the subscriptions are already gone, $disconnect cleans the rest
+        return False
 
 
 @dataclass
