@@ -407,8 +407,9 @@ class LocalOnly:
     def __init__(self, app: Any, bound_host: str, port: int) -> None:
         self.app = app
         self.port = port
-        # An address given to --host (not a wildcard) is the user's own choice: it is allowed too.
-        self.extra = {bound_host.strip("[]").lower()} - {"0.0.0.0", "::", ""}
+        # The address given to --host is the user's own choice (the runtime's endpoint names it, even a
+        # wildcard such as 0.0.0.0): it is allowed too.
+        self.extra = {bound_host.strip("[]").lower()} - {""}
         self.refused = 0
 
     def host_allowed(self, value: str) -> bool:
