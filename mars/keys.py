@@ -2,8 +2,9 @@
 
 Against the running local stack by default; against a deployed one with `--stack-outputs FILE` (the
 stack's Outputs as JSON, e.g. `aws cloudformation describe-stacks --query 'Stacks[0].Outputs'`),
-using the normal AWS credentials. Deployed, a key is also registered as an API Gateway key of the
-REST API's usage plan (API Gateway throttles per key; the app checks the key's apps).
+using the normal AWS credentials. Deployed, the key's usage identifier (never the key) is also
+registered as an API Gateway key of the REST API's usage plan: the API's authorizer checks the key
+and names that identifier, so API Gateway throttles per key; the app checks the key's apps.
 """
 
 from __future__ import annotations
@@ -41,12 +42,15 @@ def _outputs(args: argparse.Namespace) -> tuple[dict[str, Any], bool] | None:
     return state["outputs"], False
 
 
-def _register_in_usage_plan(outputs: dict[str, Any], key_id: str, key: str) -> None:
+def _register_in_usage_plan(outputs: dict[str, Any], key_id: str) -> None:
+    """API Gateway gets the key's usage identifier, never the key: the REST API's authorizer checks
+    the key and names this identifier (docs/SECURITY.md), so throttling stays per key."""
     import boto3
 
     apigw = boto3.client("apigateway")
-    created = apigw.create_api_key(name=f"mars-{key_id}", value=key, enabled=True,
-                                   description="mars keys create (app scopes are in KeysTable)")
+    created = apigw.create_api_key(name=f"mars-{key_id}", value=_auth().usage_key_value(key_id), enabled=True,
+                                   description="mars keys create: usage identifier of Mars key "
+                                               f"{key_id} (not a credential; scopes in KeysTable)")
     apigw.create_usage_plan_key(usagePlanId=outputs["UsagePlanId"], keyId=created["id"], keyType="API_KEY")
 
 
@@ -84,7 +88,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(f"mars: {exc}", file=sys.stderr)
             return 2
         if deployed and outputs.get("UsagePlanId"):
-            _register_in_usage_plan(outputs, key_id, key)
+            _register_in_usage_plan(outputs, key_id)
         scope = "every app (admin)" if args.admin else ", ".join(sorted(set(args.app)))
         print(f"key {key_id} for {scope}; shown once, only its hash is stored:", file=sys.stderr)
         print(key)  # alone on the last line of stdout (DESIGN §3)

@@ -55,6 +55,7 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
         ("execute-api:ManageConnections", "WebSocketApi"),
     },
     "StoreFunction": {("dynamodb:UpdateItem", "MessagesTable")},
+    "AuthorizerFunction": {("dynamodb:GetItem", "KeysTable")},
     "StuckFunction": {("dynamodb:Scan", "AppsTable"), ("dynamodb:Query", "MessagesTable" + INDEX),
                       ("dynamodb:UpdateItem", "MessagesTable"), ("sns:Publish", "AlertsTopic")},
     "AggregatorFunction": {("lambda:InvokeFunction", "StoreFunction")},

@@ -69,6 +69,13 @@ def new_key() -> tuple[str, str]:
     return key_id, f"mk_{key_id}_{secrets.token_urlsafe(32)}"
 
 
+def usage_key_value(key_id: str) -> str:
+    """The value of a key's API Gateway key (deployed, in the usage plan): derived from the key id, so
+    it is no secret and API Gateway never holds the Mars key. It is not a credential: the REST API
+    takes usage keys only from its authorizer (ApiKeySourceType AUTHORIZER), never from a client."""
+    return f"mars-usage-key-{key_id}"
+
+
 def create_key(table: str, apps: list[str], *, admin: bool = False, note: str = "") -> tuple[str, str]:
     """Stores a new key for `apps` (or every app with admin); returns (key_id, key)."""
     bad = [a for a in apps if not APP_ID_RE.fullmatch(a)]
