@@ -463,6 +463,19 @@ def client_config() -> Response:
     return _json(200, {"websocket_url": cfg.websocket_url, "stage": cfg.stage, "auth_required": cfg.auth_required})
 
 
+WS_URL_RE = re.compile(r"^(wss?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+
+
+def _connect_src(websocket_url: str) -> str:
+    """The page may connect to itself and to its own websocket (the URL /api/config gives it), not to
+    any ws:/wss: host: injected script could otherwise send what it reads anywhere."""
+    url = websocket_url.strip()
+    if url.startswith(("http://", "https://")):
+        url = "ws" + url[4:]  # the dashboard turns an http(s) URL into ws(s) the same way
+    match = WS_URL_RE.fullmatch(url)
+    return f"'self' {url}" if match else "'self'"  # nothing odd ever reaches the header
+
+
 def _dashboard() -> Response:
     """The one-page dashboard; relative URLs under <base> work at / locally and /{stage}/ deployed."""
     request = app.current_request
@@ -471,8 +484,9 @@ def _dashboard() -> Response:
     html = (DASHBOARD_DIR / "index.html").read_text(encoding="utf-8").replace("{{BASE}}", base)
     return Response(body=html, status_code=200, headers={
         "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache",
-        "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-                                   "style-src 'self'; script-src 'self'; base-uri 'self'; frame-ancestors 'none'",
+        "Content-Security-Policy": f"default-src 'self'; connect-src {_connect_src(settings().websocket_url)}; "
+                                   "img-src 'self' data:; style-src 'self'; script-src 'self'; base-uri 'self'; "
+                                   "frame-ancestors 'none'",
         "X-Content-Type-Options": "nosniff"})
 
 

@@ -180,3 +180,32 @@ def test_status_checks_are_cached_per_environment(api: Api, keys: dict[str, str]
         assert call(api, "GET", "/status").status == 200
     described = [op for op, _req, _resp in recorder.calls if op == "DescribeTable"]
     assert len(described) == 2, f"20 calls within {api.module.STATUS_CACHE_SECONDS} s ran the checks more than once"
+
+
+# --- 10. the dashboard's CSP ------------------------------------------------------------------------
+
+def csp(api: Api) -> dict[str, list[str]]:
+    out = api.module.app(api.event("GET", "/"), api.context)
+    header = {k.lower(): v for k, v in out["headers"].items()}["content-security-policy"]
+    return {d.split()[0]: d.split()[1:] for d in (p.strip() for p in header.split(";")) if d}
+
+
+@pytest.mark.parametrize("configured,allowed", [
+    ("wss://abc123.execute-api.us-east-1.amazonaws.com/dev", "wss://abc123.execute-api.us-east-1.amazonaws.com/dev"),
+    ("ws://127.0.0.1:4001", "ws://127.0.0.1:4001"),
+    ("https://ws.example.com/live", "wss://ws.example.com/live"),  # the page turns http(s) into ws(s) too
+])
+def test_the_dashboard_may_connect_only_to_its_own_websocket(api: Api, monkeypatch: pytest.MonkeyPatch,
+                                                             configured: str, allowed: str) -> None:
+    monkeypatch.setenv("WEBSOCKET_URL", configured)
+    config.settings.cache_clear()
+    assert call(api, "GET", "/api/config").body["websocket_url"] == configured
+    assert csp(api)["connect-src"] == ["'self'", allowed]
+
+
+@pytest.mark.parametrize("configured", ["", "ws://x; script-src *", "javascript:alert(1)", "ws://a b"])
+def test_an_odd_websocket_url_never_reaches_the_csp(api: Api, monkeypatch: pytest.MonkeyPatch, configured: str) -> None:
+    monkeypatch.setenv("WEBSOCKET_URL", configured)
+    config.settings.cache_clear()
+    policy = csp(api)
+    assert policy["connect-src"] == ["'self'"] and policy["script-src"] == ["'self'"]
