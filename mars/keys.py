@@ -110,6 +110,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 1
     if deployed:
         _disable_in_api_gateway(args.key_id)
+    if outputs.get("ConnectionsTableName"):  # open websockets of the key: no more pushes from now on
+        from mars_common import live
+
+        sockets, subs = live.drop_key_subscriptions(outputs["ConnectionsTableName"], args.key_id)
+        if sockets:
+            print(f"removed {subs} subscription(s) of {sockets} open websocket(s) of key {args.key_id}", file=sys.stderr)
     print(f"key {args.key_id} revoked (it stops working within {int(auth.CACHE_SECONDS)} s)", file=sys.stderr)
     return 0
 

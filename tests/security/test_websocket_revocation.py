@@ -62,3 +62,27 @@ def test_a_revoked_keys_socket_cannot_subscribe_and_loses_its_subscriptions(
     assert subs == [], "the revoked key's subscriptions (pushes) must go"
     assert live.subscribers(settings().connections_table, "shop", "m1") == set()
     assert fake.closed == ["c1"]
+
+
+def test_mars_keys_revoke_removes_the_subscriptions_of_the_keys_open_sockets(
+        ws: tuple[Any, ClosableConnections], lambda_context: Any, tmp_path: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Pushes stop at once, not at the socket's next subscribe: `mars keys revoke` deletes them."""
+    import json
+
+    from mars import cli
+
+    handler, _fake = ws
+    keys_table, connections = settings().keys_table, settings().connections_table
+    revoked_id, revoked = auth.create_key(keys_table, ["shop"])
+    _, other = auth.create_key(keys_table, ["shop"])
+    for connection_id, key in (("c1", revoked), ("c2", revoked), ("c3", other)):
+        connect = ws_event("websocket_connect.json", connection_id)
+        connect["queryStringParameters"] = {"api_key": key}
+        handler.lambda_handler(connect, lambda_context)
+        subscribe(handler, lambda_context, connection_id, "shop")
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"KeysTableName": keys_table, "ConnectionsTableName": connections}))
+    assert cli.main(["keys", "revoke", revoked_id, "--stack-outputs", str(outputs)]) == 0
+    assert "removed 2 subscription(s) of 2 open websocket(s)" in capsys.readouterr().err
+    assert live.subscribers(connections, "shop", "m1") == {"c3"}

@@ -105,6 +105,15 @@ def delete_subscriptions(table: str, connection_id: str) -> int:
     return len(rows)
 
 
+def drop_key_subscriptions(table: str, key_id: str) -> tuple[int, int]:
+    """At revocation: removes the subscriptions of every open connection of that key, so nothing is
+    pushed to them from now on (their next subscribe is refused too). Returns (connections, subscriptions).
+    A Scan, but revocations are rare and the table holds only open connections."""
+    connections = [r["connection_id"] for r in aws.items(
+        table, "scan", FilterExpression=Attr("sk").eq(CONNECTION_SK) & Attr("key_id").eq(key_id))]
+    return len(connections), sum(delete_subscriptions(table, c) for c in connections)
+
+
 class TooManySubscriptionsError(Exception):
     pass
 
