@@ -63,6 +63,45 @@ def _disable_in_api_gateway(key_id: str) -> None:
                                                                    "value": "false"}])
 
 
+def _api_keys(apigw: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"includeValues": True, "nameQuery": "mars-", "limit": 500}
+    while True:
+        page = apigw.get_api_keys(**kwargs)
+        out.extend(page.get("items", []))
+        if not page.get("position"):
+            return out
+        kwargs["position"] = page["position"]
+
+
+def _sync_api_gateway(outputs: dict[str, Any], keys: list[dict[str, Any]]) -> tuple[int, int]:
+    """Makes API Gateway hold each key's usage identifier and nothing else: an API Gateway key of an
+    older `mars keys create` holds the Mars key itself (plaintext) and is deleted; the identifier is
+    registered in its place (disabled for a revoked key). Returns (created, deleted)."""
+    import boto3
+
+    apigw = boto3.client("apigateway")
+    existing = _api_keys(apigw)
+    created = deleted = 0
+    for key in keys:
+        want = _auth().usage_key_value(key["key_id"])
+        mine = [k for k in existing if k.get("name") == f"mars-{key['key_id']}"]
+        for old in mine:
+            if old.get("value") != want:
+                try:  # AWS drops a deleted key from its usage plans; said explicitly, for any emulator
+                    apigw.delete_usage_plan_key(usagePlanId=outputs["UsagePlanId"], keyId=old["id"])
+                except apigw.exceptions.NotFoundException:
+                    pass
+                apigw.delete_api_key(apiKey=old["id"])
+                deleted += 1
+        if not any(k.get("value") == want for k in mine):
+            _register_in_usage_plan(outputs, key["key_id"])
+            created += 1
+            if key.get("revoked_at"):
+                _disable_in_api_gateway(key["key_id"])
+    return created, deleted
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from mars.redrive import UsageError
 
@@ -92,6 +131,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
         scope = "every app (admin)" if args.admin else ", ".join(sorted(set(args.app)))
         print(f"key {key_id} for {scope}; shown once, only its hash is stored:", file=sys.stderr)
         print(key)  # alone on the last line of stdout (DESIGN §3)
+        return 0
+    if args.keys == "sync":
+        if not (deployed and outputs.get("UsagePlanId")):
+            print("mars: keys sync is for a deployed stack: pass --stack-outputs FILE (with UsagePlanId)",
+                  file=sys.stderr)
+            return 2
+        created, deleted = _sync_api_gateway(outputs, auth.list_keys(table))
+        print(f"API Gateway keys: {created} usage identifier(s) registered, {deleted} key(s) holding a Mars key "
+              "deleted", file=sys.stderr)
         return 0
     if args.keys == "list":
         keys = auth.list_keys(table)
@@ -131,7 +179,9 @@ def register(sub: Any, stack_args: Callable[[argparse.ArgumentParser], None]) ->
     listing.add_argument("--json", action="store_true")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
-    for p in (create, listing, revoke):
+    sync = keys_sub.add_parser("sync", help="deployed: API Gateway holds each key's usage identifier, never the key "
+                                            "(run once after upgrading from a version that registered keys themselves)")
+    for p in (create, listing, revoke, sync):
         stack_args(p)
         p.add_argument("--stack-outputs", help="a deployed stack's Outputs as JSON (default: the local stack)")
         p.set_defaults(func=cmd_keys)

@@ -93,3 +93,30 @@ def test_the_rest_api_takes_usage_keys_from_the_authorizer_only() -> None:
         route_auth = event["Properties"].get("Auth", {})
         if route_auth.get("ApiKeyRequired") is False:  # public routes skip both checks
             assert route_auth.get("Authorizer") == "NONE", event
+
+
+def test_keys_sync_replaces_api_gateway_keys_that_hold_a_mars_key(deployed: tuple[Any, str, Any],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Upgrading: keys registered by older versions hold the Mars key itself; `mars keys sync` deletes
+    them and registers the usage identifiers (a revoked key's disabled)."""
+    from mars import cli
+
+    apigw, plan, outputs = deployed
+    table = settings().keys_table
+    old_keys = {}
+    for apps in (["shop"], ["bank"]):
+        key_id, key = auth.create_key(table, apps)
+        created = apigw.create_api_key(name=f"mars-{key_id}", value=key, enabled=True)  # the old way
+        apigw.create_usage_plan_key(usagePlanId=plan, keyId=created["id"], keyType="API_KEY")
+        old_keys[key_id] = key
+    revoked_id = next(iter(old_keys))
+    auth.revoke_key(table, revoked_id)
+    assert cli.main(["keys", "sync", "--stack-outputs", str(outputs)]) == 0
+    assert "2 usage identifier(s) registered, 2 key(s) holding a Mars key deleted" in capsys.readouterr().err
+    registered = apigw.get_api_keys(includeValues=True)["items"]
+    assert sorted(k["value"] for k in registered) == sorted(auth.usage_key_value(i) for i in old_keys)
+    assert {k["value"]: k["enabled"] for k in registered}[auth.usage_key_value(revoked_id)] is False
+    stored = json.dumps([registered, apigw.get_usage_plan_keys(usagePlanId=plan)["items"]], default=str)
+    assert not any(key in stored for key in old_keys.values())
+    assert cli.main(["keys", "sync", "--stack-outputs", str(outputs)]) == 0  # idempotent
+    assert "0 usage identifier(s) registered, 0 key(s)" in capsys.readouterr().err
