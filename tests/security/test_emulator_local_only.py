@@ -76,3 +76,30 @@ def test_boto3_keeps_working(emu: emulator_mod.Emulator) -> None:
     url = sqs.create_queue(QueueName="q")["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="x")
     assert sqs.receive_message(QueueUrl=url)["Messages"][0]["Body"] == "x"
+
+
+def test_the_emulator_process_refuses_a_web_page_too() -> None:
+    """The real `python -m local.emulator` (what `mars up` starts), not only the in-process app."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "local.emulator", "--port", "0", "--metrics-interval", "0"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        port = json.loads(proc.stderr.readline())["port"]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/", body="{}", headers={**DYNAMO, "Origin": "https://evil.example"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 403 and resp.getheader("Access-Control-Allow-Origin") is None
+        conn.request("POST", "/", body="{}", headers=DYNAMO)  # http.client sends Host = 127.0.0.1:port
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
