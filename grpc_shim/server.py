@@ -34,6 +34,10 @@ from mars_common.sharding import shard  # noqa: E402
 
 log = logging.getLogger("mars.grpc")
 SERVICE = "MarsWeb.GrpcService.MarsGrpc"
+REFLECTION_PREFIX = "/grpc.reflection."  # v1alpha and v1: both are stream-stream ServerReflectionInfo
+# A stream's summary lists at most this many accepted ids (`accepted` counts them all): a long
+# stream must not hold every id in memory, nor outgrow gRPC's 4 MB default message size.
+MAX_STREAM_IDS = 10_000
 
 
 class Batcher:
@@ -160,22 +164,48 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
     async def streamEvents(self, request_iterator: Any,  # noqa: N802
                            context: grpc.aio.ServicerContext) -> event_pb2.StreamSummary:
         principal = await self._principal(context)
-        received, ids, pending = 0, [], []
+        received, accepted = 0, 0
+        ids: list[str] = []
+        pending: list[event_pb2.EventRequest] = []
 
-        async def flush(requests: list[event_pb2.EventRequest]) -> list[str]:
+        async def flush(requests: list[event_pb2.EventRequest]) -> None:
+            nonlocal accepted
             events = await self._validate(requests, context, indexed=True)
             await self._authorize(principal, events, context)
-            return await self._accept(events, context)
+            got = await self._accept(events, context)
+            accepted += len(got)
+            ids.extend(got[:MAX_STREAM_IDS - len(ids)])  # the first MAX_STREAM_IDS; the rest only counted
 
         async for req in request_iterator:
             received += 1
             pending.append(req)
             if len(pending) == MAX_BULK:
-                ids += await flush(pending)
+                await flush(pending)
                 pending = []
         if pending:
-            ids += await flush(pending)
-        return event_pb2.StreamSummary(success=True, received=received, accepted=len(ids), event_ids=ids)
+            await flush(pending)
+        return event_pb2.StreamSummary(success=True, received=received, accepted=accepted, event_ids=ids)
+
+
+class ReflectionNeedsKey(grpc.aio.ServerInterceptor):
+    """With auth on, server reflection (which lists and describes the services) wants a valid key in
+    `x-api-key`, like every Mars rpc; health checks stay open for load balancers and `grpc_health_probe`."""
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        if not str(details.method or "").startswith(REFLECTION_PREFIX) or not settings().auth_required:
+            return await continuation(details)
+        key = next((str(v) for k, v in (details.invocation_metadata or ()) if k.lower() == auth.HEADER), None)
+        cfg = settings()
+        try:
+            await asyncio.to_thread(auth.authenticate, cfg.keys_table, True, key)
+        except auth.AuthError as err:
+            message = err.message
+
+            async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+            return grpc.stream_stream_rpc_method_handler(refuse)
+        return await continuation(details)
 
 
 def _decode(message_type: Any, raw: bytes) -> Any:
@@ -225,7 +255,7 @@ def register(servicer: MarsGrpc, server: grpc.aio.Server) -> None:
 
 
 async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -> None:
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[ReflectionNeedsKey()])
     register(MarsGrpc(Batcher(settings().events_queue_urls)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import ipaddress
 import json
 import logging
 import os
@@ -40,10 +41,12 @@ from collections import deque
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from moto.cloudwatch.models import Dimension, MetricDatum
 from moto.core.common_models import CloudWatchMetricProvider
 from moto.core.utils import unix_time_millis, utcnow
+from moto.moto_server import werkzeug_app
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -392,6 +395,56 @@ class ErrorInjection:
         return self.app(environ, start_response)
 
 
+class LocalOnly:
+    """Serves only callers on this machine that are not a web page (the emulator takes any credentials).
+
+    A page of any site could otherwise Scan KeysTable or PutItem an admin key: through CORS (moto's
+    global CORS is switched off in ``serve``), through a no-preflight ``fetch``, or through DNS
+    rebinding (a name of the attacker's resolving to 127.0.0.1). So a request with an ``Origin``
+    header that is not the emulator's own, or whose ``Host`` is not a loopback name or address
+    with the emulator's port, is refused with 403. boto3 sends Host = its endpoint and no Origin."""
+
+    def __init__(self, app: Any, bound_host: str, port: int) -> None:
+        self.app = app
+        self.port = port
+        # The address given to --host is the user's own choice (the runtime's endpoint names it, even a
+        # wildcard such as 0.0.0.0): it is allowed too.
+        self.extra = {bound_host.strip("[]").lower()} - {""}
+        self.refused = 0
+
+    def host_allowed(self, value: str) -> bool:
+        try:
+            parsed = urlsplit("//" + value.strip())
+            name, port = (parsed.hostname or "").lower(), parsed.port
+        except ValueError:  # a malformed port or bracket
+            return False
+        if (port or 80) != self.port or not name:
+            return False
+        if name == "localhost" or name.endswith(".localhost") or name in self.extra:
+            return True  # *.localhost never leaves the machine (RFC 6761): no rebinding through it
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False  # any other name may be an attacker's, rebound to 127.0.0.1
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        host, origin = environ.get("HTTP_HOST", ""), environ.get("HTTP_ORIGIN")
+        reason = None
+        if not self.host_allowed(host):
+            reason = "the Host header is not a loopback name or address with the emulator's port"
+        elif origin is not None and not (urlsplit(origin).scheme == "http" and self.host_allowed(urlsplit(origin).netloc)):
+            reason = "requests from web pages (an Origin header) are refused"
+        if reason is None:
+            return self.app(environ, start_response)
+        self.refused += 1
+        logger.warning("emulator request refused", extra={"reason": reason, "host": host[:100],
+                                                          "origin": (origin or "")[:100]})
+        body = json.dumps({"__type": "AccessDeniedException", "message": reason}).encode()
+        environ["wsgi.input"].read(min(int(environ.get("CONTENT_LENGTH") or 0), 1 << 20))  # keep the connection usable
+        start_response("403 Forbidden", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
 # Long polls hold a thread each (up to 1 s per poll in the local runtime): room for every poller.
 WAITRESS_THREADS = 64
 
@@ -417,9 +470,13 @@ def serve(
     sock = socket.create_server((host, port), family=family, backlog=1024)
     if patched:
         moto_patches.apply()
+    # moto answers every origin with CORS (flask_cors) unless told not to; the flag is read when a
+    # service's app is first built, so it is set before any request.
+    werkzeug_app.DISABLE_GLOBAL_CORS = True
     app: Any = cached_dispatch(DomainDispatcherApplication(create_backend_app))
     if faults:
         app = ErrorInjection(app, faults, fault_seed)
+    app = LocalOnly(app, host, sock.getsockname()[1])
     http: Any
     if server == "waitress":
         http = _WaitressServer(app, sock, WAITRESS_THREADS)

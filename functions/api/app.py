@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
@@ -49,6 +51,8 @@ logger = Logger(service="mars-api")
 # Chalice is told to accept anything so that an unsupported type gets Mars's error format (415).
 BODY_TYPES = ["*/*"]
 JSON_LIKE_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
+# The types an HTML form or a no-preflight fetch can send: refused from browsers (see _body).
+BROWSER_FORM_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_CREATE_COUNT = 500
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
@@ -93,8 +97,43 @@ def _handles_errors(view: Any) -> Any:
     return wrapper
 
 
+def _is_browser(headers: Any) -> bool:
+    """Browsers send Origin on every write and Sec-Fetch-* on every request; curl, wrk and SDKs send neither."""
+    return "origin" in headers or any(str(k).lower().startswith("sec-fetch-") for k in headers)
+
+
+def _same_site_only() -> None:
+    """Refuses a request a page of another site made the browser send (CSRF; with auth off nothing
+    else stops it): a text/plain or form POST and a plain GET need no CORS preflight. Runs before the
+    key is read, on every route that changes something or pushes to sockets."""
+    headers = app.current_request.headers
+    if (headers.get("sec-fetch-site") or "").strip().lower() == "cross-site":
+        raise ApiError(403, "CROSS_SITE", "cross-site requests are refused (Sec-Fetch-Site: cross-site)")
+    origin = headers.get("origin")
+    if origin is not None and not _own_origin(origin, headers.get("host") or ""):
+        raise ApiError(403, "CROSS_SITE", "requests from another origin are refused (the Origin is not this API's)")
+
+
+def _own_origin(origin: str, host: str) -> bool:
+    """The page's origin is the API's own: the host and port of the Host header the browser sent."""
+    try:
+        page, api = urlsplit(origin.strip()), urlsplit("//" + host.strip())
+        if page.scheme not in ("http", "https") or not page.hostname or not api.hostname:
+            return False  # includes `Origin: null` (sandboxed frames, file: pages)
+        default = 443 if page.scheme == "https" else 80
+        return (page.hostname, page.port or default) == (api.hostname, api.port or default)
+    except ValueError:  # a malformed port or bracket
+        return False
+
+
 def _body() -> Any:
-    content_type = (app.current_request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+    headers = app.current_request.headers
+    content_type = (headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+    # curl -d and wrk send form/text types, so non-browsers keep them; from a browser they are the
+    # preflight-free way to post across sites, so only JSON is read.
+    if content_type in BROWSER_FORM_TYPES and _is_browser(headers):
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE",
+                       f"send JSON (Content-Type: application/json), not {content_type}, from a browser")
     if content_type not in JSON_LIKE_TYPES:
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", f"send JSON (Content-Type: application/json), not {content_type}")
     raw = app.current_request.raw_body or b""
@@ -145,6 +184,7 @@ def _accept(events: list[Event]) -> Response:
 @app.route("/api/event", methods=["POST"], content_types=BODY_TYPES)
 @_handles_errors
 def post_event() -> Response:
+    _same_site_only()
     principal = _principal()
     body = _body()
     if isinstance(body, dict) and "events" in body:
@@ -158,6 +198,7 @@ def post_event() -> Response:
 @app.route("/api/event/bulk", methods=["POST"], content_types=BODY_TYPES)
 @_handles_errors
 def post_bulk() -> Response:
+    _same_site_only()
     principal = _principal()
     body = _body()
     if not isinstance(body, dict) or "events" not in body:
@@ -172,6 +213,7 @@ def post_bulk() -> Response:
 @_handles_errors
 def create_event() -> Response:
     """Mars's load-test route: N random lifecycle events (only where the stage allows test routes)."""
+    _same_site_only()  # a link on another site must not make a browser enqueue (GET, so no preflight)
     if not settings().allow_test_routes:
         raise ApiError(404, "NOT_FOUND", "test routes are disabled on this stage (parameter AllowTestRoutes)")
     if not _principal().admin:
@@ -196,7 +238,39 @@ def queue_stats() -> Response:
 @app.route("/status", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def status() -> Response:
-    """Health with one check per backing resource; 503 when any is unreachable."""
+    """Health; 503 when any backing resource is unreachable. Without an admin key only `{"status"}`:
+    resource names and AWS error text are for operators (with auth off every caller is admin). An
+    invalid key is no error here: load balancers and uptime checks call this route without one."""
+    cfg = settings()
+    key = app.current_request.headers.get(auth.HEADER)
+    principal = auth.ANONYMOUS_ADMIN if not cfg.auth_required else (auth.lookup(cfg.keys_table, key) if key else None)
+    detailed = principal is not None and principal.admin
+    results = _health_checks()
+    healthy = all(r["ok"] for r in results)
+    body: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
+    if detailed:
+        body.update(stage=cfg.stage, checks=results)
+    return _json(200 if healthy else 503, body)
+
+
+# One run of the 14 checks serves every /status call of this environment for this long, so a flood
+# of anonymous health checks costs at most one run per environment per window, not 14 AWS calls each.
+STATUS_CACHE_SECONDS = 5.0
+_status_cache: tuple[float, list[dict[str, Any]]] | None = None
+_status_lock = threading.Lock()
+
+
+def _health_checks() -> list[dict[str, Any]]:
+    global _status_cache
+    with _status_lock:  # one run at a time: concurrent callers wait for it and share its result
+        if _status_cache is not None and time.monotonic() - _status_cache[0] < STATUS_CACHE_SECONDS:
+            return _status_cache[1]
+        results = _run_health_checks()
+        _status_cache = (time.monotonic(), results)
+        return results
+
+
+def _run_health_checks() -> list[dict[str, Any]]:
     cfg = settings()
     checks: list[tuple[str, str, Any]] = [("table", t, lambda t=t: aws.client("dynamodb").describe_table(TableName=t))
                                           for t in (cfg.messages_table, cfg.apps_table)]
@@ -211,15 +285,13 @@ def status() -> Response:
             call()
             out: dict[str, Any] = {"kind": kind, "name": name, "ok": True}
         except Exception as exc:
+            logger.warning("health check failed", extra={"kind": kind, "resource": name, "error": str(exc)[:300]})
             out = {"kind": kind, "name": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
         out["latency_ms"] = round((time.perf_counter() - start) * 1000, 1)
         return out
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(run, checks))
-    healthy = all(r["ok"] for r in results)
-    return _json(200 if healthy else 503, {"status": "ok" if healthy else "degraded", "stage": cfg.stage,
-                                           "checks": results})
+        return list(pool.map(run, checks))
 
 
 @app.route("/api/messages/{message_id}", methods=["GET"], content_types=BODY_TYPES)
@@ -232,8 +304,10 @@ def get_message(message_id: str) -> Response:
         _check_app_id(app_id)
         auth.require_apps(principal, [app_id])
     cfg = settings()
-    # Another app's timeline of the same id is neither shown nor hinted at.
-    items = [i for i in get_items(cfg.messages_table, message_id, app_id) if principal.can(i["app_id"])]
+    # Another app's timeline of the same id is neither shown nor hinted at: a scoped key reads only its
+    # own apps' items (never the index, nor another app's item), so no answer or timing depends on them.
+    scope = None if principal.admin or app_id is not None else principal.apps
+    items = [i for i in get_items(cfg.messages_table, message_id, app_id, apps=scope) if principal.can(i["app_id"])]
     if not items:
         raise ApiError(404, "NOT_FOUND", f"no events for message_id {message_id!r}"
                        + (f" in app {app_id!r}" if app_id else ""))
@@ -273,6 +347,7 @@ def list_app_messages() -> Response:
 @app.route("/api/apps/{app_id}/lifecycle", methods=["PUT"], content_types=BODY_TYPES)
 @_handles_errors
 def put_app_lifecycle(app_id: str) -> Response:
+    _same_site_only()
     principal = _principal()
     _check_app_id(app_id)
     auth.require_apps(principal, [app_id])
@@ -347,6 +422,7 @@ def _int_param(name: str, *, default: int, low: int, high: int) -> int:
 @_handles_errors
 def test_socket() -> Response:
     """Mars's route: pushes a test entry to every subscriber of that message (nothing is stored)."""
+    _same_site_only()
     principal = _principal()
     _only_params("message_id", "app_id")
     query = _query()
@@ -387,6 +463,19 @@ def client_config() -> Response:
     return _json(200, {"websocket_url": cfg.websocket_url, "stage": cfg.stage, "auth_required": cfg.auth_required})
 
 
+WS_URL_RE = re.compile(r"^(wss?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+
+
+def _connect_src(websocket_url: str) -> str:
+    """The page may connect to itself and to its own websocket (the URL /api/config gives it), not to
+    any ws:/wss: host: injected script could otherwise send what it reads anywhere."""
+    url = websocket_url.strip()
+    if url.startswith(("http://", "https://")):
+        url = "ws" + url[4:]  # the dashboard turns an http(s) URL into ws(s) the same way
+    match = WS_URL_RE.fullmatch(url)
+    return f"'self' {url}" if match else "'self'"  # nothing odd ever reaches the header
+
+
 def _dashboard() -> Response:
     """The one-page dashboard; relative URLs under <base> work at / locally and /{stage}/ deployed."""
     request = app.current_request
@@ -395,8 +484,9 @@ def _dashboard() -> Response:
     html = (DASHBOARD_DIR / "index.html").read_text(encoding="utf-8").replace("{{BASE}}", base)
     return Response(body=html, status_code=200, headers={
         "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache",
-        "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-                                   "style-src 'self'; script-src 'self'; base-uri 'self'; frame-ancestors 'none'",
+        "Content-Security-Policy": f"default-src 'self'; connect-src {_connect_src(settings().websocket_url)}; "
+                                   "img-src 'self' data:; style-src 'self'; script-src 'self'; base-uri 'self'; "
+                                   "frame-ancestors 'none'",
         "X-Content-Type-Options": "nosniff"})
 
 

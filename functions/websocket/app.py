@@ -49,22 +49,37 @@ def connect(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
         logger.info("connection refused", extra={"connection_id": connection_id, "reason": err.code})
         return {"statusCode": err.status}  # API Gateway refuses the handshake with this status
     identity = event.get("requestContext", {}).get("identity", {})
+    # The key's hash (never the key) is kept, so every subscribe can ask whether it was revoked since.
     live.put_connection(cfg.connections_table, connection_id,
                         source_ip=identity.get("sourceIp") or "", user_agent=(identity.get("userAgent") or "")[:256],
-                        key_id=principal.key_id, apps=sorted(principal.apps), admin=principal.admin)
+                        key_id=principal.key_id, apps=sorted(principal.apps), admin=principal.admin,
+                        **({"key_hash": auth.key_hash(key)} if cfg.auth_required and key else {}))
     return OK
 
 
-def _connection_principal(connection_id: str) -> auth.Principal | None:
-    """What $connect stored for this connection; None if it is unknown (then only auth-off allows)."""
+def _connection_principal(connection_id: str) -> tuple[auth.Principal | None, bool]:
+    """(principal, revoked): the key stored at $connect, looked up again (cached for auth.CACHE_SECONDS),
+    so a key revoked since the socket opened stops within that window. (None, False): an unknown connection."""
     cfg = settings()
     if not cfg.auth_required:
-        return auth.ANONYMOUS_ADMIN
+        return auth.ANONYMOUS_ADMIN, False
     row = live.get_connection(cfg.connections_table, connection_id)
     if row is None:
-        return None
-    return auth.Principal(key_id=str(row.get("key_id", "")), apps=frozenset(row.get("apps", [])),
-                          admin=bool(row.get("admin")))
+        return None, False
+    digest = row.get("key_hash")
+    principal = auth.lookup_hash(cfg.keys_table, str(digest)) if digest else None
+    return principal, principal is None  # a row without a key hash predates the check: treated as revoked
+
+
+def _revoked(connection_id: str) -> dict[str, Any]:
+    """The key of this socket was revoked: its subscriptions go (no more pushes), the client is told, the socket closed."""
+    cfg = settings()
+    removed = live.delete_subscriptions(cfg.connections_table, connection_id)
+    logger.info("revoked key's connection closed", extra={"connection_id": connection_id, "subscriptions_removed": removed})
+    _error(connection_id, "UNAUTHORIZED", "this connection's API key is not valid any more (revoked); "
+           "its subscriptions were removed: reconnect with a valid key", action="subscribe")
+    live.close(cfg.websocket_management_url, connection_id)
+    return OK
 
 
 def disconnect(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
@@ -79,7 +94,9 @@ def subscribe(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
     sub = _subscription(event, connection_id, "subscribe")
     if sub is None:
         return OK
-    principal = _connection_principal(connection_id)
+    principal, revoked = _connection_principal(connection_id)
+    if revoked:
+        return _revoked(connection_id)
     if principal is None or not principal.can(sub.app_id):
         return _error(connection_id, "FORBIDDEN", f"this connection's API key may not read app {sub.app_id!r}",
                       [{"field": "app_id", "message": "is not one of the key's apps"}], action="subscribe")

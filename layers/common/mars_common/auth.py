@@ -69,6 +69,13 @@ def new_key() -> tuple[str, str]:
     return key_id, f"mk_{key_id}_{secrets.token_urlsafe(32)}"
 
 
+def usage_key_value(key_id: str) -> str:
+    """The value of a key's API Gateway key (deployed, in the usage plan): derived from the key id, so
+    it is no secret and API Gateway never holds the Mars key. It is not a credential: the REST API
+    takes usage keys only from its authorizer (ApiKeySourceType AUTHORIZER), never from a client."""
+    return f"mars-usage-key-{key_id}"
+
+
 def create_key(table: str, apps: list[str], *, admin: bool = False, note: str = "") -> tuple[str, str]:
     """Stores a new key for `apps` (or every app with admin); returns (key_id, key)."""
     bad = [a for a in apps if not APP_ID_RE.fullmatch(a)]
@@ -102,7 +109,13 @@ def revoke_key(table: str, key_id: str) -> bool:
     return bool(items)
 
 
-_cache: dict[str, tuple[float, Principal | None]] = {}
+# Two caches: valid keys, and (apart, bounded) digests that are unknown or revoked. Random well-formed
+# keys then cost one table read each at most once per window and can only evict each other, never
+# the valid keys a busy API depends on.
+MAX_CACHED_KEYS = 10_000
+MAX_CACHED_MISSES = 10_000
+_cache: dict[str, tuple[float, Principal]] = {}
+_misses: dict[str, float] = {}
 _cache_lock = threading.Lock()
 
 
@@ -110,27 +123,46 @@ def lookup(table: str, key: str) -> Principal | None:
     """The principal of a valid, unrevoked key; None otherwise. Cached for CACHE_SECONDS."""
     if not KEY_RE.fullmatch(key):
         return None  # not even shaped like a key: no table read (cheap to refuse garbage)
-    digest = key_hash(key)
+    return lookup_hash(table, key_hash(key))
+
+
+def lookup_hash(table: str, digest: str) -> Principal | None:
+    """As `lookup`, by the key's SHA-256 (what a websocket connection keeps of its key)."""
     now = time.monotonic()
     with _cache_lock:
         hit = _cache.get(digest)
         if hit and now - hit[0] < CACHE_SECONDS:
             return hit[1]
+        missed = _misses.get(digest)
+        if missed is not None and now - missed < CACHE_SECONDS:
+            return None
     item = aws.table(table).get_item(Key={"key_hash": digest}).get("Item")
     principal = None
     if item and not item.get("revoked_at"):
         principal = Principal(key_id=str(item["key_id"]), apps=frozenset(item.get("apps", [])),
                               admin=bool(item.get("admin")))
     with _cache_lock:
-        if len(_cache) > 10_000:
-            _cache.clear()
-        _cache[digest] = (now, principal)
+        if principal is None:
+            _cache.pop(digest, None)
+            _remember(_misses, digest, now, MAX_CACHED_MISSES)
+        else:
+            _misses.pop(digest, None)
+            _remember(_cache, digest, (now, principal), MAX_CACHED_KEYS)
     return principal
+
+
+def _remember(cache: dict[str, Any], digest: str, value: Any, bound: int) -> None:
+    """Inserts as the newest entry; a full cache drops its oldest (dicts keep insertion order). The caller holds the lock."""
+    cache.pop(digest, None)
+    while len(cache) >= bound:
+        del cache[next(iter(cache))]
+    cache[digest] = value
 
 
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
+        _misses.clear()
 
 
 def authenticate(table: str, required: bool, key: str | None) -> Principal:

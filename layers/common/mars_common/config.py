@@ -22,7 +22,7 @@ class Settings:
     websocket_url: str = ""
     websocket_management_url: str = ""
     keys_table: str = ""
-    auth_required: bool = False
+    auth_required: bool = True
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
@@ -32,6 +32,11 @@ class Settings:
 
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def auth_required(value: str | None) -> bool:
+    """Fails closed: only an explicit `false` turns keys off (a missing or mistyped value keeps them on)."""
+    return (value or "").strip().lower() != "false"
 
 
 @lru_cache(maxsize=1)
@@ -52,5 +57,5 @@ def settings() -> Settings:
         websocket_url=env.get("WEBSOCKET_URL", ""),
         websocket_management_url=env.get("WEBSOCKET_MANAGEMENT_URL", ""),
         keys_table=env.get("KEYS_TABLE", ""),
-        auth_required=_flag(env.get("AUTH_REQUIRED")),
+        auth_required=auth_required(env.get("AUTH_REQUIRED")),
     )

@@ -17,6 +17,7 @@ EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_MESSAGE_ID = 256
 MAX_EVENT = 128
 MAX_META_BYTES = 2048
+MAX_META_KEY = 128
 MAX_BULK = 500
 ALLOWED_FIELDS = frozenset({"app_id", "message_id", "event", "created_at", "event_id", "meta"})
 
@@ -194,6 +195,14 @@ def _check_meta(meta: Any, errors: list[FieldError]) -> dict[str, str] | None:
     bad = [k for k, v in meta.items() if not isinstance(v, str)]
     if bad:
         errors.append(FieldError("meta", f"values must be strings (not: {', '.join(sorted(bad)[:5])})"))
+        return None
+    # The dashboard and `mars tail` print meta: the same printable-text rule as the other fields, so
+    # no terminal escape (ESC, OSC) or invisible key reaches a screen.
+    if any(not 0 < len(k) <= MAX_META_KEY or not k.isprintable() for k in meta):
+        errors.append(FieldError("meta", f"keys must be printable strings of 1-{MAX_META_KEY} characters"))
+        return None
+    if any(not v.isprintable() for v in meta.values()):
+        errors.append(FieldError("meta", "values must not contain control characters"))
         return None
     size = len(json.dumps(meta, ensure_ascii=False).encode("utf-8"))
     if size > MAX_META_BYTES:

@@ -96,6 +96,24 @@ def delete_connection(table: str, connection_id: str) -> int:
     return len(rows)
 
 
+def delete_subscriptions(table: str, connection_id: str) -> int:
+    """Removes a connection's subscriptions (not the connection row); returns how many."""
+    rows = [r for r in connection_rows(table, connection_id) if r["sk"] != CONNECTION_SK]
+    with aws.table(table).batch_writer() as batch:
+        for row in rows:
+            batch.delete_item(Key={"connection_id": row["connection_id"], "sk": row["sk"]})
+    return len(rows)
+
+
+def drop_key_subscriptions(table: str, key_id: str) -> tuple[int, int]:
+    """At revocation: removes the subscriptions of every open connection of that key, so nothing is
+    pushed to them from now on (their next subscribe is refused too). Returns (connections, subscriptions).
+    A Scan, but revocations are rare and the table holds only open connections."""
+    connections = [r["connection_id"] for r in aws.items(
+        table, "scan", FilterExpression=Attr("sk").eq(CONNECTION_SK) & Attr("key_id").eq(key_id))]
+    return len(connections), sum(delete_subscriptions(table, c) for c in connections)
+
+
 class TooManySubscriptionsError(Exception):
     pass
 
@@ -188,6 +206,15 @@ def post(endpoint: str, connection_id: str, frame: dict[str, Any]) -> bool:
         if exc.response.get("Error", {}).get("Code") == "GoneException":
             return False
         raise
+
+
+def close(endpoint: str, connection_id: str) -> bool:
+    """Closes a connection through @connections (DELETE); False when it was already gone or the call failed."""
+    try:
+        management_client(endpoint).delete_connection(ConnectionId=connection_id)
+        return True
+    except Exception:  # best effort: the subscriptions are already gone, $disconnect cleans the rest
+        return False
 
 
 @dataclass

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -99,15 +100,23 @@ def to_timeline(item: dict[str, Any], lifecycle: Lifecycle | None, *, with_event
     return out
 
 
-def get_items(table_name: str, message_id: str, app_id: str | None = None) -> list[dict[str, Any]]:
-    """Every item for a message id (one per app that used it), or the one of `app_id`."""
+def get_items(table_name: str, message_id: str, app_id: str | None = None, *,
+              apps: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The items of a message id: `app_id`'s; else those of `apps` (a scoped key's); else every
+    app's (found through the KEYS_ONLY ByMessage index).
+
+    With `apps`, no other app's item or key is read, so neither the answer nor its timing depends
+    on another app having used the id (docs/SECURITY.md: no existence oracle)."""
     table = aws.table(table_name)
     if app_id is not None:
         item = table.get_item(Key={"app_id": app_id, "message_id": message_id}).get("Item")
         return [item] if item else []
-    keys = [{"app_id": i["app_id"], "message_id": i["message_id"]}
-            for i in aws.items(table_name, IndexName=BY_MESSAGE_INDEX,
-                               KeyConditionExpression=Key("message_id").eq(message_id))]
+    if apps is not None:
+        keys = [{"app_id": a, "message_id": message_id} for a in sorted(set(apps))]
+    else:
+        keys = [{"app_id": i["app_id"], "message_id": i["message_id"]}
+                for i in aws.items(table_name, IndexName=BY_MESSAGE_INDEX,
+                                   KeyConditionExpression=Key("message_id").eq(message_id))]
     items: list[dict[str, Any]] = []
     for start in range(0, len(keys), 100):
         request = {table_name: {"Keys": keys[start:start + 100], "ConsistentRead": True}}
