@@ -25,8 +25,9 @@ LAPTOP = {"width": 1366, "height": 860}
 PHONE = {"width": 375, "height": 740}
 FAKE_ORIGIN = "http://mars.test"
 FAKE_WS = "ws://mars.test/ws"
-# The policy ApiFunction serves the page with: the page must work under it (no inline script or style).
-CSP = ("default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+# The policy ApiFunction serves the page with (connect-src: itself and its own websocket URL only): the
+# page must work under it (no inline script or style).
+CSP = (f"default-src 'self'; connect-src 'self' {FAKE_WS}; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "base-uri 'self'; frame-ancestors 'none'")
 CONTENT_TYPES = {".js": "application/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                  ".svg": "image/svg+xml"}
