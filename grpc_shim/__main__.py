@@ -12,11 +12,16 @@ import sys
 
 from grpc_shim.server import serve
 
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
 
 class _Json(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extra = {k: v for k, v in vars(record).items() if k in ("host", "port", "error")}
-        return json.dumps({"level": record.levelname, "logger": record.name, "msg": record.getMessage(), **extra})
+        extra = {k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")}
+        out = {"level": record.levelname, "logger": record.name, "msg": record.getMessage(), **extra}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
 
 
 async def _watch(pid: int, stop: asyncio.Event) -> None:
@@ -37,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=4025)
     parser.add_argument("--parent-pid", type=int, help="stop when this process is gone (`mars up`, locally)")
+    parser.add_argument("--strict-created-at", action="store_true",
+                        help="collectEvent refuses a created_at that is not a timestamp (default: Mars's behaviour, "
+                             "the time received; env GRPC_STRICT_CREATED_AT=true)")
     args = parser.parse_args(argv)
+    if args.strict_created_at:
+        os.environ["GRPC_STRICT_CREATED_AT"] = "true"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Json())
     logging.basicConfig(level=logging.INFO, handlers=[handler])

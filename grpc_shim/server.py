@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -103,9 +104,41 @@ def describe(errors: list[FieldError]) -> str:
                      for e in errors)
 
 
+LENIENT_META_KEY = "created_at_text"  # where collectEvent keeps a created_at that is not a timestamp
+MAX_PEERS_REMEMBERED = 10_000
+
+
 class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
-    def __init__(self, batcher: Batcher) -> None:
+    def __init__(self, batcher: Batcher, strict_created_at: bool = False) -> None:
         self.batcher = batcher
+        # Mars's own collectEvent ignored created_at (its README's ghz load test sends "Hello"): unless
+        # strict, a created_at that is not a timestamp becomes the time received, the text kept in meta.
+        self.strict_created_at = strict_created_at
+        self.lenient_by_peer: dict[str, int] = {}
+
+    def _lenient(self, req: event_pb2.EventRequest, exc: ValidationError, received: str,
+                 context: grpc.aio.ServicerContext) -> Event | None:
+        """The event with created_at = the time received, or None when something else is wrong too."""
+        if self.strict_created_at or any(e.field != "created_at" for e in exc.errors):
+            return None
+        data = to_dict(req)
+        text = data.pop("created_at")
+        meta = dict(data.get("meta") or {})
+        meta.setdefault(LENIENT_META_KEY, text[:128])
+        data["meta"] = meta
+        try:
+            event = parse_event(data, received_at=received)
+        except ValidationError:
+            return None  # the kept text would break meta's rules (e.g. a control character): refuse
+        peer = str(context.peer() or "?")
+        seen = self.lenient_by_peer.get(peer, 0) + 1
+        if peer in self.lenient_by_peer or len(self.lenient_by_peer) < MAX_PEERS_REMEMBERED:
+            self.lenient_by_peer[peer] = seen
+        if seen == 1 or seen % 1000 == 0:  # once per client, then every thousandth: visible, not a flood
+            log.warning("collectEvent: created_at is not a timestamp; stored with the time received, the text kept "
+                        f"in meta.{LENIENT_META_KEY} (Mars's behaviour; GRPC_STRICT_CREATED_AT=true refuses it)",
+                        extra={"peer": peer, "count": seen, "created_at": text[:64], "app_id": event.app_id})
+        return event
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> auth.Principal:
         """The caller's key from the `x-api-key` metadata (DESIGN §2), as on HTTP."""
@@ -132,14 +165,18 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
         return [e.event_id for e in events]
 
     async def _validate(self, requests: list[event_pb2.EventRequest], context: grpc.aio.ServicerContext,
-                        indexed: bool) -> list[Event]:
+                        indexed: bool, lenient: bool = False) -> list[Event]:
         received = utc_now()
         events, errors = [], []
         for i, req in enumerate(requests):
             try:
                 events.append(parse_event(to_dict(req), received_at=received, index=i if indexed else None))
             except ValidationError as exc:
-                errors.extend(exc.errors)
+                event = self._lenient(req, exc, received, context) if lenient else None
+                if event is None:
+                    errors.extend(exc.errors)
+                else:
+                    events.append(event)
         if errors:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, describe(errors))
         return events
@@ -147,7 +184,7 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
     async def collectEvent(self, request: event_pb2.EventRequest,  # noqa: N802 - Mars's rpc name
                            context: grpc.aio.ServicerContext) -> event_pb2.EventResponse:
         principal = await self._principal(context)
-        events = await self._validate([request], context, indexed=False)
+        events = await self._validate([request], context, indexed=False, lenient=True)
         await self._authorize(principal, events, context)
         ids = await self._accept(events, context)
         return event_pb2.EventResponse(success=True, event_id=ids[0])
@@ -256,7 +293,8 @@ def register(servicer: MarsGrpc, server: grpc.aio.Server) -> None:
 
 async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -> None:
     server = grpc.aio.server(interceptors=[ReflectionNeedsKey()])
-    register(MarsGrpc(Batcher(settings().events_queue_urls)), server)
+    strict = os.environ.get("GRPC_STRICT_CREATED_AT", "").strip().lower() in ("1", "true", "yes", "on")
+    register(MarsGrpc(Batcher(settings().events_queue_urls), strict_created_at=strict), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)

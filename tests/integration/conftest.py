@@ -61,7 +61,7 @@ class RunningStack:
         return out
 
     def drained(self) -> bool:
-        stats = requests.get(self.url("/api/q/stats"), timeout=10).json()
+        stats = requests.get(self.url("/api/q/stats"), timeout=30).json()
         return all(q["visible"] == 0 and q["in_flight"] == 0 for q in stats["queues"])
 
     def wait_drained(self, timeout: float = 60) -> None:

@@ -136,3 +136,15 @@ def test_mars_bench_grpc_prints_a_ghz_style_summary(mars: RunningStack) -> None:
         assert heading in got.stdout
     figures = json.loads(got.stdout.strip().splitlines()[-1])
     assert figures["statuses"] == {"OK": 100} and figures["rps"] > 0 and figures["noop_rps"] > 0
+
+
+def test_the_seeds_own_ghz_body_is_stored(mars: RunningStack, channel: grpc.Channel) -> None:
+    """Mars's README load-tests collectEvent with created_at "Hello"; Mars ignored it, so do we
+    (unless the shim is strict): stored with the time received, the text kept in meta."""
+    mid = uid()
+    body = {"app_id": "95625ac7-f249-49af-96a4-90352c72e2b8", "message_id": mid, "event": "Hello", "created_at": "Hello"}
+    assert event_pb2_grpc.MarsGrpcStub(channel).collectEvent(event_pb2.EventRequest(**body)).success
+    event = wait_timeline(mars, mid)["timelines"][0]["events"][0]
+    assert event["event"] == "Hello" and event["created_at"] == event["received_at"]
+    assert event["meta"] == {"created_at_text": "Hello"}
+
