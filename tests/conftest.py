@@ -44,6 +44,31 @@ def _clear_caches() -> None:
 
 
 @pytest.fixture
+def auth_on(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`mocked_stack` with API keys required (AUTH_REQUIRED=true) and every cache of settings and keys cleared."""
+    from mars_common import auth, config
+
+    monkeypatch.setenv("AUTH_REQUIRED", "true")
+    config.settings.cache_clear()
+    auth.clear_cache()
+    return mocked_stack
+
+
+def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition", poll: float = 0.01) -> Any:
+    """Polls `predicate` until it returns something true (returned), or fails the test after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+
+
+@pytest.fixture
 def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """template.yaml's queues and tables created under moto's mock_aws (by the same code the local
     runtime uses), and the environment a function of the template gets, set for this process."""

@@ -20,14 +20,6 @@ GET_MESSAGE = "/api/messages/{message_id}"
 
 
 @pytest.fixture
-def auth_on(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("AUTH_REQUIRED", "true")
-    config.settings.cache_clear()
-    auth.clear_cache()
-    return mocked_stack
-
-
-@pytest.fixture
 def keys(auth_on: Any) -> dict[str, str]:
     table = settings().keys_table
     return {"a": auth.create_key(table, ["app-a"])[1], "admin": auth.create_key(table, [], admin=True)[1]}

@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
-from mars_common import auth, aws, config, live
+from mars_common import auth, aws, live
 from mars_common.config import settings
 from mars_common.events import parse_event
 from mars_common.store import put_lifecycle, upsert_message
@@ -17,14 +17,6 @@ from mars_common.timeline import Lifecycle
 from tests.conftest import load_function
 from tests.unit.test_api import Api
 from tests.unit.test_live import FakeConnections, ws_event
-
-
-@pytest.fixture
-def auth_on(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("AUTH_REQUIRED", "true")
-    config.settings.cache_clear()
-    auth.clear_cache()
-    return mocked_stack
 
 
 @pytest.fixture

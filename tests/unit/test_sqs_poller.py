@@ -27,20 +27,14 @@ from local.functions import FunctionSpec
 from local.invoker import FunctionPool, InvokeResult
 from local.sqs_poller import SqsPoller, SqsSource, lambda_record
 from local.stack import LocalStack
+from tests.conftest import wait_until as shared_wait_until
 
 REGION = "us-east-1"
 FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:unit-Fn"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 8.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+    return shared_wait_until(predicate, timeout, what, poll=0.02)
 
 
 class FakePool:

@@ -27,6 +27,7 @@ from local import stream_poller, supervise
 from local.invoker import InvokeResult
 from local.stream_poller import StreamPoller, StreamSource, check_pattern, matches, sources_for
 from local.template import Stack
+from tests.conftest import wait_until as shared_wait_until
 
 REGION = "us-east-1"
 TABLE = "stream-table"
@@ -45,14 +46,7 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+    return shared_wait_until(predicate, timeout, what, poll=0.01)
 
 
 class FakePool:
