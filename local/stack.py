@@ -200,7 +200,15 @@ class LocalStack:
         """The account the endpoint serves (STS GetCallerIdentity): moto answers 123456789012, LocalStack
         000000000000. Every ARN the runtime builds and `AWS::AccountId` use it, so a RedrivePolicy names a
         dead-letter queue that exists."""
-        return str(self.client("sts").get_caller_identity()["Account"])
+        identity = self.client("sts").get_caller_identity()
+        headers = identity.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if "x-localstack" in headers and "dynamodb" not in self.service_endpoints and "dynamodb" not in self.config.embedded \
+                and self.stack.of_type("AWS::DynamoDB::Table"):
+            # LocalStack's DynamoDB fetches Java and DynamoDB Local at first use: offline, every call hangs, then fails
+            log.warning("DynamoDB on LocalStack needs Java and DynamoDB Local downloaded at first use; offline, "
+                        "creating the tables fails after minutes: pass --embedded dynamodb,dynamodbstreams",
+                        extra={"endpoint": self.endpoint})
+        return str(identity["Account"])
 
     def _start_emulator(self) -> None:
         if self.config.endpoint:

@@ -46,7 +46,11 @@ def test_embedded_services_bring_their_companions_and_refuse_unknown_names() -> 
         embedded_services("dynamo")
 
 
-def test_up_refuses_embedded_without_an_endpoint_and_unknown_services(capsys: pytest.CaptureFixture[str]) -> None:
+def test_up_refuses_embedded_without_an_endpoint_and_unknown_services(capsys: pytest.CaptureFixture[str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from local import logs
+
+    monkeypatch.setattr(logs, "setup", lambda level: None)  # leave pytest's logging (and stderr) alone
     template = str(Path(__file__).resolve().parents[1] / "fixtures" / "probe_app" / "template.yaml")
     assert cli.main(["up", "--template", template, "--embedded", "dynamodb"]) == 2
     assert "--endpoint" in capsys.readouterr().err
@@ -60,3 +64,24 @@ def test_a_service_endpoint_comes_from_the_state_not_from_a_queue_url() -> None:
     assert stacks.endpoint(state, "sqs") == "http://127.0.0.1:4566"
     assert stacks.endpoint(state, "dynamodb") == "http://127.0.0.1:4999"
     assert stacks.endpoint({"endpoint": "http://e"}, "sns") == "http://e"
+
+
+class _Sts:
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+    def get_caller_identity(self) -> dict[str, object]:
+        return {"Account": "000000000000", "ResponseMetadata": {"HTTPHeaders": self.headers}}
+
+
+@pytest.mark.parametrize("embedded, warned", [((), True), (("dynamodb", "dynamodbstreams"), False)])
+def test_localstack_without_embedded_dynamodb_is_warned_about(caplog: pytest.LogCaptureFixture,
+                                                              embedded: tuple[str, ...], warned: bool) -> None:
+    from local.stack import Config, LocalStack
+
+    template = Path(__file__).resolve().parents[1] / "fixtures" / "api_stream" / "template.yaml"  # has tables
+    stack = LocalStack(Config(template=template, endpoint="http://127.0.0.1:9", embedded=embedded))
+    stack.client = lambda service: _Sts({"x-localstack": "true"})  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="local.stack"):
+        assert stack._caller_account() == "000000000000"
+    assert any("--embedded dynamodb,dynamodbstreams" in r.getMessage() for r in caplog.records) is warned
