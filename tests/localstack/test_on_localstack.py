@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import MARS, ROOT, RunningStack, wait_timeline
+from tests.integration.test_live import next_frame, subscribed
 
 LOCALSTACK_ACCOUNT = "000000000000"
 
@@ -66,6 +67,16 @@ def test_producers_via_sns_and_sqs_reach_the_timeline(mars_ls: RunningStack) -> 
                                                                "created_at": "2026-11-26T10:00:01Z"}))
     timeline = wait_timeline(mars_ls, mid, events=2)["timelines"][0]
     assert [e["event"] for e in timeline["events"]] == ["CREATED", "PAID"]
+
+
+def test_the_websocket_gets_a_new_event_through_the_embedded_stream(mars_ls: RunningStack) -> None:
+    app_id, mid = uid("live"), uid()
+    with subscribed(mars_ls, app_id, mid) as ws:
+        next_frame(ws)  # the timeline so far: empty
+        assert requests.post(mars_ls.url("/api/event"), json={"app_id": app_id, "message_id": mid, "event": "CREATED"},
+                             timeout=30).status_code == 202
+        pushed = next_frame(ws, message_id=mid)
+    assert [e["event"] for e in pushed["new_events"]] == ["CREATED"]
 
 
 @pytest.mark.parametrize("transport", ["sns", "sqs", "http", "grpc"])
