@@ -19,10 +19,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 
 from . import apigw_rest, apigw_websocket, awscalls, lambda_api, scheduler, sns_trigger, stream_poller, tls
 from .functions import FUNCTION_TYPES, build_spec, function_properties
@@ -200,7 +202,12 @@ class LocalStack:
         """The account the endpoint serves (STS GetCallerIdentity): moto answers 123456789012, LocalStack
         000000000000. Every ARN the runtime builds and `AWS::AccountId` use it, so a RedrivePolicy names a
         dead-letter queue that exists."""
-        identity = self.client("sts").get_caller_identity()
+        try:
+            identity = self.client("sts").get_caller_identity()
+        except ClientError as exc:  # an endpoint without STS (an SQS-only emulator…): queue ARNs are still its own
+            log.warning("the endpoint has no STS GetCallerIdentity; the account is assumed",
+                        extra={"endpoint": self.endpoint, "account_id": self.stack.account_id, "error": str(exc)})
+            return self.stack.account_id
         headers = identity.get("ResponseMetadata", {}).get("HTTPHeaders", {})
         if "x-localstack" in headers and "dynamodb" not in self.service_endpoints and "dynamodb" not in self.config.embedded \
                 and self.stack.of_type("AWS::DynamoDB::Table"):
@@ -224,7 +231,10 @@ class LocalStack:
         `split_services`; beside an `endpoint`, one serves the `embedded` services only."""
         beside = bool(self.config.endpoint)
         split = () if beside else self.config.split_services[:1]
-        ports = [self.config.emulator_port] + [free_port(self.config.host) for _ in split]
+        first = self.config.emulator_port
+        if beside and urlsplit(self.endpoint).port == first:  # LocalStack on 4566 too: take another port
+            first = free_port(self.config.host)
+        ports = [first] + [free_port(self.config.host) for _ in split]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         if beside:  # one account on both sides: ARNs from the embedded emulator (stream ARNs…) match the endpoint's
             env["MOTO_ACCOUNT_ID"] = self.stack.account_id

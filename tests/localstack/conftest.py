@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -86,7 +87,9 @@ def localstack_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 @pytest.fixture(scope="session")
 def mars_ls(localstack_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """Mars on LocalStack, DynamoDB (and its streams) on the embedded emulator."""
+    # --emulator-port = LocalStack's port, as `mars up --endpoint http://127.0.0.1:4566` has by default: the
+    # embedded emulator must move to a free port
     stack = start_stack(tmp_path_factory.mktemp("mars-ls"), "mars-ls", "--endpoint", localstack_endpoint,
-                        "--embedded", EMBEDDED)
+                        "--embedded", EMBEDDED, "--emulator-port", str(urlsplit(localstack_endpoint).port))
     yield stack
     stack.stop()

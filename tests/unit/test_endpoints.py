@@ -85,3 +85,20 @@ def test_localstack_without_embedded_dynamodb_is_warned_about(caplog: pytest.Log
     with caplog.at_level("WARNING", logger="local.stack"):
         assert stack._caller_account() == "000000000000"
     assert any("--embedded dynamodb,dynamodbstreams" in r.getMessage() for r in caplog.records) is warned
+
+
+def test_an_endpoint_without_sts_keeps_the_default_account_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from botocore.exceptions import ClientError
+
+    from local.stack import Config, LocalStack
+
+    class NoSts:
+        def get_caller_identity(self) -> dict[str, object]:
+            raise ClientError({"Error": {"Code": "InvalidAction", "Message": "no STS here"}}, "GetCallerIdentity")
+
+    template = Path(__file__).resolve().parents[1] / "fixtures" / "api_stream" / "template.yaml"
+    stack = LocalStack(Config(template=template, endpoint="http://127.0.0.1:9"))
+    stack.client = lambda service: NoSts()  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="local.stack"):
+        assert stack._caller_account() == "123456789012"
+    assert any("no STS" in r.getMessage() for r in caplog.records)
