@@ -112,3 +112,6 @@ def test_a_poison_message_that_exhausts_its_receives_lands_in_the_dlq(mars_ls: R
     assert found, "the poison message reached the dead-letter queue on LocalStack (not dropped at maxReceiveCount)"
     stats = requests.get(mars_ls.url("/api/q/stats"), timeout=10).json()
     assert stats["dead_letter"][0]["visible"] + stats["dead_letter"][0]["in_flight"] >= 1, "counted in /api/q/stats"
+    got = mars_cli(mars_ls, "redrive", "--queue", "events", "--dry-run", "--json")  # finds it on LocalStack
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["kept"]["events"]["invalid"]["count"] >= 1, "poison is kept, never redriven"
