@@ -253,9 +253,10 @@ class LocalStack:
             wait_for_port(self.config.host, port, 30, process)
         if beside:
             embedded = f"http://{self.config.host}:{ports[0]}"
-            for service in self.config.embedded:
+            services = embedded_services(self.config.embedded)  # with companions, whoever built the Config
+            for service in services:
                 self.service_endpoints[service] = embedded
-            log.info("embedded services", extra={"endpoint": embedded, "services": list(self.config.embedded),
+            log.info("embedded services", extra={"endpoint": embedded, "services": list(services),
                                                  "account_id": self.stack.account_id})
         elif len(ports) > 1:
             second = f"http://{self.config.host}:{ports[1]}"
