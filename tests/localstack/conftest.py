@@ -1,6 +1,6 @@
 """Mars on LocalStack (host mode: `localstack-core` in .venv-localstack, no Docker, no auth token).
 
-One LocalStack per session on a free loopback port, and one `mars up --endpoint URL --embedded
+One LocalStack for this folder's tests on a free loopback port, and one `mars up --endpoint URL --embedded
 dynamodb,dynamodbstreams` on it: LocalStack's DynamoDB downloads Java and DynamoDB Local at first use,
 which cannot happen offline, so tables and their streams stay on the embedded emulator.
 
@@ -51,7 +51,7 @@ def localstack_env(port: int, root: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/localstack are done
 def localstack_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not PYTHON.exists():
         _unavailable(f"no {PYTHON}")
@@ -84,7 +84,7 @@ def localstack_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         terminate(process, timeout=3)  # its hypercorn shutdown can hang: SIGKILL after 3 s
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/localstack are done
 def mars_ls(localstack_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """Mars on LocalStack, DynamoDB (and its streams) on the embedded emulator."""
     # --emulator-port = LocalStack's port, as `mars up --endpoint http://127.0.0.1:4566` has by default: the
