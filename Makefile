@@ -13,7 +13,14 @@ ifeq ($(AUTH),1)
 UP_ARGS += --auth
 endif
 
-.PHONY: install up test lint template-check unit integration browser system-deps faults soak bench clean proto
+.PHONY: install up test lint template-check unit integration browser system-deps faults soak bench clean proto \
+	localstack localstack-test
+
+# tests/localstack run Mars on LocalStack in host mode (no Docker): localstack-core wants Python 3.13, in a
+# venv of its own. python3.13 on PATH if it runs, else pyenv's.
+LOCALSTACK_VENV ?= .venv-localstack
+LOCALSTACK_PYTHON ?= $(shell for p in python3.13 $$(pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13 /usr/bin/python3.13; do \
+	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 
 # tests/browser drive Debian's Chromium (apt), never a browser build downloaded at test time.
 export MARS_CHROMIUM ?= /usr/bin/chromium
@@ -28,6 +35,19 @@ $(BIN)/.installed: requirements-dev.txt constraints.txt pyproject.toml
 	@touch $@
 
 install: $(BIN)/.installed
+
+$(LOCALSTACK_VENV)/.installed: requirements-localstack.txt constraints-localstack.txt
+	@test -n "$(LOCALSTACK_PYTHON)" || { echo "make: Python 3.13 not found (python3.13, pyenv's 3.13.x); LocalStack's venv needs it: pyenv install 3.13, or LOCALSTACK_PYTHON=/path/to/python3.13"; exit 1; }
+	@test -x $(LOCALSTACK_VENV)/bin/python || $(LOCALSTACK_PYTHON) -m venv $(LOCALSTACK_VENV)
+	$(LOCALSTACK_VENV)/bin/python -m pip install -q --upgrade pip==25.3
+	$(LOCALSTACK_VENV)/bin/python -m pip install -q -r requirements-localstack.txt -c constraints-localstack.txt
+	@touch $@
+
+# LocalStack (localstack-core, host mode) in .venv-localstack, for tests/localstack and `mars up --endpoint`
+localstack: $(LOCALSTACK_VENV)/.installed
+
+localstack-test: install localstack
+	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests/localstack
 
 up: install
 	$(BIN)/mars up $(UP_ARGS)
@@ -69,8 +89,8 @@ system-deps:
 browser: install system-deps
 	$(BIN)/python -m pytest -q tests/browser
 
-test: install lint template-check system-deps
-	$(BIN)/python -m pytest -q tests
+test: install localstack lint template-check system-deps
+	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests
 
 # Each run is recorded in bench/runs/ and docs/BENCHMARKS.md's current table is rendered from them.
 bench: install system-deps

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mars import stacks
+
 from .common import ROOT, Stack, client, progress, start_emulator, start_stack, wait_drained
 
 sys.path.insert(0, str(ROOT / "layers" / "common"))
@@ -182,7 +184,7 @@ def _closed_loop(workers: int, seconds: float, make: Any) -> tuple[float, list[f
 def bulk_ingest(stack: Stack, sizes: Sizes, backlog: int = 0) -> tuple[float, dict[str, Any]]:
     run = uuid.uuid4().hex[:6]
     events = make_events(sizes.events, sizes.events_per_message, run)
-    sqs = client("sqs", stack.state["endpoint"])
+    sqs = client("sqs", stacks.endpoint(stack.state, "sqs"))
     if backlog:
         progress(f"(d) pausing triggers, filling the queues with {backlog} waiting messages")
         stack.set_triggers(False)
@@ -319,7 +321,7 @@ def warm_stack(sizes: Sizes) -> Iterator[Stack]:
         progress("warm-up: 1,000 events and 2 s of single events")
         bulk_ingest(stack, Sizes(events=1000, clients=sizes.clients))
         single_events(stack, Sizes(connections=sizes.connections, seconds=2))
-        wait_drained(client("sqs", stack.state["endpoint"]), stack.queue_urls, timeout=600)
+        wait_drained(client("sqs", stacks.endpoint(stack.state, "sqs")), stack.queue_urls, timeout=600)
         yield stack
     finally:
         stack.stop()
@@ -333,7 +335,7 @@ def _paused(stack: Stack, measure: Any) -> Any:
         return measure()
     finally:
         stack.set_triggers(True)
-        wait_drained(client("sqs", stack.state["endpoint"]), stack.queue_urls, timeout=600)
+        wait_drained(client("sqs", stacks.endpoint(stack.state, "sqs")), stack.queue_urls, timeout=600)
 
 
 def run(sizes: Sizes) -> Results:
@@ -358,7 +360,7 @@ def run(sizes: Sizes) -> Results:
         res.figures["single_rps_after_b"], res.notes["c_after_b_latency_ms"] = _paused(
             stack, lambda: single_events(stack, replace(sizes, connections=best)))
         res.figures["backlog_eps"], res.notes["d"] = bulk_ingest(stack, sizes, backlog=sizes.backlog)
-        wait_drained(client("sqs", stack.state["endpoint"]), stack.queue_urls, timeout=600)
+        wait_drained(client("sqs", stacks.endpoint(stack.state, "sqs")), stack.queue_urls, timeout=600)
 
         from mars import bench_grpc
 

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mars import stacks
+
 from .common import ROOT, client, machine, progress
 
 STEPS = ("CREATED", "QUEUED", "SENT", "DELIVERED", "ACKED")
@@ -57,8 +59,8 @@ class Target:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Target:
         out = state["outputs"]
-        return cls(api=str(out["ApiUrl"]).rstrip("/"), sqs_endpoint=state["endpoint"],
-                   dynamodb_endpoint=state.get("service_endpoints", {}).get("dynamodb", state["endpoint"]),
+        return cls(api=str(out["ApiUrl"]).rstrip("/"), sqs_endpoint=stacks.endpoint(state, "sqs"),
+                   dynamodb_endpoint=stacks.endpoint(state, "dynamodb"),
                    queue_urls=tuple(str(out["EventsQueueUrls"]).split(",")),
                    dead_letter_url=str(out["DeadLetterQueueUrl"]), table=str(out["MessagesTableName"]))
 

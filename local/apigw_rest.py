@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .httpserver import Handler, Server
 from .invoker import FunctionPool, Invoker, InvokeResult
+from .template import ACCOUNT_ID
 
 log = logging.getLogger("local.apigw")
 # API Gateway's maximum integration timeout for REST APIs: the client gets a 504 then, even if the
@@ -106,6 +107,7 @@ class RestApi:
     routes: list[Route]
     # BinaryMediaTypes of the API (and Globals.Api), `~1` read as `/` as SAM writes them, lower case
     binary_types: tuple[str, ...] = field(default_factory=tuple)
+    account_id: str = ACCOUNT_ID  # the stack's, learned from its endpoint (requestContext.accountId)
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         for route in self.routes:
@@ -128,7 +130,7 @@ def build_apis(stack: Any) -> list[RestApi]:
     for lid, spec in stack.of_type("AWS::Serverless::Api").items():
         props = spec.get("Properties", {})
         apis[lid] = RestApi(lid, stack.ref(lid), str(stack.resolve(props.get("StageName", "Prod"))), [],
-                            _binary_types(stack, props))
+                            _binary_types(stack, props), stack.account_id)
     for fn_lid, fn in stack.of_type("AWS::Serverless::Function").items():
         for _name, event in fn.get("Properties", {}).get("Events", {}).items():
             if event.get("Type") != "Api":
@@ -137,7 +139,8 @@ def build_apis(stack: Any) -> list[RestApi]:
             api_ref = props.get("RestApiId")
             api_lid = api_ref.get("Ref") if isinstance(api_ref, dict) else "ServerlessRestApi"
             if api_lid not in apis:  # SAM's implicit API, stage Prod, shaped by Globals.Api
-                apis[api_lid] = RestApi(api_lid, stack.ref(api_lid), "Prod", [], _binary_types(stack, {}))
+                apis[api_lid] = RestApi(api_lid, stack.ref(api_lid), "Prod", [], _binary_types(stack, {}),
+                                        stack.account_id)
             apis[api_lid].routes.append(Route.make(str(props["Path"]), str(props["Method"]), fn_lid))
     for api in apis.values():
         api.routes.sort(key=lambda r: r.specificity(), reverse=True)
@@ -195,7 +198,7 @@ def proxy_event(api: RestApi, route: Route, params: dict[str, str], method: str,
             # The path as the client asked for it: on an execute-api host that starts with the stage, on a
             # custom domain (and locally, where URLs carry no stage) it does not. Apps derive their base
             # URL from the difference (the dashboard's <base href>).
-            "path": path, "accountId": "123456789012", "protocol": "HTTP/1.1",
+            "path": path, "accountId": api.account_id, "protocol": "HTTP/1.1",
             "stage": api.stage, "domainPrefix": host.split(".")[0], "requestTimeEpoch": int(now * 1000),
             "requestId": request_id, "domainName": host, "apiId": api.api_id,
             "identity": {"sourceIp": source_ip, "userAgent": hdrs.get("User-Agent") or hdrs.get("user-agent"),

@@ -48,7 +48,9 @@ def create_queue(stack: Stack, lid: str, props: dict[str, Any], clients: Callabl
         settable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
         if settable:
             sqs.set_queue_attributes(QueueUrl=url, Attributes=settable)
-    arn = f"arn:aws:sqs:{stack.region}:{stack.account_id}:{name}"
+    # The endpoint's own ARN, not one built here: a RedrivePolicy naming a DLQ ARN of another account
+    # makes the endpoint drop the message at maxReceiveCount (LocalStack does), silently.
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     return {"Ref": url, "Arn": arn, "QueueName": name, "QueueUrl": url}
 
 

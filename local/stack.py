@@ -19,10 +19,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 
 from . import apigw_rest, apigw_websocket, awscalls, lambda_api, scheduler, sns_trigger, stream_poller, tls
 from .functions import FUNCTION_TYPES, build_spec, function_properties
@@ -46,6 +48,9 @@ class Config:
     ws_port: int = 4001  # websocket APIs; their @connections endpoints take free ports
     emulator_port: int = 4566
     endpoint: str | None = None  # an already running emulator (LocalStack…): no embedded moto
+    # With `endpoint`: services that stay on an embedded emulator anyway (one the endpoint cannot serve
+    # offline, e.g. LocalStack's DynamoDB, which downloads Java at first use); boto3 service names.
+    embedded: tuple[str, ...] = ()
     parameter_overrides: dict[str, str] = field(default_factory=dict)
     state_dir: Path = Path(".mars-local")
     faults: dict[str, Fault] = field(default_factory=dict)
@@ -62,6 +67,26 @@ def endpoint_variable(service: str) -> str:
     """boto3's service-specific endpoint variable: AWS_ENDPOINT_URL_ + the serviceId, upper snake case."""
     service_id = botocore.session.get_session().get_service_model(service).service_id
     return "AWS_ENDPOINT_URL_" + re.sub(r"[\s-]+", "_", str(service_id)).upper()
+
+
+# Services that live together: a table's stream is served where the table is.
+_COMPANIONS = {"dynamodb": ("dynamodbstreams",), "dynamodbstreams": ("dynamodb",)}
+
+
+def embedded_services(names: Any) -> tuple[str, ...]:
+    """`--embedded dynamodb,…` → boto3 service names, validated, with their companions (a table's stream
+    lives where the table does); raises ValueError on a name boto3 does not know."""
+    items = names.split(",") if isinstance(names, str) else list(names)
+    known = set(botocore.session.get_session().get_available_services())
+    out: list[str] = []
+    for raw in items:
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name not in known:
+            raise ValueError(f"--embedded: {name!r} is not an AWS service name boto3 knows (e.g. dynamodb, sqs, sns)")
+        out += [name, *_COMPANIONS.get(name, ())]
+    return tuple(dict.fromkeys(out))
 
 
 def terminate(*processes: subprocess.Popen[bytes], timeout: float = 10) -> None:
@@ -156,6 +181,7 @@ class LocalStack:
             self.stop()
             raise
         log.info("stack ready", extra={"stack": self.stack.name, "endpoint": self.endpoint, "service_endpoints": self.service_endpoints,
+                 "account_id": self.stack.account_id,
                  "lambda_endpoint": self.lambda_endpoint,
                  "apis": self.api_urls,
                                        "functions": sorted(self.invoker.pools),
@@ -172,10 +198,46 @@ class LocalStack:
         log.info("gateways open", extra={"stack": self.stack.name, "apis": self.api_urls,
                                          "websockets": {k: v[0] for k, v in self.websocket_urls.items()}})
 
+    def _caller_account(self) -> str:
+        """The account the endpoint serves (STS GetCallerIdentity): moto answers 123456789012, LocalStack
+        000000000000. Every ARN the runtime builds and `AWS::AccountId` use it, so a RedrivePolicy names a
+        dead-letter queue that exists."""
+        try:
+            identity = self.client("sts").get_caller_identity()
+        except ClientError as exc:  # an endpoint without STS (an SQS-only emulator…): queue ARNs are still its own
+            log.warning("the endpoint has no STS GetCallerIdentity; the account is assumed",
+                        extra={"endpoint": self.endpoint, "account_id": self.stack.account_id, "error": str(exc)})
+            return self.stack.account_id
+        headers = identity.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if "x-localstack" in headers and "dynamodb" not in self.service_endpoints and "dynamodb" not in self.config.embedded \
+                and self.stack.of_type("AWS::DynamoDB::Table"):
+            # LocalStack's DynamoDB fetches Java and DynamoDB Local at first use: offline, every call hangs, then fails
+            log.warning("DynamoDB on LocalStack needs Java and DynamoDB Local downloaded at first use; offline, "
+                        "creating the tables fails after minutes: pass --embedded dynamodb,dynamodbstreams",
+                        extra={"endpoint": self.endpoint})
+        return str(identity["Account"])
+
     def _start_emulator(self) -> None:
         if self.config.endpoint:
+            self.stack.bind(account_id=self._caller_account())
+            if self.config.embedded:
+                self._start_embedded()
             return
-        ports = [self.config.emulator_port] + [free_port(self.config.host) for _ in self.config.split_services[:1]]
+        self._start_embedded()
+        self.stack.bind(account_id=self._caller_account())
+
+    def _start_embedded(self) -> None:
+        """The embedded moto servers: alone, the primary serves everything and a second one the
+        `split_services`; beside an `endpoint`, one serves the `embedded` services only."""
+        beside = bool(self.config.endpoint)
+        split = () if beside else self.config.split_services[:1]
+        first = self.config.emulator_port
+        if beside and urlsplit(self.endpoint).port == first:  # LocalStack on 4566 too: take another port
+            first = free_port(self.config.host)
+        ports = [first] + [free_port(self.config.host) for _ in split]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        if beside:  # one account on both sides: ARNs from the embedded emulator (stream ARNs…) match the endpoint's
+            env["MOTO_ACCOUNT_ID"] = self.stack.account_id
         for port in ports:
             cmd = [sys.executable, "-m", "local.emulator", "--host", self.config.host, "--port", str(port),
                    "--parent-pid", str(os.getpid())]
@@ -185,12 +247,18 @@ class LocalStack:
                 cmd += ["--fault", fault]
             if self.config.fault_seed is not None:
                 cmd += ["--fault-seed", str(self.config.fault_seed)]
-            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
             # Its own session: Ctrl-C stops the runtime, which stops its pollers before the emulator.
             self._emulators.append(subprocess.Popen(cmd, env=env, start_new_session=True))
         for port, process in zip(ports, self._emulators):
             wait_for_port(self.config.host, port, 30, process)
-        if len(ports) > 1:
+        if beside:
+            embedded = f"http://{self.config.host}:{ports[0]}"
+            services = embedded_services(self.config.embedded)  # with companions, whoever built the Config
+            for service in services:
+                self.service_endpoints[service] = embedded
+            log.info("embedded services", extra={"endpoint": embedded, "services": list(services),
+                                                 "account_id": self.stack.account_id})
+        elif len(ports) > 1:
             second = f"http://{self.config.host}:{ports[1]}"
             for service in self.config.split_services:
                 self.service_endpoints[service] = second
@@ -375,7 +443,7 @@ class LocalStack:
                  "endpoint": self.endpoint, "service_endpoints": self.service_endpoints,
                  "lambda_endpoint": self.lambda_endpoint,
                  "apis": self.api_urls, "websockets": self.websocket_urls, "outputs": self.outputs(),
-                 "region": self.stack.region,
+                 "region": self.stack.region, "account_id": self.stack.account_id,
                  # every queue of the template, so `mars stats` can show any SAM app's queues
                  "queues": {lid: a["QueueUrl"] for lid, a in self.stack.physical.items() if "QueueUrl" in a}}
         tmp = self.state_file.with_suffix(".tmp")

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 REGION = "us-east-1"
+# Until the stack learns the account from its endpoint (STS GetCallerIdentity, LocalStack.start): moto's
+# default, which is what a Stack used under moto's mock_aws (unit tests) gets.
 ACCOUNT_ID = "123456789012"
 
 
@@ -62,6 +64,17 @@ class Stack:
     def resources(self) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.template.get("Resources", {}).items()
                 if "Condition" not in v or self.condition(v["Condition"])}
+
+    def bind(self, account_id: str | None = None, region: str | None = None) -> None:
+        """The account (and region) the resources live in, learned from the endpoint: `AWS::AccountId` and
+        every ARN built from here on use them. Conditions are evaluated again (one may compare them)."""
+        if account_id:
+            self.account_id = account_id
+        if region:
+            self.region = region
+        self.conditions = {}
+        for name in self.template.get("Conditions", {}):
+            self.condition(name)
 
     def of_type(self, *types: str) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.resources.items() if v.get("Type") in types}

@@ -42,7 +42,7 @@ def _overrides(items: list[str], declared: set[str], auth: bool = False) -> dict
 def cmd_up(args: argparse.Namespace) -> int:
     from local import logs
     from local.invoker import Fault
-    from local.stack import Config, LocalStack
+    from local.stack import Config, LocalStack, embedded_services
     from local.template import TemplateError, load
 
     logs.setup(args.log_level)
@@ -55,9 +55,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"mars: cannot read the template {args.template}: {exc}", file=sys.stderr)
         return 2
     faults = dict(Fault.parse(f) for f in args.fault)
+    try:
+        embedded = embedded_services(args.embedded or "")
+    except ValueError as exc:
+        print(f"mars: {exc}", file=sys.stderr)
+        return 2
+    if embedded and not args.endpoint:
+        print("mars: --embedded names the services kept on the embedded emulator beside --endpoint URL; "
+              "without --endpoint every service is embedded already", file=sys.stderr)
+        return 2
     config = Config(template=Path(args.template), stack_name=args.stack_name, host=args.host,
                     api_port=args.api_port, ws_port=args.ws_port, emulator_port=args.emulator_port,
-                    endpoint=args.endpoint,
+                    endpoint=args.endpoint, embedded=embedded,
                     parameter_overrides=_overrides(args.parameter_overrides, declared, args.auth),
                     state_dir=stacks.state_dir(args),
                     faults=faults, fault_seed=args.fault_seed, warm=args.warm, emulator_faults=args.emulator_fault)
@@ -221,11 +230,7 @@ def _queue_stats(state: dict[str, Any]) -> dict[str, Any]:
     """Every queue of a running local stack, in /api/q/stats's shape: a queue that another queue's
     RedrivePolicy names is a dead-letter queue. SQS has no oldest-age attribute (AWS publishes it as a
     CloudWatch metric), so it is left out."""
-    import boto3
-
-    endpoint = (state.get("service_endpoints") or {}).get("sqs") or state["endpoint"]
-    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=state.get("region") or "us-east-1",
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    sqs = stacks.aws_client(state, "sqs")
     rows, dead_arns = [], set()
     for url in sorted((state.get("queues") or {}).values()):
         attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
@@ -257,22 +262,24 @@ def cmd_send(args: argparse.Namespace) -> int:
         if args.meta:
             event["meta"] = dict(item.partition("=")[::2] for item in args.meta)
         events = [event]
-    outputs = None if args.url else stacks.outputs(args, "--url")
-    if not args.url and outputs is None:
+    state = None if args.url and args.transport in ("http", "grpc") else stacks.find(args, "--url")
+    if state is None and not args.url:
         return 2
+    outputs = state["outputs"] if state is not None else None
     if args.transport == "http":
         client = MarsClient.http(args.url or outputs["ApiUrl"], api_key=args.api_key)  # type: ignore[index]
     elif args.transport == "grpc":
         client = MarsClient.grpc(args.url or outputs["GrpcEndpoint"], api_key=args.api_key)  # type: ignore[index]
     else:
-        import boto3
-
-        assert outputs is not None, "sns/sqs need the stack's outputs"
-        endpoint = outputs["EventsQueueUrls"].split("/123456789012/")[0]
-        aws = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "testing",
-               "aws_secret_access_key": "testing"}
-        client = (MarsClient.sns(outputs["IngestTopicArn"], boto3.client("sns", **aws)) if args.transport == "sns"
-                  else MarsClient.sqs(outputs["IngestQueueUrl"], boto3.client("sqs", **aws)))
+        if state is None:  # --url names an API or a gRPC target, not a topic or queue
+            print(f"mars: --transport {args.transport} sends through the running stack's "
+                  f"{'IngestTopicArn' if args.transport == 'sns' else 'IngestQueueUrl'}; --url is for http/grpc",
+                  file=sys.stderr)
+            return 2
+        # the stack's recorded endpoints (embedded moto, LocalStack, or a mix with --embedded)
+        client = (MarsClient.sns(state["outputs"]["IngestTopicArn"], stacks.aws_client(state, "sns"))
+                  if args.transport == "sns"
+                  else MarsClient.sqs(state["outputs"]["IngestQueueUrl"], stacks.aws_client(state, "sqs")))
     try:
         ids = client.send_many(events)
     except MarsValidationError as err:
@@ -299,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ws-port", type=int, default=4001, help="websocket API (its @connections endpoint takes a free port)")
     up.add_argument("--emulator-port", type=int, default=4566)
     up.add_argument("--grpc-port", type=int, default=4025, help="the gRPC shim's port (0: do not start it)")
-    up.add_argument("--endpoint", help="use this AWS-compatible endpoint (e.g. LocalStack) instead of embedded moto")
+    up.add_argument("--endpoint", metavar="URL",
+                    help="use this AWS-compatible endpoint (e.g. LocalStack) instead of embedded moto")
+    up.add_argument("--embedded", metavar="SERVICE[,SERVICE…]", default="",
+                    help="with --endpoint: keep these services (boto3 names) on the embedded emulator, e.g. "
+                         "dynamodb,dynamodbstreams for LocalStack, whose DynamoDB needs Java and a download")
     up.add_argument("--parameter-overrides", nargs="*", default=[], metavar="Name=Value")
     up.add_argument("--auth", action="store_true", help="require API keys (mars keys create), as deployed")
     up.add_argument("--fault", action="append", default=[], metavar="Function=rate[:before|after|kill]",

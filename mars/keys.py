@@ -37,7 +37,7 @@ def _outputs(args: argparse.Namespace) -> tuple[dict[str, Any], bool] | None:
     if state is None:
         return None
     os.environ.update({"AWS_ENDPOINT_URL": state["endpoint"], "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": state.get("region") or "us-east-1"})
     for service, url in state.get("service_endpoints", {}).items():
         os.environ[endpoint_variable(service)] = url
     return state["outputs"], False

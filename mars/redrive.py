@@ -171,7 +171,7 @@ def connect(args: argparse.Namespace, which: Iterable[str]) -> tuple[Any, Queues
     if state is None:
         raise UsageError(said.getvalue().strip().removeprefix("mars: "))
     queues = queues_from_outputs(state["outputs"], which)
-    endpoint = (state.get("service_endpoints") or {}).get("sqs") or state["endpoint"]
+    endpoint = stacks.endpoint(state, "sqs")
     session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
                                     region_name=state.get("region") or REGION)
     return session.client("sqs", endpoint_url=endpoint, config=config), queues

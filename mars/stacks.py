@@ -84,3 +84,18 @@ def output(args: argparse.Namespace, name: str, instead: str) -> str | None:
         print(f"mars: the local stack {args.stack_name!r} has no {name} output; pass {instead}", file=sys.stderr)
         return None
     return str(values[name])
+
+
+def endpoint(state: dict[str, Any], service: str) -> str:
+    """Where the running stack's `service` (a boto3 service name) answers: its own endpoint when the
+    stack split it off (`--embedded`, the second DynamoDB emulator), else the stack's endpoint. Never
+    derived from a queue URL: an endpoint's URLs need not name it (LocalStack's name other hosts)."""
+    return str((state.get("service_endpoints") or {}).get(service) or state["endpoint"])
+
+
+def aws_client(state: dict[str, Any], service: str) -> Any:
+    """A boto3 client of the running stack's `service`, in its region, with the local dummy credentials."""
+    import boto3
+
+    return boto3.client(service, endpoint_url=endpoint(state, service), region_name=state.get("region") or "us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")

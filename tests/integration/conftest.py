@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import requests
 
 from local.stack import free_port, terminate
@@ -45,10 +44,9 @@ class RunningStack:
 
     def client(self, service: str) -> Any:
         """A boto3 client of the stack's emulator for `service` (as `mars` commands make them)."""
-        state = self.state
-        endpoint = (state.get("service_endpoints") or {}).get(service) or state["endpoint"]
-        return boto3.client(service, endpoint_url=endpoint, region_name=state.get("region") or "us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        from mars import stacks
+
+        return stacks.aws_client(self.state, service)
 
     def log_lines(self) -> list[dict[str, Any]]:
         out = []
