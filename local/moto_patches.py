@@ -24,7 +24,8 @@ the store from outside (``for m in queue._messages``) walks a snapshot.
 
 DynamoDB streams: an ``UpdateItem`` that creates its item emits one INSERT with
 the full new image, as on AWS (moto emitted a keys-only INSERT first), and
-stream records get their sequence numbers under a lock (see the section below).
+stream records get their sequence numbers under a lock (see the section below); requests to one
+DynamoDB backend are serialised (moto mutates items in place while other requests read them).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 from moto.core.utils import camelcase_to_underscores, unix_time, unix_time_millis
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import StreamShard
+from moto.dynamodb.responses import DynamoHandler
 from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 from moto.moto_api._internal import mock_random as random
 from moto.sqs import models as sqs_models
@@ -794,6 +796,33 @@ def _make_stream_add(original: Any) -> Any:
     return _add
 
 
+# moto's DynamoDB keeps no lock: an UpdateItem mutates an item's attribute dict in place while a
+# concurrent Query/GetItem deep-copies or serialises it ("dictionary changed size during iteration",
+# a 500). DynamoDB itself is linearisable per item; here every request to one backend (account and
+# region) runs alone. Under the GIL the requests' Python work never ran in parallel anyway, so one
+# uncontended lock per request costs ~1 µs, and transactions and batches spanning tables stay atomic.
+_dynamodb_locks: dict[tuple[str, str], threading.RLock] = {}
+_dynamodb_locks_guard = threading.Lock()
+
+
+def dynamodb_lock(account: str, region: str) -> threading.RLock:
+    """The lock every request to that DynamoDB backend holds (the TTL sweeper takes it too)."""
+    key = (account, region)
+    lock = _dynamodb_locks.get(key)
+    if lock is None:
+        with _dynamodb_locks_guard:
+            lock = _dynamodb_locks.setdefault(key, threading.RLock())
+    return lock
+
+
+def _make_dynamodb_call_action(original: Any) -> Any:
+    def _call_action(self: Any) -> Any:
+        with dynamodb_lock(self.current_account, self.region):
+            return original(self)
+
+    return _call_action
+
+
 # moto keeps every shard iterator forever and GetRecords mints a new one per call (~1.8 KB each: a
 # poller at 4 calls a second leaks ~26 MB an hour per shard). AWS iterators expire after 15 minutes;
 # so do these, with AWS's ExpiredIteratorException when one is used after that.
@@ -887,6 +916,7 @@ def apply() -> None:
         )
         _replace(SQSBackend, "purge_queue", _make_purge_queue(SQSBackend.__dict__["purge_queue"]))
 
+        _replace(DynamoHandler, "call_action", _make_dynamodb_call_action(DynamoHandler.__dict__["call_action"]))
         _replace(DynamoDBBackend, "update_item", _make_update_item(DynamoDBBackend.__dict__["update_item"]))
         _replace(StreamShard, "add", _make_stream_add(StreamShard.__dict__["add"]))
         _replace(DynamoDBStreamsBackend, "get_shard_iterator",

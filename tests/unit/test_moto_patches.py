@@ -544,6 +544,47 @@ def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: 
     assert len({r["dynamodb"]["SequenceNumber"] for r in records}) == 40
 
 
+def test_concurrent_updates_and_queries_of_a_large_item_never_fail(server: emulator_mod.Emulator) -> None:
+    # Stock moto: UpdateItem grows the item's attribute dict while a Query deep-copies it → 500
+    # "dictionary changed size during iteration". The patch serialises requests per backend.
+    table = _name("raced")
+    ddb = _client("dynamodb", server.endpoint_url)
+    ddb.create_table(TableName=table, AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName=table, Item={"pk": {"S": "k"}, **{f"a{i}": {"S": "x"} for i in range(500)}})
+    errors: list[str] = []
+    once = Config(retries={"total_max_attempts": 1})  # a 500 is not hidden by the SDK's retries
+
+    def update(n: int) -> None:
+        client = boto3.client("dynamodb", endpoint_url=server.endpoint_url, region_name=REGION,
+                              aws_access_key_id="t", aws_secret_access_key="t", config=once)
+        for i in range(40):
+            try:
+                client.update_item(TableName=table, Key={"pk": {"S": "k"}}, UpdateExpression=f"SET b{n}_{i} = :v",
+                                   ExpressionAttributeValues={":v": {"S": "y"}})
+            except ClientError as exc:
+                errors.append(str(exc))
+
+    def query() -> None:
+        client = boto3.client("dynamodb", endpoint_url=server.endpoint_url, region_name=REGION,
+                              aws_access_key_id="t", aws_secret_access_key="t", config=once)
+        for _ in range(40):
+            try:
+                client.query(TableName=table, KeyConditionExpression="pk = :k",
+                             ExpressionAttributeValues={":k": {"S": "k"}})
+            except ClientError as exc:
+                errors.append(str(exc))
+
+    threads = [threading.Thread(target=update, args=(n,)) for n in range(2)] + [threading.Thread(target=query) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    item = ddb.get_item(TableName=table, Key={"pk": {"S": "k"}})["Item"]
+    assert len(item) == 1 + 500 + 80
+
+
 def test_shard_iterators_expire_after_15_minutes_instead_of_piling_up(server: emulator_mod.Emulator,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _table, arn = _streamed_table(server.endpoint_url, "iterated", "NEW_IMAGE")
