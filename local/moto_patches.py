@@ -792,6 +792,9 @@ def _make_stream_add(original: Any) -> Any:
             return
         with _stream_lock:
             original(self, old, new)
+            if new is None and getattr(_stream_local, "ttl_delete", False):
+                # A TTL deletion: DynamoDB marks its REMOVE record as the service's, not a caller's.
+                self.items[-1].record["userIdentity"] = dict(TTL_USER_IDENTITY)
 
     return _add
 
@@ -821,6 +824,57 @@ def _make_dynamodb_call_action(original: Any) -> Any:
             return original(self)
 
     return _call_action
+
+
+# moto stores a table's TimeToLiveSpecification and never deletes anything. DynamoDB deletes an
+# item whose TTL attribute (a Number, epoch seconds) is in the past "typically within a few days";
+# locally a sweeper does it every few seconds, so TTL-driven code (and its REMOVE stream records)
+# can be tested. Items more than five years past their TTL are left alone, as in DynamoDB.
+# The Streams API spells it {"Type", "PrincipalId"}; Lambda's event {"type", "principalId"}.
+TTL_USER_IDENTITY = {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
+TTL_MAX_AGE_SECONDS = 5 * 365 * 24 * 3600
+
+
+def _expired(item: Any, attribute: str, now: float) -> bool:
+    value = item.attrs.get(attribute)
+    if value is None or value.type != "N":
+        return False
+    try:
+        expires = float(value.value)
+    except (TypeError, ValueError):
+        return False
+    return now - TTL_MAX_AGE_SECONDS <= expires < now
+
+
+def sweep_expired_items(now: float | None = None) -> int:
+    """Deletes every expired item of every TTL-enabled table (all accounts and regions), each
+    with a REMOVE stream record whose ``userIdentity`` is DynamoDB's; returns how many."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    now = time.time() if now is None else now
+    deleted = 0
+    # Snapshots (list(...)): a request may add an account's or a region's backend meanwhile.
+    backends = [(account, region, backend) for account, regions in list(dynamodb_backends.items())
+                for region, backend in list(regions.items())]
+    for account, region, backend in backends:
+        with dynamodb_lock(account, region):  # no request sees a half-swept table
+            for table in list(backend.tables.values()):  # type: ignore[attr-defined]
+                ttl = getattr(table, "ttl", None) or {}
+                attribute = ttl.get("AttributeName")
+                if ttl.get("TimeToLiveStatus") != "ENABLED" or not attribute:
+                    continue
+                rows = (row.values() if table.range_key_attr else (row,) for row in table.items.values())
+                expired = [item for row in rows for item in row if _expired(item, attribute, now)]
+                _stream_local.ttl_delete = True
+                try:
+                    for item in expired:
+                        table.delete_item(item.hash_key, item.range_key)
+                finally:
+                    _stream_local.ttl_delete = False
+                deleted += len(expired)
+                if expired:
+                    logger.info("ttl sweep", extra={"table": table.name, "deleted": len(expired)})
+    return deleted
 
 
 # moto keeps every shard iterator forever and GetRecords mints a new one per call (~1.8 KB each: a

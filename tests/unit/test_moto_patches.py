@@ -585,6 +585,34 @@ def test_concurrent_updates_and_queries_of_a_large_item_never_fail(server: emula
     assert len(item) == 1 + 500 + 80
 
 
+def test_ttl_deletes_expired_items_within_seconds_with_a_service_remove_record(server: emulator_mod.Emulator) -> None:
+    # moto stored the TTL setting and never deleted anything; the patched emulator sweeps every
+    # DEFAULT_TTL_INTERVAL seconds, and the REMOVE record says DynamoDB itself deleted the item.
+    ddb = _client("dynamodb", server.endpoint_url)
+    table, arn = _streamed_table(server.endpoint_url, "ttl", "NEW_AND_OLD_IMAGES")
+    ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"})
+    now = int(time.time())
+    items = {"past": {"N": str(now - 10)}, "future": {"N": str(now + 3600)}, "text": {"S": str(now - 10)},
+             "ancient": {"N": str(now - 6 * 365 * 24 * 3600)}}  # > 5 years past: DynamoDB leaves it
+    for pk, expires in items.items():
+        ddb.put_item(TableName=table, Item={"pk": {"S": pk}, "expires": expires})
+    ddb.put_item(TableName=table, Item={"pk": {"S": "none"}})
+    deadline = time.monotonic() + 4 * emulator_mod.DEFAULT_TTL_INTERVAL + 5
+    while ddb.get_item(TableName=table, Key={"pk": {"S": "past"}}).get("Item") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {i["pk"]["S"] for i in ddb.scan(TableName=table)["Items"]}
+    assert left == {"future", "text", "ancient", "none"}
+    streams = _client("dynamodbstreams", server.endpoint_url)
+    (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
+    records = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
+    (remove,) = [r for r in records if r["eventName"] == "REMOVE"]
+    assert remove["userIdentity"] == {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
+    assert remove["dynamodb"]["Keys"] == {"pk": {"S": "past"}}
+    assert remove["dynamodb"]["OldImage"]["expires"] == items["past"]
+    assert all("userIdentity" not in r for r in records if r["eventName"] == "INSERT")
+
+
 def test_shard_iterators_expire_after_15_minutes_instead_of_piling_up(server: emulator_mod.Emulator,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _table, arn = _streamed_table(server.endpoint_url, "iterated", "NEW_IMAGE")
