@@ -242,6 +242,8 @@ class FunctionPool:
         result = self._invoke(event, request_id, invoked_arn, worker)
         result.duration_ms = round((time.perf_counter() - start) * 1000, 2)
         result.request_id = request_id
+        if result.error is not None:  # Lambda's error shape names the request (an init error's is "")
+            result.error.setdefault("requestId", request_id)
         self._log(result, event, trigger, source)
         return result
 

@@ -22,6 +22,9 @@ def handler(event, context):
         raise ValueError("asked to")
     if event.get("unserialisable"):
         return {"x": object()}
+    if event.get("decimal"):
+        from decimal import Decimal
+        return {"d": Decimal("1.5"), "i": Decimal("12345678901234567890"), "e": Decimal("1E+2")}
     return {"env": os.environ.get("GREETING"), "name": context.function_name,
             "remaining": context.get_remaining_time_in_millis(), "echo": event.get("n")}
 '''
@@ -52,8 +55,26 @@ def test_errors_come_back_as_lambda_errors(pool: FunctionPool) -> None:
     raised = pool.invoke({"raise": True}, trigger="test")
     assert not raised.ok and raised.error["errorType"] == "ValueError" and raised.error["stackTrace"]
     bad = pool.invoke({"unserialisable": True}, trigger="test")
-    assert not bad.ok and bad.error["errorType"] == "TypeError"
+    assert not bad.ok and bad.error == {"errorType": "Runtime.MarshalError", "requestId": bad.request_id, "stackTrace": [],
+                                        "errorMessage": "Unable to marshal response: Object of type object is not JSON serializable"}
     assert pool.invoke({"n": 2}, trigger="test").ok, "the environment survives a handler error"
+
+
+def test_a_decimal_in_the_result_is_a_json_number_as_lambdas_runtime_writes_it(pool: FunctionPool) -> None:
+    # awslambdaric encodes Decimal as its text (what boto3's DynamoDB resource returns); it failed here.
+    result = pool.invoke({"decimal": True}, trigger="test")
+    assert result.ok and result.payload == {"d": 1.5, "i": 12345678901234567890, "e": 100.0}
+
+
+def test_the_error_shape_is_lambdas_with_the_handlers_frames_only(pool: FunctionPool) -> None:
+    raised = pool.invoke({"raise": True}, trigger="test")
+    error = raised.error
+    assert list(error) == ["errorMessage", "errorType", "requestId", "stackTrace"]
+    assert error["errorMessage"] == "asked to" and error["requestId"] == raised.request_id
+    trace = error["stackTrace"]
+    assert isinstance(trace, list) and all(isinstance(frame, str) for frame in trace)
+    assert len(trace) == 1 and trace[0].startswith('  File "') and "fn.py\", line 7, in handler" in trace[0]
+    assert 'raise ValueError("asked to")' in trace[0] and "worker.py" not in "".join(trace)
 
 
 def test_events_travel_as_json_as_in_lambda(pool: FunctionPool) -> None:
@@ -75,7 +96,9 @@ def test_an_init_error_is_reported_on_every_invocation(tmp_path: Path) -> None:
     try:
         for _ in range(2):
             result = p.invoke({}, trigger="test")
-            assert not result.ok and result.error["errorType"] == "ImportError"
+            assert not result.ok and result.error == {"errorMessage": "Unable to import module 'broken': cannot start",
+                                                      "errorType": "Runtime.ImportModuleError", "requestId": "",
+                                                      "stackTrace": []}
     finally:
         p.close()
 
