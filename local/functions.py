@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .async_invoke import AsyncConfig
 from .template import Stack, TemplateError
 
 FUNCTION_TYPES = ("AWS::Serverless::Function",)
@@ -26,6 +27,8 @@ class FunctionSpec:
     environment: dict[str, str]
     reserved_concurrency: int | None
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # retries and failure destinations of asynchronous invokes (DeadLetterQueue, EventInvokeConfig)
+    async_config: AsyncConfig = field(default_factory=AsyncConfig)
 
     def worker_spec(self) -> dict[str, Any]:
         return {"name": self.name, "arn": self.arn, "handler": self.handler, "code_dir": str(self.code_dir),
@@ -93,6 +96,8 @@ def build_spec(stack: Stack, logical_id: str, base_env: dict[str, str]) -> Funct
         reserved_concurrency=(int(stack.resolve(props["ReservedConcurrentExecutions"]))
                               if props.get("ReservedConcurrentExecutions") is not None else None),
         events=props.get("Events", {}),
+        async_config=AsyncConfig.from_properties(stack.resolve(
+            {key: props[key] for key in ("DeadLetterQueue", "EventInvokeConfig") if props.get(key)})),
     )
 
 

@@ -30,6 +30,9 @@ _ctx.set_forkserver_preload(["boto3", "botocore.session", "local.worker"])
 # Environments per function without triggers of its own, when the template reserves none: on 2 cores
 # more processes cost more in switching than they add.
 DEFAULT_CONCURRENCY = 8
+# What Lambda answers an invoke past the function's reserved concurrency (HTTP 429).
+THROTTLED = {"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded.",
+             "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded"}
 
 
 @dataclass
@@ -104,7 +107,8 @@ class FunctionPool:
 
     def __init__(self, spec: FunctionSpec, fault: Fault | None = None, seed: int | None = None) -> None:
         self.spec = spec
-        self.concurrency = spec.reserved_concurrency or DEFAULT_CONCURRENCY
+        # ReservedConcurrentExecutions: 0 is a function that may not run at all (every invoke throttled).
+        self.concurrency = DEFAULT_CONCURRENCY if spec.reserved_concurrency is None else spec.reserved_concurrency
         self.fault = fault
         self._random = random.Random(seed)
         self._idle: list[_Worker] = []
@@ -180,8 +184,11 @@ class FunctionPool:
         if got is None:
             return None
         w, _cold = got
-        if w is not None:
-            return w
+        return w if w is not None else self._start()
+
+    def _start(self) -> "_Worker | None":
+        """A new environment in a place already counted; None (the place freed) if it fails to start."""
+        w = None
         try:
             w = _Worker(self.spec)
             w.wait_ready(max(self.spec.timeout, 30))
@@ -235,11 +242,27 @@ class FunctionPool:
             slot.cond.notify()
 
     def invoke(self, event: Any, *, trigger: str, source: str = "", invoked_arn: str = "",
-               worker: "_Worker | None" = None) -> InvokeResult:
-        """Runs one invocation; `worker` is an environment reserved with `checkout` (released here)."""
+               worker: "_Worker | None" = None, throttle: bool = False) -> InvokeResult:
+        """Runs one invocation; `worker` is an environment reserved with `checkout` (released here).
+
+        `throttle`: when the template reserves a concurrency and every environment it allows is busy
+        (or it is 0), fail at once with Lambda's `TooManyRequestsException` instead of waiting, as
+        Lambda answers a synchronous caller (and the async path, which then retries). Without a
+        reservation callers wait: the cap of environments is this runtime's, not a Lambda limit."""
         request_id = str(uuid.uuid4())
         start = time.perf_counter()
-        result = self._invoke(event, request_id, invoked_arn, worker)
+        result: InvokeResult | None = None
+        if throttle and worker is None and self.spec.reserved_concurrency is not None:
+            got = self._acquire(0)
+            if got is None:
+                result = InvokeResult(False, error=dict(THROTTLED))
+            else:
+                worker = got[0] or self._start()
+                if worker is None:
+                    result = InvokeResult(False, error={"errorMessage": "execution environment failed to start",
+                                                        "errorType": "Runtime.InitError"})
+        if result is None:
+            result = self._invoke(event, request_id, invoked_arn, worker)
         result.duration_ms = round((time.perf_counter() - start) * 1000, 2)
         result.request_id = request_id
         if result.error is not None:  # Lambda's error shape names the request (an init error's is "")
@@ -312,7 +335,8 @@ class FunctionPool:
         records = event.get("Records") if isinstance(event, dict) else None
         if batch_size is None:
             batch_size = len(records) if isinstance(records, list) else 1
-        outcome = "ok" if result.ok else ("timeout" if result.error_type == "Sandbox.Timedout" else "error")
+        outcome = "ok" if result.ok else {"Sandbox.Timedout": "timeout", "TooManyRequestsException": "throttled"}.get(
+            result.error_type, "error")
         extra: dict[str, Any] = {"function": self.spec.name, "trigger": trigger, "source": source,
                                  "batch_size": batch_size, "duration_ms": result.duration_ms, "outcome": outcome,
                                  "request_id": result.request_id}
