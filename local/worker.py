@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import decimal
 import importlib
+import importlib.abc
+import importlib.machinery
 import json
 import math
 import os
@@ -49,12 +51,34 @@ class FaultError(Exception):
         self.error_type, self.trace = error_type, trace or []
 
 
+class DeclaredOnly(importlib.abc.MetaPathFinder):
+    """Refuses top-level modules a deployed function would not have: the environment runs in the
+    project's venv, where everything is installed, but a deployed function has only the standard
+    library, its own code and layers, the runtime's boto3, and what its requirements.txt declare.
+    Modules the environment imported before the handler (boto3's) are never looked up again."""
+
+    def __init__(self, importable: list[str], own_dirs: list[str]) -> None:
+        self.importable = frozenset(importable)
+        self.own_dirs = own_dirs
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if "." in fullname or fullname in self.importable or fullname in sys.stdlib_module_names \
+                or fullname in sys.builtin_module_names:
+            return None
+        if importlib.machinery.PathFinder.find_spec(fullname, self.own_dirs) is not None:
+            return None  # the function's code or a layer's
+        raise ModuleNotFoundError(f"No module named '{fullname}'", name=fullname)
+
+
 def _load(spec: dict[str, Any]) -> Any:
     awscalls.install()
     os.environ.clear()
     os.environ.update(spec["environment"])
-    for path in reversed([spec["code_dir"], *spec["layer_dirs"]]):
+    own_dirs = [spec["code_dir"], *spec["layer_dirs"]]
+    for path in reversed(own_dirs):
         sys.path.insert(0, path)
+    if spec.get("importable") is not None:
+        sys.meta_path.insert(0, DeclaredOnly(spec["importable"], own_dirs))
     os.chdir(spec["code_dir"])
     return _get_handler(spec["handler"])
 

@@ -254,3 +254,33 @@ def test_an_event_that_cannot_be_delivered_is_a_logged_failure(pool: FunctionPoo
     assert vars(lines[0])["error_type"] == "InvalidRequestContentException"
     assert vars(lines[1])["batch_size"] == 3 and "KeyError" not in vars(lines[1])["error_type"]
     assert pool.invoke({"n": 2}, trigger="test").ok, "the reserved environment went back to the pool"
+
+
+def test_a_function_imports_only_what_its_requirements_and_layers_declare(tmp_path: Path) -> None:
+    # The environment runs in the project's venv (PyYAML is installed), but a deployed function has the
+    # standard library, its code and layers, boto3, and what its requirements.txt (transitively) declares.
+    code, layer = tmp_path / "code", tmp_path / "layer"
+    code.mkdir()
+    (layer / "python").mkdir(parents=True)
+    (code / "app.py").write_text("import json, boto3, yaml\nfrom shared import VALUE\n"
+                                 "def handler(event, context):\n    return VALUE\n")
+    (layer / "python" / "shared.py").write_text("VALUE = 'from the layer'\n")
+
+    def run() -> dict[str, object] | object:
+        fn = FunctionSpec(logical_id="Fn", name="unit-Fn", arn="arn:aws:lambda:us-east-1:123456789012:function:unit-Fn",
+                          handler="app.handler", code_dir=code, layer_dirs=[layer / "python"], runtime="python3.11",
+                          timeout=5, memory_mb=128, environment={}, reserved_concurrency=None)
+        p = FunctionPool(fn)
+        try:
+            result = p.invoke({}, trigger="test")
+            return result.payload if result.ok else result.error
+        finally:
+            p.close()
+
+    assert run() == {"errorMessage": "Unable to import module 'app': No module named 'yaml'",
+                     "errorType": "Runtime.ImportModuleError", "requestId": "", "stackTrace": []}
+    (code / "requirements.txt").write_text("# pinned\nPyYAML==6.0.2 ; python_version >= '3.8'\n")
+    assert run() == "from the layer"
+    (code / "requirements.txt").unlink()
+    (layer / "requirements.txt").write_text("chalice>=1\n")  # a layer's declared package brings its own (pyyaml)
+    assert run() == "from the layer"
