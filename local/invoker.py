@@ -35,6 +35,29 @@ THROTTLED = {"errorType": "TooManyRequestsException", "errorMessage": "Rate Exce
              "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded"}
 
 
+# How often a running invocation's memory is checked (its peak is checked again when it answers).
+MEMORY_CHECK_SECONDS = 0.05
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), what Lambda's "Max Memory Used" reports; 0 where
+    /proc is not there (no enforcement then)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _out_of_memory(request_id: str) -> dict[str, Any]:
+    """What Lambda reports when an environment exceeds its MemorySize: the runtime is killed."""
+    return {"errorType": "Runtime.OutOfMemory",
+            "errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: signal: killed"}
+
+
 @dataclass
 class InvokeResult:
     ok: bool
@@ -293,7 +316,11 @@ class FunctionPool:
                                               "errorType": "InvalidRequestContentException"})
         try:
             w.conn.send_bytes(request)
-            if not w.conn.poll(self.spec.timeout):
+            answered = self._wait(w)
+            if answered is None:
+                self._discard(w)
+                return InvokeResult(False, error=_out_of_memory(request_id))
+            if not answered:
                 self._discard(w)
                 return InvokeResult(False, error={"errorMessage": f"Task timed out after {self.spec.timeout:.2f} seconds",
                                                   "errorType": "Sandbox.Timedout"})
@@ -302,6 +329,9 @@ class FunctionPool:
             self._discard(w)
             return InvokeResult(False, error={"errorMessage": f"execution environment exited: {exc}",
                                               "errorType": "Runtime.ExitError"})
+        if self._over_memory(w):  # it peaked past MemorySize before answering: Lambda would have killed it
+            self._discard(w)
+            return InvokeResult(False, error=_out_of_memory(request_id))
         with self._lock:
             self.aws_calls.update(calls)
         if injected and fault and fault.when == "kill":
@@ -315,6 +345,27 @@ class FunctionPool:
             return InvokeResult(False, error={"errorMessage": "injected fault (after handler)",
                                               "errorType": "InjectedFault"})
         return InvokeResult(True, payload=body)
+
+    def _wait(self, w: _Worker) -> bool | None:
+        """Waits for the answer up to the function's timeout, checking the environment's memory as it
+        runs: True when it answered, False at the timeout, None when it went past MemorySize."""
+        deadline = time.monotonic() + self.spec.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if w.conn.poll(max(0.0, min(MEMORY_CHECK_SECONDS, remaining))):
+                return True
+            if remaining <= MEMORY_CHECK_SECONDS:
+                return False
+            if self._over_memory(w):
+                return None
+
+    def _over_memory(self, w: _Worker) -> bool:
+        peak = peak_rss_bytes(w.process.pid)
+        if peak > self.spec.memory_mb * 1024 * 1024:
+            log.warning("execution environment over its MemorySize: killed", extra={
+                "function": self.spec.name, "memory_mb": self.spec.memory_mb, "peak_rss_mb": round(peak / 2**20, 1)})
+            return True
+        return False
 
     def undeliverable(self, exc: BaseException, *, trigger: str, source: str = "", batch_size: int = 1,
                       worker: "_Worker | None" = None) -> InvokeResult:

@@ -284,3 +284,29 @@ def test_a_function_imports_only_what_its_requirements_and_layers_declare(tmp_pa
     (code / "requirements.txt").unlink()
     (layer / "requirements.txt").write_text("chalice>=1\n")  # a layer's declared package brings its own (pyyaml)
     assert run() == "from the layer"
+
+
+def test_an_environment_over_its_memory_size_dies_out_of_memory_and_a_cold_start_follows(tmp_path: Path) -> None:
+    (tmp_path / "hog.py").write_text(
+        "import os, time\nheld = []\n"
+        "def handler(event, context):\n"
+        "    if event.get('mb'):\n"
+        "        held.append(bytearray(event['mb'] * 2**20))  # touched: resident\n"
+        "        time.sleep(event.get('sleep', 0))\n"
+        "    return os.getpid()\n")
+    fn = spec(tmp_path, handler="hog.handler", timeout=5)
+    fn.memory_mb = 128
+    p = FunctionPool(fn)
+    try:
+        first = p.invoke({}, trigger="test")
+        assert first.ok
+        for event in ({"mb": 200, "sleep": 1}, {"mb": 200}):  # caught while running, and at its answer
+            killed = p.invoke(event, trigger="test")
+            assert not killed.ok and killed.error == {
+                "errorType": "Runtime.OutOfMemory", "requestId": killed.request_id,
+                "errorMessage": f"RequestId: {killed.request_id} Error: Runtime exited with error: signal: killed"}
+            assert killed.duration_ms < 900 or "sleep" not in event
+        again = p.invoke({"mb": 10}, trigger="test")
+        assert again.ok and again.payload != first.payload, "a new environment (a cold start) served it"
+    finally:
+        p.close()
