@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import threading
@@ -840,10 +841,13 @@ def _expired(item: Any, attribute: str, now: float) -> bool:
     if value is None or value.type != "N":
         return False
     try:
-        expires = float(value.value)
+        return now - TTL_MAX_AGE_SECONDS <= float(value.value) < now
     except (TypeError, ValueError):
         return False
-    return now - TTL_MAX_AGE_SECONDS <= expires < now
+
+
+# Items checked per hold of the backend's lock: requests wait a few milliseconds at most for a sweep.
+TTL_SWEEP_CHUNK = 2000
 
 
 def sweep_expired_items(now: float | None = None) -> int:
@@ -857,23 +861,32 @@ def sweep_expired_items(now: float | None = None) -> int:
     backends = [(account, region, backend) for account, regions in list(dynamodb_backends.items())
                 for region, backend in list(regions.items())]
     for account, region, backend in backends:
-        with dynamodb_lock(account, region):  # no request sees a half-swept table
-            for table in list(backend.tables.values()):  # type: ignore[attr-defined]
-                ttl = getattr(table, "ttl", None) or {}
-                attribute = ttl.get("AttributeName")
-                if ttl.get("TimeToLiveStatus") != "ENABLED" or not attribute:
-                    continue
-                rows = (row.values() if table.range_key_attr else (row,) for row in table.items.values())
-                expired = [item for row in rows for item in row if _expired(item, attribute, now)]
-                _stream_local.ttl_delete = True
-                try:
-                    for item in expired:
-                        table.delete_item(item.hash_key, item.range_key)
-                finally:
-                    _stream_local.ttl_delete = False
-                deleted += len(expired)
-                if expired:
-                    logger.info("ttl sweep", extra={"table": table.name, "deleted": len(expired)})
+        lock = dynamodb_lock(account, region)
+        for table in list(backend.tables.values()):  # type: ignore[attr-defined]
+            ttl = getattr(table, "ttl", None) or {}
+            attribute = ttl.get("AttributeName")
+            if ttl.get("TimeToLiveStatus") != "ENABLED" or not attribute:
+                continue
+            with lock:
+                rows = list(table.items.values())
+            removed = 0
+            for start in range(0, len(rows), TTL_SWEEP_CHUNK):
+                with lock:  # a chunk at a time: the table may change between chunks
+                    chunk = rows[start:start + TTL_SWEEP_CHUNK]
+                    candidates = itertools.chain.from_iterable(r.values() for r in chunk) if table.range_key_attr else chunk
+                    items = [item for item in candidates if _expired(item, attribute, now)]
+                    _stream_local.ttl_delete = True
+                    try:
+                        for item in items:
+                            current = table.get_item(item.hash_key, item.range_key)
+                            if current is not None and _expired(current, attribute, now):  # not rewritten since
+                                table.delete_item(item.hash_key, item.range_key)
+                                removed += 1
+                    finally:
+                        _stream_local.ttl_delete = False
+            deleted += removed
+            if removed:
+                logger.info("ttl sweep", extra={"table": table.name, "deleted": removed})
     return deleted
 
 
