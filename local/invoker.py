@@ -373,10 +373,11 @@ class FunctionPool:
         one, so the trigger applies its failure semantics (redelivery, DLQ) instead of stalling."""
         if worker is not None:
             self._release(worker)
+        request_id = str(uuid.uuid4())
         result = InvokeResult(False, error={"errorMessage": f"the event could not be built: {exc}",
-                                            "errorType": "InvalidRequestContentException",
+                                            "errorType": "InvalidRequestContentException", "requestId": request_id,
                                             "stackTrace": traceback.format_tb(exc.__traceback__)},
-                              request_id=str(uuid.uuid4()))
+                              request_id=request_id)
         self._log(result, None, trigger, source, batch_size)
         return result
 
