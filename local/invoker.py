@@ -324,12 +324,12 @@ class FunctionPool:
                 self._discard(w)
                 return InvokeResult(False, error={"errorMessage": f"Task timed out after {self.spec.timeout:.2f} seconds",
                                                   "errorType": "Sandbox.Timedout"})
-            kind, body, calls = json.loads(w.conn.recv_bytes())
+            kind, body, calls, *peak = json.loads(w.conn.recv_bytes())
         except (EOFError, OSError, BrokenPipeError) as exc:
             self._discard(w)
             return InvokeResult(False, error={"errorMessage": f"execution environment exited: {exc}",
                                               "errorType": "Runtime.ExitError"})
-        if self._over_memory(w):  # it peaked past MemorySize before answering: Lambda would have killed it
+        if self._over_memory(w, peak[0] if peak else 0):  # it peaked past MemorySize before answering: Lambda would have killed it
             self._discard(w)
             return InvokeResult(False, error=_out_of_memory(request_id))
         with self._lock:
@@ -359,8 +359,10 @@ class FunctionPool:
             if self._over_memory(w):
                 return None
 
-    def _over_memory(self, w: _Worker) -> bool:
-        peak = peak_rss_bytes(w.process.pid)
+    def _over_memory(self, w: _Worker, peak: int | None = None) -> bool:
+        """Whether the environment's peak resident memory (reported with its answer, else read from
+        /proc while it runs) passed the function's MemorySize."""
+        peak = peak_rss_bytes(w.process.pid) if peak is None else peak
         if peak > self.spec.memory_mb * 1024 * 1024:
             log.warning("execution environment over its MemorySize: killed", extra={
                 "function": self.spec.name, "memory_mb": self.spec.memory_mb, "peak_rss_mb": round(peak / 2**20, 1)})
