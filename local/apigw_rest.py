@@ -235,13 +235,13 @@ def invoke(pool: FunctionPool, event: dict[str, Any], source: str) -> InvokeResu
     INTEGRATION_TIMEOUT_SECONDS). The invocation goes on, as in Lambda; its own line logs its end."""
     limit = INTEGRATION_TIMEOUT_SECONDS
     if pool.spec.timeout < limit:  # the function's own Timeout ends it first: no extra thread
-        return pool.invoke(event, trigger="api", source=source)
+        return pool.invoke(event, trigger="api", source=source, throttle=True)
     results: list[InvokeResult | BaseException] = []
     done = threading.Event()
 
     def run() -> None:
         try:
-            results.append(pool.invoke(event, trigger="api", source=source))
+            results.append(pool.invoke(event, trigger="api", source=source, throttle=True))
         except BaseException as exc:  # re-raised in the request's thread, as the direct call would
             results.append(exc)
         finally:
@@ -301,6 +301,10 @@ class RestHandler(Handler):
             self.reply(504, TIMED_OUT)
             return
         where["request_id"] = result.request_id
+        if result.error_type == "TooManyRequestsException":  # Lambda refused the invoke: 500, not 502
+            log.error("function throttled: 500", extra={**where, "error_type": result.error_type})
+            self.reply(500, INTERNAL_ERROR)
+            return
         if not result.ok:
             log.error("function error: 502", extra={**where, "error_type": result.error_type,
                                                     "error": (result.error or {}).get("errorMessage", "")[:500]})

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
+from collections import deque
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .async_invoke import AsyncConfig
 from .template import Stack, TemplateError
 
 FUNCTION_TYPES = ("AWS::Serverless::Function",)
@@ -26,11 +31,84 @@ class FunctionSpec:
     environment: dict[str, str]
     reserved_concurrency: int | None
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # retries and failure destinations of asynchronous invokes (DeadLetterQueue, EventInvokeConfig)
+    async_config: AsyncConfig = field(default_factory=AsyncConfig)
+
+    # top-level modules of the distributions the function may import (computed once; see importable_modules)
+    _importable: list[str] | None = field(default=None, repr=False, compare=False)
 
     def worker_spec(self) -> dict[str, Any]:
+        if self._importable is None:
+            self._importable = importable_modules([self.code_dir, *self.layer_dirs])
         return {"name": self.name, "arn": self.arn, "handler": self.handler, "code_dir": str(self.code_dir),
                 "layer_dirs": [str(p) for p in self.layer_dirs], "memory_mb": self.memory_mb,
-                "timeout": self.timeout, "environment": self.environment}
+                "timeout": self.timeout, "environment": self.environment, "importable": self._importable}
+
+
+# What the Python Lambda runtime ships besides the standard library: the AWS SDK (and what it needs).
+RUNTIME_DISTRIBUTIONS = ("boto3", "botocore")
+_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
+_EXTRA = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement(text: str) -> tuple[str, frozenset[str]] | None:
+    """`name[extra,…] …` → (normalised name, extras); None for comments, options and blanks."""
+    text = text.split("#", 1)[0].strip()
+    match = _NAME.match(text) if text and not text.startswith("-") else None
+    if match is None:
+        return None
+    extras = frozenset(_normalise(e) for e in (match.group(2) or "").split(",") if e.strip())
+    return _normalise(match.group(1)), extras
+
+
+@cache
+def _requires(name: str, extras: frozenset[str]) -> tuple[tuple[str, frozenset[str]], ...]:
+    """A distribution's own requirements, those of its requested extras included."""
+    try:
+        lines = importlib.metadata.requires(name) or []
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+    found = []
+    for line in lines:
+        requirement, _, marker = line.partition(";")
+        extra = _EXTRA.search(marker)
+        if extra and _normalise(extra.group(1)) not in extras:
+            continue
+        parsed = _requirement(requirement)
+        if parsed:
+            found.append(parsed)
+    return tuple(found)
+
+
+@cache
+def _module_owners() -> dict[str, frozenset[str]]:
+    """Top-level module → the installed distributions that provide it (~0.25 s: once per process)."""
+    return {module: frozenset(_normalise(d) for d in dists)
+            for module, dists in importlib.metadata.packages_distributions().items()}
+
+
+def importable_modules(dirs: list[Path]) -> list[str]:
+    """The top-level modules a deployed function could import beside the standard library and its own
+    code: the distributions its CodeUri's and its layers' `requirements.txt` declare, what the Python
+    runtime ships (boto3, botocore), and everything those require, transitively."""
+    wanted: deque[tuple[str, frozenset[str]]] = deque((name, frozenset()) for name in RUNTIME_DISTRIBUTIONS)
+    for directory in dirs:
+        # a layer whose content holds python/ keeps its requirements.txt beside it
+        root = directory.parent if directory.name == "python" else directory
+        if (root / "requirements.txt").is_file():
+            wanted.extend(r for r in map(_requirement, (root / "requirements.txt").read_text().splitlines()) if r)
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while wanted:
+        item = wanted.popleft()
+        if item not in seen:
+            seen.add(item)
+            wanted.extend(_requires(*item))
+    names = {name for name, _ in seen}
+    return sorted(module for module, owners in _module_owners().items() if owners & names)
 
 
 def physical_name(stack: Stack, logical_id: str) -> str:
@@ -93,6 +171,8 @@ def build_spec(stack: Stack, logical_id: str, base_env: dict[str, str]) -> Funct
         reserved_concurrency=(int(stack.resolve(props["ReservedConcurrentExecutions"]))
                               if props.get("ReservedConcurrentExecutions") is not None else None),
         events=props.get("Events", {}),
+        async_config=AsyncConfig.from_properties(stack.resolve(
+            {key: props[key] for key in ("DeadLetterQueue", "EventInvokeConfig") if props.get(key)})),
     )
 
 

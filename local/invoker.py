@@ -30,6 +30,32 @@ _ctx.set_forkserver_preload(["boto3", "botocore.session", "local.worker"])
 # Environments per function without triggers of its own, when the template reserves none: on 2 cores
 # more processes cost more in switching than they add.
 DEFAULT_CONCURRENCY = 8
+# What Lambda answers an invoke past the function's reserved concurrency (HTTP 429).
+THROTTLED = {"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded.",
+             "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded"}
+
+
+# How often a running invocation's memory is checked (its peak is checked again when it answers).
+MEMORY_CHECK_SECONDS = 0.05
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), what Lambda's "Max Memory Used" reports; 0 where
+    /proc is not there (no enforcement then)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _out_of_memory(request_id: str) -> dict[str, Any]:
+    """What Lambda reports when an environment exceeds its MemorySize: the runtime is killed."""
+    return {"errorType": "Runtime.OutOfMemory",
+            "errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: signal: killed"}
 
 
 @dataclass
@@ -104,7 +130,8 @@ class FunctionPool:
 
     def __init__(self, spec: FunctionSpec, fault: Fault | None = None, seed: int | None = None) -> None:
         self.spec = spec
-        self.concurrency = spec.reserved_concurrency or DEFAULT_CONCURRENCY
+        # ReservedConcurrentExecutions: 0 is a function that may not run at all (every invoke throttled).
+        self.concurrency = DEFAULT_CONCURRENCY if spec.reserved_concurrency is None else spec.reserved_concurrency
         self.fault = fault
         self._random = random.Random(seed)
         self._idle: list[_Worker] = []
@@ -180,8 +207,11 @@ class FunctionPool:
         if got is None:
             return None
         w, _cold = got
-        if w is not None:
-            return w
+        return w if w is not None else self._start()
+
+    def _start(self) -> "_Worker | None":
+        """A new environment in a place already counted; None (the place freed) if it fails to start."""
+        w = None
         try:
             w = _Worker(self.spec)
             w.wait_ready(max(self.spec.timeout, 30))
@@ -235,13 +265,31 @@ class FunctionPool:
             slot.cond.notify()
 
     def invoke(self, event: Any, *, trigger: str, source: str = "", invoked_arn: str = "",
-               worker: "_Worker | None" = None) -> InvokeResult:
-        """Runs one invocation; `worker` is an environment reserved with `checkout` (released here)."""
+               worker: "_Worker | None" = None, throttle: bool = False) -> InvokeResult:
+        """Runs one invocation; `worker` is an environment reserved with `checkout` (released here).
+
+        `throttle`: when the template reserves a concurrency and every environment it allows is busy
+        (or it is 0), fail at once with Lambda's `TooManyRequestsException` instead of waiting, as
+        Lambda answers a synchronous caller (and the async path, which then retries). Without a
+        reservation callers wait: the cap of environments is this runtime's, not a Lambda limit."""
         request_id = str(uuid.uuid4())
         start = time.perf_counter()
-        result = self._invoke(event, request_id, invoked_arn, worker)
+        result: InvokeResult | None = None
+        if throttle and worker is None and self.spec.reserved_concurrency is not None:
+            got = self._acquire(0)
+            if got is None:
+                result = InvokeResult(False, error=dict(THROTTLED))
+            else:
+                worker = got[0] or self._start()
+                if worker is None:
+                    result = InvokeResult(False, error={"errorMessage": "execution environment failed to start",
+                                                        "errorType": "Runtime.InitError"})
+        if result is None:
+            result = self._invoke(event, request_id, invoked_arn, worker)
         result.duration_ms = round((time.perf_counter() - start) * 1000, 2)
         result.request_id = request_id
+        if result.error is not None:  # Lambda's error shape names the request (an init error's is "")
+            result.error.setdefault("requestId", request_id)
         self._log(result, event, trigger, source)
         return result
 
@@ -268,15 +316,22 @@ class FunctionPool:
                                               "errorType": "InvalidRequestContentException"})
         try:
             w.conn.send_bytes(request)
-            if not w.conn.poll(self.spec.timeout):
+            answered = self._wait(w)
+            if answered is None:
+                self._discard(w)
+                return InvokeResult(False, error=_out_of_memory(request_id))
+            if not answered:
                 self._discard(w)
                 return InvokeResult(False, error={"errorMessage": f"Task timed out after {self.spec.timeout:.2f} seconds",
                                                   "errorType": "Sandbox.Timedout"})
-            kind, body, calls = json.loads(w.conn.recv_bytes())
+            kind, body, calls, *peak = json.loads(w.conn.recv_bytes())
         except (EOFError, OSError, BrokenPipeError) as exc:
             self._discard(w)
             return InvokeResult(False, error={"errorMessage": f"execution environment exited: {exc}",
                                               "errorType": "Runtime.ExitError"})
+        if self._over_memory(w, peak[0] if peak else 0):  # it peaked past MemorySize before answering: Lambda would have killed it
+            self._discard(w)
+            return InvokeResult(False, error=_out_of_memory(request_id))
         with self._lock:
             self.aws_calls.update(calls)
         if injected and fault and fault.when == "kill":
@@ -291,16 +346,40 @@ class FunctionPool:
                                               "errorType": "InjectedFault"})
         return InvokeResult(True, payload=body)
 
+    def _wait(self, w: _Worker) -> bool | None:
+        """Waits for the answer up to the function's timeout, checking the environment's memory as it
+        runs: True when it answered, False at the timeout, None when it went past MemorySize."""
+        deadline = time.monotonic() + self.spec.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if w.conn.poll(max(0.0, min(MEMORY_CHECK_SECONDS, remaining))):
+                return True
+            if remaining <= MEMORY_CHECK_SECONDS:
+                return False
+            if self._over_memory(w):
+                return None
+
+    def _over_memory(self, w: _Worker, peak: int | None = None) -> bool:
+        """Whether the environment's peak resident memory (reported with its answer, else read from
+        /proc while it runs) passed the function's MemorySize."""
+        peak = peak_rss_bytes(w.process.pid) if peak is None else peak
+        if peak > self.spec.memory_mb * 1024 * 1024:
+            log.warning("execution environment over its MemorySize: killed", extra={
+                "function": self.spec.name, "memory_mb": self.spec.memory_mb, "peak_rss_mb": round(peak / 2**20, 1)})
+            return True
+        return False
+
     def undeliverable(self, exc: BaseException, *, trigger: str, source: str = "", batch_size: int = 1,
                       worker: "_Worker | None" = None) -> InvokeResult:
         """A batch whose event cannot even be built for the function: a failed invocation, logged as
         one, so the trigger applies its failure semantics (redelivery, DLQ) instead of stalling."""
         if worker is not None:
             self._release(worker)
+        request_id = str(uuid.uuid4())
         result = InvokeResult(False, error={"errorMessage": f"the event could not be built: {exc}",
-                                            "errorType": "InvalidRequestContentException",
+                                            "errorType": "InvalidRequestContentException", "requestId": request_id,
                                             "stackTrace": traceback.format_tb(exc.__traceback__)},
-                              request_id=str(uuid.uuid4()))
+                              request_id=request_id)
         self._log(result, None, trigger, source, batch_size)
         return result
 
@@ -310,7 +389,8 @@ class FunctionPool:
         records = event.get("Records") if isinstance(event, dict) else None
         if batch_size is None:
             batch_size = len(records) if isinstance(records, list) else 1
-        outcome = "ok" if result.ok else ("timeout" if result.error_type == "Sandbox.Timedout" else "error")
+        outcome = "ok" if result.ok else {"Sandbox.Timedout": "timeout", "TooManyRequestsException": "throttled"}.get(
+            result.error_type, "error")
         extra: dict[str, Any] = {"function": self.spec.name, "trigger": trigger, "source": source,
                                  "batch_size": batch_size, "duration_ms": result.duration_ms, "outcome": outcome,
                                  "request_id": result.request_id}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import awscalls
+from . import async_invoke, awscalls
 from .httpserver import Handler, Server
 from .invoker import FunctionPool, Invoker
 
@@ -133,13 +133,19 @@ class LambdaApiHandler(Handler):
             self.reply(204, b"")
             return
         if kind == "Event":
-            threading.Thread(target=pool.invoke, args=(event,), kwargs={"trigger": "lambda:event"},
-                             daemon=True).start()
+            # Lambda queues the event and answers at once; retries and failure destinations follow.
+            threading.Thread(target=async_invoke.invoke_async, args=(pool, event), kwargs={"trigger": "lambda:event"},
+                             name=f"lambda-event:{pool.spec.name}", daemon=True).start()
             self.reply(202, b"")
             return
-        result = pool.invoke(event, trigger="lambda", invoked_arn=pool.spec.arn)
+        result = pool.invoke(event, trigger="lambda", invoked_arn=pool.spec.arn, throttle=True)
         headers = [("X-Amz-Executed-Version", "$LATEST"), ("x-amzn-RequestId", result.request_id)]
-        if result.ok:
+        if result.error_type == "TooManyRequestsException":  # past the reserved concurrency: HTTP 429
+            error = result.error or {}
+            self.reply(429, json.dumps({"Type": "User", "message": error.get("errorMessage"),
+                                        "Reason": error.get("Reason")}).encode(),
+                       [("x-amzn-ErrorType", "TooManyRequestsException"), ("x-amzn-RequestId", result.request_id)])
+        elif result.ok:
             self.reply(200, json.dumps(result.payload).encode(), headers)
         else:
             self.reply(200, json.dumps(result.error).encode(), headers + [("X-Amz-Function-Error", "Unhandled")])

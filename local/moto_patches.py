@@ -24,13 +24,15 @@ the store from outside (``for m in queue._messages``) walks a snapshot.
 
 DynamoDB streams: an ``UpdateItem`` that creates its item emits one INSERT with
 the full new image, as on AWS (moto emitted a keys-only INSERT first), and
-stream records get their sequence numbers under a lock (see the section below).
+stream records get their sequence numbers under a lock (see the section below); requests to one
+DynamoDB backend are serialised (moto mutates items in place while other requests read them).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import threading
@@ -43,6 +45,7 @@ from typing import Any
 from moto.core.utils import camelcase_to_underscores, unix_time, unix_time_millis
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import StreamShard
+from moto.dynamodb.responses import DynamoHandler
 from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 from moto.moto_api._internal import mock_random as random
 from moto.sqs import models as sqs_models
@@ -790,8 +793,101 @@ def _make_stream_add(original: Any) -> Any:
             return
         with _stream_lock:
             original(self, old, new)
+            if new is None and getattr(_stream_local, "ttl_delete", False):
+                # A TTL deletion: DynamoDB marks its REMOVE record as the service's, not a caller's.
+                self.items[-1].record["userIdentity"] = dict(TTL_USER_IDENTITY)
 
     return _add
+
+
+# moto's DynamoDB keeps no lock: an UpdateItem mutates an item's attribute dict in place while a
+# concurrent Query/GetItem deep-copies or serialises it ("dictionary changed size during iteration",
+# a 500). DynamoDB itself is linearisable per item; here every request to one backend (account and
+# region) runs alone. Under the GIL the requests' Python work never ran in parallel anyway, so one
+# uncontended lock per request costs ~1 µs, and transactions and batches spanning tables stay atomic.
+_dynamodb_locks: dict[tuple[str, str], threading.RLock] = {}
+_dynamodb_locks_guard = threading.Lock()
+
+
+def dynamodb_lock(account: str, region: str) -> threading.RLock:
+    """The lock every request to that DynamoDB backend holds (the TTL sweeper takes it too)."""
+    key = (account, region)
+    lock = _dynamodb_locks.get(key)
+    if lock is None:
+        with _dynamodb_locks_guard:
+            lock = _dynamodb_locks.setdefault(key, threading.RLock())
+    return lock
+
+
+def _make_dynamodb_call_action(original: Any) -> Any:
+    def _call_action(self: Any) -> Any:
+        with dynamodb_lock(self.current_account, self.region):
+            return original(self)
+
+    return _call_action
+
+
+# moto stores a table's TimeToLiveSpecification and never deletes anything. DynamoDB deletes an
+# item whose TTL attribute (a Number, epoch seconds) is in the past "typically within a few days";
+# locally a sweeper does it every few seconds, so TTL-driven code (and its REMOVE stream records)
+# can be tested. Items more than five years past their TTL are left alone, as in DynamoDB.
+# The Streams API spells it {"Type", "PrincipalId"}; Lambda's event {"type", "principalId"}.
+TTL_USER_IDENTITY = {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
+TTL_MAX_AGE_SECONDS = 5 * 365 * 24 * 3600
+
+
+def _expired(item: Any, attribute: str, now: float) -> bool:
+    value = item.attrs.get(attribute)
+    if value is None or value.type != "N":
+        return False
+    try:
+        return now - TTL_MAX_AGE_SECONDS <= float(value.value) < now
+    except (TypeError, ValueError):
+        return False
+
+
+# Items checked per hold of the backend's lock: requests wait a few milliseconds at most for a sweep.
+TTL_SWEEP_CHUNK = 2000
+
+
+def sweep_expired_items(now: float | None = None) -> int:
+    """Deletes every expired item of every TTL-enabled table (all accounts and regions), each
+    with a REMOVE stream record whose ``userIdentity`` is DynamoDB's; returns how many."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    now = time.time() if now is None else now
+    deleted = 0
+    # Snapshots (list(...)): a request may add an account's or a region's backend meanwhile.
+    backends = [(account, region, backend) for account, regions in list(dynamodb_backends.items())
+                for region, backend in list(regions.items())]
+    for account, region, backend in backends:
+        lock = dynamodb_lock(account, region)
+        for table in list(backend.tables.values()):  # type: ignore[attr-defined]
+            ttl = getattr(table, "ttl", None) or {}
+            attribute = ttl.get("AttributeName")
+            if ttl.get("TimeToLiveStatus") != "ENABLED" or not attribute:
+                continue
+            with lock:
+                rows = list(table.items.values())
+            removed = 0
+            for start in range(0, len(rows), TTL_SWEEP_CHUNK):
+                with lock:  # a chunk at a time: the table may change between chunks
+                    chunk = rows[start:start + TTL_SWEEP_CHUNK]
+                    candidates = itertools.chain.from_iterable(r.values() for r in chunk) if table.range_key_attr else chunk
+                    items = [item for item in candidates if _expired(item, attribute, now)]
+                    _stream_local.ttl_delete = True
+                    try:
+                        for item in items:
+                            current = table.get_item(item.hash_key, item.range_key)
+                            if current is not None and _expired(current, attribute, now):  # not rewritten since
+                                table.delete_item(item.hash_key, item.range_key)
+                                removed += 1
+                    finally:
+                        _stream_local.ttl_delete = False
+            deleted += removed
+            if removed:
+                logger.info("ttl sweep", extra={"table": table.name, "deleted": removed})
+    return deleted
 
 
 # moto keeps every shard iterator forever and GetRecords mints a new one per call (~1.8 KB each: a
@@ -887,6 +983,7 @@ def apply() -> None:
         )
         _replace(SQSBackend, "purge_queue", _make_purge_queue(SQSBackend.__dict__["purge_queue"]))
 
+        _replace(DynamoHandler, "call_action", _make_dynamodb_call_action(DynamoHandler.__dict__["call_action"]))
         _replace(DynamoDBBackend, "update_item", _make_update_item(DynamoDBBackend.__dict__["update_item"]))
         _replace(StreamShard, "add", _make_stream_add(StreamShard.__dict__["add"]))
         _replace(DynamoDBStreamsBackend, "get_shard_iterator",

@@ -10,7 +10,8 @@ Expressions, as EventBridge reads them:
 - `at(yyyy-mm-ddThh:mm:ss)` (`ScheduleV2` only): one firing, never again.
 Times are UTC, or `ScheduleExpressionTimezone` for `ScheduleV2` (cron and at, daylight saving
 included). Each firing invokes the function asynchronously with EventBridge's "Scheduled Event" (or
-the event's `Input`), as AWS does; a failure is retried twice, as for any asynchronous invocation.
+the event's `Input`), as AWS does; a failure is retried twice, then goes to the function's DeadLetterQueue / OnFailure destination,
+as for any asynchronous invocation (`local/async_invoke.py`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from . import async_invoke
 from .invoker import FunctionPool
 from .supervise import supervised
 
 log = logging.getLogger("local.schedule")
-ATTEMPTS = 3
 _UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 _DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]  # AWS numbers them 1-7
 _MAX_YEAR = 2199  # EventBridge's years run 1970-2199
@@ -240,13 +241,7 @@ class Scheduler:
     def fire(self, moment: float | None = None) -> bool:
         event = scheduled_event(self.schedule, self.region, self.account, moment or time.time())
         self.fired += 1
-        for attempt in range(ATTEMPTS):
-            result = self.pool.invoke(event, trigger="schedule", source=self.schedule.name)
-            if result.ok:
-                return True
-            if self._stop.is_set() or attempt + 1 == ATTEMPTS:
-                break
-            self._stop.wait(1.0)
-        log.error("scheduled invocation failed after retries", extra={"function": self.pool.spec.name,
-                                                                      "schedule": self.schedule.name})
-        return False
+        # EventBridge invokes asynchronously: Lambda's retries and failure destinations apply.
+        result = async_invoke.invoke_async(self.pool, event, trigger="schedule", source=self.schedule.name,
+                                           stop=self._stop)
+        return bool(result.ok)

@@ -2,9 +2,9 @@
 
 Locally the topic delivers to an SQS queue the runtime owns (SNS → SQS works in every emulator); a
 poller turns each notification into Lambda's SNS event and invokes the function with Lambda's
-asynchronous semantics: up to 3 attempts (a minute apart in AWS, a second here), then the function's
-`DeadLetterQueue` if the template declares one, else the event is dropped with an error line, as
-AWS does.
+asynchronous semantics (`local/async_invoke.py`, shared with the Lambda API's `Event` invokes and
+schedules): 3 attempts, then the function's `DeadLetterQueue` / `OnFailure` destination if the
+template declares one, else the event is dropped with an error line, as AWS does.
 """
 
 from __future__ import annotations
@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from . import async_invoke
 from .invoker import FunctionPool
 from .supervise import supervised
 
 log = logging.getLogger("local.sns")
-ATTEMPTS = 3
-RETRY_DELAY_SECONDS = 1.0
 
 
 @dataclass
@@ -76,7 +74,7 @@ class SnsPoller:
     def __init__(self, sqs: Any, pool: FunctionPool, source: SnsSource, dead_letter_url: str | None,
                  concurrency: int = 4) -> None:
         self.sqs, self.pool, self.source = sqs, pool, source
-        self.dead_letter_url = dead_letter_url
+        self.dead_letter_url = dead_letter_url  # unused: async_invoke reads the function's own DeadLetterQueue
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sns-invoke")
         self._slots = threading.Semaphore(concurrency)
@@ -114,29 +112,9 @@ class SnsPoller:
         try:
             notification = json.loads(message["Body"])
             event = {"Records": [lambda_record(notification, self.source.subscription_arn)]}
-            result = None
-            for attempt in range(ATTEMPTS):
-                result = self.pool.invoke(event, trigger="sns", source=self.source.topic_arn)
-                if result.ok or self._stop.is_set():
-                    break
-                if attempt + 1 < ATTEMPTS:
-                    time.sleep(RETRY_DELAY_SECONDS)
-            if result is not None and not result.ok:
-                self._dead_letter(event, result.error or {})
+            async_invoke.invoke_async(self.pool, event, trigger="sns", source=self.source.topic_arn, stop=self._stop)
             self.sqs.delete_message(QueueUrl=self.source.queue_url, ReceiptHandle=message["ReceiptHandle"])
         except Exception:
             log.exception("SNS delivery failed", extra={"topic": self.source.topic_arn})
         finally:
             self._slots.release()
-
-    def _dead_letter(self, event: dict[str, Any], error: dict[str, Any]) -> None:
-        """Lambda's async DLQ: the event, with the error in message attributes."""
-        if not self.dead_letter_url:
-            log.error("async invocation failed after retries; no DeadLetterQueue, event dropped",
-                      extra={"function": self.pool.spec.name, "error": error.get("errorMessage", "")[:300]})
-            return
-        self.sqs.send_message(QueueUrl=self.dead_letter_url, MessageBody=json.dumps(event), MessageAttributes={
-            "RequestID": {"DataType": "String", "StringValue": "local"},
-            "ErrorCode": {"DataType": "Number", "StringValue": "200"},
-            "ErrorMessage": {"DataType": "String", "StringValue": error.get("errorMessage", "")[:1000] or "error"},
-        })

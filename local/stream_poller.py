@@ -180,8 +180,9 @@ def lambda_record(record: dict[str, Any], stream_arn: str, region: str) -> dict[
         "eventID": record.get("eventID"), "eventName": record.get("eventName"), "eventVersion": "1.1",
         "eventSource": "aws:dynamodb", "awsRegion": region, "dynamodb": image,
     }
-    if record.get("userIdentity"):  # TTL deletions
-        out["userIdentity"] = record["userIdentity"]
+    identity = record.get("userIdentity")
+    if identity:  # TTL deletions: the Streams API's {"Type", "PrincipalId"} is {"type", "principalId"} in Lambda's event
+        out["userIdentity"] = {key[:1].lower() + key[1:]: value for key, value in identity.items()}
     out["eventSourceARN"] = stream_arn
     return out
 

@@ -6,9 +6,14 @@ timeout, as in Lambda; the parent kills it when an invocation overruns the funct
 
 from __future__ import annotations
 
+import decimal
 import importlib
+import importlib.abc
+import importlib.machinery
 import json
+import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -38,20 +43,97 @@ class LambdaContext:
         return max(0, int(self._deadline_ms - time.time() * 1000))
 
 
+class FaultError(Exception):
+    """An error the Python runtime itself reports (its FaultException): `Runtime.*` types, no stack
+    trace of the handler's."""
+
+    def __init__(self, error_type: str, message: str, trace: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.error_type, self.trace = error_type, trace or []
+
+
+class DeclaredOnly(importlib.abc.MetaPathFinder):
+    """Refuses top-level modules a deployed function would not have: the environment runs in the
+    project's venv, where everything is installed, but a deployed function has only the standard
+    library, its own code and layers, the runtime's boto3, and what its requirements.txt declare.
+    Modules the environment imported before the handler (boto3's) are never looked up again."""
+
+    def __init__(self, importable: list[str], own_dirs: list[str]) -> None:
+        self.importable = frozenset(importable)
+        self.own_dirs = own_dirs
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if "." in fullname or fullname in self.importable or fullname in sys.stdlib_module_names \
+                or fullname in sys.builtin_module_names:
+            return None
+        if importlib.machinery.PathFinder.find_spec(fullname, self.own_dirs) is not None:
+            return None  # the function's code or a layer's
+        raise ModuleNotFoundError(f"No module named '{fullname}'", name=fullname)
+
+
 def _load(spec: dict[str, Any]) -> Any:
     awscalls.install()
     os.environ.clear()
     os.environ.update(spec["environment"])
-    for path in reversed([spec["code_dir"], *spec["layer_dirs"]]):
+    own_dirs = [spec["code_dir"], *spec["layer_dirs"]]
+    for path in reversed(own_dirs):
         sys.path.insert(0, path)
+    if spec.get("importable") is not None:
+        sys.meta_path.insert(0, DeclaredOnly(spec["importable"], own_dirs))
     os.chdir(spec["code_dir"])
-    module_name, _, attr = spec["handler"].rpartition(".")
-    return getattr(importlib.import_module(module_name), attr)
+    return _get_handler(spec["handler"])
 
 
-def _error(exc: BaseException) -> dict[str, Any]:
-    return {"errorMessage": str(exc), "errorType": type(exc).__name__,
-            "stackTrace": traceback.format_tb(exc.__traceback__)}
+def _get_handler(handler: str) -> Any:
+    """The handler, or the error Lambda's Python runtime (awslambdaric's bootstrap) reports for it."""
+    try:
+        module_name, attr = handler.rsplit(".", 1)
+    except ValueError as exc:
+        raise FaultError("Runtime.MalformedHandlerName", f"Bad handler '{handler}': {exc}") from None
+    try:
+        module = importlib.import_module(module_name.replace("/", "."))
+    except ImportError as exc:
+        raise FaultError("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}") from None
+    except SyntaxError as exc:
+        trace = [f'  File "{exc.filename}" Line {exc.lineno}\n    {exc.text}']
+        raise FaultError("Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {exc}", trace) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise FaultError("Runtime.HandlerNotFound", f"Handler '{attr}' missing on module '{module_name}'") from None
+
+
+def _error(exc: BaseException, request_id: str = "") -> dict[str, Any]:
+    """Lambda's error shape. The stack trace is the handler's: the runtime's own leading frames (this
+    file's, as Lambda drops bootstrap.py's) are left out, each frame one string (traceback.format_list)."""
+    if isinstance(exc, FaultError):
+        return {"errorMessage": str(exc), "errorType": exc.error_type, "requestId": request_id, "stackTrace": exc.trace}
+    frames = traceback.extract_tb(exc.__traceback__)
+    while frames and frames[0].filename == __file__:
+        frames.pop(0)
+    return {"errorMessage": str(exc), "errorType": type(exc).__name__, "requestId": request_id,
+            "stackTrace": traceback.format_list(frames)}
+
+
+def _decimal(value: Any) -> Any:
+    """Lambda's runtime writes a Decimal as a JSON number (its text, NaN as NaN): a handler may return
+    what boto3's DynamoDB resource gave it. The parent decodes the number as the caller would."""
+    if isinstance(value, decimal.Decimal):
+        return math.nan if value.is_nan() else json.loads(str(value))
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _reply(kind: str, body: Any, calls: Any, request_id: str) -> bytes:
+    # The environment's peak memory goes with every answer (one getrusage, ~1 µs): the invoker holds
+    # it to the function's MemorySize without reading /proc on each invocation.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    try:
+        return json.dumps([kind, body, calls, peak], default=_decimal).encode()
+    except (TypeError, ValueError) as exc:
+        # What Lambda answers for a result it cannot serialise (awslambdaric's marshal_response).
+        error = {"errorMessage": f"Unable to marshal response: {exc}", "errorType": "Runtime.MarshalError",
+                 "requestId": request_id, "stackTrace": []}
+        return json.dumps(["error", error, calls, peak]).encode()
 
 
 def main(conn: Connection, spec: dict[str, Any]) -> None:
@@ -77,13 +159,9 @@ def main(conn: Connection, spec: dict[str, Any]) -> None:
             conn.send_bytes(json.dumps(["error", init_error, {}]).encode())
             continue
         try:
-            reply = ["ok", handler(event, LambdaContext(spec, request_id, deadline_ms, invoked_arn)), awscalls.take()]
+            reply = _reply("ok", handler(event, LambdaContext(spec, request_id, deadline_ms, invoked_arn)),
+                           awscalls.take(), request_id)
         except BaseException as exc:
-            reply = ["error", _error(exc), awscalls.take()]
-        try:
-            data = json.dumps(reply)
-        except (TypeError, ValueError) as exc:
-            # Lambda serialises the result as JSON: a handler returning something else fails there too.
-            data = json.dumps(["error", _error(exc), reply[2]])
-        conn.send_bytes(data.encode())
+            reply = _reply("error", _error(exc, request_id), awscalls.take(), request_id)
+        conn.send_bytes(reply)
         sys.stdout.flush()

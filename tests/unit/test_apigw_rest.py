@@ -108,6 +108,28 @@ def test_other_malformed_results_and_function_errors_are_502s_with_an_error_line
     assert lines[2].error == "boom" and lines[2].error_type == "ValueError"  # type: ignore[attr-defined]
 
 
+def test_a_throttled_function_is_a_500_with_an_error_line(
+        gateway: Callable[..., tuple[str, FakePool]], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lambda docs (services-apigateway-errors): the Lambda API refusing the invoke (a throttle past the
+    # reserved concurrency) is a 500; a function error a 502; both {"message": "Internal server error"}.
+    asked: list[Any] = []
+
+    def invoke(self: FakePool, event: dict[str, Any], *, trigger: str, source: str = "", **kwargs: Any) -> InvokeResult:
+        asked.append(kwargs.get("throttle"))
+        return InvokeResult(False, error={"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded."},
+                            request_id="req-9")
+
+    monkeypatch.setattr(FakePool, "invoke", invoke)
+    url, _ = gateway(returns({}))
+    with caplog.at_level(logging.INFO, logger="local.apigw"):
+        resp = requests.get(url + "/other", timeout=5)
+    assert resp.status_code == 500 and resp.json() == {"message": "Internal server error"}
+    assert asked == [True], "the gateway asks Lambda to throttle rather than wait"
+    (line,) = errors(caplog)
+    assert line.getMessage() == "function throttled: 500" and line.request_id == "req-9"  # type: ignore[attr-defined]
+
+
 def test_the_integration_times_out_after_29_seconds_whatever_the_functions_timeout(
         gateway: Callable[..., tuple[str, FakePool]], caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,9 @@ def handler(event, context):
         raise ValueError("asked to")
     if event.get("unserialisable"):
         return {"x": object()}
+    if event.get("decimal"):
+        from decimal import Decimal
+        return {"d": Decimal("1.5"), "i": Decimal("12345678901234567890"), "e": Decimal("1E+2")}
     return {"env": os.environ.get("GREETING"), "name": context.function_name,
             "remaining": context.get_remaining_time_in_millis(), "echo": event.get("n")}
 '''
@@ -52,8 +55,26 @@ def test_errors_come_back_as_lambda_errors(pool: FunctionPool) -> None:
     raised = pool.invoke({"raise": True}, trigger="test")
     assert not raised.ok and raised.error["errorType"] == "ValueError" and raised.error["stackTrace"]
     bad = pool.invoke({"unserialisable": True}, trigger="test")
-    assert not bad.ok and bad.error["errorType"] == "TypeError"
+    assert not bad.ok and bad.error == {"errorType": "Runtime.MarshalError", "requestId": bad.request_id, "stackTrace": [],
+                                        "errorMessage": "Unable to marshal response: Object of type object is not JSON serializable"}
     assert pool.invoke({"n": 2}, trigger="test").ok, "the environment survives a handler error"
+
+
+def test_a_decimal_in_the_result_is_a_json_number_as_lambdas_runtime_writes_it(pool: FunctionPool) -> None:
+    # awslambdaric encodes Decimal as its text (what boto3's DynamoDB resource returns); it failed here.
+    result = pool.invoke({"decimal": True}, trigger="test")
+    assert result.ok and result.payload == {"d": 1.5, "i": 12345678901234567890, "e": 100.0}
+
+
+def test_the_error_shape_is_lambdas_with_the_handlers_frames_only(pool: FunctionPool) -> None:
+    raised = pool.invoke({"raise": True}, trigger="test")
+    error = raised.error
+    assert list(error) == ["errorMessage", "errorType", "requestId", "stackTrace"]
+    assert error["errorMessage"] == "asked to" and error["requestId"] == raised.request_id
+    trace = error["stackTrace"]
+    assert isinstance(trace, list) and all(isinstance(frame, str) for frame in trace)
+    assert len(trace) == 1 and trace[0].startswith('  File "') and "fn.py\", line 7, in handler" in trace[0]
+    assert 'raise ValueError("asked to")' in trace[0] and "worker.py" not in "".join(trace)
 
 
 def test_events_travel_as_json_as_in_lambda(pool: FunctionPool) -> None:
@@ -75,7 +96,9 @@ def test_an_init_error_is_reported_on_every_invocation(tmp_path: Path) -> None:
     try:
         for _ in range(2):
             result = p.invoke({}, trigger="test")
-            assert not result.ok and result.error["errorType"] == "ImportError"
+            assert not result.ok and result.error == {"errorMessage": "Unable to import module 'broken': cannot start",
+                                                      "errorType": "Runtime.ImportModuleError", "requestId": "",
+                                                      "stackTrace": []}
     finally:
         p.close()
 
@@ -231,3 +254,59 @@ def test_an_event_that_cannot_be_delivered_is_a_logged_failure(pool: FunctionPoo
     assert vars(lines[0])["error_type"] == "InvalidRequestContentException"
     assert vars(lines[1])["batch_size"] == 3 and "KeyError" not in vars(lines[1])["error_type"]
     assert pool.invoke({"n": 2}, trigger="test").ok, "the reserved environment went back to the pool"
+
+
+def test_a_function_imports_only_what_its_requirements_and_layers_declare(tmp_path: Path) -> None:
+    # The environment runs in the project's venv (PyYAML is installed), but a deployed function has the
+    # standard library, its code and layers, boto3, and what its requirements.txt (transitively) declares.
+    code, layer = tmp_path / "code", tmp_path / "layer"
+    code.mkdir()
+    (layer / "python").mkdir(parents=True)
+    (code / "app.py").write_text("import json, boto3, yaml\nfrom shared import VALUE\n"
+                                 "def handler(event, context):\n    return VALUE\n")
+    (layer / "python" / "shared.py").write_text("VALUE = 'from the layer'\n")
+
+    def run() -> dict[str, object] | object:
+        fn = FunctionSpec(logical_id="Fn", name="unit-Fn", arn="arn:aws:lambda:us-east-1:123456789012:function:unit-Fn",
+                          handler="app.handler", code_dir=code, layer_dirs=[layer / "python"], runtime="python3.11",
+                          timeout=5, memory_mb=128, environment={}, reserved_concurrency=None)
+        p = FunctionPool(fn)
+        try:
+            result = p.invoke({}, trigger="test")
+            return result.payload if result.ok else result.error
+        finally:
+            p.close()
+
+    assert run() == {"errorMessage": "Unable to import module 'app': No module named 'yaml'",
+                     "errorType": "Runtime.ImportModuleError", "requestId": "", "stackTrace": []}
+    (code / "requirements.txt").write_text("# pinned\nPyYAML==6.0.2 ; python_version >= '3.8'\n")
+    assert run() == "from the layer"
+    (code / "requirements.txt").unlink()
+    (layer / "requirements.txt").write_text("chalice>=1\n")  # a layer's declared package brings its own (pyyaml)
+    assert run() == "from the layer"
+
+
+def test_an_environment_over_its_memory_size_dies_out_of_memory_and_a_cold_start_follows(tmp_path: Path) -> None:
+    (tmp_path / "hog.py").write_text(
+        "import os, time\nheld = []\n"
+        "def handler(event, context):\n"
+        "    if event.get('mb'):\n"
+        "        held.append(bytearray(event['mb'] * 2**20))  # touched: resident\n"
+        "        time.sleep(event.get('sleep', 0))\n"
+        "    return os.getpid()\n")
+    fn = spec(tmp_path, handler="hog.handler", timeout=5)
+    fn.memory_mb = 128
+    p = FunctionPool(fn)
+    try:
+        first = p.invoke({}, trigger="test")
+        assert first.ok
+        for event in ({"mb": 200, "sleep": 1}, {"mb": 200}):  # caught while running, and at its answer
+            killed = p.invoke(event, trigger="test")
+            assert not killed.ok and killed.error == {
+                "errorType": "Runtime.OutOfMemory", "requestId": killed.request_id,
+                "errorMessage": f"RequestId: {killed.request_id} Error: Runtime exited with error: signal: killed"}
+            assert killed.duration_ms < 900 or "sleep" not in event
+        again = p.invoke({"mb": 10}, trigger="test")
+        assert again.ok and again.payload != first.payload, "a new environment (a cold start) served it"
+    finally:
+        p.close()

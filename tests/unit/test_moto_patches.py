@@ -544,6 +544,75 @@ def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: 
     assert len({r["dynamodb"]["SequenceNumber"] for r in records}) == 40
 
 
+def test_concurrent_updates_and_queries_of_a_large_item_never_fail(server: emulator_mod.Emulator) -> None:
+    # Stock moto: UpdateItem grows the item's attribute dict while a Query deep-copies it → 500
+    # "dictionary changed size during iteration". The patch serialises requests per backend.
+    table = _name("raced")
+    ddb = _client("dynamodb", server.endpoint_url)
+    ddb.create_table(TableName=table, AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName=table, Item={"pk": {"S": "k"}, **{f"a{i}": {"S": "x"} for i in range(500)}})
+    errors: list[str] = []
+    once = Config(retries={"total_max_attempts": 1})  # a 500 is not hidden by the SDK's retries
+
+    def update(n: int) -> None:
+        client = boto3.client("dynamodb", endpoint_url=server.endpoint_url, region_name=REGION,
+                              aws_access_key_id="t", aws_secret_access_key="t", config=once)
+        for i in range(40):
+            try:
+                client.update_item(TableName=table, Key={"pk": {"S": "k"}}, UpdateExpression=f"SET b{n}_{i} = :v",
+                                   ExpressionAttributeValues={":v": {"S": "y"}})
+            except ClientError as exc:
+                errors.append(str(exc))
+
+    def query() -> None:
+        client = boto3.client("dynamodb", endpoint_url=server.endpoint_url, region_name=REGION,
+                              aws_access_key_id="t", aws_secret_access_key="t", config=once)
+        for _ in range(40):
+            try:
+                client.query(TableName=table, KeyConditionExpression="pk = :k",
+                             ExpressionAttributeValues={":k": {"S": "k"}})
+            except ClientError as exc:
+                errors.append(str(exc))
+
+    threads = [threading.Thread(target=update, args=(n,)) for n in range(2)] + [threading.Thread(target=query) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    item = ddb.get_item(TableName=table, Key={"pk": {"S": "k"}})["Item"]
+    assert len(item) == 1 + 500 + 80
+
+
+def test_ttl_deletes_expired_items_within_seconds_with_a_service_remove_record(server: emulator_mod.Emulator) -> None:
+    # moto stored the TTL setting and never deleted anything; the patched emulator sweeps every
+    # DEFAULT_TTL_INTERVAL seconds, and the REMOVE record says DynamoDB itself deleted the item.
+    ddb = _client("dynamodb", server.endpoint_url)
+    table, arn = _streamed_table(server.endpoint_url, "ttl", "NEW_AND_OLD_IMAGES")
+    ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"})
+    now = int(time.time())
+    items = {"past": {"N": str(now - 10)}, "future": {"N": str(now + 3600)}, "text": {"S": str(now - 10)},
+             "ancient": {"N": str(now - 6 * 365 * 24 * 3600)}}  # > 5 years past: DynamoDB leaves it
+    for pk, expires in items.items():
+        ddb.put_item(TableName=table, Item={"pk": {"S": pk}, "expires": expires})
+    ddb.put_item(TableName=table, Item={"pk": {"S": "none"}})
+    deadline = time.monotonic() + 4 * emulator_mod.DEFAULT_TTL_INTERVAL + 5
+    while ddb.get_item(TableName=table, Key={"pk": {"S": "past"}}).get("Item") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {i["pk"]["S"] for i in ddb.scan(TableName=table)["Items"]}
+    assert left == {"future", "text", "ancient", "none"}
+    streams = _client("dynamodbstreams", server.endpoint_url)
+    (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
+    records = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
+    (remove,) = [r for r in records if r["eventName"] == "REMOVE"]
+    assert remove["userIdentity"] == {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
+    assert remove["dynamodb"]["Keys"] == {"pk": {"S": "past"}}
+    assert remove["dynamodb"]["OldImage"]["expires"] == items["past"]
+    assert all("userIdentity" not in r for r in records if r["eventName"] == "INSERT")
+
+
 def test_shard_iterators_expire_after_15_minutes_instead_of_piling_up(server: emulator_mod.Emulator,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _table, arn = _streamed_table(server.endpoint_url, "iterated", "NEW_IMAGE")

@@ -87,7 +87,7 @@ class FakePool:
         self.events: list[Any] = []
         self._lock = threading.Lock()
 
-    def invoke(self, event: Any, *, trigger: str, source: str = "") -> InvokeResult:
+    def invoke(self, event: Any, *, trigger: str, source: str = "", **_kwargs: Any) -> InvokeResult:
         with self._lock:
             if self.errors:
                 raise self.errors.pop(0)

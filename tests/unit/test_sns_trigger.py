@@ -41,7 +41,7 @@ class RecordingPool:
         self.spec = SimpleNamespace(name="unit-Fn")
         self.events: list[Any] = []
 
-    def invoke(self, event: Any, *, trigger: str, source: str = "") -> InvokeResult:
+    def invoke(self, event: Any, *, trigger: str, source: str = "", **_kwargs: Any) -> InvokeResult:
         self.events.append(event)
         return InvokeResult(True)
 

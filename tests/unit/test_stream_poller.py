@@ -186,6 +186,17 @@ def test_event_has_lambdas_shape(aws: SimpleNamespace, start: Callable[..., Stre
     assert pool.sources == {TABLE}
 
 
+def test_a_ttl_deletions_user_identity_takes_lambdas_spelling() -> None:
+    # GetRecords says {"Type", "PrincipalId"}; the Lambda event {"type", "principalId"} (it was passed as is).
+    record = {"eventID": "e", "eventName": "REMOVE", "userIdentity": {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"},
+              "dynamodb": {"Keys": {"pk": {"S": "a"}}, "SequenceNumber": "1", "SizeBytes": 5,
+                           "StreamViewType": "OLD_IMAGE", "ApproximateCreationDateTime": time.time()}}
+    out = stream_poller.lambda_record(record, "arn:stream", REGION)
+    assert out["userIdentity"] == {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+    del record["userIdentity"]
+    assert "userIdentity" not in stream_poller.lambda_record(record, "arn:stream", REGION)
+
+
 def test_batch_size_and_order(aws: SimpleNamespace, start: Callable[..., StreamPoller]) -> None:
     put(aws, *(f"k{i:02d}" for i in range(10)))
     pool = FakePool()

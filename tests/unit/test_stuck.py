@@ -158,7 +158,7 @@ class FakePool:
         self.outcomes, self.events = outcomes, []
         self.spec = type("Spec", (), {"name": "fake"})()
 
-    def invoke(self, event: Any, *, trigger: str, source: str = "") -> InvokeResult:
+    def invoke(self, event: Any, *, trigger: str, source: str = "", **_kwargs: Any) -> InvokeResult:
         self.events.append((event, trigger, source))
         return InvokeResult(self.outcomes.pop(0))
 
@@ -167,7 +167,7 @@ def test_the_scheduler_fires_on_time_and_retries_a_failure_twice(monkeypatch: py
     pool = FakePool([False, False, True, True])
     timer = Scheduler(pool, Schedule("tick", "rate(1 minute)"), "us-east-1", "123456789012")  # type: ignore[arg-type]
     monkeypatch.setattr(Schedule, "next_after", lambda self, moment: moment + 0.05)
-    monkeypatch.setattr("local.scheduler.ATTEMPTS", 3)
+    monkeypatch.setattr("local.async_invoke.RETRY_DELAYS", (0.01, 0.01))
     timer.start()
     deadline = time.monotonic() + 5
     while len(pool.events) < 4 and time.monotonic() < deadline:
