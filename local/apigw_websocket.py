@@ -218,7 +218,10 @@ class Gateway:
 
     async def _invoke(self, route: str, event: dict[str, Any]) -> Any:
         pool: FunctionPool = self.invoker.pools[self.api.routes[route].function]
-        return await asyncio.to_thread(pool.invoke, event, trigger="websocket", source=f"{self.api.logical_id} {route}")
+        # throttle: past a reserved concurrency the invoke fails at once (API Gateway's internal error), as
+        # deployed, instead of waiting for an environment
+        return await asyncio.to_thread(pool.invoke, event, trigger="websocket", source=f"{self.api.logical_id} {route}",
+                                       throttle=True)
 
     async def _on_handshake(self, socket: ServerConnection, request: Request) -> Response | None:
         split = urlsplit(request.path)

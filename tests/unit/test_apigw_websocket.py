@@ -31,8 +31,11 @@ class FakePool:
     answer: Callable[[dict[str, Any]], InvokeResult]
     events: list[dict[str, Any]] = field(default_factory=list)
 
-    def invoke(self, event: dict[str, Any], *, trigger: str, source: str = "", **_: Any) -> InvokeResult:
+    options: list[dict[str, Any]] = field(default_factory=list)
+
+    def invoke(self, event: dict[str, Any], *, trigger: str, source: str = "", **options: Any) -> InvokeResult:
         self.events.append(event)
+        self.options.append(options)
         return self.answer(event)
 
 
@@ -163,3 +166,18 @@ def test_the_plain_http_management_endpoint_still_answers(
         resp = requests.get(f"http://127.0.0.1:{servers[0].port}/dev/@connections/{quote(conn_id, safe='')}",
                             timeout=5)
         assert resp.status_code == 200 and "connectedAt" in resp.json()
+
+
+def test_a_throttled_function_is_an_internal_error_at_once_not_a_wait(
+        start: Callable[..., tuple[Gateway, list[Server]]]) -> None:
+    def throttled(_event: dict[str, Any]) -> InvokeResult:
+        return InvokeResult(False, error={"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded."})
+
+    gateway, _ = start({"$default": throttled})
+    with connect(url(gateway)) as ws:
+        ws.send(json.dumps({"action": "anything"}))
+        frame = json.loads(ws.recv(timeout=5))
+    assert frame["message"] == "Internal server error"
+    pool = gateway.invoker.pools["Fn0"]  # type: ignore[attr-defined]
+    assert pool.options and all(o.get("throttle") is True for o in pool.options)
+
