@@ -1,4 +1,5 @@
-"""StoreFunction: idempotent upserts, one UpdateItem per message; reports which messages failed."""
+"""StoreFunction: idempotent upserts (a short timeline: one UpdateItem; a long one: its pages, then its
+summary); reports which messages failed, so the aggregator has them redelivered."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         try:
             events = [Event.from_dict(raw) for raw in message["events"]]
             res = upsert_message(cfg.messages_table, message["app_id"], message["message_id"], events,
-                                 cfg.retention_days)
+                                 cfg.retention_days, cfg.events_table)
         except Exception as exc:  # one message's failure must not fail its neighbours
             logger.exception("upsert failed", extra={"app_id": message.get("app_id"),
                                                      "message_id": message.get("message_id")})
