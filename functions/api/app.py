@@ -32,12 +32,15 @@ from mars_common.events import (
 )
 from mars_common.queues import enqueue, queue_name, stats
 from mars_common.store import (
+    MAX_PAGE_LIMIT,
     decode_cursor,
+    decode_event_cursor,
     encode_cursor,
     get_items,
     get_lifecycle,
     list_messages,
     put_lifecycle,
+    read_timeline,
     to_timeline,
 )
 from mars_common.timeline import STATUSES, Lifecycle
@@ -226,11 +229,12 @@ def status() -> Response:
 @_handles_errors
 def get_message(message_id: str) -> Response:
     principal = _principal()
-    _only_params("app_id")
+    _only_params("app_id", "limit", "cursor")
     app_id = _query().get("app_id")
     if app_id is not None:
         _check_app_id(app_id)
         auth.require_apps(principal, [app_id])
+    limit, after = _event_page(message_id, app_id)
     cfg = settings()
     # Another app's timeline of the same id is neither shown nor hinted at.
     items = [i for i in get_items(cfg.messages_table, message_id, app_id) if principal.can(i["app_id"])]
@@ -238,8 +242,23 @@ def get_message(message_id: str) -> Response:
         raise ApiError(404, "NOT_FOUND", f"no events for message_id {message_id!r}"
                        + (f" in app {app_id!r}" if app_id else ""))
     lifecycles = {a: get_lifecycle(cfg.apps_table, a) for a in {i["app_id"] for i in items}}
-    return _json(200, {"message_id": message_id,
-                       "timelines": [to_timeline(i, lifecycles[i["app_id"]]) for i in items]})
+    timelines = [read_timeline(cfg.messages_table, cfg.events_table, i["app_id"], message_id, lifecycles[i["app_id"]],
+                               limit=limit, cursor=after, item=i) for i in items]
+    return _json(200, {"message_id": message_id, "timelines": [t for t in timelines if t is not None]})
+
+
+def _event_page(message_id: str, app_id: str | None) -> tuple[int | None, str | None]:
+    """`limit` (None: a short timeline whole, a long one's first page) and the event key a `cursor` ends at."""
+    limit = _int_param("limit", default=0, low=1, high=MAX_PAGE_LIMIT) or None
+    cursor = _query().get("cursor") or None
+    if cursor is None:
+        return limit, None
+    if app_id is None:  # a cursor is one app's timeline's: which one must be said
+        raise ValidationError([FieldError("cursor", "needs app_id (a cursor pages one app's timeline)")])
+    try:
+        return limit, decode_event_cursor(cursor, app_id, message_id)
+    except ValueError as exc:
+        raise ValidationError([FieldError("cursor", str(exc))]) from exc
 
 
 @app.route("/api/messages", methods=["GET"], content_types=BODY_TYPES)

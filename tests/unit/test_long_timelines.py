@@ -284,3 +284,90 @@ def test_cursors_belong_to_one_message(tables: tuple[str, str]) -> None:
         with pytest.raises(ValueError):
             decode_event_cursor(garbage, "checkout", "cur")
     assert pages[-1]["cursor"] is None and [len(p["events"]) for p in pages] == [10, 10, 10]
+
+
+# --- GET /api/messages/{id}: pages ------------------------------------------------------------------
+
+def test_the_api_pages_a_long_timeline_and_keeps_a_short_ones_shape(mocked_stack: Any, lambda_context: Any) -> None:
+    from tests.conftest import load_function
+    from tests.unit.test_api import Api
+    from tests.unit.test_openapi_document import component, schema_errors
+
+    api = Api(load_function("api"), lambda_context)
+    events = [ev("api-long", i) for i in range(2500)]
+    for start in range(0, len(events), 100):
+        put(events[start:start + 100])
+    put([ev("api-short", i, meta=None) for i in range(3)])
+    kwargs: dict[str, Any] = {"resource": "/api/messages/{message_id}"}
+
+    short = api.call("GET", "/api/messages/api-short", params={"message_id": "api-short"}, **kwargs)
+    assert short.status == 200 and "cursor" not in short.body["timelines"][0]  # today's shape
+    assert len(short.body["timelines"][0]["events"]) == 3
+
+    got, cursor, counts = [], None, []
+    for _ in range(10):
+        query = {"app_id": "checkout", **({"cursor": cursor} if cursor else {})}
+        reply = api.call("GET", "/api/messages/api-long", params={"message_id": "api-long"}, query=query, **kwargs)
+        assert reply.status == 200, reply.body
+        assert schema_errors(reply.body, component("TimelineList")) == []
+        (timeline,) = reply.body["timelines"]
+        got += timeline["events"]
+        counts.append(len(timeline["events"]))
+        assert timeline["event_count"] == 2500 and timeline["status"] == "unknown"
+        cursor = timeline["cursor"]
+        if cursor is None:
+            break
+    assert counts == [1000, 1000, 500]
+    assert [e["event_id"] for e in got] == expected_ids(events)
+
+    small = api.call("GET", "/api/messages/api-short", params={"message_id": "api-short"},
+                     query={"app_id": "checkout", "limit": "2"}, **kwargs).body["timelines"][0]
+    assert len(small["events"]) == 2 and small["event_count"] == 3 and small["cursor"]
+    rest = api.call("GET", "/api/messages/api-short", params={"message_id": "api-short"},
+                    query={"app_id": "checkout", "limit": "2", "cursor": small["cursor"]}, **kwargs).body["timelines"][0]
+    assert len(rest["events"]) == 1 and rest["cursor"] is None
+    no_app = api.call("GET", "/api/messages/api-long", params={"message_id": "api-long"}, query={"limit": "5"}, **kwargs)
+    assert len(no_app.body["timelines"][0]["events"]) == 5  # every app's first page
+
+    for query in ({"app_id": "checkout", "limit": "0"}, {"app_id": "checkout", "limit": "1001"},
+                  {"cursor": small["cursor"]}, {"app_id": "checkout", "cursor": "garbage"},
+                  {"app_id": "checkout", "cursor": small["cursor"], "x": "1"}):
+        reply = api.call("GET", "/api/messages/api-long", params={"message_id": "api-long"}, query=query, **kwargs)
+        assert reply.status == 400, (query, reply.body)
+    other = api.call("GET", "/api/messages/api-long", params={"message_id": "api-long"},
+                     query={"app_id": "checkout", "cursor": small["cursor"]}, **kwargs)  # api-short's cursor
+    assert other.status == 400
+
+
+# --- live frames ------------------------------------------------------------------------------------
+
+def test_a_long_timelines_frame_carries_the_new_events_and_the_summary(mocked_stack: Any, lambda_context: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from mars_common import live
+
+    from tests.conftest import load_function
+    from tests.unit.test_live import FakeConnections, stream_records, ws_event
+
+    fake = FakeConnections()
+    monkeypatch.setattr(live, "management_client", lambda endpoint: fake)
+    ws, broadcast = load_function("websocket"), load_function("broadcast")
+    ws.lambda_handler(ws_event("websocket_subscribe.json", "c1", {"action": "subscribe", "app_id": "checkout",
+                                                                "message_id": "live"}), lambda_context)
+    events = [ev("live", i, meta={"pad": "y" * 1500}) for i in range(120)]  # ~200 KB: never one frame
+    for start in range(0, 120, 10):
+        put(events[start:start + 10])
+    put(events[:10])  # redelivered: no commit, no push
+    fake.frames.clear()
+    broadcast.lambda_handler({"Records": stream_records("checkout", "live")}, lambda_context)
+    frames = fake.frames["c1"]
+    assert all(f["type"] == "timeline" for f in frames)
+    assert [e["event_id"] for f in frames for e in f["new_events"]] == expected_ids(events)
+    last = frames[-1]
+    assert [e["event_id"] for e in last["events"]] == expected_ids(events)[-10:]  # the new events, not the history
+    assert last["event_count"] == 120 and last["truncated"] == {"events_total": 120, "events_sent": 10}
+    assert last["first_seen"] == events[0].created_at and last["last_seen"] == events[-1].created_at
+    fake.frames.clear()
+    ws.lambda_handler(ws_event("websocket_subscribe.json", "c2", {"action": "subscribe", "app_id": "checkout",
+                                                                "message_id": "live"}), lambda_context)
+    _, first = fake.frames["c2"]
+    assert first["type"] == "timeline" and first["event_count"] == 120 and first["events"] == []

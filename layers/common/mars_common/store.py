@@ -473,7 +473,7 @@ def read_timeline(messages_table: str, events_table: str, app_id: str, message_i
     cursor has the shape it always had; otherwise `limit` events (default and maximum MAX_PAGE_LIMIT)
     after `cursor` (an event key, from decode_event_cursor), sorted by (created_at, event_id), with
     `event_count` (the total) and `cursor` (the next page's, None at the end)."""
-    if item is None:
+    if item is None or set(item) <= {"app_id", "message_id"}:  # none, or only an index's keys: read it
         item = aws.table(messages_table).get_item(Key={"app_id": app_id, "message_id": message_id}).get("Item")
     if not item:
         return None
@@ -530,6 +530,18 @@ def _read_pages(table: str, pk: str, seq: int, limit: int, cursor: str | None) -
     page_events = out[:limit]
     next_key = page_events[-1][0] if more and page_events else None
     return [e for _, e in page_events], next_key
+
+
+def last_commit_events(events_table: str, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events a long timeline's last summary commit added (its `pages`, entries of its `seq`), sorted."""
+    seq = int(item.get("seq", 0))
+    pk = events_pk(item["app_id"], item["message_id"])
+    out = []
+    for sk in item.get("pages") or ():
+        page = aws.table(events_table).get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item") or {}
+        out.extend((event_key(v["created_at"], k), _public(k, v)) for k, v in _entries(page).items()
+                   if int(v.get("q", 0)) == seq)
+    return [e for _, e in sorted(out, key=lambda kv: kv[0])]
 
 
 def get_items(table_name: str, message_id: str, app_id: str | None = None) -> list[dict[str, Any]]:
