@@ -181,10 +181,9 @@ def _upsert_inline(table_name: str, app_id: str, message_id: str, batch: list[Ev
 
 @dataclass
 class _Group:
-    """Pages sharing one lower bound: the events whose key is in [lo, hi)."""
+    """The pages sharing one lower bound `lo` (its events' keys are >= lo and below the next group's lo)."""
 
     lo: str
-    hi: str | None
     pages: list[dict[str, Any]] = field(default_factory=list)
 
     def entries(self) -> dict[str, dict[str, Any]]:
@@ -194,25 +193,25 @@ class _Group:
         return out
 
 
-def _load_groups(table: str, pk: str, keys: list[str]) -> list[_Group]:
-    """The groups covering sorted `keys`: three small queries per group (usually one group)."""
-    groups: list[_Group] = []
-    i = 0
-    while i < len(keys):
-        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").lte(f"{PAGE_PREFIX}{keys[i]}#~"),
+def _load_groups(table: str, pk: str, keys: list[str]) -> list[tuple[_Group, list[str]]]:
+    """The groups covering sorted `keys`, each with its keys, in key order. From the highest key down:
+    the greatest lower bound <= it is its group, which also holds every lower key >= that bound — so a
+    batch of in-order events costs one Query (and one more when its group has several pages)."""
+    found: list[tuple[_Group, list[str]]] = []
+    rest = list(keys)
+    while rest:
+        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").lte(f"{PAGE_PREFIX}{rest[-1]}#~"),
                                        ScanIndexForward=False, Limit=1, ConsistentRead=True).get("Items", [])
         if not below:
             return []  # no pages yet (the first group, lo "", covers every key once it exists)
         lo = page_lo(below[0]["sk"])
-        pages = list(aws.items(table, KeyConditionExpression=Key("pk").eq(pk) & Key("sk").begins_with(f"{PAGE_PREFIX}{lo}#"),
-                               ConsistentRead=True))
-        above = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").gt(f"{PAGE_PREFIX}{lo}#~"),
-                                       Limit=1, ConsistentRead=True).get("Items", [])
-        hi = page_lo(above[0]["sk"]) if above else None
-        groups.append(_Group(lo, hi, pages))
-        while i < len(keys) and (hi is None or keys[i] < hi):
-            i += 1
-    return groups
+        pages = below if below[0]["sk"].endswith("#00000") else list(aws.items(
+            table, KeyConditionExpression=Key("pk").eq(pk) & Key("sk").begins_with(f"{PAGE_PREFIX}{lo}#"),
+            ConsistentRead=True))
+        cut = next((n for n, k in enumerate(rest) if k >= lo), len(rest))
+        found.append((_Group(lo, pages), rest[cut:]))
+        rest = rest[:cut]
+    return found[::-1]
 
 
 def _chunks(entries: list[tuple[str, str, dict[str, Any]]], room: int) -> list[list[tuple[str, str, dict[str, Any]]]]:
@@ -252,14 +251,15 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
         candidates.setdefault(ev.event_id, (event_key(ev.created_at, ev.event_id), ev.event_id, _entry(ev, attempt),
                                             False))
     ordered = sorted(candidates.values())
-    groups = _load_groups(events_table, pk, [c[0] for c in ordered]) or [_Group(FIRST_LO, None)]
+    keys = [c[0] for c in ordered]
+    groups = _load_groups(events_table, pk, keys) or [(_Group(FIRST_LO), keys)]
+    by_key = {c[0]: c for c in ordered}
     counted = 0  # entries this commit adds to event_count
     seen: list[dict[str, Any]] = []  # the stored version of every candidate, for first/last seen and steps
     puts: list[dict[str, Any]] = []
     appends: list[tuple[dict[str, Any], list[tuple[str, str, dict[str, Any]]]]] = []
     touched: list[str] = []
-    i = 0
-    for group in groups:
+    for group, group_keys in groups:
         present = group.entries()
         if paged:
             # Entries of an earlier attempt that never committed: counted by this commit.
@@ -267,9 +267,8 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
         else:
             counted += len(present)  # nothing was committed to pages yet: all of it is counted now
         new: list[tuple[str, str, dict[str, Any]]] = []
-        while i < len(ordered) and (group.hi is None or ordered[i][0] < group.hi):
-            key, event_id, entry, _ = ordered[i]
-            i += 1
+        for key in group_keys:
+            _, event_id, entry, _ = by_key[key]
             if event_id in present:
                 seen.append(present[event_id])
                 continue
