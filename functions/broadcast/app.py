@@ -21,6 +21,9 @@ from mars_common.timeline import Lifecycle
 logger = Logger(service="mars-broadcast")
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 _lifecycles: dict[str, Lifecycle | None] = {}
+# Subscribers read once per stream batch: a batch often holds many changes of one message (or app).
+_app_subscribers: dict[str, set[str]] = {}
+_message_subscribers: dict[tuple[str, str], set[str]] = {}
 
 
 class PushFailedError(Exception):
@@ -31,6 +34,15 @@ def _lifecycle(app_id: str) -> Lifecycle | None:
     if app_id not in _lifecycles:
         _lifecycles[app_id] = get_lifecycle(settings().apps_table, app_id)
     return _lifecycles[app_id]
+
+
+def _subscribers(app_id: str, message_id: str) -> set[str]:
+    table = settings().connections_table
+    if app_id not in _app_subscribers:
+        _app_subscribers[app_id] = live.app_subscribers(table, app_id)
+    if (app_id, message_id) not in _message_subscribers:
+        _message_subscribers[(app_id, message_id)] = live.message_subscribers(table, app_id, message_id)
+    return _app_subscribers[app_id] | _message_subscribers[(app_id, message_id)]
 
 
 def record_handler(record: DynamoDBRecord) -> None:
@@ -46,7 +58,7 @@ def record_handler(record: DynamoDBRecord) -> None:
         return  # a duplicate delivery touched updated_at only: nothing a subscriber has not seen
     cfg = settings()
     app_id, message_id = new["app_id"], new["message_id"]
-    targets = live.subscribers(cfg.connections_table, app_id, message_id)
+    targets = _subscribers(app_id, message_id)
     if not targets:
         return
     timeline = to_timeline(new, _lifecycle(app_id))
@@ -71,6 +83,10 @@ def record_handler(record: DynamoDBRecord) -> None:
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    _lifecycles.clear()  # a lifecycle may change between invocations; within one batch it is read once
+    # a lifecycle or a subscription may change between invocations; within one batch each is read once
+    # (a client that subscribes during a batch gets the next change: the batch takes milliseconds)
+    _lifecycles.clear()
+    _app_subscribers.clear()
+    _message_subscribers.clear()
     return process_partial_response(event=event, record_handler=record_handler, processor=processor,
                                     context=context)

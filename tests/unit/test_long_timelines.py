@@ -371,3 +371,25 @@ def test_a_long_timelines_frame_carries_the_new_events_and_the_summary(mocked_st
                                                                 "message_id": "live"}), lambda_context)
     _, first = fake.frames["c2"]
     assert first["type"] == "timeline" and first["event_count"] == 120 and first["events"] == []
+
+
+def test_the_broadcaster_reads_subscribers_once_per_message_and_app_per_batch(
+        mocked_stack: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mars_common import live
+
+    from tests.conftest import load_function
+    from tests.unit.test_live import FakeConnections, stream_records, ws_event
+
+    fake = FakeConnections()
+    monkeypatch.setattr(live, "management_client", lambda endpoint: fake)
+    ws, broadcast = load_function("websocket"), load_function("broadcast")
+    ws.lambda_handler(ws_event("websocket_subscribe.json", "c1", {"action": "subscribe", "app_id": "checkout"}),
+                      lambda_context)
+    for i in range(6):
+        put([ev("busy", i, meta=None)])
+    queries: list[str] = []
+    real = live._topic_rows
+    monkeypatch.setattr(live, "_topic_rows", lambda table, topic, app_id: (queries.append(topic), real(table, topic, app_id))[1])
+    broadcast.lambda_handler({"Records": stream_records("checkout", "busy")}, lambda_context)
+    assert fake.types("c1") == ["subscribed"] + ["timeline"] * 6
+    assert sorted(queries) == ["app#checkout", "msg#busy"]  # two queries for six changes (was twelve)
