@@ -120,6 +120,25 @@ def test_messages_table(resources: dict[str, Any]) -> None:
     assert defined == {"app_id": "S", "message_id": "S", "updated_at": "S"}
 
 
+def test_events_table_holds_long_timelines_and_only_its_users_reach_it(template: dict[str, Any],
+                                                                      resources: dict[str, Any]) -> None:
+    p = props(resources, "EventsTable")
+    assert p["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
+    assert p["TimeToLiveSpecification"]["AttributeName"] == "expires_at" and is_true(p["TimeToLiveSpecification"]["Enabled"])
+    assert "GlobalSecondaryIndexes" not in p and "StreamSpecification" not in p  # the summary's stream is the live one
+    assert template["Outputs"]["EventsTableName"]["Value"] == {"Ref": "EventsTable"}
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["EVENTS_TABLE"] == {"Ref": "EventsTable"}
+    access = {}
+    for lid, res in resources.items():
+        for policy in (res.get("Properties", {}).get("Policies") or []):
+            if isinstance(policy, dict):
+                for name, arg in policy.items():
+                    if isinstance(arg, dict) and arg.get("TableName") == {"Ref": "EventsTable"}:
+                        access[lid] = name
+    assert access == {"StoreFunction": "DynamoDBCrudPolicy", "ApiFunction": "DynamoDBReadPolicy",
+                      "BroadcastFunction": "DynamoDBReadPolicy"}  # WebSocketFunction sends a long one's summary
+
+
 def test_apps_table(resources: dict[str, Any]) -> None:
     assert props(resources, "AppsTable")["KeySchema"] == [{"AttributeName": "app_id", "KeyType": "HASH"}]
 
