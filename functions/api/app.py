@@ -43,7 +43,7 @@ from mars_common.store import (
     read_timeline,
     to_timeline,
 )
-from mars_common.timeline import STATUSES, Lifecycle
+from mars_common.timeline import MAX_RETENTION_DAYS, STATUSES, Lifecycle
 
 app = Chalice(app_name="mars")
 logger = Logger(service="mars-api")
@@ -299,7 +299,8 @@ def put_app_lifecycle(app_id: str) -> Response:
     lifecycle = _parse_lifecycle(body)
     item = put_lifecycle(settings().apps_table, app_id, lifecycle)
     return _json(200, {"app_id": app_id, "events": item["events"], "sla_seconds": item["sla_seconds"],
-                       "updated_at": item["updated_at"]})
+                       "updated_at": item["updated_at"],
+                       **({"retention_days": item["retention_days"]} if "retention_days" in item else {})})
 
 
 @app.route("/api/apps/{app_id}/lifecycle", methods=["GET"], content_types=BODY_TYPES)
@@ -312,15 +313,16 @@ def get_app_lifecycle(app_id: str) -> Response:
     if lifecycle is None:
         raise ApiError(404, "NOT_FOUND", f"app {app_id!r} declares no lifecycle; PUT one first")
     return _json(200, {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
-                       "updated_at": lifecycle.updated_at})
+                       "updated_at": lifecycle.updated_at,
+                       **({"retention_days": lifecycle.retention_days} if lifecycle.retention_days else {})})
 
 
 def _parse_lifecycle(body: Any) -> Lifecycle:
     errors: list[FieldError] = []
     if not isinstance(body, dict):
         raise ValidationError([FieldError("body", "must be a JSON object")])
-    for k in sorted(set(body) - {"events", "sla_seconds"}):
-        errors.append(FieldError(k, "is not a known field (allowed: events, sla_seconds)"))
+    for k in sorted(set(body) - {"events", "sla_seconds", "retention_days"}):
+        errors.append(FieldError(k, "is not a known field (allowed: events, sla_seconds, retention_days)"))
     events = body.get("events")
     if not isinstance(events, list) or not events:
         errors.append(FieldError("events", "must be a non-empty list of event names"))
@@ -335,9 +337,15 @@ def _parse_lifecycle(body: Any) -> Lifecycle:
         sla = int(sla)  # JSON has one number type: 300.0 is the integer 300
     if isinstance(sla, bool) or not isinstance(sla, int) or not 0 <= sla <= 30 * 86400:
         errors.append(FieldError("sla_seconds", "must be an integer from 0 to 2592000"))
+    retention = body.get("retention_days")
+    if isinstance(retention, float) and retention.is_integer():
+        retention = int(retention)
+    if "retention_days" in body and (isinstance(retention, bool) or not isinstance(retention, int)
+                                     or not 1 <= retention <= MAX_RETENTION_DAYS):
+        errors.append(FieldError("retention_days", f"must be an integer from 1 to {MAX_RETENTION_DAYS}"))
     if errors:
         raise ValidationError(errors)
-    return Lifecycle(events=tuple(events), sla_seconds=sla)
+    return Lifecycle(events=tuple(events), sla_seconds=sla, retention_days=retention)
 
 
 def _check_app_id(app_id: str) -> None:

@@ -393,3 +393,23 @@ def test_the_broadcaster_reads_subscribers_once_per_message_and_app_per_batch(
     broadcast.lambda_handler({"Records": stream_records("checkout", "busy")}, lambda_context)
     assert fake.types("c1") == ["subscribed"] + ["timeline"] * 6
     assert sorted(queries) == ["app#checkout", "msg#busy"]  # two queries for six changes (was twelve)
+
+
+# --- retention per app ------------------------------------------------------------------------------
+
+def test_an_apps_retention_sets_the_ttl_of_its_summaries_and_pages_never_beyond_the_stacks(
+        mocked_stack: Any, lambda_context: Any) -> None:
+    import time
+
+    from tests.conftest import load_function
+
+    store_fn = load_function("store")
+    put_lifecycle(settings().apps_table, "short-lived", Lifecycle(("A",), 0, retention_days=7))
+    put_lifecycle(settings().apps_table, "greedy", Lifecycle(("A",), 0, retention_days=3650))
+    payload = {"messages": [{"app_id": app, "message_id": "m", "events": [e.as_dict() for e in
+                                                                          [ev("m", i, app_id=app) for i in range(30)]]}
+                            for app in ("short-lived", "greedy", "checkout")]}
+    assert all(r["ok"] for r in store_fn.lambda_handler(payload, lambda_context)["results"])
+    for app, days in (("short-lived", 7), ("greedy", 30), ("checkout", 30)):  # the stack's RetentionDays is 30
+        expiries = [int(summary_item("m", app)["expires_at"])] + [int(p["expires_at"]) for p in pages_of("m", app)]
+        assert all(abs(x - (time.time() + days * 86400)) < 120 for x in expiries), (app, days)

@@ -139,6 +139,12 @@ def test_events_table_holds_long_timelines_and_only_its_users_reach_it(template:
                       "BroadcastFunction": "DynamoDBReadPolicy"}  # WebSocketFunction sends a long one's summary
 
 
+def test_an_apps_retention_is_bounded_by_the_stacks(template: dict[str, Any]) -> None:
+    from mars_common.timeline import MAX_RETENTION_DAYS
+
+    assert template["Parameters"]["RetentionDays"]["MaxValue"] == MAX_RETENTION_DAYS
+
+
 def test_apps_table(resources: dict[str, Any]) -> None:
     assert props(resources, "AppsTable")["KeySchema"] == [{"AttributeName": "app_id", "KeyType": "HASH"}]
 

@@ -616,13 +616,16 @@ def get_lifecycle(table_name: str, app_id: str) -> Lifecycle | None:
 
 
 def _lifecycle(item: dict[str, Any]) -> Lifecycle:
+    retention = item.get("retention_days")
     return Lifecycle(events=tuple(item.get("events", [])), sla_seconds=int(item.get("sla_seconds", 0)),
-                     updated_at=item.get("updated_at"))
+                     updated_at=item.get("updated_at"), retention_days=int(retention) if retention else None)
 
 
 def put_lifecycle(table_name: str, app_id: str, lifecycle: Lifecycle) -> dict[str, Any]:
-    item = {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
-            "updated_at": utc_now()}
+    item: dict[str, Any] = {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
+                            "updated_at": utc_now()}
+    if lifecycle.retention_days:
+        item["retention_days"] = lifecycle.retention_days
     aws.table(table_name).put_item(Item=item)
     return item
 
