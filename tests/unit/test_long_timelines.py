@@ -413,3 +413,19 @@ def test_an_apps_retention_sets_the_ttl_of_its_summaries_and_pages_never_beyond_
     for app, days in (("short-lived", 7), ("greedy", 30), ("checkout", 30)):  # the stack's RetentionDays is 30
         expiries = [int(summary_item("m", app)["expires_at"])] + [int(p["expires_at"]) for p in pages_of("m", app)]
         assert all(abs(x - (time.time() + days * 86400)) < 120 for x in expiries), (app, days)
+
+
+def test_a_failed_store_across_groups_is_counted_once_whatever_the_retry_holds(
+        tables: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for start in range(0, 40, 10):
+        put([ev("groups", i) for i in range(start, start + 10)])  # four groups, one per batch
+    late, new = ev("groups", 5, name="LATE", event_id="late-1"), [ev("groups", i) for i in range(40, 45)]
+    real = store._commit
+    monkeypatch.setattr(store, "_commit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("timed out")))
+    with pytest.raises(RuntimeError):
+        put([late, *new])  # writes into an old group and a new one, then fails before its commit
+    monkeypatch.setattr(store, "_commit", real)
+    assert put(new[:2]).stored == 6  # the retry holds only new events: the late one is found through `sib`
+    assert put([late, *new]) == UpsertResult(stored=0, duplicates=6)
+    got, pages = read_all("groups")
+    assert len(got) == pages[0]["event_count"] == 46

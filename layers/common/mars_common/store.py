@@ -259,12 +259,11 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
     puts: list[dict[str, Any]] = []
     appends: list[tuple[dict[str, Any], list[tuple[str, str, dict[str, Any]]]]] = []
     touched: list[str] = []
+    if paged:
+        counted += _uncommitted(events_table, pk, seq, [p for g, _ in groups for p in g.pages])
     for group, group_keys in groups:
         present = group.entries()
-        if paged:
-            # Entries of an earlier attempt that never committed: counted by this commit.
-            counted += sum(1 for v in present.values() if int(v.get("q", 0)) > seq)
-        else:
+        if not paged:
             counted += len(present)  # nothing was committed to pages yet: all of it is counted now
         new: list[tuple[str, str, dict[str, Any]]] = []
         for key in group_keys:
@@ -296,20 +295,41 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
                 for chunk in _chunks(behind, PAGE_MAX_BYTES):
                     puts.append(_page(pk, page_sk(group.lo, next_seq), chunk, expires))
                     next_seq += 1
+    # Every page an attempt writes names all of them (`sib`): a retry that finds one finds the rest.
+    siblings = [item["sk"] for item in puts] + [page["sk"] for page, _ in appends]
     for item in puts:
+        item["sib"] = siblings
         try:
             aws.table(events_table).put_item(Item=item, ConditionExpression="attribute_not_exists(sk)")
         except ClientError as exc:
             raise _conflict(exc, "a page was written concurrently") from exc
         touched.append(item["sk"])
     for page, chunk in appends:
-        _append(events_table, page, chunk, expires)
+        _append(events_table, page, chunk, expires, siblings)
         touched.append(page["sk"])
     stored = max(counted if paged else counted - len(_entries(summary)), 0)
     if paged and not counted:
         return UpsertResult(stored=0, duplicates=len(batch))  # nothing new: no commit, no stream record, no WRU
     _commit(messages_table, summary, app_id, message_id, attempt, counted, seen, touched, expires)
     return UpsertResult(stored=stored, duplicates=max(len(batch) - stored, 0))
+
+
+def _uncommitted(table: str, pk: str, seq: int, pages: list[dict[str, Any]]) -> int:
+    """Entries of earlier attempts that wrote pages and never committed (q > seq): this commit counts
+    them. Their pages name every page their attempt wrote, so one found leads to all of them."""
+    by_sk = {p["sk"]: p for p in pages}
+    todo = list(by_sk.values())
+    while todo:
+        page = todo.pop()
+        if not any(int(v.get("q", 0)) > seq for v in _entries(page).values()):
+            continue
+        for sk in page.get("sib") or ():
+            if sk not in by_sk:
+                got = aws.table(table).get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item")
+                if got:
+                    by_sk[sk] = got
+                    todo.append(got)
+    return sum(1 for p in by_sk.values() for v in _entries(p).values() if int(v.get("q", 0)) > seq)
 
 
 def _page(pk: str, sk: str, chunk: list[tuple[str, str, dict[str, Any]]], expires: int) -> dict[str, Any]:
@@ -319,10 +339,11 @@ def _page(pk: str, sk: str, chunk: list[tuple[str, str, dict[str, Any]]], expire
     return item
 
 
-def _append(table: str, page: dict[str, Any], chunk: list[tuple[str, str, dict[str, Any]]], expires: int) -> None:
-    names = {"#v": "v", "#x": "expires_at"}
-    values: dict[str, Any] = {":v": page["v"], ":v1": int(page["v"]) + 1, ":x": expires}
-    sets = ["#v = :v1", "#x = :x"]
+def _append(table: str, page: dict[str, Any], chunk: list[tuple[str, str, dict[str, Any]]], expires: int,
+            siblings: list[str]) -> None:
+    names = {"#v": "v", "#x": "expires_at", "#sib": "sib"}
+    values: dict[str, Any] = {":v": page["v"], ":v1": int(page["v"]) + 1, ":x": expires, ":sib": siblings}
+    sets = ["#v = :v1", "#x = :x", "#sib = :sib"]
     for i, (_, event_id, entry) in enumerate(chunk):
         names[f"#e{i}"] = EVENT_PREFIX + event_id
         values[f":e{i}"] = entry
