@@ -34,15 +34,18 @@ from mars_common.events import (
 )
 from mars_common.queues import enqueue, queue_name, stats
 from mars_common.store import (
+    MAX_PAGE_LIMIT,
     decode_cursor,
+    decode_event_cursor,
     encode_cursor,
     get_items,
     get_lifecycle,
     list_messages,
     put_lifecycle,
+    read_timeline,
     to_timeline,
 )
-from mars_common.timeline import STATUSES, Lifecycle
+from mars_common.timeline import MAX_RETENTION_DAYS, STATUSES, Lifecycle
 
 app = Chalice(app_name="mars")
 logger = Logger(service="mars-api")
@@ -298,11 +301,12 @@ def _run_health_checks() -> list[dict[str, Any]]:
 @_handles_errors
 def get_message(message_id: str) -> Response:
     principal = _principal()
-    _only_params("app_id")
+    _only_params("app_id", "limit", "cursor")
     app_id = _query().get("app_id")
     if app_id is not None:
         _check_app_id(app_id)
         auth.require_apps(principal, [app_id])
+    limit, after = _event_page(message_id, app_id)
     cfg = settings()
     # Another app's timeline of the same id is neither shown nor hinted at: a scoped key reads only its
     # own apps' items (never the index, nor another app's item), so no answer or timing depends on them.
@@ -312,8 +316,23 @@ def get_message(message_id: str) -> Response:
         raise ApiError(404, "NOT_FOUND", f"no events for message_id {message_id!r}"
                        + (f" in app {app_id!r}" if app_id else ""))
     lifecycles = {a: get_lifecycle(cfg.apps_table, a) for a in {i["app_id"] for i in items}}
-    return _json(200, {"message_id": message_id,
-                       "timelines": [to_timeline(i, lifecycles[i["app_id"]]) for i in items]})
+    timelines = [read_timeline(cfg.messages_table, cfg.events_table, i["app_id"], message_id, lifecycles[i["app_id"]],
+                               limit=limit, cursor=after, item=i) for i in items]
+    return _json(200, {"message_id": message_id, "timelines": [t for t in timelines if t is not None]})
+
+
+def _event_page(message_id: str, app_id: str | None) -> tuple[int | None, str | None]:
+    """`limit` (None: a short timeline whole, a long one's first page) and the event key a `cursor` ends at."""
+    limit = _int_param("limit", default=0, low=1, high=MAX_PAGE_LIMIT) or None
+    cursor = _query().get("cursor") or None
+    if cursor is None:
+        return limit, None
+    if app_id is None:  # a cursor is one app's timeline's: which one must be said
+        raise ValidationError([FieldError("cursor", "needs app_id (a cursor pages one app's timeline)")])
+    try:
+        return limit, decode_event_cursor(cursor, app_id, message_id)
+    except ValueError as exc:
+        raise ValidationError([FieldError("cursor", str(exc))]) from exc
 
 
 @app.route("/api/messages", methods=["GET"], content_types=BODY_TYPES)
@@ -355,7 +374,8 @@ def put_app_lifecycle(app_id: str) -> Response:
     lifecycle = _parse_lifecycle(body)
     item = put_lifecycle(settings().apps_table, app_id, lifecycle)
     return _json(200, {"app_id": app_id, "events": item["events"], "sla_seconds": item["sla_seconds"],
-                       "updated_at": item["updated_at"]})
+                       "updated_at": item["updated_at"],
+                       **({"retention_days": item["retention_days"]} if "retention_days" in item else {})})
 
 
 @app.route("/api/apps/{app_id}/lifecycle", methods=["GET"], content_types=BODY_TYPES)
@@ -368,15 +388,16 @@ def get_app_lifecycle(app_id: str) -> Response:
     if lifecycle is None:
         raise ApiError(404, "NOT_FOUND", f"app {app_id!r} declares no lifecycle; PUT one first")
     return _json(200, {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
-                       "updated_at": lifecycle.updated_at})
+                       "updated_at": lifecycle.updated_at,
+                       **({"retention_days": lifecycle.retention_days} if lifecycle.retention_days else {})})
 
 
 def _parse_lifecycle(body: Any) -> Lifecycle:
     errors: list[FieldError] = []
     if not isinstance(body, dict):
         raise ValidationError([FieldError("body", "must be a JSON object")])
-    for k in sorted(set(body) - {"events", "sla_seconds"}):
-        errors.append(FieldError(k, "is not a known field (allowed: events, sla_seconds)"))
+    for k in sorted(set(body) - {"events", "sla_seconds", "retention_days"}):
+        errors.append(FieldError(k, "is not a known field (allowed: events, sla_seconds, retention_days)"))
     events = body.get("events")
     if not isinstance(events, list) or not events:
         errors.append(FieldError("events", "must be a non-empty list of event names"))
@@ -391,9 +412,15 @@ def _parse_lifecycle(body: Any) -> Lifecycle:
         sla = int(sla)  # JSON has one number type: 300.0 is the integer 300
     if isinstance(sla, bool) or not isinstance(sla, int) or not 0 <= sla <= 30 * 86400:
         errors.append(FieldError("sla_seconds", "must be an integer from 0 to 2592000"))
+    retention = body.get("retention_days")
+    if isinstance(retention, float) and retention.is_integer():
+        retention = int(retention)
+    if "retention_days" in body and (isinstance(retention, bool) or not isinstance(retention, int)
+                                     or not 1 <= retention <= MAX_RETENTION_DAYS):
+        errors.append(FieldError("retention_days", f"must be an integer from 1 to {MAX_RETENTION_DAYS}"))
     if errors:
         raise ValidationError(errors)
-    return Lifecycle(events=tuple(events), sla_seconds=sla)
+    return Lifecycle(events=tuple(events), sla_seconds=sla, retention_days=retention)
 
 
 def _check_app_id(app_id: str) -> None:

@@ -1,6 +1,9 @@
 """BroadcastFunction: every stored change of a timeline (MessagesTable stream) goes to the
 connections subscribed to that message or its app. A record whose push failed is reported back
-(ReportBatchItemFailures) so the stream retries it; a gone connection is removed, not retried."""
+(ReportBatchItemFailures) so the stream retries it; a gone connection is removed, not retried.
+
+A long timeline's item is a summary: its frame carries the events the change added (read from the
+pages the commit names) and the summary, never the whole history (`truncated` says how many exist)."""
 
 from __future__ import annotations
 
@@ -12,12 +15,15 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import live
 from mars_common.config import settings
-from mars_common.store import EVENT_PREFIX, STUCK_AT, get_lifecycle, to_timeline
+from mars_common.store import EVENT_PREFIX, STUCK_AT, event_count, get_lifecycle, is_paged, last_commit_events, to_timeline
 from mars_common.timeline import Lifecycle
 
 logger = Logger(service="mars-broadcast")
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 _lifecycles: dict[str, Lifecycle | None] = {}
+# Subscribers read once per stream batch: a batch often holds many changes of one message (or app).
+_app_subscribers: dict[str, set[str]] = {}
+_message_subscribers: dict[tuple[str, str], set[str]] = {}
 
 
 class PushFailedError(Exception):
@@ -30,22 +36,41 @@ def _lifecycle(app_id: str) -> Lifecycle | None:
     return _lifecycles[app_id]
 
 
+def _subscribers(app_id: str, message_id: str) -> set[str]:
+    table = settings().connections_table
+    if app_id not in _app_subscribers:
+        _app_subscribers[app_id] = live.app_subscribers(table, app_id)
+    if (app_id, message_id) not in _message_subscribers:
+        _message_subscribers[(app_id, message_id)] = live.message_subscribers(table, app_id, message_id)
+    return _app_subscribers[app_id] | _message_subscribers[(app_id, message_id)]
+
+
 def record_handler(record: DynamoDBRecord) -> None:
     ddb = record.dynamodb
     if ddb is None or record.event_name is None or record.event_name.name == "REMOVE":
         return
     new = ddb.new_image or {}
     old = ddb.old_image or {}
-    new_ids = {k[len(EVENT_PREFIX):] for k in new if k.startswith(EVENT_PREFIX) and k not in old}
     went_stuck = STUCK_AT in new and STUCK_AT not in old
-    if not new_ids and not went_stuck:
+    committed = is_paged(new) and new.get("seq") != old.get("seq")
+    new_ids = {k[len(EVENT_PREFIX):] for k in new if k.startswith(EVENT_PREFIX) and k not in old}
+    if not new_ids and not went_stuck and not committed:
         return  # a duplicate delivery touched updated_at only: nothing a subscriber has not seen
     cfg = settings()
     app_id, message_id = new["app_id"], new["message_id"]
-    targets = live.subscribers(cfg.connections_table, app_id, message_id)
+    targets = _subscribers(app_id, message_id)
     if not targets:
         return
-    frame = live.timeline_frame(to_timeline(new, _lifecycle(app_id)), new_ids)
+    timeline = to_timeline(new, _lifecycle(app_id))
+    if is_paged(new):
+        added = last_commit_events(cfg.events_table, new) if committed else []
+        timeline["events"] = added
+        new_ids = {e["event_id"] for e in added}
+    frame = live.timeline_frame(timeline, new_ids)
+    if is_paged(new):
+        total = event_count(new)
+        frame["event_count"] = total
+        frame["truncated"] = {"events_total": total, "events_sent": len(frame["events"])}
     if went_stuck:
         frame["alert"] = {"type": "stuck", "since": new[STUCK_AT]}
     result = live.push(cfg.websocket_management_url, cfg.connections_table, targets, frame)
@@ -58,6 +83,10 @@ def record_handler(record: DynamoDBRecord) -> None:
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    _lifecycles.clear()  # a lifecycle may change between invocations; within one batch it is read once
+    # a lifecycle or a subscription may change between invocations; within one batch each is read once
+    # (a client that subscribes during a batch gets the next change: the batch takes milliseconds)
+    _lifecycles.clear()
+    _app_subscribers.clear()
+    _message_subscribers.clear()
     return process_partial_response(event=event, record_handler=record_handler, processor=processor,
                                     context=context)

@@ -1,4 +1,5 @@
-"""StoreFunction: idempotent upserts, one UpdateItem per message; reports which messages failed."""
+"""StoreFunction: idempotent upserts (a short timeline: one UpdateItem; a long one: its pages, then its
+summary); reports which messages failed, so the aggregator has them redelivered."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common.config import settings
 from mars_common.events import Event
-from mars_common.store import upsert_message
+from mars_common.store import get_lifecycle, upsert_message
 
 logger = Logger(service="mars-store")
 
@@ -18,11 +19,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     cfg = settings()
     results: list[dict[str, Any]] = []
     stored = duplicates = 0
+    retention: dict[str, int] = {}  # an app's retention, read once per invocation
     for message in event.get("messages", []):
         try:
             events = [Event.from_dict(raw) for raw in message["events"]]
-            res = upsert_message(cfg.messages_table, message["app_id"], message["message_id"], events,
-                                 cfg.retention_days)
+            app_id = message["app_id"]
+            if app_id not in retention:
+                lifecycle = get_lifecycle(cfg.apps_table, app_id)
+                retention[app_id] = lifecycle.retention(cfg.retention_days) if lifecycle else cfg.retention_days
+            res = upsert_message(cfg.messages_table, app_id, message["message_id"], events,
+                                 retention[app_id], cfg.events_table)
         except Exception as exc:  # one message's failure must not fail its neighbours
             logger.exception("upsert failed", extra={"app_id": message.get("app_id"),
                                                      "message_id": message.get("message_id")})

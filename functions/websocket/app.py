@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import auth, live
 from mars_common.config import settings
 from mars_common.events import ValidationError
-from mars_common.store import get_items, get_lifecycle, to_timeline
+from mars_common.store import event_count, get_items, get_lifecycle, is_paged, to_timeline
 
 logger = Logger(service="mars-websocket")
 OK = {"statusCode": 200}
@@ -110,7 +110,11 @@ def subscribe(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
         items = get_items(cfg.messages_table, sub.message_id, sub.app_id)
         lifecycle = get_lifecycle(cfg.apps_table, sub.app_id)
         item = items[0] if items else {"app_id": sub.app_id, "message_id": sub.message_id}
-        _reply(connection_id, live.timeline_frame(to_timeline(item, lifecycle)))
+        frame = live.timeline_frame(to_timeline(item, lifecycle))
+        if is_paged(item):  # a long timeline: its summary; the client pages its events from the API
+            frame["event_count"] = event_count(item)
+            frame["truncated"] = {"events_total": frame["event_count"], "events_sent": 0}
+        _reply(connection_id, frame)
     return OK
 
 

@@ -235,6 +235,16 @@ def test_get_message_200_404_400(mars: RunningStack, stored: dict[str, str]) -> 
     details = expect(mars, 400, "GET", template, path={"message_id": stored["mid"]},
                      params={"app_id": "bad app"})["error"]["details"]
     assert details[0]["field"] == "app_id"
+    first = expect(mars, 200, "GET", template, path={"message_id": stored["mid"]},
+                   params={"app_id": stored["app_a"], "limit": "1"})["timelines"][0]
+    assert len(first["events"]) == 1 and first["event_count"] == 2 and first["cursor"]
+    rest = expect(mars, 200, "GET", template, path={"message_id": stored["mid"]},
+                  params={"app_id": stored["app_a"], "limit": "1", "cursor": first["cursor"]})["timelines"][0]
+    assert [e["event"] for e in first["events"] + rest["events"]] == ["CREATED", "SENT"] and rest["cursor"] is None
+    for params, field in (({"app_id": stored["app_a"], "limit": "1001"}, "limit"), ({"cursor": first["cursor"]}, "cursor"),
+                          ({"app_id": stored["app_b"], "cursor": first["cursor"]}, "cursor")):
+        details = expect(mars, 400, "GET", template, path={"message_id": stored["mid"]}, params=params)["error"]["details"]
+        assert details[0]["field"] == field
 
 
 def test_list_messages_200(mars: RunningStack, stored: dict[str, str]) -> None:

@@ -149,10 +149,10 @@ def test_one_failed_message_fails_exactly_its_group(pipeline: Any, batch: dict[s
     victim = body_of(batch["Records"][1])  # checkout/order-1016
     real = store.upsert_message
 
-    def flaky(table: str, app_id: str, message_id: str, events: Any, days: int) -> Any:
+    def flaky(table: str, app_id: str, message_id: str, events: Any, days: int, *more: Any) -> Any:
         if (app_id, message_id) == (victim["app_id"], victim["message_id"]):
             raise RuntimeError("throttled")
-        return real(table, app_id, message_id, events, days)
+        return real(table, app_id, message_id, events, days, *more)
 
     monkeypatch.setattr(store, "upsert_message", flaky)
     result = aggregator.lambda_handler(batch, lambda_context)

@@ -402,6 +402,14 @@ LIFECYCLE_CASES: list[Any] = [
     pytest.param({"events": ["A"], "sla_seconds": "60"}, id="sla-string"),
     pytest.param({"events": ["A"], "sla_seconds": None}, id="sla-null"),
     pytest.param({"events": ["A"], "colour": "red"}, id="unknown-field"),
+    pytest.param({"events": ["A"], "retention_days": 7}, id="retention"),
+    pytest.param({"events": ["A"], "retention_days": 7.0}, id="retention-float-integer"),
+    pytest.param({"events": ["A"], "retention_days": 3650}, id="retention-max"),
+    pytest.param({"events": ["A"], "retention_days": 0}, id="retention-zero"),
+    pytest.param({"events": ["A"], "retention_days": 3651}, id="retention-too-big"),
+    pytest.param({"events": ["A"], "retention_days": True}, id="retention-bool"),
+    pytest.param({"events": ["A"], "retention_days": "7"}, id="retention-string"),
+    pytest.param({"events": ["A"], "retention_days": None}, id="retention-null"),
     pytest.param(["A"], id="array"),
 ]
 

@@ -26,6 +26,7 @@ from mars_common.store import (
     item_events,
     list_messages,
     put_lifecycle,
+    read_timeline,
     to_timeline,
     upsert_message,
 )
@@ -114,8 +115,10 @@ def test_more_events_than_one_update_expression_holds(tables: tuple[str, str]) -
     messages, _ = tables
     events = [make("big", f"STEP_{i:03d}", f"2024-05-01T10:{i // 60:02d}:{i % 60:02d}Z") for i in range(120)]
     assert put(messages, events) == UpsertResult(stored=120, duplicates=0)
-    stored = item_events(raw_item(messages, "checkout", "big"))
-    assert [e["event"] for e in stored] == [f"STEP_{i:03d}" for i in range(120)]
+    # 120 events outgrow one item: the timeline is paged (tests/unit/test_long_timelines.py)
+    stored = read_timeline(messages, settings().events_table, "checkout", "big", None, limit=1000)
+    assert stored is not None and stored["event_count"] == 120 and stored["cursor"] is None
+    assert [e["event"] for e in stored["events"]] == [f"STEP_{i:03d}" for i in range(120)]
 
 
 # --- the property: interleaving, duplication, reordering, batching -----------------------------

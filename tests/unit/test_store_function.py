@@ -58,10 +58,10 @@ def test_a_failing_message_fails_alone(store: Any, payload: dict[str, Any], lamb
     victim = payload["messages"][1]
     real = store.upsert_message
 
-    def flaky(table: str, app_id: str, message_id: str, events: Any, retention_days: int) -> Any:
+    def flaky(table: str, app_id: str, message_id: str, events: Any, retention_days: int, *more: Any) -> Any:
         if message_id == victim["message_id"]:
             raise RuntimeError("ProvisionedThroughputExceededException (simulated)")
-        return real(table, app_id, message_id, events, retention_days)
+        return real(table, app_id, message_id, events, retention_days, *more)
 
     monkeypatch.setattr(store, "upsert_message", flaky)
     results = store.lambda_handler(payload, lambda_context)["results"]

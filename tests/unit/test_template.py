@@ -120,6 +120,28 @@ def test_messages_table(resources: dict[str, Any]) -> None:
     assert defined == {"app_id": "S", "message_id": "S", "updated_at": "S"}
 
 
+def test_events_table_holds_long_timelines_and_only_its_users_reach_it(template: dict[str, Any],
+                                                                      resources: dict[str, Any]) -> None:
+    p = props(resources, "EventsTable")
+    assert p["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
+    assert p["TimeToLiveSpecification"]["AttributeName"] == "expires_at" and is_true(p["TimeToLiveSpecification"]["Enabled"])
+    assert "GlobalSecondaryIndexes" not in p and "StreamSpecification" not in p  # the summary's stream is the live one
+    assert template["Outputs"]["EventsTableName"]["Value"] == {"Ref": "EventsTable"}
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["EVENTS_TABLE"] == {"Ref": "EventsTable"}
+    from tests.unit.test_template_iam import grants
+
+    reach = {lid for lid, res in resources.items() if res["Type"] == "AWS::Serverless::Function"
+             and any(r == "EventsTable" for _a, r in grants(res.get("Properties", {})))}
+    # WebSocketFunction sends a long timeline's summary: it never reads pages (the actions: test_template_iam)
+    assert reach == {"StoreFunction", "ApiFunction", "BroadcastFunction"}
+
+
+def test_an_apps_retention_is_bounded_by_the_stacks(template: dict[str, Any]) -> None:
+    from mars_common.timeline import MAX_RETENTION_DAYS
+
+    assert template["Parameters"]["RetentionDays"]["MaxValue"] == MAX_RETENTION_DAYS
+
+
 def test_apps_table(resources: dict[str, Any]) -> None:
     assert props(resources, "AppsTable")["KeySchema"] == [{"AttributeName": "app_id", "KeyType": "HASH"}]
 

@@ -143,8 +143,15 @@ def _topic_rows(table: str, topic: str, app_id: str | None) -> list[dict[str, An
 
 def subscribers(table: str, app_id: str, message_id: str) -> set[str]:
     """Connections subscribed to this message, or to every message of its app."""
-    rows = _topic_rows(table, f"msg#{message_id}", app_id) + _topic_rows(table, f"app#{app_id}", None)
-    return {r["connection_id"] for r in rows}
+    return message_subscribers(table, app_id, message_id) | app_subscribers(table, app_id)
+
+
+def message_subscribers(table: str, app_id: str, message_id: str) -> set[str]:
+    return {r["connection_id"] for r in _topic_rows(table, f"msg#{message_id}", app_id)}
+
+
+def app_subscribers(table: str, app_id: str) -> set[str]:
+    return {r["connection_id"] for r in _topic_rows(table, f"app#{app_id}", None)}
 
 
 def message_subscriptions(table: str, message_id: str, app_id: str | None = None) -> list[dict[str, Any]]:

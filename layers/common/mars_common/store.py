@@ -1,8 +1,14 @@
-"""MessagesTable and AppsTable access: the idempotent upsert and every read pattern.
+"""MessagesTable, EventsTable and AppsTable access: the idempotent upsert and every read pattern.
 
-Data model (docs/ARCHITECTURE.md): one item per message, key (app_id, message_id); each event is a
-top-level attribute `e:<event_id>` written with if_not_exists, so a write is idempotent and
-order-independent in a single UpdateItem, whatever arrived before it.
+Data model (docs/ARCHITECTURE.md, "Data model"):
+- A short timeline lives in one MessagesTable item (key app_id, message_id); each event is an attribute
+  `e:<event_id>` written with if_not_exists — one UpdateItem per message per batch, as before.
+- Once a timeline outgrows INLINE_MAX_BYTES, its events move to EventsTable pages (pk
+  `<app_id>#<message_id>`, sk `p#<lo>#<seq>`) and the MessagesTable item keeps only a summary
+  (counts, first/last seen, steps seen, updated_at, stuck_at, TTL). Pages partition the event keys
+  `<created_at>#<event_id>` into groups [lo, next lo); a batch goes to a new page (in-order traffic) or
+  is appended to the page of the group its keys fall in, never beyond PAGE_MAX_BYTES, so a write costs
+  what it writes, not what the message already holds.
 """
 
 from __future__ import annotations
@@ -10,16 +16,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from . import aws
+from .config import settings
 from .events import Event, format_ts, utc_now
 from .timeline import Lifecycle, summarize
 
@@ -28,6 +37,16 @@ BY_MESSAGE_INDEX = "ByMessage"
 BY_APP_INDEX = "ByAppUpdated"
 MAX_EVENTS_PER_UPDATE = 50  # keeps an UpdateExpression far below DynamoDB's 4 KB limit
 STUCK_AT = "stuck_at"  # set by the stuck sweep (an alert was sent), removed by the next event
+PAGED = "paged"  # a summary whose events live in EventsTable
+# A timeline stays in its one item while the item stays under this (a 5-10 event timeline: 1-4 WRU a
+# write, as before); past it, the events move to EventsTable pages.
+INLINE_MAX_BYTES = 4 * 1024
+# An append to an existing page stops here (a new page of the group is started): a write never costs
+# more than ~8 WRU, however long the message.
+PAGE_MAX_BYTES = 8 * 1024
+PAGE_PREFIX = "p#"
+FIRST_LO = ""  # the first group covers every key below the second group's
+MAX_PAGE_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -36,31 +55,118 @@ class UpsertResult:
     duplicates: int
 
 
-def upsert_message(table_name: str, app_id: str, message_id: str, events: list[Event],
-                   retention_days: int) -> UpsertResult:
-    """Adds events to a message's item; an event id already present is left as it was."""
+# --- item sizes, as DynamoDB counts them (write units, the inline and page budgets) ----------------
+def value_size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, bool) or value is None:
+        return 1
+    if isinstance(value, int | float | Decimal):
+        digits = str(abs(Decimal(str(value)))).replace(".", "").strip("0") or "0"
+        return (len(digits) + 1) // 2 + 1
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, dict):
+        return 3 + sum(len(k.encode()) + value_size(v) + 1 for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return 3 + sum(value_size(v) + 1 for v in value)
+    if isinstance(value, set | frozenset):
+        return sum(value_size(v) for v in value)
+    raise TypeError(f"no DynamoDB size for {type(value).__name__}")
+
+
+def item_size(item: dict[str, Any]) -> int:
+    """Bytes of an item: attribute names plus values (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html)."""
+    return sum(len(k.encode()) + value_size(v) for k, v in item.items())
+
+
+def write_units(size: int) -> int:
+    return max(1, math.ceil(size / 1024))
+
+
+# --- keys -----------------------------------------------------------------------------------------
+def events_pk(app_id: str, message_id: str) -> str:
+    return f"{app_id}#{message_id}"  # app ids have no '#', so the split is unambiguous
+
+
+def event_key(created_at: str, event_id: str) -> str:
+    """The order of a long timeline: created_at (fixed width), then event_id ('#' sorts below every id character)."""
+    return f"{created_at}#{event_id}"
+
+
+def page_sk(lo: str, seq: int) -> str:
+    return f"{PAGE_PREFIX}{lo}#{seq:05d}"
+
+
+def page_lo(sk: str) -> str:
+    return sk[len(PAGE_PREFIX):-6]
+
+
+def _entry(ev: Event, q: int | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"event": ev.event, "created_at": ev.created_at, "received_at": ev.received_at}
+    if ev.meta:
+        entry["meta"] = ev.meta
+    if q is not None:
+        entry["q"] = q
+    return entry
+
+
+def _public(event_id: str, value: dict[str, Any]) -> dict[str, Any]:
+    ev = {"event": value["event"], "created_at": value["created_at"], "received_at": value.get("received_at"),
+          "event_id": event_id}
+    if value.get("meta"):
+        ev["meta"] = dict(value["meta"])
+    return ev
+
+
+def _entries(item: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k[len(EVENT_PREFIX):]: v for k, v in item.items() if k.startswith(EVENT_PREFIX)}
+
+
+# --- the idempotent upsert ------------------------------------------------------------------------
+def upsert_message(table_name: str, app_id: str, message_id: str, events: list[Event], retention_days: int,
+                   events_table: str | None = None) -> UpsertResult:
+    """Adds events to a message; an event id already stored keeps its first version.
+
+    Short timelines: one UpdateItem, as before. Long ones: EventsTable pages, then the summary (see
+    _upsert_paged). `events_table` defaults to the stack's; without one every timeline stays inline.
+    """
+    events_table = settings().events_table if events_table is None else events_table
     unique: dict[str, Event] = {}
     for ev in events:
         unique.setdefault(ev.event_id, ev)
     batch = list(unique.values())
-    duplicates = len(events) - len(batch)
-    stored = 0
+    in_call = len(events) - len(batch)
+    summary = aws.table(table_name).get_item(Key={"app_id": app_id, "message_id": message_id},
+                                             ConsistentRead=True).get("Item") or {}
+    if not summary.get(PAGED):
+        grown = item_size(summary) + sum(len(EVENT_PREFIX) + len(ev.event_id) + value_size(_entry(ev))
+                                         for ev in batch if EVENT_PREFIX + ev.event_id not in summary)
+        if not events_table or grown <= INLINE_MAX_BYTES:
+            result = _upsert_inline(table_name, app_id, message_id, batch, retention_days)
+            return UpsertResult(result.stored, result.duplicates + in_call)
+    result = _upsert_paged(table_name, events_table, summary, app_id, message_id, batch, retention_days)
+    return UpsertResult(result.stored, result.duplicates + in_call)
+
+
+def _upsert_inline(table_name: str, app_id: str, message_id: str, batch: list[Event],
+                   retention_days: int) -> UpsertResult:
+    duplicates = stored = 0
     for start in range(0, len(batch), MAX_EVENTS_PER_UPDATE):
         chunk = batch[start:start + MAX_EVENTS_PER_UPDATE]
-        names = {"#u": "updated_at", "#x": "expires_at"}
+        names = {"#u": "updated_at", "#x": "expires_at", "#s": STUCK_AT, "#p": PAGED}
         values: dict[str, Any] = {":u": utc_now(), ":x": int(time.time()) + retention_days * 86400}
         sets = ["#u = :u", "#x = :x"]
         for i, ev in enumerate(chunk):
             names[f"#e{i}"] = EVENT_PREFIX + ev.event_id
-            entry: dict[str, Any] = {"event": ev.event, "created_at": ev.created_at, "received_at": ev.received_at}
-            if ev.meta:
-                entry["meta"] = ev.meta
-            values[f":e{i}"] = entry
+            values[f":e{i}"] = _entry(ev)
             sets.append(f"#e{i} = if_not_exists(#e{i}, :e{i})")
-        names["#s"] = STUCK_AT  # a new event ends a stuck spell: the next one alerts again
+        # A new event ends a stuck spell (REMOVE #s): the next one alerts again. The condition keeps a
+        # concurrent move to pages from being overwritten (the caller's failure brings the batch back).
         resp = aws.table(table_name).update_item(
             Key={"app_id": app_id, "message_id": message_id},
             UpdateExpression="SET " + ", ".join(sets) + " REMOVE #s",
+            ConditionExpression="attribute_not_exists(#p)",
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
             ReturnValues="ALL_OLD",
@@ -74,30 +180,389 @@ def upsert_message(table_name: str, app_id: str, message_id: str, events: list[E
     return UpsertResult(stored=stored, duplicates=duplicates)
 
 
+@dataclass
+class _Group:
+    """The pages sharing one lower bound `lo` (its events' keys are >= lo and below the next group's lo)."""
+
+    lo: str
+    pages: list[dict[str, Any]] = field(default_factory=list)
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for page in self.pages:
+            out.update(_entries(page))
+        return out
+
+
+def _load_groups(table: str, pk: str, keys: list[str]) -> list[tuple[_Group, list[str]]]:
+    """The groups covering sorted `keys`, each with its keys, in key order. From the highest key down:
+    the greatest lower bound <= it is its group, which also holds every lower key >= that bound — so a
+    batch of in-order events costs one Query (and one more when its group has several pages)."""
+    found: list[tuple[_Group, list[str]]] = []
+    rest = list(keys)
+    while rest:
+        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").lte(f"{PAGE_PREFIX}{rest[-1]}#~"),
+                                       ScanIndexForward=False, Limit=1, ConsistentRead=True).get("Items", [])
+        if not below:
+            return []  # no pages yet (the first group, lo "", covers every key once it exists)
+        lo = page_lo(below[0]["sk"])
+        pages = below if below[0]["sk"].endswith("#00000") else list(aws.items(
+            table, KeyConditionExpression=Key("pk").eq(pk) & Key("sk").begins_with(f"{PAGE_PREFIX}{lo}#"),
+            ConsistentRead=True))
+        cut = next((n for n, k in enumerate(rest) if k >= lo), len(rest))
+        found.append((_Group(lo, pages), rest[cut:]))
+        rest = rest[:cut]
+    return found[::-1]
+
+
+def _chunks(entries: list[tuple[str, str, dict[str, Any]]], room: int) -> list[list[tuple[str, str, dict[str, Any]]]]:
+    """Splits entries into runs of at most `room` bytes each (one page each)."""
+    out: list[list[tuple[str, str, dict[str, Any]]]] = [[]]
+    used = 0
+    for entry in entries:
+        size = len(EVENT_PREFIX) + len(entry[1]) + value_size(entry[2])
+        if out[-1] and used + size > room:
+            out.append([])
+            used = 0
+        out[-1].append(entry)
+        used += size
+    return [chunk for chunk in out if chunk]
+
+
+def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any], app_id: str, message_id: str,
+                  batch: list[Event], retention_days: int) -> UpsertResult:
+    """Pages first, then the summary (one conditional UpdateItem) that commits them.
+
+    Every entry written carries `q`, the commit it belongs to (summary `seq` + 1). A reader shows only
+    committed entries (q <= seq); a store that wrote pages and failed before its commit left entries
+    with q > seq, which the redelivery finds present and counts then. So a retry never counts an event
+    twice, and a crash between the two writes never loses one from the count.
+    """
+    pk = events_pk(app_id, message_id)
+    paged = bool(summary.get(PAGED))
+    seq = int(summary.get("seq", 0)) if paged else 0
+    attempt = seq + 1
+    expires = int(time.time()) + retention_days * 86400
+    # (key, event_id, entry, counted already): on the move to pages, the inline events come along (q 0).
+    candidates: dict[str, tuple[str, str, dict[str, Any], bool]] = {}
+    if not paged:
+        for event_id, value in _entries(summary).items():
+            candidates[event_id] = (event_key(value["created_at"], event_id), event_id, {**value, "q": 0}, True)
+    for ev in batch:
+        candidates.setdefault(ev.event_id, (event_key(ev.created_at, ev.event_id), ev.event_id, _entry(ev, attempt),
+                                            False))
+    ordered = sorted(candidates.values())
+    keys = [c[0] for c in ordered]
+    groups = _load_groups(events_table, pk, keys) or [(_Group(FIRST_LO), keys)]
+    by_key = {c[0]: c for c in ordered}
+    counted = 0  # entries this commit adds to event_count
+    seen: list[dict[str, Any]] = []  # the stored version of every candidate, for first/last seen and steps
+    puts: list[dict[str, Any]] = []
+    appends: list[tuple[dict[str, Any], list[tuple[str, str, dict[str, Any]]]]] = []
+    touched: list[str] = []
+    if paged:
+        counted += _uncommitted(events_table, pk, seq, [p for g, _ in groups for p in g.pages])
+    for group, group_keys in groups:
+        present = group.entries()
+        if not paged:
+            counted += len(present)  # nothing was committed to pages yet: all of it is counted now
+        new: list[tuple[str, str, dict[str, Any]]] = []
+        for key in group_keys:
+            _, event_id, entry, _ = by_key[key]
+            if event_id in present:
+                seen.append(present[event_id])
+                continue
+            new.append((key, event_id, entry))
+            seen.append(entry)
+            counted += 1
+        if not new:
+            continue
+        top = max((event_key(v["created_at"], k) for k, v in present.items()), default=None)
+        if not group.pages:  # the first pages of the message: sorted runs, each its own group (the first covers all below)
+            for n, chunk in enumerate(_chunks(new, PAGE_MAX_BYTES)):
+                puts.append(_page(pk, page_sk(FIRST_LO if n == 0 else chunk[0][0], 0), chunk, expires))
+            continue
+        ahead = [n for n in new if top is not None and n[0] > top]
+        behind = [n for n in new if n not in ahead]
+        for chunk in _chunks(ahead, PAGE_MAX_BYTES):  # in-order traffic: new groups, which take no key from this one
+            puts.append(_page(pk, page_sk(chunk[0][0], 0), chunk, expires))
+        if behind:  # keys inside the group: appended to its last page while that stays small, else new pages
+            last = group.pages[-1]
+            adding = sum(len(EVENT_PREFIX) + len(b[1]) + value_size(b[2]) for b in behind)
+            if item_size(last) + adding <= PAGE_MAX_BYTES:
+                appends.append((last, behind))
+            else:
+                next_seq = int(group.pages[-1]["sk"][-5:]) + 1
+                for chunk in _chunks(behind, PAGE_MAX_BYTES):
+                    puts.append(_page(pk, page_sk(group.lo, next_seq), chunk, expires))
+                    next_seq += 1
+    # Every page an attempt writes names all of them (`sib`): a retry that finds one finds the rest.
+    siblings = [item["sk"] for item in puts] + [page["sk"] for page, _ in appends]
+    for item in puts:
+        item["sib"] = siblings
+        try:
+            aws.table(events_table).put_item(Item=item, ConditionExpression="attribute_not_exists(sk)")
+        except ClientError as exc:
+            raise _conflict(exc, "a page was written concurrently") from exc
+        touched.append(item["sk"])
+    for page, chunk in appends:
+        _append(events_table, page, chunk, expires, siblings)
+        touched.append(page["sk"])
+    stored = max(counted if paged else counted - len(_entries(summary)), 0)
+    if paged and not counted:
+        return UpsertResult(stored=0, duplicates=len(batch))  # nothing new: no commit, no stream record, no WRU
+    _commit(messages_table, summary, app_id, message_id, attempt, counted, seen, touched, expires)
+    return UpsertResult(stored=stored, duplicates=max(len(batch) - stored, 0))
+
+
+def _uncommitted(table: str, pk: str, seq: int, pages: list[dict[str, Any]]) -> int:
+    """Entries of earlier attempts that wrote pages and never committed (q > seq): this commit counts
+    them. Their pages name every page their attempt wrote, so one found leads to all of them."""
+    by_sk = {p["sk"]: p for p in pages}
+    todo = list(by_sk.values())
+    while todo:
+        page = todo.pop()
+        if not any(int(v.get("q", 0)) > seq for v in _entries(page).values()):
+            continue
+        for sk in page.get("sib") or ():
+            if sk not in by_sk:
+                got = aws.table(table).get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item")
+                if got:
+                    by_sk[sk] = got
+                    todo.append(got)
+    return sum(1 for p in by_sk.values() for v in _entries(p).values() if int(v.get("q", 0)) > seq)
+
+
+def _page(pk: str, sk: str, chunk: list[tuple[str, str, dict[str, Any]]], expires: int) -> dict[str, Any]:
+    item: dict[str, Any] = {"pk": pk, "sk": sk, "v": 1, "expires_at": expires}
+    for _, event_id, entry in chunk:
+        item[EVENT_PREFIX + event_id] = entry
+    return item
+
+
+def _append(table: str, page: dict[str, Any], chunk: list[tuple[str, str, dict[str, Any]]], expires: int,
+            siblings: list[str]) -> None:
+    names = {"#v": "v", "#x": "expires_at", "#sib": "sib"}
+    values: dict[str, Any] = {":v": page["v"], ":v1": int(page["v"]) + 1, ":x": expires, ":sib": siblings}
+    sets = ["#v = :v1", "#x = :x", "#sib = :sib"]
+    for i, (_, event_id, entry) in enumerate(chunk):
+        names[f"#e{i}"] = EVENT_PREFIX + event_id
+        values[f":e{i}"] = entry
+        sets.append(f"#e{i} = :e{i}")
+    try:  # the version read is the version written over: a concurrent append fails this one (retried)
+        aws.table(table).update_item(Key={"pk": page["pk"], "sk": page["sk"]}, UpdateExpression="SET " + ", ".join(sets),
+                                     ConditionExpression="#v = :v", ExpressionAttributeNames=names,
+                                     ExpressionAttributeValues=values)
+    except ClientError as exc:
+        raise _conflict(exc, "a page changed while it was written") from exc
+
+
+class ConcurrentWriteError(Exception):
+    """Another store wrote the same message at the same time; the batch comes back (redelivery)."""
+
+
+def _conflict(exc: ClientError, message: str) -> Exception:
+    if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+        return ConcurrentWriteError(message)
+    return exc
+
+
+def _commit(table: str, summary: dict[str, Any], app_id: str, message_id: str, attempt: int, counted: int,
+            seen: list[dict[str, Any]], touched: list[str], expires: int) -> None:
+    """The summary: only the batch's effect (min/max/set union are idempotent; the count is guarded by seq)."""
+    created = [e["created_at"] for e in seen]
+    received = [e["received_at"] for e in seen if e.get("received_at")]
+    first = min([*created, *([summary["first_seen"]] if summary.get("first_seen") else [])], default=None)
+    last = max([*created, *([summary["last_seen"]] if summary.get("last_seen") else [])], default=None)
+    last_received = max([*received, *([summary["last_received"]] if summary.get("last_received") else [])],
+                        default=None)
+    names = {"#u": "updated_at", "#x": "expires_at", "#p": PAGED, "#q": "seq", "#c": "event_count",
+             "#pg": "pages", "#s": STUCK_AT}
+    values: dict[str, Any] = {":u": utc_now(), ":x": expires, ":t": True, ":q": attempt, ":pg": touched}
+    sets = ["#u = :u", "#x = :x", "#p = :t", "#q = :q", "#pg = :pg"]
+    for name, attr, value in (("#f", "first_seen", first), ("#l", "last_seen", last),
+                              ("#r", "last_received", last_received)):
+        if value is not None:
+            names[name] = attr
+            values[":" + name[1:]] = value
+            sets.append(f"{name} = :{name[1:]}")
+    removes = ["#s"]
+    adds = []
+    steps = {e["event"] for e in seen}
+    if steps:
+        names["#st"] = "steps"
+        values[":st"] = steps
+        adds.append("#st :st")
+    if not summary.get(PAGED):
+        # The move to pages: the whole item is replaced (an old item may hold ~1,500 event attributes, more
+        # than one UpdateExpression may name), unless it changed since it was read.
+        item = {"app_id": app_id, "message_id": message_id, "updated_at": values[":u"], "expires_at": expires,
+                PAGED: True, "seq": attempt, "event_count": counted, "pages": touched}
+        item.update({attr: values[":" + name[1:]] for name, attr in names.items()
+                     if attr in ("first_seen", "last_seen", "last_received")})
+        if steps:
+            item["steps"] = steps
+        condition = "attribute_not_exists(#p) AND " + ("#u = :u0" if "updated_at" in summary else "attribute_not_exists(#u)")
+        try:
+            aws.table(table).put_item(Item=item, ConditionExpression=condition,
+                                      ExpressionAttributeNames={"#p": PAGED, "#u": "updated_at"},
+                                      **({"ExpressionAttributeValues": {":u0": summary["updated_at"]}}
+                                         if "updated_at" in summary else {}))
+        except ClientError as exc:
+            raise _conflict(exc, "the message changed while it moved to pages") from exc
+        return
+    values[":c"] = counted
+    values[":q0"] = attempt - 1
+    adds.append("#c :c")
+    expression = "SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes) + " ADD " + ", ".join(adds)
+    try:
+        aws.table(table).update_item(Key={"app_id": app_id, "message_id": message_id}, UpdateExpression=expression,
+                                     ConditionExpression="#q = :q0", ExpressionAttributeNames=names,
+                                     ExpressionAttributeValues=values)
+    except ClientError as exc:
+        raise _conflict(exc, "the message's summary changed while its events were stored") from exc
+
+
+# --- reads ----------------------------------------------------------------------------------------
 def item_events(item: dict[str, Any]) -> list[dict[str, Any]]:
-    """The events of an item, sorted by created_at (ties: received_at, then id, so order is stable)."""
-    out = []
-    for key, value in item.items():
-        if key.startswith(EVENT_PREFIX):
-            ev = {"event": value["event"], "created_at": value["created_at"],
-                  "received_at": value.get("received_at"), "event_id": key[len(EVENT_PREFIX):]}
-            if value.get("meta"):
-                ev["meta"] = dict(value["meta"])
-            out.append(ev)
+    """The inline events of an item, sorted by created_at (ties: received_at, then id, so order is stable)."""
+    out = [_public(event_id, value) for event_id, value in _entries(item).items()]
     out.sort(key=lambda e: (e["created_at"], e["received_at"] or "", e["event_id"]))
     return out
 
 
+def _paged_summary(item: dict[str, Any], lifecycle: Lifecycle | None, now: datetime) -> dict[str, Any]:
+    """summarize() from the summary's fields: the steps seen stand for the events, the newest receive for the clock."""
+    stand_in = [{"event": name} for name in sorted(item.get("steps") or ())]
+    if stand_in:
+        stand_in[0]["created_at"] = item.get("first_seen")
+        stand_in[-1]["created_at"] = item.get("last_seen")
+        stand_in[-1]["received_at"] = item.get("last_received")
+    out = summarize(stand_in, lifecycle, item.get("updated_at"), now)
+    out["first_seen"], out["last_seen"] = item.get("first_seen"), item.get("last_seen")
+    return out
+
+
+def is_paged(item: dict[str, Any]) -> bool:
+    return bool(item.get(PAGED))
+
+
+def event_count(item: dict[str, Any]) -> int:
+    return int(item.get("event_count", 0)) if is_paged(item) else len(_entries(item))
+
+
 def to_timeline(item: dict[str, Any], lifecycle: Lifecycle | None, *, with_events: bool = True,
                 now: datetime | None = None) -> dict[str, Any]:
-    events = item_events(item)
-    summary = summarize(events, lifecycle, item.get("updated_at"), now or datetime.now(UTC))
+    """A timeline from a MessagesTable item. A long timeline's item holds no events: `events` is empty
+    (read them with read_timeline)."""
+    now = now or datetime.now(UTC)
+    if is_paged(item):
+        events: list[dict[str, Any]] = []
+        summary = _paged_summary(item, lifecycle, now)
+    else:
+        events = item_events(item)
+        summary = summarize(events, lifecycle, item.get("updated_at"), now)
     out: dict[str, Any] = {"app_id": item["app_id"], "message_id": item["message_id"]}
     if with_events:
         out["events"] = events
     out.update(summary)
     out["updated_at"] = item.get("updated_at")
     return out
+
+
+def encode_event_cursor(app_id: str, message_id: str, key: str) -> str:
+    raw = json.dumps({"a": app_id, "m": message_id, "k": key}, separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_event_cursor(cursor: str, app_id: str, message_id: str) -> str:
+    """The event key a page ends at; ValueError on a cursor not made for this app's message."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("cursor is not valid") from exc
+    if (not isinstance(data, dict) or set(data) != {"a", "m", "k"} or not all(isinstance(v, str) for v in data.values())
+            or data["a"] != app_id or data["m"] != message_id):
+        raise ValueError("cursor is not valid for this message")
+    return str(data["k"])
+
+
+def read_timeline(messages_table: str, events_table: str, app_id: str, message_id: str, lifecycle: Lifecycle | None,
+                  *, limit: int | None = None, cursor: str | None = None, item: dict[str, Any] | None = None,
+                  now: datetime | None = None) -> dict[str, Any] | None:
+    """One app's timeline of a message (None when it has none). A short timeline read without limit or
+    cursor has the shape it always had; otherwise `limit` events (default and maximum MAX_PAGE_LIMIT)
+    after `cursor` (an event key, from decode_event_cursor), sorted by (created_at, event_id), with
+    `event_count` (the total) and `cursor` (the next page's, None at the end)."""
+    if item is None or set(item) <= {"app_id", "message_id"}:  # none, or only an index's keys: read it
+        item = aws.table(messages_table).get_item(Key={"app_id": app_id, "message_id": message_id}).get("Item")
+    if not item:
+        return None
+    timeline = to_timeline(item, lifecycle, now=now)
+    if not is_paged(item) and limit is None and cursor is None:
+        return timeline
+    size = min(limit or MAX_PAGE_LIMIT, MAX_PAGE_LIMIT)
+    if is_paged(item):
+        events, next_key = _read_pages(events_table, events_pk(app_id, message_id), int(item.get("seq", 0)),
+                                       size, cursor)
+    else:
+        ordered = sorted(timeline["events"], key=lambda e: event_key(e["created_at"], e["event_id"]))
+        after = [e for e in ordered if cursor is None or event_key(e["created_at"], e["event_id"]) > cursor]
+        events = after[:size]
+        next_key = event_key(events[-1]["created_at"], events[-1]["event_id"]) if len(after) > size else None
+    timeline["events"] = events
+    timeline["event_count"] = event_count(item)
+    timeline["cursor"] = encode_event_cursor(app_id, message_id, next_key) if next_key else None
+    return timeline
+
+
+def _read_pages(table: str, pk: str, seq: int, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Committed events after `cursor`, group by group (a group's pages may overlap, so each is sorted whole)."""
+    start = f"{PAGE_PREFIX}"
+    if cursor is not None:
+        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").lte(f"{PAGE_PREFIX}{cursor}#~"),
+                                       ScanIndexForward=False, Limit=1).get("Items", [])
+        if below:
+            start = f"{PAGE_PREFIX}{page_lo(below[0]['sk'])}#"
+    out: list[tuple[str, dict[str, Any]]] = []
+    group: list[tuple[str, dict[str, Any]]] = []
+    current: str | None = None
+    more = False
+
+    def flush() -> None:
+        group.sort(key=lambda kv: kv[0])
+        out.extend(kv for kv in group if cursor is None or kv[0] > cursor)
+        group.clear()
+
+    for page in aws.items(table, KeyConditionExpression=Key("pk").eq(pk) & Key("sk").gte(start)):
+        lo = page_lo(page["sk"])
+        if lo != current:
+            flush()
+            if len(out) >= limit:
+                more = True
+                break
+            current = lo
+        for event_id, value in _entries(page).items():
+            if int(value.get("q", 0)) <= seq:  # not yet committed (a store in progress, or one that failed): hidden
+                group.append((event_key(value["created_at"], event_id), _public(event_id, value)))
+    else:
+        flush()
+    more = more or len(out) > limit
+    page_events = out[:limit]
+    next_key = page_events[-1][0] if more and page_events else None
+    return [e for _, e in page_events], next_key
+
+
+def last_commit_events(events_table: str, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events a long timeline's last summary commit added (its `pages`, entries of its `seq`), sorted."""
+    seq = int(item.get("seq", 0))
+    pk = events_pk(item["app_id"], item["message_id"])
+    out = []
+    for sk in item.get("pages") or ():
+        page = aws.table(events_table).get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item") or {}
+        out.extend((event_key(v["created_at"], k), _public(k, v)) for k, v in _entries(page).items()
+                   if int(v.get("q", 0)) == seq)
+    return [e for _, e in sorted(out, key=lambda kv: kv[0])]
 
 
 def get_items(table_name: str, message_id: str, app_id: str | None = None, *,
@@ -181,13 +646,16 @@ def get_lifecycle(table_name: str, app_id: str) -> Lifecycle | None:
 
 
 def _lifecycle(item: dict[str, Any]) -> Lifecycle:
+    retention = item.get("retention_days")
     return Lifecycle(events=tuple(item.get("events", [])), sla_seconds=int(item.get("sla_seconds", 0)),
-                     updated_at=item.get("updated_at"))
+                     updated_at=item.get("updated_at"), retention_days=int(retention) if retention else None)
 
 
 def put_lifecycle(table_name: str, app_id: str, lifecycle: Lifecycle) -> dict[str, Any]:
-    item = {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
-            "updated_at": utc_now()}
+    item: dict[str, Any] = {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
+                            "updated_at": utc_now()}
+    if lifecycle.retention_days:
+        item["retention_days"] = lifecycle.retention_days
     aws.table(table_name).put_item(Item=item)
     return item
 

@@ -10,11 +10,19 @@ COMPLETE, IN_PROGRESS, STUCK, UNKNOWN = "complete", "in_progress", "stuck", "unk
 STATUSES = (COMPLETE, IN_PROGRESS, STUCK, UNKNOWN)
 
 
+MAX_RETENTION_DAYS = 3650  # template.yaml's RetentionDays MaxValue
+
+
 @dataclass(frozen=True)
 class Lifecycle:
     events: tuple[str, ...]
     sla_seconds: int
     updated_at: str | None = field(default=None, compare=False)
+    retention_days: int | None = None  # the app's own, under the stack's RetentionDays (None: the stack's)
+
+    def retention(self, stack_days: int) -> int:
+        """Days this app's events are kept: its own retention, never beyond the stack's."""
+        return min(self.retention_days, stack_days) if self.retention_days else stack_days
 
 
 def _parse(ts: str | None) -> datetime | None:
