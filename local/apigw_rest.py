@@ -266,9 +266,10 @@ class RestHandler(Handler):
         gateway: Gateway = self.server.app
         api = gateway.api
         method = self.command
-        body = self.read_body()
         path = urlsplit(self.path).path
         found = api.match(method, path)
+        # The body is read only for a request that will be invoked: an unknown route or a stack still
+        # starting is answered first (and the connection closed if a body is still on its way).
         if found is None:
             # API Gateway's answer for an unknown resource or method.
             self.reply(403, b'{"message":"Missing Authentication Token"}', [("x-amzn-ErrorType", "MissingAuthenticationTokenException")])
@@ -282,6 +283,7 @@ class RestHandler(Handler):
             self.reply(503, b'{"message":"Service Unavailable"}',
                        [("x-amzn-ErrorType", "ServiceUnavailableException"), ("Retry-After", "1")])
             return
+        body = self.read_body()
         event = proxy_event(api, route, params, method, self.path, list(self.headers.items()), body,
                             self.client_address[0], self.headers.get("Host", "localhost"))
         result = invoke(pool, event, f"{method} {route.path}")
