@@ -34,6 +34,7 @@ log = logging.getLogger("local.apigw")
 INTEGRATION_TIMEOUT_SECONDS = 29.0
 INTERNAL_ERROR = b'{"message": "Internal server error"}'
 TIMED_OUT = b'{"message": "Endpoint request timed out"}'
+_BREAKS = re.compile(r"[\r\n\0]")
 
 
 @dataclass
@@ -224,6 +225,11 @@ def malformed(payload: Any) -> str | None:
     for key, values in (payload.get("multiValueHeaders") or {}).items():
         if not isinstance(values, list):
             return f"multiValueHeaders[{key!r}] is {type(values).__name__}, not a list"
+    # A line break in a header would be a second header (or response) on the wire: never sent.
+    for key, value in [*(payload.get("headers") or {}).items(),
+                       *((k, v) for k, vs in (payload.get("multiValueHeaders") or {}).items() for v in vs)]:
+        if _BREAKS.search(f"{key}{value}"):
+            return f"header {key!r} holds a line break or NUL"
     return None
 
 

@@ -99,14 +99,19 @@ def test_a_body_that_is_not_a_string_is_a_502_with_an_error_line(
 def test_other_malformed_results_and_function_errors_are_502s_with_an_error_line(
         gateway: Callable[..., tuple[str, FakePool]], caplog: pytest.LogCaptureFixture) -> None:
     bad = iter([InvokeResult(True, payload="not a dict"), InvokeResult(True, payload={"body": "x"}),
-                InvokeResult(False, error={"errorMessage": "boom", "errorType": "ValueError"})])
+                InvokeResult(False, error={"errorMessage": "boom", "errorType": "ValueError"}),
+                InvokeResult(True, payload={"statusCode": 200, "headers": {"X-A": "v\r\nSet-Cookie: s=1"}}),
+                InvokeResult(True, payload={"statusCode": 200, "multiValueHeaders": {"X-B": ["ok", "v\nw"]}})])
     url, _ = gateway(lambda _e: next(bad))
     with caplog.at_level(logging.INFO, logger="local.apigw"):
-        for _ in range(3):
-            assert requests.get(url + "/other", timeout=5).status_code == 502
+        for _ in range(5):
+            resp = requests.get(url + "/other", timeout=5)
+            assert resp.status_code == 502 and "Set-Cookie" not in resp.headers
     lines = errors(caplog)
-    assert [r.getMessage().split(":")[0] for r in lines] == ["malformed Lambda proxy response"] * 2 + ["function error"]
+    assert [r.getMessage().split(":")[0] for r in lines] == (["malformed Lambda proxy response"] * 2 + ["function error"]
+                                                             + ["malformed Lambda proxy response"] * 2)
     assert lines[2].error == "boom" and lines[2].error_type == "ValueError"  # type: ignore[attr-defined]
+    assert "line break" in lines[3].reason and "line break" in lines[4].reason  # type: ignore[attr-defined]
 
 
 def test_the_integration_times_out_after_29_seconds_whatever_the_functions_timeout(
