@@ -23,6 +23,8 @@ class Echo(Handler):
     def do_POST(self) -> None:  # noqa: N802
         self.reply(201, self.read_body())
 
+    do_HEAD = do_GET  # noqa: N815
+
 
 @pytest.fixture
 def server() -> Iterator[Server]:
@@ -246,3 +248,13 @@ def test_an_upgrade_is_not_honoured_and_what_follows_is_never_a_request(server: 
         sock.sendall(raw)
         status, data, closed = answer_within(sock, 3)
     assert status == 200 and closed and data.count(b"HTTP/1.1 ") == 1
+
+
+def test_head_answers_the_length_without_the_body_and_keeps_the_connection(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        time.sleep(0.3)
+        data = sock.recv(65536)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    assert head.startswith(b"HTTP/1.1 200") and length > 0 and rest.startswith(b"HTTP/1.1 200")  # no body between
