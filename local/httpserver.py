@@ -17,6 +17,8 @@ import logging
 import re
 import socket
 import socketserver
+import ssl
+import struct
 import sys
 import threading
 import time
@@ -53,6 +55,12 @@ def http_date() -> bytes:
     if _date[0] != now:
         _date = (now, formatdate(now, usegmt=True).encode())
     return _date[1]
+
+
+def _timeval(seconds: float) -> bytes:
+    """SO_RCVTIMEO/SO_SNDTIMEO's struct timeval; never 0, which would mean no timeout."""
+    micros = max(1000, int(seconds * 1_000_000))
+    return struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
 
 
 def refusal(status: int, message: str) -> bytes:
@@ -166,8 +174,17 @@ class Handler(socketserver.BaseRequestHandler):
     close_connection: bool
 
     def setup(self) -> None:
+        sock = self.request
         # Never hold a response back for the client's delayed ACK.
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Deadlines as kernel timeouts on a blocking socket: a recv is then one system call and one
+        # release of the GIL, where Python's own timeouts add a poll() and a second release to every
+        # read and write (measured: +0.08 ms of the runtime's CPU per request on the real path).
+        # TLS sockets keep Python's timeouts (ssl retries a read that timed out in the kernel).
+        self._kernel_timeouts = not isinstance(sock, ssl.SSLSocket) and sock.gettimeout() is None
+        self._rcvtimeo = 0.0
+        if self._kernel_timeouts:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(SEND_SECONDS))
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Request] = deque()
         self._current = _Request()  # the request being answered
@@ -227,16 +244,31 @@ class Handler(socketserver.BaseRequestHandler):
         except httptools.HttpParserError as exc:
             self._broken = str(exc) or type(exc).__name__
 
-    def _recv(self, deadline: float) -> bytes:
+    def _recv(self, deadline: float, idle: bool = False) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        self.request.settimeout(remaining)
-        return self.request.recv(RECV_BYTES)
+        sock = self.request
+        if not self._kernel_timeouts:
+            sock.settimeout(remaining)
+            return sock.recv(RECV_BYTES)
+        # Waiting for a next request is the common case: its timeout is set once, not on every read.
+        wanted = IDLE_SECONDS if idle else remaining
+        if wanted != self._rcvtimeo:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(wanted))
+            self._rcvtimeo = wanted
+        try:
+            return sock.recv(RECV_BYTES)
+        except BlockingIOError:  # the kernel's timeout (EAGAIN on a blocking socket)
+            raise TimeoutError from None
 
     def _send(self, data: bytes) -> None:
-        self.request.settimeout(SEND_SECONDS)
-        self.request.sendall(data)
+        if not self._kernel_timeouts:
+            self.request.settimeout(SEND_SECONDS)
+        try:
+            self.request.sendall(data)
+        except BlockingIOError:  # SO_SNDTIMEO: the client does not take its answer
+            raise TimeoutError from None
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer and end the connection."""
@@ -281,7 +313,7 @@ class Handler(socketserver.BaseRequestHandler):
                 idle = not started
                 deadline = time.monotonic() + (HEADER_SECONDS if started else IDLE_SECONDS)
             try:
-                data = self._recv(deadline)
+                data = self._recv(deadline, idle=not started)
             except TimeoutError:
                 if started:
                     self._refuse(408, f"Request headers not received within {HEADER_SECONDS:g} s")
