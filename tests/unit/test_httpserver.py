@@ -203,6 +203,15 @@ def test_headers_trickled_past_the_header_deadline_are_dropped_with_408(server: 
     assert status == 408 and closed and time.monotonic() - started < 2.5
 
 
+def test_a_body_that_does_not_arrive_in_time_is_a_408(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httpserver, "BODY_SECONDS", 0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")  # 7 bytes never come
+        status, _, closed = answer_within(sock, 3)
+    assert status == 408 and closed and time.monotonic() - started < 2
+
+
 def test_an_idle_keep_alive_connection_is_closed(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(httpserver, "IDLE_SECONDS", 0.5)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
