@@ -35,6 +35,7 @@ log = logging.getLogger("local.apigw")
 INTEGRATION_TIMEOUT_SECONDS = 29.0
 INTERNAL_ERROR = b'{"message": "Internal server error"}'
 TIMED_OUT = b'{"message": "Endpoint request timed out"}'
+_BREAKS = re.compile(r"[\r\n\0]")
 
 
 @dataclass
@@ -227,6 +228,11 @@ def malformed(payload: Any) -> str | None:
     for key, values in (payload.get("multiValueHeaders") or {}).items():
         if not isinstance(values, list):
             return f"multiValueHeaders[{key!r}] is {type(values).__name__}, not a list"
+    # A line break in a header would be a second header (or response) on the wire: never sent.
+    for key, value in [*(payload.get("headers") or {}).items(),
+                       *((k, v) for k, vs in (payload.get("multiValueHeaders") or {}).items() for v in vs)]:
+        if _BREAKS.search(f"{key}{value}"):
+            return f"header {key!r} holds a line break or NUL"
     return None
 
 
@@ -269,9 +275,10 @@ class RestHandler(Handler):
         gateway: Gateway = self.server.app
         api = gateway.api
         method = self.command
-        body = self.read_body()
         path = urlsplit(self.path).path
         found = api.match(method, path)
+        # The body is read only for a request that will be invoked: an unknown route or a stack still
+        # starting is answered first (and the connection closed if a body is still on its way).
         if found is None:
             # API Gateway's answer for an unknown resource or method.
             self.reply(403, b'{"message":"Missing Authentication Token"}', [("x-amzn-ErrorType", "MissingAuthenticationTokenException")])
@@ -285,6 +292,7 @@ class RestHandler(Handler):
             self.reply(503, b'{"message":"Service Unavailable"}',
                        [("x-amzn-ErrorType", "ServiceUnavailableException"), ("Retry-After", "1")])
             return
+        body = self.read_body()
         event = proxy_event(api, route, params, method, self.path, list(self.headers.items()), body,
                             self.client_address[0], self.headers.get("Host", "localhost"))
         result = invoke(pool, event, f"{method} {route.path}")

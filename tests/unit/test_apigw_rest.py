@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -98,14 +99,19 @@ def test_a_body_that_is_not_a_string_is_a_502_with_an_error_line(
 def test_other_malformed_results_and_function_errors_are_502s_with_an_error_line(
         gateway: Callable[..., tuple[str, FakePool]], caplog: pytest.LogCaptureFixture) -> None:
     bad = iter([InvokeResult(True, payload="not a dict"), InvokeResult(True, payload={"body": "x"}),
-                InvokeResult(False, error={"errorMessage": "boom", "errorType": "ValueError"})])
+                InvokeResult(False, error={"errorMessage": "boom", "errorType": "ValueError"}),
+                InvokeResult(True, payload={"statusCode": 200, "headers": {"X-A": "v\r\nSet-Cookie: s=1"}}),
+                InvokeResult(True, payload={"statusCode": 200, "multiValueHeaders": {"X-B": ["ok", "v\nw"]}})])
     url, _ = gateway(lambda _e: next(bad))
     with caplog.at_level(logging.INFO, logger="local.apigw"):
-        for _ in range(3):
-            assert requests.get(url + "/other", timeout=5).status_code == 502
+        for _ in range(5):
+            resp = requests.get(url + "/other", timeout=5)
+            assert resp.status_code == 502 and "Set-Cookie" not in resp.headers
     lines = errors(caplog)
-    assert [r.getMessage().split(":")[0] for r in lines] == ["malformed Lambda proxy response"] * 2 + ["function error"]
+    assert [r.getMessage().split(":")[0] for r in lines] == (["malformed Lambda proxy response"] * 2 + ["function error"]
+                                                             + ["malformed Lambda proxy response"] * 2)
     assert lines[2].error == "boom" and lines[2].error_type == "ValueError"  # type: ignore[attr-defined]
+    assert "line break" in lines[3].reason and "line break" in lines[4].reason  # type: ignore[attr-defined]
 
 
 def test_a_throttled_function_is_a_500_with_an_error_line(
@@ -222,3 +228,38 @@ def test_build_apis_reads_binary_media_types_from_the_api_and_globals(tmp_path: 
     apis = {a.logical_id: a for a in build_apis(stack)}
     assert apis["Api"].binary_types == ("image/png", "application/octet-stream", "font/*")
     assert apis["ServerlessRestApi"].binary_types == ("image/png",)  # Globals.Api shapes SAM's implicit API
+
+
+def raw_answers(port: int, raw: bytes, seconds: float = 3) -> tuple[list[int], bool]:
+    """The statuses of what the server answers to `raw` sent at once, and whether it then closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(raw)
+        sock.settimeout(seconds)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+            closed = True
+        except TimeoutError:
+            closed = False
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) [A-Z]", data)], closed
+
+
+def test_an_unknown_route_is_a_403_before_the_body_is_read(gateway: Callable[..., tuple[str, FakePool]]) -> None:
+    url, pool = gateway(echo)  # POST / is no route (GET / is; /{proxy+} takes any path but the root)
+    port = int(url.rsplit(":", 1)[1])
+    # a declared megabyte that never comes: the answer does not wait for it, and the connection closes
+    started = time.monotonic()
+    statuses, closed = raw_answers(port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n")
+    assert statuses == [403] and closed and time.monotonic() - started < 2 and not pool.events
+    # a body already there is dropped and the connection stays open for the next request
+    statuses, closed = raw_answers(port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+                                         b"GET /items/2 HTTP/1.1\r\nHost: h\r\n\r\n", seconds=1)
+    assert statuses == [403, 200] and not closed
+
+
+def test_a_body_over_10_mb_is_a_413_before_it_is_read(gateway: Callable[..., tuple[str, FakePool]]) -> None:
+    url, pool = gateway(echo)
+    statuses, closed = raw_answers(int(url.rsplit(":", 1)[1]),
+                                   b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % (10 * 1024 * 1024 + 1))
+    assert statuses == [413] and closed and not pool.events

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -80,3 +81,11 @@ def test_a_gateway_failure_answers_500_and_logs_one_structured_line(
     assert status == 500 and json.loads(body) == {"message": "Internal server error"}
     failed = [r for r in caplog.records if r.name == "local.apigw" and r.levelno == logging.ERROR]
     assert len(failed) == 1 and failed[0].exc_info and failed[0].error_type == "RuntimeError"
+
+
+def test_503_while_starting_comes_before_the_body_is_read(gateway: tuple[Server, Invoker, threading.Event]) -> None:
+    server, _, _ = gateway
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n")  # no body follows
+        sock.settimeout(3)
+        assert sock.recv(12) == b"HTTP/1.1 503"
