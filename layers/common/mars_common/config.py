@@ -23,6 +23,7 @@ class Settings:
     websocket_management_url: str = ""
     keys_table: str = ""
     auth_required: bool = True
+    dashboard_url: str = ""  # the REST API's URL: the only Origin a browser may open the websocket from
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
@@ -58,4 +59,5 @@ def settings() -> Settings:
         websocket_management_url=env.get("WEBSOCKET_MANAGEMENT_URL", ""),
         keys_table=env.get("KEYS_TABLE", ""),
         auth_required=auth_required(env.get("AUTH_REQUIRED")),
+        dashboard_url=env.get("DASHBOARD_URL", ""),
     )
