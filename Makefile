@@ -14,7 +14,7 @@ UP_ARGS += --auth
 endif
 
 .PHONY: install up test lint template-check unit integration browser system-deps faults soak bench clean proto \
-	localstack localstack-test
+	localstack localstack-test checkov
 
 # tests/localstack run Mars on LocalStack in host mode (no Docker): localstack-core wants Python 3.13, in a
 # venv of its own. python3.13 on PATH if it runs, else pyenv's.
@@ -49,12 +49,31 @@ localstack: $(LOCALSTACK_VENV)/.installed
 localstack-test: install localstack
 	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests/localstack
 
+# checkov (IaC security scanner) conflicts with requirements-dev.txt's pins (boto3, packaging, networkx):
+# it gets a venv of its own, like LocalStack.
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt constraints-checkov.txt
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11"; exit 1; }
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip==25.3
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r requirements-checkov.txt -c constraints-checkov.txt
+	@touch $@
+
+checkov: $(CHECKOV_VENV)/.installed
+
 up: install
 	$(BIN)/mars up $(UP_ARGS)
 
-lint: install
+# checkov scans the SAM template as written (AWS::Serverless::*) and as the SAM transform expands it
+# (tools/sam_translate.py: the generated roles, permissions and stages), the shim's template and its
+# Dockerfile. Every finding is fixed or skipped inline in the template (Metadata: checkov: skip: id +
+# comment), so any new finding fails lint. Offline: no Prisma Cloud guidelines download (BC_SKIP_MAPPING).
+lint: install checkov
 	$(BIN)/ruff check .
 	$(BIN)/hadolint grpc_shim/Dockerfile
+	$(BIN)/python tools/sam_translate.py template.yaml build/template.translated.json
+	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation dockerfile \
+	  -f template.yaml -f build/template.translated.json -f grpc_shim/template.yaml -f grpc_shim/Dockerfile
 
 # cfn-lint, sam validate --lint and a container-less sam build of the very template we run locally.
 template-check: install

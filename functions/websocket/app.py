@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import auth, live
 from mars_common.config import settings
 from mars_common.events import ValidationError
+from mars_common.origins import is_own_origin
 from mars_common.store import event_count, get_items, get_lifecycle, is_paged, to_timeline
 
 logger = Logger(service="mars-websocket")
@@ -39,9 +40,24 @@ def _body(event: dict[str, Any]) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def _origin(event: dict[str, Any]) -> str | None:
+    for name, value in (event.get("headers") or {}).items():
+        if str(name).lower() == "origin":
+            return str(value)
+    return None
+
+
 def connect(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
-    """Browsers cannot set headers on a websocket: the key comes as `?api_key=` (DESIGN §2)."""
+    """Browsers cannot set headers on a websocket: the key comes as `?api_key=` (DESIGN §2). A browser
+    sends its page's `Origin`: only the dashboard's own (DASHBOARD_URL) may connect, before the key is
+    read (with auth off nothing else would stop another site's page). Clients that are not browsers
+    (`mars tail`, SDKs) send no Origin."""
     cfg = settings()
+    origin = _origin(event)
+    if origin is not None and not is_own_origin(origin, cfg.dashboard_url):
+        logger.info("connection refused", extra={"connection_id": connection_id, "reason": "CROSS_SITE",
+                                                  "origin": origin[:100]})
+        return {"statusCode": 403}
     key = (event.get("queryStringParameters") or {}).get("api_key")
     try:
         principal = auth.authenticate(cfg.keys_table, cfg.auth_required, key)

@@ -24,6 +24,7 @@ class Settings:
     keys_table: str = ""
     auth_required: bool = True
     events_table: str = ""
+    dashboard_url: str = ""  # the REST API's URL: the only Origin a browser may open the websocket from
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
@@ -60,4 +61,5 @@ def settings() -> Settings:
         keys_table=env.get("KEYS_TABLE", ""),
         auth_required=auth_required(env.get("AUTH_REQUIRED")),
         events_table=env.get("EVENTS_TABLE", ""),
+        dashboard_url=env.get("DASHBOARD_URL", ""),
     )
