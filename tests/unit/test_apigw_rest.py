@@ -232,16 +232,11 @@ def test_build_apis_reads_binary_media_types_from_the_api_and_globals(tmp_path: 
 
 def raw_answers(port: int, raw: bytes, seconds: float = 3) -> tuple[list[int], bool]:
     """The statuses of what the server answers to `raw` sent at once, and whether it then closed."""
+    from tests.unit.test_httpserver import answer_within
+
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(raw)
-        sock.settimeout(seconds)
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-            closed = True
-        except TimeoutError:
-            closed = False
+        _status, data, closed = answer_within(sock, seconds)
     return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) [A-Z]", data)], closed
 
 
