@@ -37,11 +37,13 @@ from socket import SHUT_RDWR
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from botocore.credentials import Credentials
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from . import sigv4
 from .functions import FUNCTION_TYPES
 from .httpserver import Handler, Server
 from .invoker import FunctionPool, Invoker
@@ -153,9 +155,12 @@ class Connection:
 class Gateway:
     """One websocket API served on one port, in its own asyncio loop thread."""
 
-    def __init__(self, api: WebSocketApi, invoker: Invoker, host: str, port: int,
-                 idle_timeout: float = IDLE_TIMEOUT_SECONDS, max_duration: float = MAX_CONNECTION_SECONDS) -> None:
+    def __init__(self, api: WebSocketApi, invoker: Invoker, host: str, port: int, *, credentials: Credentials,
+                 region: str, idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+                 max_duration: float = MAX_CONNECTION_SECONDS) -> None:
         self.api, self.invoker, self.host = api, invoker, host
+        # Who may call @connections: the credentials the runtime gives its functions (SigV4-checked)
+        self.credentials, self.region = credentials, region
         self.requested_port = port
         self.idle_timeout, self.max_duration = idle_timeout, max_duration
         self.connections: dict[str, Connection] = {}
@@ -401,10 +406,27 @@ class ManagementHandler(Handler):
                                                      "error": message})
         self.reply(status, json.dumps({"message": message}).encode(), [("x-amzn-ErrorType", kind)])
 
+    def _refused(self, body: bytes = b"") -> bool:
+        """AWS lets only IAM-signed calls (SigV4 for `execute-api`) manage connections: an unsigned
+        one, e.g. from a web page, or one signed with other credentials than the functions' is
+        answered 403 as AWS answers it, and logged."""
+        gateway: Gateway = self.server.app
+        scheme = "https" if isinstance(self.server, TlsServer) else "http"
+        refusal = sigv4.verify(self.command, f"{scheme}://{self.headers.get('Host', '')}{self.path}",
+                               dict(self.headers.items()), body, credentials=gateway.credentials,
+                               service="execute-api", region=gateway.region)
+        if refusal is not None:
+            self._error(refusal.status, refusal.error_type, refusal.message)
+        return refusal is not None
+
     def do_POST(self) -> None:  # noqa: N802
         gateway: Gateway = self.server.app
+        if "Authorization" not in self.headers and self._refused():  # before reading a body
+            return
         data = self.read_body()
         conn_id = self._target()
+        if self._refused(data):
+            return
         if conn_id is None:
             self._error(404, "NotFoundException", "unknown path")
         elif len(data) > MAX_MESSAGE_BYTES:
@@ -416,6 +438,8 @@ class ManagementHandler(Handler):
 
     def do_GET(self) -> None:  # noqa: N802
         gateway: Gateway = self.server.app
+        if self._refused(self.read_body()):
+            return
         conn_id = self._target()
         info = gateway.describe(conn_id) if conn_id else None
         if info is None:
@@ -425,6 +449,8 @@ class ManagementHandler(Handler):
 
     def do_DELETE(self) -> None:  # noqa: N802
         gateway: Gateway = self.server.app
+        if self._refused(self.read_body()):
+            return
         conn_id = self._target()
         if conn_id is None:
             self._error(404, "NotFoundException", "unknown path")
@@ -464,10 +490,11 @@ class TlsServer(Server):
 
 
 def serve_api(api: WebSocketApi, invoker: Invoker, host: str, port: int, management_port: int = 0,
-              tls: ssl.SSLContext | None = None, ready: threading.Event | None = None) -> tuple[Gateway, list[Server]]:
+              tls: ssl.SSLContext | None = None, ready: threading.Event | None = None, *,
+              credentials: Credentials, region: str) -> tuple[Gateway, list[Server]]:
     """The gateway and its management servers: plain HTTP first, then (given a TLS context) the one
-    at `requestContext.domainName`."""
-    gateway = Gateway(api, invoker, host, port)
+    at `requestContext.domainName`. Both take only calls signed with `credentials` (SigV4)."""
+    gateway = Gateway(api, invoker, host, port, credentials=credentials, region=region)
     if ready is not None:
         gateway.ready = ready
     gateway.start()

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from . import apigw_rest, apigw_websocket, awscalls, lambda_api, scheduler, sns_trigger, stream_poller, tls
@@ -35,7 +37,15 @@ from .sqs_poller import SqsPoller, sources_for
 from .template import Stack, load
 
 log = logging.getLogger("local.stack")
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
+
+
+def function_credentials() -> Credentials:
+    """What the runtime's functions sign with, as a Lambda execution role's session would be. The
+    emulators accept any credentials (the key id "testing" keeps their default account); the secret is
+    new for each runtime, so only its functions can sign a call to @connections, which checks SigV4."""
+    return Credentials("testing", secrets.token_urlsafe(30), "testing")
+
+
 _PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE")
 
 
@@ -150,6 +160,7 @@ class LocalStack:
         self.ready = threading.Event()
         # service → endpoint, for services not served by `self.endpoint`
         self.service_endpoints: dict[str, str] = {}
+        self.credentials = function_credentials()
 
     # --- clients ---------------------------------------------------------------------------------
     def client(self, service: str) -> Any:
@@ -268,7 +279,9 @@ class LocalStack:
     def _base_env(self, lambda_endpoint: str) -> dict[str, str]:
         """What Lambda puts in every environment, plus the endpoints: the only local difference."""
         env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
-        env.update(CREDENTIALS)
+        env.update({"AWS_ACCESS_KEY_ID": self.credentials.access_key,
+                    "AWS_SECRET_ACCESS_KEY": self.credentials.secret_key,
+                    "AWS_SESSION_TOKEN": self.credentials.token or ""})
         env.update({"AWS_REGION": self.stack.region, "AWS_DEFAULT_REGION": self.stack.region,
                     "AWS_ENDPOINT_URL": self.endpoint, "AWS_ENDPOINT_URL_LAMBDA": lambda_endpoint,
                     **{endpoint_variable(svc): url for svc, url in self.service_endpoints.items()},
@@ -310,7 +323,8 @@ class LocalStack:
         for i, ws_api in enumerate(ws_apis):
             port = self.config.ws_port + i if self.config.ws_port else 0
             gateway, management = apigw_websocket.serve_api(ws_api, self.invoker, self.config.host, port, tls=context,
-                                                                ready=self.ready)
+                                                                ready=self.ready, credentials=self.credentials,
+                                                                region=self.stack.region)
             self.ws_gateways.append(gateway)
             self.servers.extend(management)
             # the plain endpoint: where the template's deployed @connections URLs are rewritten to

@@ -330,12 +330,20 @@ def test_connections_api_post_get_delete_gone_and_limits(probe: tuple[LocalStack
             ws.recv(timeout=10)
     gone = wait_for(lambda: [e for e in ws_events(record, "$disconnect") if e["requestContext"]["connectionId"] == conn_id])
     assert gone[0]["requestContext"]["disconnectStatusCode"] == 1000
-    # from outside (what the broadcaster does): the closed connection is Gone
+    # from outside, with the functions' credentials (what the broadcaster holds): the closed connection is Gone
     endpoint = next(iter(stack.websocket_urls.values()))[1]
+    creds = stack.credentials
     mgmt = boto3.client("apigatewaymanagementapi", endpoint_url=endpoint + "/live", region_name="us-east-1",
-                        aws_access_key_id="t", aws_secret_access_key="t")
+                        aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
+                        aws_session_token=creds.token)
     with pytest.raises(mgmt.exceptions.GoneException):
         mgmt.post_to_connection(ConnectionId=conn_id, Data=b"{}")
+    # anyone else is refused as AWS refuses an unsigned or foreign-signed call
+    other = boto3.client("apigatewaymanagementapi", endpoint_url=endpoint + "/live", region_name="us-east-1",
+                         aws_access_key_id="t", aws_secret_access_key="t")
+    with pytest.raises(other.exceptions.ClientError) as refused:
+        other.post_to_connection(ConnectionId=conn_id, Data=b"{}")
+    assert refused.value.response["Error"]["Code"] == "UnrecognizedClientException"
 
 
 def test_a_client_message_over_128_kb_closes_the_socket_with_1009(probe: tuple[LocalStack, Path]) -> None:

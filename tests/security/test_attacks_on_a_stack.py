@@ -234,10 +234,9 @@ def test_grpc_reflection_wants_a_key_and_health_stays_open(mars_auth: RunningSta
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 12, item 11): the local @connections endpoint checks no "
-                                       "signature; AWS wants SigV4 with execute-api:ManageConnections")
 def test_the_local_connections_endpoint_refuses_unsigned_posts(mars: RunningStack) -> None:
     management = next(iter(mars.state["websockets"].values()))[1]
     resp = requests.post(f"{management}/@connections/AAAAAAAAAAAAAAA=", data="{}",
                          headers={"Content-Type": "text/plain", "Origin": EVIL}, timeout=10)
     assert resp.status_code == 403, (resp.status_code, resp.text)
+    assert resp.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"

@@ -17,6 +17,7 @@ import botocore.exceptions
 import pytest
 import requests
 from botocore.config import Config
+from botocore.credentials import Credentials
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -48,6 +49,16 @@ def ok(payload: Any = None) -> Callable[[dict[str, Any]], InvokeResult]:
     return lambda _event: InvokeResult(True, payload=payload if payload is not None else {"statusCode": 200})
 
 
+# What the runtime gives its functions; only these may manage connections.
+FUNCTIONS = Credentials("testing", "a-secret-only-the-functions-know", "testing")
+
+
+def management(endpoint: str, credentials: Credentials = FUNCTIONS, **options: Any) -> Any:
+    return boto3.client("apigatewaymanagementapi", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key,
+                        aws_session_token=credentials.token, **options)
+
+
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
     return make_ca(tmp_path_factory.mktemp("ca"))
@@ -62,7 +73,8 @@ def start(ca: LocalCa) -> Iterator[Callable[..., tuple[Gateway, list[Server]]]]:
         api = WebSocketApi("Chat", "wsapi00001", "dev", ["action"],
                            {key: WsRoute(key, f"Fn{i}") for i, key in enumerate(routes)})
         invoker = FakeInvoker({f"Fn{i}": FakePool(answer) for i, answer in enumerate(routes.values())})
-        got = serve_api(api, invoker, "127.0.0.1", 0, tls=ca.server_context())  # type: ignore[arg-type]
+        got = serve_api(api, invoker, "127.0.0.1", 0, tls=ca.server_context(),  # type: ignore[arg-type]
+                        credentials=FUNCTIONS, region="us-east-1")
         running.append(got)
         return got
 
@@ -110,9 +122,7 @@ def test_a_function_reaches_connections_at_https_domain_name_stage(
 
     def hello(event: dict[str, Any]) -> InvokeResult:
         ctx = event["requestContext"]
-        api = boto3.client("apigatewaymanagementapi", endpoint_url=f"https://{ctx['domainName']}/{ctx['stage']}",
-                           region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t",
-                           verify=str(ca.bundle))
+        api = management(f"https://{ctx['domainName']}/{ctx['stage']}", verify=str(ca.bundle))
         api.post_to_connection(ConnectionId=ctx["connectionId"], Data=json.dumps({"greeting": "hello"}).encode())
         calls["get"] = api.get_connection(ConnectionId=ctx["connectionId"])
         try:
@@ -146,9 +156,7 @@ def test_a_client_that_does_not_trust_the_local_ca_leaves_an_error_line(
     with caplog.at_level(logging.INFO, logger="local.websocket"):
         with pytest.raises(requests.exceptions.SSLError):
             requests.post(f"https://{gateway.domain_name}/dev/@connections/x", data=b"{}", timeout=5)
-        mgmt = boto3.client("apigatewaymanagementapi", endpoint_url=f"https://{gateway.domain_name}/dev",
-                            region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t",
-                            config=Config(retries={"total_max_attempts": 1}))
+        mgmt = management(f"https://{gateway.domain_name}/dev", config=Config(retries={"total_max_attempts": 1}))
         with pytest.raises(botocore.exceptions.SSLError):
             mgmt.post_to_connection(ConnectionId="x", Data=b"{}")
     lines = [r for r in caplog.records if r.levelname == "ERROR" and "TLS handshake" in r.getMessage()]
@@ -163,9 +171,50 @@ def test_the_plain_http_management_endpoint_still_answers(
         while not gateway.connections and time.monotonic() < deadline:  # registered just after the handshake
             time.sleep(0.01)
         conn_id = next(iter(gateway.connections))
-        resp = requests.get(f"http://127.0.0.1:{servers[0].port}/dev/@connections/{quote(conn_id, safe='')}",
-                            timeout=5)
-        assert resp.status_code == 200 and "connectedAt" in resp.json()
+        got = management(f"http://127.0.0.1:{servers[0].port}/dev").get_connection(ConnectionId=conn_id)
+        assert "ConnectedAt" in got
+
+
+def test_connections_calls_need_the_functions_sigv4_signature(
+        start: Callable[..., tuple[Gateway, list[Server]]], caplog: pytest.LogCaptureFixture) -> None:
+    """AWS lets only IAM-signed calls manage connections: unsigned (a web page, curl), signed with
+    another secret, with another key or for another service are refused 403 as AWS words it, and
+    each refusal is an ERROR line; nothing reaches the socket."""
+    gateway, servers = start({"$default": ok()})
+    endpoint = f"http://127.0.0.1:{servers[0].port}/dev"
+    with connect(url(gateway)) as ws:
+        deadline = time.monotonic() + 5
+        while not gateway.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        target = f"{endpoint}/@connections/{quote(next(iter(gateway.connections)), safe='')}"
+        unsigned = requests.post(target, data=b'{"evil": 1}', headers={"Origin": "https://evil.example"}, timeout=5)
+        assert unsigned.status_code == 403 and unsigned.json() == {"message": "Missing Authentication Token"}
+        assert unsigned.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+        assert requests.delete(target, timeout=5).status_code == 403
+        assert requests.get(target, timeout=5).status_code == 403
+        conn_id = next(iter(gateway.connections))
+        once = Config(retries={"total_max_attempts": 1})
+        for creds, kind in ((Credentials("testing", "testing", "testing"), "InvalidSignatureException"),
+                            (Credentials("AKIAOTHER", FUNCTIONS.secret_key, "testing"), "UnrecognizedClientException"),
+                            (Credentials("testing", FUNCTIONS.secret_key, "another-token"),
+                             "UnrecognizedClientException")):
+            with pytest.raises(botocore.exceptions.ClientError) as refused:
+                management(endpoint, creds, config=once).post_to_connection(ConnectionId=conn_id, Data=b"{}")
+            assert refused.value.response["Error"]["Code"] == kind
+            assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        # a signature for another service's scope does not manage connections either
+        other = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key=FUNCTIONS.secret_key,
+                                      aws_session_token="testing").client(
+            "apigatewaymanagementapi", endpoint_url=endpoint, region_name="eu-west-1", config=once)
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            other.post_to_connection(ConnectionId=conn_id, Data=b"{}")
+        assert refused.value.response["Error"]["Code"] == "InvalidSignatureException"
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.3)  # nothing refused was delivered
+        management(endpoint).post_to_connection(ConnectionId=conn_id, Data=b'{"ok": 1}')  # the functions' may
+        assert json.loads(ws.recv(timeout=5)) == {"ok": 1}
+    refusals = [r for r in caplog.records if r.getMessage() == "@connections call failed" and r.status == 403]  # type: ignore[attr-defined]
+    assert len(refusals) == 7 and all(r.levelname == "ERROR" for r in refusals)
 
 
 def test_a_throttled_function_is_an_internal_error_at_once_not_a_wait(
