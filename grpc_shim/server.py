@@ -1,8 +1,9 @@
 """The gRPC shim: MarsGrpc (+ health and reflection) → the layer's validation → the FIFO queues.
 
 A call is answered only after its events are durably enqueued. Events of concurrent calls bound for
-the same queue are sent together (micro-batching: up to 10 per SendMessageBatch, waiting at most
-`max_wait` for company), which keeps that guarantee: each call awaits its own events' results.
+the same queue are sent together (micro-batching: up to 10 per SendMessageBatch, one batch in flight
+per queue, the next one holding what arrived meanwhile), which keeps that guarantee: each call awaits
+its own events' results.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import sys
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,47 +44,57 @@ MAX_STREAM_IDS = 10_000
 
 
 class Batcher:
-    """Collects events per queue from concurrent calls and sends them in batches of up to 10."""
+    """Sends each queue's events in batches of up to 10, one SendMessageBatch in flight per queue.
 
-    def __init__(self, queue_urls: tuple[str, ...], max_wait: float = 0.002) -> None:
+    While a queue's batch is in flight, the events of calls that arrive meanwhile wait and go
+    together in the next one: batches grow with the load by themselves (the cost of a send is per
+    call, so a batch of 5 costs a fifth per event of a lone send; docs/BENCHMARKS.md), an idle
+    queue sends at once (no timer), and one message's events reach its FIFO queue in the order
+    the calls arrived (two batches of one queue never race)."""
+
+    def __init__(self, queue_urls: tuple[str, ...]) -> None:
         self.queue_urls = queue_urls
-        self.max_wait = max_wait
         self._buffers: dict[int, list[tuple[Event, asyncio.Future[EnqueueFailure | None]]]] = defaultdict(list)
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._in_flight: set[int] = set()
+        # botocore blocks: a thread per queue, so no queue waits for another's send
+        self._senders = ThreadPoolExecutor(max_workers=len(queue_urls), thread_name_prefix="sqs-send")
         self.batches_sent = 0
+        self.events_sent = 0
 
     async def enqueue(self, events: list[Event]) -> list[EnqueueFailure]:
         loop = asyncio.get_running_loop()
         futures = []
+        queues = set()
         for ev in events:
             q = shard(ev.app_id, ev.message_id, len(self.queue_urls))
             fut: asyncio.Future[EnqueueFailure | None] = loop.create_future()
             self._buffers[q].append((ev, fut))
             futures.append(fut)
-            if len(self._buffers[q]) >= 10:
-                self._flush(q)
-            elif q not in self._timers:
-                self._timers[q] = loop.call_later(self.max_wait, self._flush, q)
+            queues.add(q)
+        for q in queues:
+            if q not in self._in_flight:
+                self._start(q)
         results = await asyncio.gather(*futures)
         return [r for r in results if r is not None]
 
-    def _flush(self, q: int) -> None:
-        timer = self._timers.pop(q, None)
-        if timer is not None:
-            timer.cancel()
+    def _start(self, q: int) -> None:
         batch, self._buffers[q] = self._buffers[q][:10], self._buffers[q][10:]
-        if self._buffers[q]:
-            self._timers[q] = asyncio.get_running_loop().call_later(self.max_wait, self._flush, q)
         if batch:
+            self._in_flight.add(q)
             asyncio.get_running_loop().create_task(self._send(q, batch))
 
     async def _send(self, q: int, batch: list[tuple[Event, asyncio.Future[EnqueueFailure | None]]]) -> None:
         items = [(i, ev) for i, (ev, _f) in enumerate(batch)]
         try:
-            failures = await asyncio.to_thread(send_batch, self.queue_urls[q], items)
+            failures = await asyncio.get_running_loop().run_in_executor(
+                self._senders, send_batch, self.queue_urls[q], items)
         except Exception as exc:  # never leave a caller waiting
             failures = [EnqueueFailure(i, ev.event_id, type(exc).__name__, str(exc)) for i, ev in items]
+        finally:
+            self._in_flight.discard(q)
+            self._start(q)  # what arrived meanwhile
         self.batches_sent += 1
+        self.events_sent += len(batch)
         by_index = {f.index: f for f in failures}
         for i, (_ev, fut) in enumerate(batch):
             if not fut.done():
@@ -294,7 +306,8 @@ def register(servicer: MarsGrpc, server: grpc.aio.Server) -> None:
 async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -> None:
     server = grpc.aio.server(interceptors=[ReflectionNeedsKey()])
     strict = os.environ.get("GRPC_STRICT_CREATED_AT", "").strip().lower() in ("1", "true", "yes", "on")
-    register(MarsGrpc(Batcher(settings().events_queue_urls), strict_created_at=strict), server)
+    batcher = Batcher(settings().events_queue_urls)
+    register(MarsGrpc(batcher, strict_created_at=strict), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
@@ -308,4 +321,5 @@ async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace)  # in-flight calls finish; new ones are refused
-    log.info("grpc shim stopped")
+    log.info("grpc shim stopped", extra={"batches_sent": batcher.batches_sent, "events_sent": batcher.events_sent,
+                                         "events_per_batch": round(batcher.events_sent / max(1, batcher.batches_sent), 2)})
