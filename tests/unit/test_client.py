@@ -206,13 +206,18 @@ def _events(n: int, prefix: str = "e") -> list[dict[str, Any]]:
              "event_id": f"{prefix}{i:05d}"} for i in range(n)]
 
 
-@pytest.fixture
-def api() -> Iterator[tuple[Server, type[FakeApi]]]:
+def serve_fake_api() -> Iterator[tuple[Server, type[FakeApi]]]:
+    """A FakeApi of its own (fresh class state) on a free loopback port, for a fixture to yield from."""
     handler = type("Api", (FakeApi,), {"timelines": {}, "failures": [], "seen": []})
     srv = Server("127.0.0.1", 0, handler, None)
     srv.start("fake-api")
     yield srv, handler
     srv.stop()
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[Server, type[FakeApi]]]:
+    yield from serve_fake_api()
 
 
 def reader(srv: Server, attempts: int = 3) -> tuple[MarsClient, list[float]]:

@@ -14,10 +14,14 @@ from websockets.sync.server import ServerConnection, serve
 
 from local.httpserver import Server
 from mars import tail
-from tests.unit.test_client import FakeApi, _events
-from tests.unit.test_client import api as api_fixture  # noqa: F401 - the `api` fixture, shared
+from tests.unit.test_client import FakeApi, _events, serve_fake_api
 
 Api = tuple[Server, type[FakeApi]]
+
+
+@pytest.fixture
+def api() -> Iterator[Api]:
+    yield from serve_fake_api()
 
 
 def _long(handler: type[FakeApi], n: int) -> list[dict[str, Any]]:
