@@ -580,7 +580,7 @@ def test_stack_long_timeline_first_page_stepper_load_more_and_live(mars: Any, ne
     page = new_page()
     page.goto(mars.url(f"/search/event?message_id={message_id}&app_id={app_id}"))
     rows = page.get_by_test_id("event-row")
-    expect(rows).to_have_count(1000)
+    expect(rows).to_have_count(1000, timeout=30_000)   # the stack reads 1,000 events from the emulator: on a busy machine, seconds
     expect(page.get_by_test_id("events-shown")).to_have_text("1,000 of 1,050 events")
     states = page.get_by_test_id("step").evaluate_all("s => s.map(x => [x.dataset.step, x.dataset.state])")
     assert states == [["CREATED", "done"], ["SENT", "done"], ["DONE", "missing"]]
@@ -590,7 +590,7 @@ def test_stack_long_timeline_first_page_stepper_load_more_and_live(mars: Any, ne
     expect(page.get_by_test_id("panel-live")).to_have_text("Watching live.", timeout=20_000)
 
     page.get_by_test_id("load-more-events").click()
-    expect(rows).to_have_count(1050)
+    expect(rows).to_have_count(1050, timeout=30_000)
     expect(page.get_by_test_id("events-shown")).to_have_text("1,050 of 1,050 events")
     expect(page.get_by_test_id("load-more-events")).to_have_count(0)
     assert rows.evaluate_all("rows => rows.map(r => r.dataset.eventId)") == ids   # each once, in order
