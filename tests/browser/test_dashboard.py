@@ -261,6 +261,19 @@ def test_a_long_timeline_pages_with_load_more_and_takes_live_frames(fake_mars: A
     expect(panel.get_by_test_id("load-more-events")).to_have_count(0)
 
 
+def test_a_long_timeline_without_a_lifecycle_has_one_step_per_event_name(fake_mars: Any) -> None:
+    page, fake = fake_mars()
+    names = ["BOOT", "PING", "PING", "PING", "DATA", "PING"]
+    events = [event(n, i, event_id=f"iot-{i}") for i, n in enumerate(names)]
+    fake.messages["dev-1"] = [{**timeline("iot", "dev-1", events, [], "unknown"), "event_count": len(events)}]
+    page.goto(fake.url("search/event?message_id=dev-1"))
+    expect(page.get_by_test_id("event-row")).to_have_count(6)
+    expect(page.get_by_test_id("events-shown")).to_have_text("6 of 6 events")
+    steps = page.get_by_test_id("step").evaluate_all("s => s.map(x => x.dataset.step)")
+    assert steps == ["BOOT", "PING", "DATA"]   # a short timeline would show six
+    expect(page.get_by_test_id("no-lifecycle")).to_be_visible()
+
+
 def test_app_view_chips_count_filter_paginate_and_take_live_rows(fake_mars: Any) -> None:
     page, fake = fake_mars()
     fake.lifecycles["shop"] = LIFECYCLE
