@@ -182,8 +182,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
     url = args.url or stacks.output(args, "WebSocketUrl", "--url ws://…")
     if not url:
         return 2
+    # the HTTP API pages what a long timeline's frames leave out: the stack's, unless --url names another
+    api_url = args.api_url or (None if args.url else stacks.output(args, "ApiUrl", "--api-url http://…"))
     try:
-        return tail.run(url, args.app, args.message, as_json=args.json, api_key=args.api_key)
+        return tail.run(url, args.app, args.message, as_json=args.json, api_key=args.api_key, api_url=api_url)
     except KeyboardInterrupt:
         return 0
 
@@ -338,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail_cmd.add_argument("--app", required=True, help="the app_id to follow")
     tail_cmd.add_argument("--message", help="follow only this message_id (prints its timeline so far first)")
     tail_cmd.add_argument("--url", help="websocket URL (default: the running stack's WebSocketUrl)")
+    tail_cmd.add_argument("--api-url", help="the HTTP API's base URL, to read what a long timeline's frames leave out "
+                                            "(default: the running stack's ApiUrl when --url is not given)")
     tail_cmd.add_argument("--api-key", help="API key, when the stack requires one")
     tail_cmd.add_argument("--json", action="store_true", help="one JSON object per event")
     stack_args(tail_cmd)

@@ -4,6 +4,8 @@
     mars = MarsClient.http("http://127.0.0.1:4000/")            # or .grpc("127.0.0.1:4025"), .sns(topic_arn), .sqs(queue_url)
     event_id = mars.send({"app_id": "shop", "message_id": "order-42", "event": "CREATED"})
     ids = mars.send_many(events)                               # batched: 500 per request / message
+    body = mars.get_message("order-42")                        # every timeline, every event (pages followed)
+    page = mars.get_message_page("order-42", "shop")           # one page: events, event_count, cursor
 
 Every event gets an `event_id` (and a `created_at`) *before* the first attempt, so a retry — of a
 whole request, or of the items a partial failure names — can never store an event twice. Without a
@@ -11,6 +13,10 @@ client id it is the id Mars itself derives from the event's content (the layer's
 the same event sent again later, by this client or through any other way in, is stored once too. Retries
 use exponential backoff with full jitter, and only for errors that can succeed later (throttling,
 5xx, connection failures); a 400 raises `MarsValidationError` at once.
+
+Reading goes through the HTTP API (`MarsClient.http`, or `api_url=` beside another transport). A long
+timeline comes in pages of at most 1,000 events (`event_count`, `cursor`); `get_message` and
+`iter_pages` follow the cursors until the last page, so a caller sees every event once, in order.
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import requests
 from mars_common.events import ValidationError, parse_event
 
 MAX_BULK = 500
 MAX_MESSAGE_BYTES = 250 * 1024  # SNS and SQS allow 256 KiB; leave room for attributes
+T = TypeVar("T")
 RETRYABLE_HTTP = {429, 500, 502, 503, 504}
 RETRYABLE_AWS = {"Throttling", "ThrottlingException", "RequestThrottled", "ServiceUnavailable", "InternalError",
                  "InternalFailure", "KMS.ThrottlingException", "SlowDown"}
@@ -43,6 +51,10 @@ class MarsValidationError(MarsError):
     def __init__(self, message: str, details: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.details = details
+
+
+class MarsNotFoundError(MarsError):
+    """Mars has no timeline for that message id (in that app): 404."""
 
 
 class RetryableError(MarsError):
@@ -115,6 +127,27 @@ class HttpTransport(Transport):
         if resp.status_code in RETRYABLE_HTTP:
             raise RetryableError(f"HTTP {resp.status_code}: {error.get('message', resp.text[:200])}")
         raise MarsError(f"HTTP {resp.status_code}: {error.get('message', resp.text[:200])}")
+
+
+    def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """One GET of the API; raises RetryableError, MarsNotFoundError, MarsValidationError or MarsError."""
+        headers = {k: v for k, v in self.headers.items() if k != "Content-Type"}
+        try:
+            resp = self.session.get(self.base + path, params=params, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RetryableError(f"HTTP request failed: {exc}") from exc
+        body = _json_or_empty(resp)
+        if resp.status_code == 200:
+            return body
+        error = body.get("error") or {}
+        message = f"HTTP {resp.status_code}: {error.get('message', resp.text[:200])}"
+        if resp.status_code == 404:
+            raise MarsNotFoundError(message)
+        if resp.status_code == 400:
+            raise MarsValidationError(message, error.get("details", []))
+        if resp.status_code in RETRYABLE_HTTP:
+            raise RetryableError(message)
+        raise MarsError(message)
 
 
 class _AwsTransport(Transport):
@@ -219,25 +252,80 @@ class GrpcTransport(Transport):
 
 
 class MarsClient:
-    def __init__(self, transport: Transport, retry: Retry | None = None) -> None:
+    def __init__(self, transport: Transport, retry: Retry | None = None, reader: HttpTransport | None = None) -> None:
+        """`reader`: the HTTP API reads go through (an HttpTransport sends and reads through itself)."""
         self.transport = transport
         self.retry = retry or Retry()
+        self.reader = reader or (transport if isinstance(transport, HttpTransport) else None)
 
     @classmethod
     def http(cls, base_url: str, api_key: str | None = None, retry: Retry | None = None) -> MarsClient:
         return cls(HttpTransport(base_url, api_key), retry)
 
     @classmethod
-    def grpc(cls, target: str, api_key: str | None = None, retry: Retry | None = None) -> MarsClient:
-        return cls(GrpcTransport(target, api_key), retry)
+    def grpc(cls, target: str, api_key: str | None = None, retry: Retry | None = None,
+             api_url: str | None = None) -> MarsClient:
+        return cls(GrpcTransport(target, api_key), retry, _reader(api_url, api_key))
 
     @classmethod
-    def sqs(cls, queue_url: str, client: Any = None, retry: Retry | None = None) -> MarsClient:
-        return cls(SqsTransport(queue_url, client), retry)
+    def sqs(cls, queue_url: str, client: Any = None, retry: Retry | None = None, api_url: str | None = None,
+            api_key: str | None = None) -> MarsClient:
+        return cls(SqsTransport(queue_url, client), retry, _reader(api_url, api_key))
 
     @classmethod
-    def sns(cls, topic_arn: str, client: Any = None, retry: Retry | None = None) -> MarsClient:
-        return cls(SnsTransport(topic_arn, client), retry)
+    def sns(cls, topic_arn: str, client: Any = None, retry: Retry | None = None, api_url: str | None = None,
+            api_key: str | None = None) -> MarsClient:
+        return cls(SnsTransport(topic_arn, client), retry, _reader(api_url, api_key))
+
+    # ------------------------------------------------------------------------------------------ reading
+    def get_message_page(self, message_id: str, app_id: str | None = None, *, cursor: str | None = None,
+                         limit: int | None = None) -> dict[str, Any]:
+        """One answer of `GET /api/messages/{id}` as Mars gives it: `{"message_id", "timelines": [...]}`,
+        a long timeline's first page (or the page after `cursor`, which needs `app_id`) with `event_count`
+        and `cursor` (None on the last page). A short timeline read without limit or cursor has neither."""
+        if cursor is not None and app_id is None:
+            raise MarsValidationError("a cursor pages one app's timeline: pass app_id",
+                                      [{"field": "cursor", "message": "needs app_id"}])
+        params = {k: str(v) for k, v in (("app_id", app_id), ("cursor", cursor), ("limit", limit)) if v is not None}
+        return self._read(f"/api/messages/{quote(message_id, safe='')}", params)
+
+    def iter_pages(self, message_id: str, app_id: str, *, cursor: str | None = None,
+                   limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Each page of one app's timeline in turn (the timeline `T` with that page's events), from the
+        page after `cursor` (None: the first) until the one whose cursor is None."""
+        seen: set[str] = set()
+        while True:
+            (timeline,) = self.get_message_page(message_id, app_id, cursor=cursor, limit=limit)["timelines"]
+            yield timeline
+            cursor = timeline.get("cursor")
+            if cursor is None:
+                return
+            if cursor in seen:  # a server bug must not turn into an endless loop
+                raise MarsError(f"the API gave cursor {cursor!r} twice for {message_id!r} in {app_id!r}")
+            seen.add(cursor)
+
+    def get_message(self, message_id: str, app_id: str | None = None) -> dict[str, Any]:
+        """`GET /api/messages/{id}` with every timeline whole: a long one's pages are followed to the end,
+        its events (each once, sorted by created_at then event_id) in `events`, `event_count` the total
+        and `cursor` None. Raises MarsNotFoundError when Mars has none."""
+        body = self.get_message_page(message_id, app_id)
+        for timeline in body["timelines"]:
+            if timeline.get("cursor") is None:
+                continue
+            pages = self.iter_pages(message_id, timeline["app_id"], cursor=timeline["cursor"])
+            events = list(timeline["events"])
+            for page in pages:
+                events += page["events"]
+                # the summary of the last page read is the newest (events may arrive meanwhile)
+                timeline.update({k: v for k, v in page.items() if k != "events"})
+            timeline["events"] = events
+        return body
+
+    def _read(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        if self.reader is None:
+            raise MarsError("reading timelines needs Mars's HTTP API: use MarsClient.http(url), or pass api_url=")
+        reader = self.reader
+        return self._retrying(lambda: reader.get_json(path, params))
 
     def send(self, event: dict[str, Any]) -> str:
         return self.send_many([event])[0]
@@ -252,15 +340,32 @@ class MarsClient:
 
     def _with_retries(self, batch: list[dict[str, Any]]) -> None:
         pending = batch
+
+        def attempt() -> None:
+            self.transport.send_batch(pending)
+
+        def failed(exc: RetryableError) -> None:
+            nonlocal pending
+            pending = exc.pending if exc.pending is not None else pending
+
+        self._retrying(attempt, failed)
+
+    def _retrying(self, call: Callable[[], T], on_retryable: Callable[[RetryableError], None] | None = None) -> T:
+        """`call()` until it succeeds, raises a final error, or the attempts run out (backoff between)."""
         for attempt in range(self.retry.max_attempts):
             try:
-                self.transport.send_batch(pending)
-                return
+                return call()
             except RetryableError as exc:
-                pending = exc.pending if exc.pending is not None else pending
+                if on_retryable is not None:
+                    on_retryable(exc)
                 if attempt + 1 == self.retry.max_attempts:
                     raise MarsError(f"gave up after {attempt + 1} attempts: {exc}") from exc
                 self.retry.sleep(self.retry.delay(attempt))
+        raise MarsError("no attempt was allowed (Retry.max_attempts < 1)")
+
+
+def _reader(api_url: str | None, api_key: str | None) -> HttpTransport | None:
+    return HttpTransport(api_url, api_key) if api_url else None
 
 
 def _json_or_empty(resp: requests.Response) -> dict[str, Any]:

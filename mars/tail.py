@@ -3,6 +3,11 @@
 One line per new event (time, message, event, the delay since the message's previous event, the
 status) and, as the lifecycle advances, the steps still missing. Reconnects with backoff and
 re-subscribes; a message subscription's first frame (the current timeline) prints as history.
+
+A long timeline's frames carry its summary and only the events a change added (`event_count` the
+total, `truncated` what was left out): tail reads what a frame did not carry from the HTTP API
+(`--api-url`, default the stack's ApiUrl) page by page, following each `cursor` until the last, so
+every event prints once, in order. Without the API it says how many events it could not show.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -37,36 +42,80 @@ def _delay(previous: str | None, current: str) -> str:
     return f"+{seconds:.3f}s" if abs(seconds) < 120 else f"+{seconds / 60:.1f}m"
 
 
-class Printer:
-    """Turns timeline frames into lines; remembers what it printed so a re-sent frame prints nothing."""
+# (app_id, message_id, cursor) -> that timeline's pages from the one after `cursor` (None: the first)
+PageReader = Callable[[str, str, str | None], Iterator[dict[str, Any]]]
 
-    def __init__(self, out: TextIO, as_json: bool = False) -> None:
-        self.out, self.as_json = out, as_json
+
+class Printer:
+    """Turns timeline frames into lines; remembers what it printed so a re-sent frame prints nothing.
+    With `pages` it reads from the API what a frame left out (a long timeline's history, a trimmed frame)."""
+
+    def __init__(self, out: TextIO, as_json: bool = False, pages: PageReader | None = None) -> None:
+        self.out, self.as_json, self.pages = out, as_json, pages
         self.seen: set[tuple[str, str, str]] = set()
         self.missing: dict[tuple[str, str], list[str]] = {}
+        self.counts: dict[tuple[str, str], int] = {}              # a long timeline's event_count, as last known
+        self.resume: dict[tuple[str, str], str | None] = {}       # the cursor of the last page read
+        self.last: dict[tuple[str, str], str] = {}                # created_at of the last event printed
 
     def frame(self, frame: dict[str, Any], *, history: bool = False) -> None:
         key = (frame["app_id"], frame["message_id"])
         events = frame.get("events", [])
         fresh = events if history else frame.get("new_events", [])
+        left_out = self._left_out(key, frame, history, len(fresh))
+        if left_out and self.pages is not None:
+            self._catch_up(key, frame, history)
+            left_out = 0
         by_id = {e["event_id"]: i for i, e in enumerate(events)}
         for event in fresh:
-            ident = (*key, event["event_id"])
-            if ident in self.seen:
-                continue
-            self.seen.add(ident)
             index = by_id.get(event["event_id"], 0)
-            previous = events[index - 1]["created_at"] if index > 0 else None
-            self._line(frame, event, _delay(previous, event["created_at"]), history)
+            # a long timeline's frame starts after events printed before; a short one's first event has none
+            previous = events[index - 1]["created_at"] if index > 0 else self.last.get(key) if "event_count" in frame else None
+            self._event(key, frame, event, previous, history)
+        if "event_count" in frame:
+            self.counts[key] = max(self.counts.get(key, 0), int(frame["event_count"]))
         if self.missing.get(key) != frame.get("missing") and frame.get("missing") is not None:
             self.missing[key] = list(frame["missing"])
             if frame["missing"] and not self.as_json:
                 self.out.write(f"{'':12}  {frame['message_id']}  missing: {', '.join(frame['missing'])}\n")
-        if frame.get("truncated") and not self.as_json:
-            t = frame["truncated"]
-            self.out.write(f"{'':12}  (timeline trimmed: {t['events_sent']} of {t['events_total']} events sent; "
-                           f"`curl …/api/messages/{frame['message_id']}?app_id={frame['app_id']}` has them all)\n")
+        if left_out and not self.as_json:
+            self.out.write(f"{'':12}  ({left_out} event(s) of {frame['message_id']} not in the live frame; "
+                           f"pass --api-url to read them, or page `…/api/messages/{frame['message_id']}"
+                           f"?app_id={frame['app_id']}`)\n")
         self.out.flush()
+
+    def _left_out(self, key: tuple[str, str], frame: dict[str, Any], history: bool, carried: int) -> int:
+        """How many events this frame should have shown but does not carry (0: none)."""
+        truncated = frame.get("truncated")
+        if history or "event_count" not in frame:  # the whole timeline was due: what the trim left out
+            return int(truncated["events_total"]) - int(truncated["events_sent"]) if truncated else 0
+        if key not in self.counts:  # the first frame of a long timeline seen live: its past is not due
+            return 0
+        # a long timeline's frame carries the events its change added: fewer than the count grew = left out
+        return max(0, int(frame["event_count"]) - self.counts[key] - carried)
+
+    def _catch_up(self, key: tuple[str, str], frame: dict[str, Any], history: bool) -> None:
+        """Prints, in order, the events not printed yet, reading pages from where the last read ended."""
+        assert self.pages is not None
+        cursor = self.resume.get(key)
+        for page in self.pages(key[0], key[1], cursor):
+            for event in page.get("events", []):
+                self._event(key, {**frame, **page}, event, self.last.get(key), history)
+            if "event_count" in page:
+                self.counts[key] = int(page["event_count"])
+            if page.get("cursor") is None:
+                break
+            cursor = page["cursor"]
+        self.resume[key] = cursor  # the last page is read again next time: events may join it meanwhile
+
+    def _event(self, key: tuple[str, str], frame: dict[str, Any], event: dict[str, Any], previous: str | None,
+               history: bool) -> None:
+        ident = (*key, event["event_id"])
+        if ident in self.seen:
+            return
+        self.seen.add(ident)
+        self._line(frame, event, _delay(previous, event["created_at"]), history)
+        self.last[key] = event["created_at"]
 
     def _line(self, frame: dict[str, Any], event: dict[str, Any], delay: str, history: bool) -> None:
         if self.as_json:
@@ -82,11 +131,32 @@ class Printer:
                        f"{delay:>10}  {status}\n")
 
 
+def api_pages(api_url: str, api_key: str | None = None) -> PageReader:
+    """Pages of a timeline from Mars's HTTP API, through the client library (its retries and errors)."""
+    from mars.client import MarsClient
+
+    client = MarsClient.http(api_url, api_key)
+
+    def pages(app_id: str, message_id: str, cursor: str | None) -> Iterator[dict[str, Any]]:
+        if cursor is None:  # the first page, or a short timeline whole (it has no cursor)
+            (first,) = client.get_message_page(message_id, app_id)["timelines"]
+            yield first
+            cursor = first.get("cursor")
+            if cursor is None:
+                return
+        yield from client.iter_pages(message_id, app_id, cursor=cursor)
+
+    return pages
+
+
 def run(url: str, app_id: str, message_id: str | None, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
         as_json: bool = False, stop: Callable[[], bool] = lambda: False, max_backoff: float = 30.0,
-        api_key: str | None = None) -> int:
-    """Tails until `stop()` or Ctrl-C; returns an exit code (1: the server refused the subscription)."""
-    printer = Printer(out, as_json)
+        api_key: str | None = None, api_url: str | None = None) -> int:
+    """Tails until `stop()` or Ctrl-C; returns an exit code (1: the server refused the subscription, or
+    the HTTP API refused a read)."""
+    from mars.client import MarsError
+
+    printer = Printer(out, as_json, api_pages(api_url, api_key) if api_url else None)
     request = {"action": "subscribe", "app_id": app_id, **({"message_id": message_id} if message_id else {})}
     target = url + (("&" if "?" in url else "?") + f"api_key={api_key}" if api_key else "")
     backoff = 1.0
@@ -113,6 +183,9 @@ def run(url: str, app_id: str, message_id: str | None, *, out: TextIO = sys.stdo
                         raise SubscriptionError(f"{frame.get('code')}: {frame.get('message')} {frame.get('details') or ''}")
         except SubscriptionError as exc:
             err.write(f"mars tail: the server refused the subscription - {exc}\n")
+            return 1
+        except MarsError as exc:  # retried already where retrying made sense (the client's policy)
+            err.write(f"mars tail: reading the timeline from {api_url} failed - {exc}\n")
             return 1
         except InvalidStatus as exc:
             status = exc.response.status_code

@@ -29,6 +29,7 @@ FAKE_WS = "ws://mars.test/ws"
 # page must work under it (no inline script or style).
 CSP = (f"default-src 'self'; connect-src 'self' {FAKE_WS}; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "base-uri 'self'; frame-ancestors 'none'")
+PAGE_LIMIT = 1000   # events a page of a long timeline, as GET /api/messages/{id}
 CONTENT_TYPES = {".js": "application/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                  ".svg": "image/svg+xml"}
 
@@ -70,10 +71,11 @@ def new_page(browser: Any) -> Iterator[Callable[..., Any]]:
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def screenshot(page: Any, name: str) -> Path:
+def screenshot(page: Any, name: str, full_page: bool = True) -> Path:
+    """build/browser/<name>.png; full_page=False for a page thousands of rows long (seconds to capture whole)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
 
 
@@ -154,7 +156,9 @@ class FakeMars:
             timelines = [t for t in self.messages.get(message_id, []) if q("app_id") in (None, t["app_id"])]
             if not timelines:
                 return 404, _error("NOT_FOUND", f"no events for message_id {message_id!r}")
-            return 200, {"message_id": message_id, "timelines": timelines}
+            if q("cursor") and not q("app_id"):
+                return 400, _error("VALIDATION_ERROR", "cursor needs app_id (a cursor pages one app's timeline)")
+            return 200, {"message_id": message_id, "timelines": [self._page(t, q("limit"), q("cursor")) for t in timelines]}
         if rel == "api/messages":
             items = self.app_items.get(q("app_id") or "", [])
             start, limit = int(q("cursor") or 0), int(q("limit") or 20)
@@ -162,6 +166,19 @@ class FakeMars:
             cursor = str(start + limit) if start + limit < len(items) else None
             return 200, {"items": page, "cursor": cursor}
         return 404, _error("NOT_FOUND", "no such route")
+
+    def _page(self, timeline: dict[str, Any], limit: str | None, cursor: str | None) -> dict[str, Any]:
+        """A long timeline (one with `event_count`) in pages as the API gives them: sorted by created_at
+        then event_id, at most PAGE_LIMIT a page, an opaque cursor (here: the key the page ended at)."""
+        if "event_count" not in timeline and limit is None and cursor is None:
+            return timeline
+        events = sorted(timeline["events"], key=lambda e: (e["created_at"], e["event_id"]))
+        after = [e for e in events if cursor is None or (e["created_at"], e["event_id"]) > tuple(json.loads(cursor))]
+        size = min(int(limit or PAGE_LIMIT), PAGE_LIMIT)
+        page = after[:size]
+        more = len(after) > size
+        return {**timeline, "events": page, "event_count": len(events),
+                "cursor": json.dumps([page[-1]["created_at"], page[-1]["event_id"]]) if more else None}
 
     def api_requests(self, rel_prefix: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if (r["rel"] or "").startswith(rel_prefix)]
@@ -187,7 +204,11 @@ class FakeMars:
             ws.send(json.dumps(reply))
             if action == "subscribe" and frame.get("message_id"):
                 for t in self.messages.get(frame["message_id"], []):
-                    if t["app_id"] == frame["app_id"]:
+                    if t["app_id"] == frame["app_id"] and "event_count" in t:
+                        total = len(t["events"])
+                        ws.send(json.dumps({"type": "timeline", **t, "events": [], "new_events": [], "event_count": total,
+                                            "truncated": {"events_total": total, "events_sent": 0}}))
+                    elif t["app_id"] == frame["app_id"]:
                         ws.send(json.dumps({"type": "timeline", **t, "new_events": []}))
 
     def push(self, frame: dict[str, Any]) -> None:

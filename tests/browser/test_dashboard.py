@@ -173,6 +173,107 @@ def test_new_events_arrive_live_and_truncated_frames_refetch(fake_mars: Any) -> 
     assert page.evaluate("window.__sameDocument") is True
 
 
+def long_message(message_id: str, beats: int) -> dict[str, Any]:
+    """CREATED, QUEUED, `beats` HEARTBEATs (outside the lifecycle), SENT and ACKED after them (so in a
+    later page than the first), DELIVERED never came: a long timeline, paged by FakeMars like the API."""
+    events = [event("CREATED", 0), event("QUEUED", 1)]
+    events += [event("HEARTBEAT", 2 + i / 100, event_id=f"hb-{i:05d}") for i in range(beats)]
+    events += [event("SENT", 2 + beats / 100 + 1), event("ACKED", 2 + beats / 100 + 2)]
+    return {**timeline("shop", message_id, events, ["DELIVERED"], "in_progress"), "event_count": len(events)}
+
+
+def _shown_ids(panel: Any) -> list[str]:
+    return panel.locator('[data-testid="event-row"]').evaluate_all("rows => rows.map(r => r.dataset.eventId)")
+
+
+def test_a_long_timeline_pages_with_load_more_and_takes_live_frames(fake_mars: Any) -> None:
+    page, fake = fake_mars()
+    fake.lifecycles["shop"] = LIFECYCLE
+    long = long_message("m-long", 1100)
+    fake.messages["m-long"] = [long]
+    page.goto(fake.url("search/event?message_id=m-long&app_id=shop"))
+    panel = page.get_by_test_id("timeline-panel")
+    rows = panel.get_by_test_id("event-row")
+
+    # the first page, and the stepper from the summary: SENT and ACKED were seen, in a page not loaded yet
+    expect(rows).to_have_count(1000)
+    expect(panel.get_by_test_id("events-shown")).to_have_text("1,000 of 1,104 events")
+    expect(panel.get_by_test_id("event-count")).to_have_text("1,104")
+    expect(panel.locator('[data-step="SENT"] .step__delay')).not_to_contain_text("start")   # no time known yet
+    states = panel.get_by_test_id("step").evaluate_all("s => s.map(x => [x.dataset.step, x.dataset.state])")
+    assert states == [["CREATED", "done"], ["QUEUED", "done"], ["SENT", "done"], ["DELIVERED", "missing"], ["ACKED", "done"]]
+    expect(panel.locator('[data-step="SENT"] [data-testid="step-unloaded"]')).to_have_text("seen · later page")
+    expect(panel.locator('[data-step="DELIVERED"] [data-testid="missing-tag"]')).to_have_text("missing")
+    expect(panel.get_by_test_id("unexpected-event")).to_have_count(1)   # 998 HEARTBEATs: one entry
+    expect(panel.get_by_test_id("outside-count")).to_have_text("×998")
+    expect(panel.get_by_test_id("panel-live")).to_have_text("Watching live.")
+    screenshot(page, "mocked-long-timeline", full_page=False)   # 1,000 rows: the top (stepper) is what to see
+    panel.get_by_test_id("event-pager").scroll_into_view_if_needed()
+    screenshot(page, "mocked-long-timeline-pager", full_page=False)
+
+    # live: DELIVERED arrives after the loaded pages: the stepper and the count take it, the table waits
+    delivered = event("DELIVERED", 2 + 11 + 3, event_id="id-delivered-late")
+    long["events"].append(delivered)
+    summary = {k: v for k, v in long.items() if k != "events"}
+    fake.push({"type": "timeline", **summary, "events": [delivered], "new_events": [delivered], "missing": [],
+               "status": "complete", "event_count": 1105, "updated_at": ts(100),
+               "truncated": {"events_total": 1105, "events_sent": 1}})
+    expect(panel.get_by_test_id("status-badge")).to_have_text("complete")
+    expect(panel.locator('[data-step="DELIVERED"][data-testid="step"]')).to_have_attribute("data-state", "done")
+    expect(panel.get_by_test_id("events-shown")).to_have_text("1,000 of 1,105 events")
+    expect(rows).to_have_count(1000)
+
+    # a failed page is said where it was asked for, and can be asked again
+    fake.overrides["api/messages/m-long"] = (503, {"success": False, "error": {"code": "UNAVAILABLE", "message": "try later"}})
+    panel.get_by_test_id("load-more-events").click()
+    expect(panel.get_by_test_id("events-shown")).to_contain_text("could not load more: try later")
+    del fake.overrides["api/messages/m-long"]
+
+    before = len(fake.api_requests("api/messages/m-long"))
+    panel.get_by_test_id("load-more-events").click()
+    expect(rows).to_have_count(1105)
+    expect(panel.get_by_test_id("events-shown")).to_have_text("1,105 of 1,105 events")
+    expect(panel.get_by_test_id("load-more-events")).to_have_count(0)
+    (asked,) = fake.api_requests("api/messages/m-long")[before:]
+    assert asked["query"]["app_id"] == ["shop"] and asked["query"]["cursor"]
+    expected = [e["event_id"] for e in sorted(long["events"], key=lambda e: (e["created_at"], e["event_id"]))]
+    assert _shown_ids(panel) == expected   # each event once, in order
+    expect(panel.locator('[data-step="SENT"][data-testid="step"]')).to_contain_text("10:00:14.000")
+    expect(panel.get_by_test_id("outside-count")).to_have_text("×1100")
+
+    # all loaded: a new event joins the table live; a frame that could not carry its events offers "Load more"
+    acked2 = event("ACKED", 30, event_id="id-acked-again")
+    long["events"].append(acked2)
+    fake.push({"type": "timeline", **summary, "events": [acked2], "new_events": [acked2], "missing": [],
+               "status": "complete", "event_count": 1106, "updated_at": ts(101),
+               "truncated": {"events_total": 1106, "events_sent": 1}})
+    expect(panel.locator('[data-event-id="id-acked-again"]')).to_have_class(re.compile(r"\bis-new\b"))
+    expect(panel.get_by_test_id("events-shown")).to_have_text("1,106 of 1,106 events")
+    extra = [event("HEARTBEAT", 40 + i, event_id=f"hb-late-{i}") for i in range(3)]
+    long["events"] += extra
+    fake.push({"type": "timeline", **summary, "events": [], "new_events": [], "missing": [], "status": "complete",
+               "event_count": 1109, "updated_at": ts(102), "truncated": {"events_total": 1109, "events_sent": 0}})
+    expect(panel.get_by_test_id("events-shown")).to_have_text("1,106 of 1,109 events")
+    panel.get_by_test_id("load-more-events").click()
+    expect(rows).to_have_count(1109)
+    assert _shown_ids(panel)[-3:] == [e["event_id"] for e in extra]
+    assert len(set(_shown_ids(panel))) == 1109
+    expect(panel.get_by_test_id("load-more-events")).to_have_count(0)
+
+
+def test_a_long_timeline_without_a_lifecycle_has_one_step_per_event_name(fake_mars: Any) -> None:
+    page, fake = fake_mars()
+    names = ["BOOT", "PING", "PING", "PING", "DATA", "PING"]
+    events = [event(n, i, event_id=f"iot-{i}") for i, n in enumerate(names)]
+    fake.messages["dev-1"] = [{**timeline("iot", "dev-1", events, [], "unknown"), "event_count": len(events)}]
+    page.goto(fake.url("search/event?message_id=dev-1"))
+    expect(page.get_by_test_id("event-row")).to_have_count(6)
+    expect(page.get_by_test_id("events-shown")).to_have_text("6 of 6 events")
+    steps = page.get_by_test_id("step").evaluate_all("s => s.map(x => x.dataset.step)")
+    assert steps == ["BOOT", "PING", "DATA"]   # a short timeline would show six
+    expect(page.get_by_test_id("no-lifecycle")).to_be_visible()
+
+
 def test_app_view_chips_count_filter_paginate_and_take_live_rows(fake_mars: Any) -> None:
     page, fake = fake_mars()
     fake.lifecycles["shop"] = LIFECYCLE
@@ -464,6 +565,57 @@ def test_stack_new_event_appears_live_without_reload(mars: Any, new_page: Any) -
     no_horizontal_scroll(page)
     screenshot(page, "stack-live-event")
     assert page.evaluate("window.__sameDocument") is True
+
+
+def test_stack_long_timeline_first_page_stepper_load_more_and_live(mars: Any, new_page: Any) -> None:
+    """1,050 events of one message (bulk posts of 500; few past 1,000, as one message's batches store one
+    after another): the API pages it; the page shows the first 1,000, the stepper from the summary,
+    "Load more" appends the other 50 (each event once), and a new event still arrives live."""
+    app_id, message_id = f"web-{uuid.uuid4().hex[:8]}", f"long-{uuid.uuid4().hex[:8]}"
+    _lifecycle(mars, app_id, ["CREATED", "SENT", "DONE"], 3600)
+    base = datetime.now(UTC) - timedelta(minutes=5)
+    names = ["CREATED"] + ["TICK"] * 1020 + ["SENT"] + ["TICK"] * 28   # SENT lies in the second page
+    events = [{"app_id": app_id, "message_id": message_id, "event": name, "created_at": ts(i / 100, base)}
+              for i, name in enumerate(names)]
+    ids: list[str] = []
+    for start in range(0, len(events), 500):
+        resp = requests.post(mars.url("/api/event/bulk"), json={"events": events[start:start + 500]}, timeout=30)
+        assert resp.status_code == 202, resp.text[:300]
+        ids += resp.json()["event_ids"]
+    deadline = time.monotonic() + 120
+    count = 0
+    while time.monotonic() < deadline and count < len(events):
+        resp = requests.get(mars.url(f"/api/messages/{message_id}"), params={"app_id": app_id, "limit": "1"}, timeout=10)
+        count = resp.json()["timelines"][0]["event_count"] if resp.status_code == 200 else 0
+        time.sleep(0.5)
+    assert count == len(events), f"{count} of {len(events)} stored"
+
+    page = new_page()
+    page.goto(mars.url(f"/search/event?message_id={message_id}&app_id={app_id}"))
+    rows = page.get_by_test_id("event-row")
+    expect(rows).to_have_count(1000, timeout=30_000)   # the stack reads 1,000 events from the emulator: on a busy machine, seconds
+    expect(page.get_by_test_id("events-shown")).to_have_text("1,000 of 1,050 events")
+    states = page.get_by_test_id("step").evaluate_all("s => s.map(x => [x.dataset.step, x.dataset.state])")
+    assert states == [["CREATED", "done"], ["SENT", "done"], ["DONE", "missing"]]
+    expect(page.locator('[data-step="SENT"] [data-testid="step-unloaded"]')).to_be_visible()
+    expect(page.get_by_test_id("status-badge")).to_have_text("in progress")
+    _wait_live(page)
+    expect(page.get_by_test_id("panel-live")).to_have_text("Watching live.", timeout=20_000)
+
+    page.get_by_test_id("load-more-events").click()
+    expect(rows).to_have_count(1050, timeout=30_000)
+    expect(page.get_by_test_id("events-shown")).to_have_text("1,050 of 1,050 events")
+    expect(page.get_by_test_id("load-more-events")).to_have_count(0)
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.eventId)") == ids   # each once, in order
+    expect(page.locator('[data-step="SENT"][data-testid="step"] time')).to_be_visible()
+
+    _post(mars, app_id, message_id, "DONE", _now())
+    row = page.locator('[data-testid="event-row"][data-event="DONE"]')
+    expect(row).to_be_visible(timeout=20_000)
+    expect(page.get_by_test_id("status-badge")).to_have_text("complete")
+    expect(page.locator('[data-step="DONE"][data-testid="step"]')).to_have_attribute("data-state", "done")
+    expect(page.get_by_test_id("events-shown")).to_have_text("1,051 of 1,051 events")
+    screenshot(page, "stack-long-timeline", full_page=False)
 
 
 def test_stack_app_view_status_filter(mars: Any, new_page: Any) -> None:

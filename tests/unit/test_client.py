@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import boto3
 import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from mars.client import MarsClient, MarsError, MarsValidationError, Retry, SqsTransport, prepare
+from local.httpserver import Handler, Server
+from mars.client import MarsClient, MarsError, MarsNotFoundError, MarsValidationError, Retry, SqsTransport, prepare
 
 
 class FakeResponse:
@@ -154,3 +158,134 @@ def test_sqs_transport_packs_events_and_retries_throttling(aws_credentials: None
                   real.__self__.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
         assert len(sleeps) == 1 and calls["n"] == 2
         assert [e["event_id"] for e in bodies[0]["events"]] == ids, "one message, the same ids after the retry"
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+class FakeApi(Handler):
+    """`GET /api/messages/{id}` as the OpenAPI document describes it, over real HTTP: a short timeline
+    whole, a long one in pages (`limit`, default and maximum 1,000; an opaque `cursor` that needs `app_id`)."""
+
+    timelines: dict[str, list[dict[str, Any]]] = {}   # message_id -> timelines (all events)
+    failures: list[int] = []                         # statuses to answer first, one per request
+    seen: list[str] = []                             # request paths
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        parts = urlsplit(self.path)
+        self.seen.append(self.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if self.failures:
+            return self._answer(self.failures.pop(0), {"success": False, "error": {"code": "X", "message": "busy"}})
+        message_id = unquote(parts.path.removeprefix("/api/messages/"))
+        if "cursor" in query and "app_id" not in query:
+            return self._answer(400, {"success": False, "error": {"code": "VALIDATION_ERROR", "message": "cursor needs app_id",
+                                                                  "details": [{"field": "cursor", "message": "needs app_id"}]}})
+        found = [t for t in self.timelines.get(message_id, []) if query.get("app_id") in (None, t["app_id"])]
+        if not found:
+            return self._answer(404, {"success": False, "error": {"code": "NOT_FOUND", "message": f"no events for {message_id!r}"}})
+        out = []
+        for t in found:
+            events = t["events"]
+            if "limit" not in query and "cursor" not in query and len(events) <= 5:
+                out.append(t)   # a short timeline: the shape it always had
+                continue
+            start = int(base64.b64decode(query["cursor"]).decode()) if "cursor" in query else 0
+            size = min(int(query.get("limit", 1000)), 1000)
+            end = start + size
+            out.append({**t, "events": events[start:end], "event_count": len(events),
+                        "cursor": base64.b64encode(str(end).encode()).decode() if end < len(events) else None})
+        self._answer(200, {"message_id": message_id, "timelines": out})
+
+    def _answer(self, status: int, body: Any) -> None:
+        self.reply(status, json.dumps(body).encode(), [("Content-Type", "application/json")])
+
+
+def _events(n: int, prefix: str = "e") -> list[dict[str, Any]]:
+    return [{"event": f"STEP_{i % 3}", "created_at": f"2026-11-26T10:{i // 6000:02d}:{i // 100 % 60:02d}.{i % 100:02d}0000Z",
+             "event_id": f"{prefix}{i:05d}"} for i in range(n)]
+
+
+def serve_fake_api() -> Iterator[tuple[Server, type[FakeApi]]]:
+    """A FakeApi of its own (fresh class state) on a free loopback port, for a fixture to yield from."""
+    handler = type("Api", (FakeApi,), {"timelines": {}, "failures": [], "seen": []})
+    srv = Server("127.0.0.1", 0, handler, None)
+    srv.start("fake-api")
+    yield srv, handler
+    srv.stop()
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[Server, type[FakeApi]]]:
+    yield from serve_fake_api()
+
+
+def reader(srv: Server, attempts: int = 3) -> tuple[MarsClient, list[float]]:
+    sleeps: list[float] = []
+    return MarsClient.http(f"http://127.0.0.1:{srv.port}/", retry=Retry(max_attempts=attempts, sleep=sleeps.append)), sleeps
+
+
+def test_get_message_follows_every_cursor_and_returns_each_event_once_in_order(api: tuple[Server, type[FakeApi]]) -> None:
+    srv, handler = api
+    long, short = _events(2500), _events(3, "s")
+    handler.timelines["m 1/é"] = [{"app_id": "shop", "message_id": "m 1/é", "events": long, "missing": [], "status": "complete"},
+                                  {"app_id": "bill", "message_id": "m 1/é", "events": short, "missing": [], "status": "unknown"}]
+    mars, _ = reader(srv)
+    body = mars.get_message("m 1/é")
+    shop, bill = body["timelines"]
+    assert [e["event_id"] for e in shop["events"]] == [e["event_id"] for e in long]
+    assert shop["event_count"] == 2500 and shop["cursor"] is None
+    assert bill == handler.timelines["m 1/é"][1]   # a short timeline keeps its shape: no event_count, no cursor
+    # the first answer, then the shop timeline's two further pages, each asked with its app_id
+    assert len(handler.seen) == 3 and all("app_id=shop" in p and "cursor=" in p for p in handler.seen[1:])
+    assert handler.seen[0] == "/api/messages/m%201%2F%C3%A9"
+
+
+def test_one_page_on_request_and_iter_pages_from_a_cursor(api: tuple[Server, type[FakeApi]]) -> None:
+    srv, handler = api
+    handler.timelines["m"] = [{"app_id": "shop", "message_id": "m", "events": _events(1200), "missing": [], "status": "x"}]
+    mars, _ = reader(srv)
+    (first,) = mars.get_message_page("m", "shop", limit=500)["timelines"]
+    assert len(first["events"]) == 500 and first["event_count"] == 1200 and first["cursor"]
+    pages = list(mars.iter_pages("m", "shop", cursor=first["cursor"], limit=500))
+    assert [len(p["events"]) for p in pages] == [500, 200] and pages[-1]["cursor"] is None
+    assert [e["event_id"] for p in [first, *pages] for e in p["events"]] == [f"e{i:05d}" for i in range(1200)]
+    with pytest.raises(MarsValidationError, match="app_id"):
+        mars.get_message_page("m", cursor=first["cursor"])   # said before anything is sent
+
+
+def test_reads_retry_what_can_succeed_later_and_name_what_cannot(api: tuple[Server, type[FakeApi]]) -> None:
+    srv, handler = api
+    handler.timelines["m"] = [{"app_id": "shop", "message_id": "m", "events": _events(1001), "missing": [], "status": "x"}]
+    handler.failures[:] = [503, 429]
+    mars, sleeps = reader(srv)
+    assert len(mars.get_message("m")["timelines"][0]["events"]) == 1001 and len(sleeps) == 2
+    with pytest.raises(MarsNotFoundError, match="no events for 'nope'"):
+        mars.get_message("nope")
+    handler.failures[:] = [503, 503]
+    with pytest.raises(MarsError, match="gave up after 2 attempts"):
+        reader(srv, attempts=2)[0].get_message("m")
+    handler.failures[:] = [403]
+    with pytest.raises(MarsError, match="HTTP 403"):
+        mars.get_message("m")
+
+
+def test_a_cursor_given_twice_stops_the_paging_with_an_error(api: tuple[Server, type[FakeApi]]) -> None:
+    srv, handler = api
+    handler.timelines["m"] = [{"app_id": "shop", "message_id": "m", "events": _events(10), "missing": [], "status": "x"}]
+    stuck = base64.b64encode(b"2").decode()
+
+    class Loop(FakeApi):   # a broken server answering the same page forever
+        def do_GET(self) -> None:  # noqa: N802
+            self._answer(200, {"message_id": "m", "timelines": [{"app_id": "shop", "events": [], "cursor": stuck}]})
+
+    srv.RequestHandlerClass = Loop
+    with pytest.raises(MarsError, match="twice"):
+        reader(srv)[0].get_message("m")
+
+
+def test_reading_without_the_http_api_says_how(aws_credentials: None) -> None:
+    mars = MarsClient(SqsTransport("http://127.0.0.1:1/q", client=object()))
+    with pytest.raises(MarsError, match="HTTP API"):
+        mars.get_message("m")
+    assert MarsClient.sqs("http://127.0.0.1:1/q", client=object(), api_url="http://127.0.0.1:4000").reader is not None

@@ -584,32 +584,50 @@
     });
   }
 
-  /** The stepper's model: expected steps in lifecycle order, plus the events outside it. */
+  /** A long timeline (the API gave `event_count`): its events come in pages, its summary is whole. */
+  function isPaged(timeline) { return timeline.event_count !== undefined && timeline.event_count !== null; }
+
+  /** The stepper's model: expected steps in lifecycle order, plus the events outside it. A long
+   * timeline's loaded events are a prefix of it: which steps were seen comes from the summary
+   * (`missing`), a step's time from the loaded events when its first occurrence is among them. */
   function buildSteps(timeline, lifecycle) {
     const events = sortEvents(timeline.events);
+    const paged = isPaged(timeline);
     const sla = lifecycle && lifecycle.sla_seconds > 0 ? lifecycle.sla_seconds * 1000 : null;
     const steps = [];
     const outside = [];
     if (!lifecycle || !lifecycle.events || !lifecycle.events.length) {
-      for (const ev of events) steps.push({ name: ev.event, event: ev, done: true });
+      const named = new Set();
+      for (const ev of events) {
+        if (paged && named.has(ev.event)) continue;   // thousands of events: one step per name
+        named.add(ev.event);
+        steps.push({ name: ev.event, event: ev, done: true });
+      }
     } else {
       const expected = new Set(lifecycle.events);
       const first = new Map();
+      const grouped = new Map();
       for (const ev of events) {
-        if (!expected.has(ev.event)) outside.push({ event: ev, kind: "unexpected" });
-        else if (first.has(ev.event)) outside.push({ event: ev, kind: "repeat" });
-        else first.set(ev.event, ev);
+        const kind = !expected.has(ev.event) ? "unexpected" : first.has(ev.event) ? "repeat" : null;
+        if (!kind) { first.set(ev.event, ev); continue; }
+        const key = kind + "\u0000" + ev.event;
+        if (paged && grouped.has(key)) { grouped.get(key).count += 1; continue; }   // one entry per name and kind
+        const entry = { event: ev, kind, count: 1 };
+        grouped.set(key, entry);
+        outside.push(entry);
       }
       const missing = new Set(timeline.missing || []);
       for (const name of lifecycle.events) {
         const ev = first.get(name) || null;
-        steps.push({ name, event: ev, done: !!ev && !missing.has(name) });
+        steps.push({ name, event: ev, done: paged ? !missing.has(name) : !!ev && !missing.has(name) });
       }
     }
     let prev = null;
     let firstMissing = true;
     for (const step of steps) {
-      if (step.done) {
+      if (step.done && !step.event) {
+        step.unloaded = true;   // seen (the summary says so) in a page not loaded yet
+      } else if (step.done) {
         const t = eventMs(step.event);
         if (prev && t !== null && prev.t !== null) {
           step.delay = t - prev.t;
@@ -640,13 +658,15 @@
           el("span", { title: `since ${step.after}` }, (step.delay >= 0 ? "+" : "") + fmtDuration(step.delay)),
           step.late ? tag("late", "late", "late-tag") : null,
           step.outOfOrder ? tag("out of order", "warn") : null)
-        : el("div", { class: "step__delay", "aria-hidden": "true" }, step.done ? "start" : "\u00a0");
+        : el("div", { class: "step__delay", "aria-hidden": "true" }, step.done && !step.unloaded ? "start" : "\u00a0");
       const li = el("li", { class: classes.join(" "), "data-testid": "step", "data-step": step.name, "data-state": stateName,
                             "data-late": step.late ? "true" : null },
         delay,
         el("div", { class: "step__node", "aria-hidden": "true" }, icon(step.done ? "complete" : "missing")),
         el("div", { class: "step__name" }, step.name),
-        step.done
+        step.unloaded
+          ? el("div", { class: "step__time" }, tag("seen · later page", "info", "step-unloaded"))
+          : step.done
           ? el("div", { class: "step__time" }, timeEl(step.event.created_at, false))
           : el("div", { class: "step__time" }, tag(step.overdue ? "missing · overdue" : "missing", "missing", "missing-tag")),
         el("span", { class: "visually-hidden" },
@@ -657,12 +677,13 @@
     const parts = [el("div", { class: "stepper-wrap" }, list)];
     if (model.outside.length) {
       parts.push(el("div", { class: "lane", "data-testid": "unexpected-lane" },
-        el("h4", { class: "lane__title" }, "Outside the declared lifecycle"),
+        el("h4", { class: "lane__title" }, "Outside the declared lifecycle" + (isPaged(timeline) ? " (in the events loaded)" : "")),
         el("ul", { class: "lane__items" }, model.outside.map((o) => {
           const item = el("li", { class: "lane__item lane__item--" + o.kind, "data-testid": "unexpected-event",
                                   "data-step": o.event.event },
             el("span", { class: "lane__name" }, o.event.event),
             tag(o.kind === "repeat" ? "repeated" : "unexpected", o.kind === "repeat" ? "info" : "warn"),
+            o.count > 1 ? tag(`×${o.count}`, "info", "outside-count") : null,
             timeEl(o.event.created_at, false));
           if (freshIds.has(o.event.event_id)) highlight(item);
           return item;
@@ -715,7 +736,7 @@
       ["First seen", timeEl(timeline.first_seen, true)],
       ["Last seen", timeEl(timeline.last_seen, true)],
       ["Duration", el("span", { "data-testid": "duration" }, first !== null && last !== null ? fmtDuration(last - first) : "—")],
-      ["Events", String((timeline.events || []).length)],
+      ["Events", el("span", { "data-testid": "event-count" }, isPaged(timeline) ? Number(timeline.event_count).toLocaleString("en") : String((timeline.events || []).length))],
     ];
     if (lifecycle) items.push(["SLA", fmtSeconds(lifecycle.sla_seconds || 0)]);
     if (timeline.missing && timeline.missing.length) items.push(["Missing", el("span", { "data-testid": "missing-list" }, timeline.missing.join(", "))]);
@@ -740,9 +761,36 @@
       stepperEl(tl, lc, freshIds),
       el("h3", { class: "section-title" }, "Events"),
       eventTable(tl, freshIds),
+      isPaged(tl) ? pagerEl(panel) : null,
     );
     panel.root.dataset.status = tl.status || "unknown";
     panel.seen = new Set((tl.events || []).map((e) => e.event_id));
+  }
+
+  /** "N of M events" and "Load more" under a long timeline's table. */
+  function pagerEl(panel) {
+    const tl = panel.timeline;
+    const loaded = (tl.events || []).length;
+    const more = hasMore(panel);
+    return el("div", { class: "pager", "data-testid": "event-pager" },
+      el("p", { class: "muted small", "data-testid": "events-shown", role: "status" },
+        `${loaded.toLocaleString("en")} of ${Number(tl.event_count).toLocaleString("en")} events`,
+        panel.pageError ? el("span", { class: "pager__error" }, ` · could not load more: ${panel.pageError}`) : null),
+      more ? el("button", { type: "button", class: "button", "data-testid": "load-more-events", disabled: panel.loading || null,
+                            onclick: () => panel.loadMore() }, panel.loading ? "Loading…" : "Load more") : null);
+  }
+
+  /** A page after the loaded ones, or events a live frame could not carry (the count says so). */
+  function hasMore(panel) {
+    return !!panel.cursor || (panel.timeline.events || []).length < Number(panel.timeline.event_count || 0);
+  }
+
+  function eventKey(ev) { return String(ev.created_at || "") + "#" + String(ev.event_id || ""); }
+
+  /** Events of `extra` not in `events` (by event_id), appended: a page read again, a frame seen twice. */
+  function mergeEvents(events, extra) {
+    const ids = new Set(events.map((e) => e.event_id));
+    return events.concat(extra.filter((e) => !ids.has(e.event_id) && ids.add(e.event_id)));
   }
 
   function messageView(view, params) {
@@ -774,7 +822,9 @@
       const body = el("div");
       const liveNote = el("p", { class: "panel__live muted small", "data-testid": "panel-live" });
       root.append(body, liveNote);
-      const panel = { root, body, liveNote, timeline, lifecycle, lifecycleError, seen: new Set() };
+      const panel = { root, body, liveNote, timeline, lifecycle, lifecycleError, seen: new Set(),
+                      cursor: timeline.cursor || null, resume: null, loading: false, pageError: null };
+      panel.loadMore = () => loadMore(panel);
       panels.set(timeline.app_id, panel);
       renderTimelinePanel(panel, new Set());
       container.append(root);
@@ -786,9 +836,70 @@
       try {
         const body = await api(`api/messages/${seg(messageId)}?app_id=${seg(panel.timeline.app_id)}`);
         const tl = (body.timelines || [])[0];
-        if (alive && tl) applyTimeline(panel, tl);
+        if (!alive || !tl) return;
+        if (isPaged(tl)) { panel.cursor = tl.cursor || null; panel.resume = null; }   // a first page, as at load
+        applyTimeline(panel, tl);
       } catch (err) {
         if (alive) notice("refetch", "error", `Could not refresh ${messageId}: ${err.message}`);
+      }
+    }
+
+    /** The next page of a long timeline, appended. Past the last page (live frames left events out),
+     * the last page is read again from its own cursor: the events after it come with it. */
+    async function loadMore(panel) {
+      if (panel.loading) return;
+      const appIdOf = panel.timeline.app_id;
+      const from = panel.cursor || panel.resume;
+      const hadFocus = document.activeElement && document.activeElement.closest && document.activeElement.closest('[data-testid="event-pager"]');
+      panel.loading = true;
+      panel.pageError = null;
+      renderTimelinePanel(panel, new Set());
+      try {
+        const body = await api(`api/messages/${seg(messageId)}?app_id=${seg(appIdOf)}` + (from ? `&cursor=${seg(from)}` : ""));
+        const tl = (body.timelines || [])[0];
+        if (!alive || !tl) return;
+        const before = (panel.timeline.events || []).length;
+        const events = mergeEvents(panel.timeline.events || [], tl.events || []);
+        const newer = !panel.timeline.updated_at || !tl.updated_at || String(tl.updated_at) >= String(panel.timeline.updated_at);
+        panel.timeline = Object.assign({}, panel.timeline, newer ? tl : { event_count: Math.max(tl.event_count, panel.timeline.event_count) }, { events });
+        panel.resume = from;      // where the last page read began: re-read to catch up later
+        panel.cursor = tl.cursor || null;
+        // Nothing new past the end: start over from the first page next time (events that arrived out
+        // of order sort before the last page, where only a read from the start finds them).
+        if (!panel.cursor && events.length === before) panel.resume = null;
+        announce(`Loaded ${events.length - before} more events of ${messageId}: ${events.length} of ${panel.timeline.event_count}.`);
+      } catch (err) {
+        if (alive) panel.pageError = err.message;
+      } finally {
+        panel.loading = false;
+        if (alive) {
+          renderTimelinePanel(panel, new Set());
+          const next = hadFocus && (panel.body.querySelector('[data-testid="load-more-events"]') || panel.body.querySelector('[data-testid="events-shown"]'));
+          if (next) { if (!next.matches("button")) next.setAttribute("tabindex", "-1"); next.focus(); }
+        }
+      }
+    }
+
+    /** A live frame of a long timeline: its summary (whole) and the events its change added. An added
+     * event joins the table when it sorts within what is loaded (or everything is loaded); one after
+     * the loaded pages comes with "Load more", which the larger event_count offers. */
+    function applyPagedFrame(panel, frame) {
+      const cur = panel.timeline;
+      if (cur.updated_at && frame.updated_at && String(frame.updated_at) < String(cur.updated_at)) return;   // stale frame
+      const loaded = cur.events || [];
+      const last = loaded.length ? eventKey(sortEvents(loaded)[loaded.length - 1]) : "";
+      const added = (frame.events || []).filter((e) => !panel.seen.has(e.event_id) && (!panel.cursor || eventKey(e) <= last));
+      const summary = Object.assign({}, frame);
+      delete summary.type; delete summary.new_events; delete summary.truncated; delete summary.events; delete summary.alert;
+      panel.timeline = Object.assign({}, cur, summary, { events: mergeEvents(loaded, added) });
+      const fresh = new Set(added.map((e) => e.event_id));
+      renderTimelinePanel(panel, fresh);
+      const count = Math.max(0, Number(frame.event_count || 0) - Number(cur.event_count || 0));
+      if (count) {
+        const names = added.map((e) => e.event);
+        announce(`${count === 1 ? "New event" : count + " new events"}${names.length ? " " + names.slice(0, 5).join(", ") : ""} on ${messageId}` +
+          ` (${frame.app_id}); status ${STATUS_TEXT[frame.status] || frame.status}.`);
+        panel.liveNote.textContent = `Updated live at ${fmtClock(Date.now())} UTC`;
       }
     }
 
@@ -813,6 +924,12 @@
         return;
       }
       if (frame.type !== "timeline") return;
+      if (isPaged(frame)) {
+        // a timeline that became long since it was loaded: its first page, as a fresh load would
+        if (!isPaged(panel.timeline)) refetch(panel);
+        else applyPagedFrame(panel, frame);
+        return;
+      }
       if (frame.truncated) { refetch(panel); return; }
       const tl = Object.assign({}, frame);
       delete tl.type; delete tl.new_events; delete tl.truncated;
