@@ -18,7 +18,8 @@ def main() -> int:
     parser.add_argument("--record", action="store_true",
                         help="save the run in bench/runs/ (make bench does; `python -m bench.table` renders them)")
     args = parser.parse_args()
-    sizes = pipeline.Sizes(events=1000, backlog=1000, seconds=3, grpc_calls=500) if args.quick else pipeline.Sizes()
+    sizes = (pipeline.Sizes(events=1000, backlog=1000, seconds=3, grpc_calls=500, drain_seconds=5) if args.quick
+             else pipeline.Sizes())
     info = machine()
     started = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, Python {info['python']}, "
@@ -37,6 +38,11 @@ def main() -> int:
         ("(c') the same while the pipeline drains", f["single_rps_draining"], "req/s", "(c')/send",
          f["single_rps_draining"] / f["send_ceiling_rps"]),
         (f"(d) (b) with {sizes.backlog} waiting", f["backlog_eps"], "events/s", "(d)/(b)", f["backlog_eps"] / f["bulk_eps"]),
+        ("(a) emulator ceiling, single-event pipeline", f["single_pipeline_ceiling_eps"], "events/s", "baseline", None),
+        (f"(e) single events → stored, {sizes.drain_seconds:g} s draining", f["single_stored_eps"], "events/s", "(e)/(a)",
+         f["single_stored_eps"] / f["single_pipeline_ceiling_eps"]),
+        ("seed's wrk -t4 -c100 -d10s /api/create_event", f["seed_wrk_rps"], "req/s", "seed/send",
+         f["seed_wrk_rps"] / f["send_ceiling_rps"]),
     ]
     print(f"\n{'figure':44} {'value':>10} {'unit':9} {'ratio':>8}  goal")
     for name, value, unit, label, ratio in rows:
@@ -44,7 +50,7 @@ def main() -> int:
             ratio_text = f"{'':8}  {label}"
         elif label.startswith("(c')"):
             ratio_text = f"{ratio:8.2f}  {label} (no goal: the emulator also drains)"
-        elif label.startswith("(c'')"):
+        elif label.startswith("(c'')") or label.startswith("seed"):
             ratio_text = f"{ratio:8.2f}  {label} (informational)"
         else:
             ratio_text = f"{ratio:8.2f}  {label} ≥ 0.80 {'✓' if ratio >= 0.8 else '✗'}"
@@ -59,6 +65,13 @@ def main() -> int:
         print(f"{label} latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  "
               f"({res.notes['c_connections']} connections, {lat['count']} requests, {lat['errors']} failed, "
               f"load generator: {lat['load']})")
+    e, seed = res.notes["e"], res.notes["seed_wrk"]
+    print(f"(e) {e['accepted']} events accepted ({e['front_door_rps']:.0f} req/s, p50 {e['p50']:.1f} ms, p99 "
+          f"{e['p99']:.1f} ms), all stored after {e['seconds']} s; AWS calls: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(e["calls"].items())))
+    print(f"seed's wrk command: {res.figures['seed_wrk_rps']:.0f} req/s, latency p50 {seed['p50']:.1f} ms, p90 "
+          f"{seed['p90']:.1f} ms, p99 {seed['p99']:.1f} ms, {seed['errors']} failed (Mars's README: 8–11 k req/s "
+          "on a laptop with in-memory queues)")
     print(f"(b) {b['events']} events accepted in {b['accept_seconds']} s, all stored after {b['seconds']} s")
     print(f"(d) {d['events']} + {d['backlog']} waiting, all stored after {d['seconds']} s")
     print(f"(b) AWS API calls per event: {per_event:.3f} (minimum possible {minimum:.3f}); "

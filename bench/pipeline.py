@@ -54,6 +54,7 @@ class Sizes:
     sweep: tuple[int, ...] = (16, 32, 64)  # concurrencies at which the two ceilings of (c) are sought
     seconds: float = 8.0
     grpc_calls: int = 3000
+    drain_seconds: float = 30.0  # (e): single events with the triggers running
 
 
 @dataclass
@@ -119,6 +120,11 @@ def ceilings(sizes: Sizes) -> Results:
             list(pool.map(run_queue, sorted(by_queue)))
         res.figures["pipeline_ceiling_eps"] = len(events) / (time.perf_counter() - t0)
 
+        progress(f"(a) single-event pipeline calls straight to the emulator, 4 processes × 4 and 8 threads, "
+                 f"{sizes.seconds:.0f} s each")
+        res.figures["single_pipeline_ceiling_eps"] = _single_event_ceiling(
+            emu.endpoint, urls, table, stack.ref("ConnectionsTable"), sizes)
+
         by_clients: dict[int, float] = {}
         for n in sizes.sweep:
             progress(f"(a) plain SendMessage, {n} concurrent clients, {sizes.seconds:.0f} s")
@@ -130,6 +136,65 @@ def ceilings(sizes: Sizes) -> Results:
         for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
             os.environ.pop(key, None)
     return res
+
+
+def _single_event_ceiling(sqs_endpoint: str, urls: list[str], table: str, connections: str, sizes: Sizes) -> float:
+    """Events/s when each event is its own message, sent alone (as `POST /api/event` sends it) and
+    stored by the pipeline's calls: SendMessage; its share of a ReceiveMessage of 10 and of a
+    DeleteMessageBatch (as the poller does); the store's upsert; the broadcaster's lookups of the app's
+    and the message's subscribers — the emulator's ceiling for what one event of (e) costs. The calls
+    come from 4 processes (threads of one Python process would measure its GIL, not the emulator);
+    the peak over 4 and 8 threads each."""
+    import multiprocessing
+
+    best = 0.0
+    for threads in (4, 8):
+        with multiprocessing.get_context("fork").Pool(4) as pool:
+            args = [(sqs_endpoint, urls, table, connections, threads, sizes.seconds, f"{uuid.uuid4().hex[:6]}-{k}")
+                    for k in range(4)]
+            # each process runs for `seconds` (its last round may end a little later)
+            best = max(best, sum(pool.starmap(_single_event_worker, args)) / sizes.seconds)
+    return best
+
+
+def _single_event_worker(sqs_endpoint: str, urls: list[str], table: str, connections: str, threads: int,
+                         seconds: float, run: str) -> int:
+    """One process of _single_event_ceiling: `threads` clients for `seconds`; the events stored."""
+    from mars_common import live
+
+    mars_aws.client.cache_clear()  # clients of the parent process hold its sockets: make new ones
+    mars_aws.table.cache_clear()
+    sqs = client("sqs", sqs_endpoint)
+    stored = [0]
+    lock = threading.Lock()
+
+    def make() -> Any:
+        pending: list[Any] = []
+
+        def call(i: int) -> bool:
+            ev = parse_event({"app_id": f"single-{run}", "message_id": f"e-{i}", "event": "CREATED"})
+            q = shard(ev.app_id, ev.message_id, len(urls))
+            sqs.send_message(QueueUrl=urls[q], MessageBody=ev.to_json(), MessageGroupId=message_key(ev.app_id, ev.message_id),
+                             MessageDeduplicationId=dedup_id(ev.app_id, ev.message_id, ev.event_id))
+            pending.append((q, ev))
+            if len(pending) < 10:
+                return True
+            got = sqs.receive_message(QueueUrl=urls[pending[0][0]], MaxNumberOfMessages=10).get("Messages", [])
+            if got:  # one receive and one delete per 10 sends: the poller's best case
+                sqs.delete_message_batch(QueueUrl=urls[pending[0][0]], Entries=[
+                    {"Id": str(k), "ReceiptHandle": m["ReceiptHandle"]} for k, m in enumerate(got)])
+            for _q, ev_ in pending:
+                upsert_message(table, ev_.app_id, ev_.message_id, [ev_], 30)
+                live.app_subscribers(connections, ev_.app_id)
+                live.message_subscribers(connections, ev_.app_id, ev_.message_id)
+            with lock:
+                stored[0] += len(pending)
+            pending.clear()
+            return True
+        return call
+
+    _closed_loop(threads, seconds, make)
+    return stored[0]  # events whose round (sent, received, deleted, stored, looked up) finished
 
 
 def _sqs_sender(sqs: Any, urls: list[str]) -> Any:
@@ -270,6 +335,37 @@ def single_events(stack: Stack, sizes: Sizes) -> tuple[float, dict[str, Any]]:
                  "errors": 0, "load": "python http.client"}
 
 
+def single_events_stored(stack: Stack, sizes: Sizes) -> tuple[float, dict[str, Any]]:
+    """(e): single events (a new message each) for `sizes.seconds` with the triggers running; events
+    stored per second, from the first request until the queues are drained (every accepted event
+    stored), with the AWS calls they cost."""
+    if not shutil.which("wrk"):
+        raise RuntimeError("(e) needs wrk (apt-get install wrk; `make bench` installs it)")
+    calls_before = stack.aws_calls()
+    t0 = time.monotonic()
+    rps, lat = _wrk(stack, sizes, uuid.uuid4().hex[:6])
+    accepted = lat["count"] - lat["errors"]
+    done = wait_drained(client("sqs", stacks.endpoint(stack.state, "sqs")), stack.queue_urls, timeout=900)
+    calls = {k: v - calls_before.get(k, 0) for k, v in stack.aws_calls().items() if v - calls_before.get(k, 0)}
+    info = {**lat, "accepted": accepted, "front_door_rps": rps, "seconds": round(done - t0, 2), "calls": calls}
+    return accepted / (done - t0), info
+
+
+# Mars's README's own load command, unchanged but for the host: the route enqueues one random event.
+SEED_WRK = ["wrk", "-t4", "-c100", "-d10s", "--latency"]
+
+
+def seed_wrk(stack: Stack) -> tuple[float, dict[str, Any]]:
+    if not shutil.which("wrk"):
+        raise RuntimeError("the seed's wrk command needs wrk (apt-get install wrk)")
+    cmd = [*SEED_WRK, f"{stack.api}/api/create_event"]
+    progress(" ".join(cmd))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=90).stdout
+    rps, lat = parse_wrk(out)
+    wait_drained(client("sqs", stacks.endpoint(stack.state, "sqs")), stack.queue_urls, timeout=900)
+    return rps, lat
+
+
 def wrk_command(api: str, connections: int, seconds: float, run: str = "bench") -> list[str]:
     return ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(WRK_SCRIPT), api, "--", run]
 
@@ -355,6 +451,10 @@ def run(sizes: Sizes) -> Results:
         res.notes["c_connections"] = best
         res.figures["single_rps_draining"], res.notes["c_draining_latency_ms"] = single_events(
             stack, replace(sizes, connections=best))
+        wait_drained(client("sqs", stacks.endpoint(stack.state, "sqs")), stack.queue_urls, timeout=600)
+        res.figures["single_stored_eps"], res.notes["e"] = single_events_stored(stack, replace(
+            sizes, connections=best, seconds=sizes.drain_seconds))
+        res.figures["seed_wrk_rps"], res.notes["seed_wrk"] = seed_wrk(stack)
     with warm_stack(sizes) as stack:
         res.figures["bulk_eps"], res.notes["b"] = bulk_ingest(stack, sizes)
         res.figures["single_rps_after_b"], res.notes["c_after_b_latency_ms"] = _paused(

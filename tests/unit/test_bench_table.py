@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench import table
 
-CELL = re.compile(r"^(—|[\d,.]+( \((\*\*)?\d+\.\d\d(\*\*)?(, \d+ connections)?\))?|"
+CELL = re.compile(r"^(—|[\d,.]+( \((\*\*)?\d+\.\d\d(\*\*)?(, \d+ connections|; p99 \d+|; \d+\.\d×)?\))?|"
                   r"(\d+: [\d,.]+)( / \d+: [\d,.]+)*|\d+ / \d+ / \d+|\d+\.\d|\d\.\d{3} \(minimum \d\.\d{3}\))$")
 
 
