@@ -46,6 +46,7 @@ from mars_common.store import (
     to_timeline,
 )
 from mars_common.timeline import MAX_RETENTION_DAYS, STATUSES, Lifecycle
+from mars_common.traces import MAX_SPANS, timeline_trace
 
 app = Chalice(app_name="mars")
 logger = Logger(service="mars-api")
@@ -319,6 +320,32 @@ def get_message(message_id: str) -> Response:
     timelines = [read_timeline(cfg.messages_table, cfg.events_table, i["app_id"], message_id, lifecycles[i["app_id"]],
                                limit=limit, cursor=after, item=i) for i in items]
     return _json(200, {"message_id": message_id, "timelines": [t for t in timelines if t is not None]})
+
+
+@app.route("/api/messages/{message_id}/trace", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def get_message_trace(message_id: str) -> Response:
+    """One app's timeline as an OpenTelemetry trace (OTLP/JSON), for Jaeger, Tempo or X-Ray."""
+    principal = _principal()
+    _only_params("app_id")
+    app_id = _query().get("app_id")
+    if app_id is None:
+        raise ValidationError([FieldError("app_id", "is required (a trace is one app's timeline)")])
+    _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
+    cfg = settings()
+    lifecycle = get_lifecycle(cfg.apps_table, app_id)
+    timeline = read_timeline(cfg.messages_table, cfg.events_table, app_id, message_id, lifecycle, limit=MAX_PAGE_LIMIT)
+    if timeline is None:
+        raise ApiError(404, "NOT_FOUND", f"no events for message_id {message_id!r} in app {app_id!r}")
+    events = list(timeline["events"])
+    page = timeline
+    while page and page.get("cursor") and len(events) < MAX_SPANS:  # a long timeline: every page, up to the cap
+        page = read_timeline(cfg.messages_table, cfg.events_table, app_id, message_id, lifecycle,
+                             limit=min(MAX_PAGE_LIMIT, MAX_SPANS - len(events)),
+                             cursor=decode_event_cursor(page["cursor"], app_id, message_id))
+        events.extend(page["events"] if page else [])
+    return _json(200, timeline_trace(timeline, events[:MAX_SPANS], lifecycle, int(timeline["event_count"])))
 
 
 def _event_page(message_id: str, app_id: str | None) -> tuple[int | None, str | None]:

@@ -452,6 +452,12 @@ def test_dashboard_pages_200(mars: RunningStack, template: str, path: dict[str, 
 
 def test_dashboard_app_400_and_static_200_404(mars: RunningStack) -> None:
     expect(mars, 400, "GET", "/apps/{app_id}", path={"app_id": "no spaces"})
+    trace = "/api/messages/{message_id}/trace"
+    spans = expect(mars, 200, "GET", trace, path={"message_id": stored["mid"]},
+                   params={"app_id": stored["app_a"]})["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert [s["name"] for s in spans[1:]] == ["CREATED", "SENT"] and spans[0]["name"] == f"message {stored['mid']}"
+    assert expect(mars, 400, "GET", trace, path={"message_id": stored["mid"]})["error"]["details"][0]["field"] == "app_id"
+    expect(mars, 404, "GET", trace, path={"message_id": stored["mid"]}, params={"app_id": uid("other")})
     script = expect(mars, 200, "GET", "/static/{name}", path={"name": "app.js"})
     assert "WebSocket" in script
     assert expect(mars, 200, "GET", "/static/{name}", path={"name": "style.css"})
@@ -468,6 +474,7 @@ AUTH_CASES = [  # (method, template, path params, query, body, app the request i
     ("GET", "/api/q/stats", {}, None, None, None),
     ("GET", "/api/messages/{message_id}", {"message_id": "m"}, {"app_id": "bank"}, None, "bank"),
     ("GET", "/api/messages", {}, {"app_id": "bank"}, None, "bank"),
+    ("GET", "/api/messages/{message_id}/trace", {"message_id": "m"}, {"app_id": "bank"}, None, "bank"),
     ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, {"events": ["A"]}, "bank"),
     ("GET", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, None, "bank"),
     ("GET", "/api/test_socket", {}, {"message_id": "m", "app_id": "bank"}, None, "bank"),

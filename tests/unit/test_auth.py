@@ -88,6 +88,8 @@ def event(app_id: str, message_id: str = "m1", name: str = "CREATED") -> dict[st
     ("GET", "/api/q/stats", {}),
     ("GET", "/api/messages/m1", {"resource": "/api/messages/{message_id}", "params": {"message_id": "m1"}}),
     ("GET", "/api/messages", {"query": {"app_id": "shop"}}),
+    ("GET", "/api/messages/m1/trace", {"resource": "/api/messages/{message_id}/trace", "params": {"message_id": "m1"},
+                                       "query": {"app_id": "shop"}}),
     ("PUT", "/api/apps/shop/lifecycle", {"resource": "/api/apps/{app_id}/lifecycle", "params": {"app_id": "shop"},
                                          "body": {"events": ["A"]}}),
     ("GET", "/api/apps/shop/lifecycle", {"resource": "/api/apps/{app_id}/lifecycle", "params": {"app_id": "shop"}}),
