@@ -1,4 +1,4 @@
-"""FIFO SQS throughput vs queue depth: stock moto 5.2.5 vs local.moto_patches.
+"""FIFO SQS throughput vs queue depth: stock moto 5.2.5 vs local.emulator.patches.
 
     python bench/sqs_depth.py [--depths 0,1000,2000,5000] [--seconds 3]
 
@@ -54,7 +54,8 @@ BODY = "x" * 200
 def switchable_server() -> int:
     """Serve on a free port; stdin lines "patched"/"stock" switch the SQS code."""
     sys.path.insert(0, str(REPO))
-    from local import emulator, moto_patches
+    from local.emulator import patches as moto_patches
+    from local.emulator import server as emulator
 
     emulator.configure_json_logging()
     emu = emulator.serve("127.0.0.1", 0, patched=True, metrics_interval=0)

@@ -1,0 +1,7 @@
+"""``python -m local.emulator``: see ``local.emulator.server``."""
+
+import sys
+
+from local.emulator.server import main
+
+sys.exit(main())
