@@ -1,4 +1,4 @@
-"""Lambda's asynchronous invocation (local.async_invoke) and reserved concurrency: retries, failure
+"""Lambda's asynchronous invocation (local.triggers.async_invoke) and reserved concurrency: retries, failure
 destinations, throttles, and the Lambda API's answers."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from local import async_invoke, lambda_api
-from local.async_invoke import AsyncConfig
+from local import lambda_api
 from local.invoker import FunctionPool, Invoker, InvokeResult
+from local.triggers import async_invoke
+from local.triggers.async_invoke import AsyncConfig
 
 from .test_invoker import spec
 
