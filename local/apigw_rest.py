@@ -272,7 +272,7 @@ class RestHandler(Handler):
             self.reply(500, b'{"message": "Internal server error"}')
 
     def _route(self) -> None:
-        gateway: Gateway = self.server.app
+        gateway: RestGateway = self.server.app
         api = gateway.api
         method = self.command
         path = urlsplit(self.path).path
@@ -356,7 +356,7 @@ class RestHandler(Handler):
 
 
 @dataclass
-class Gateway:
+class RestGateway:
     api: RestApi
     invoker: Invoker
     ready: threading.Event  # set once every function behind the API can be invoked
@@ -366,6 +366,6 @@ def serve(api: RestApi, invoker: Invoker, host: str, port: int, ready: threading
     if ready is None:
         ready = threading.Event()
         ready.set()
-    server = Server(host, port, RestHandler, Gateway(api, invoker, ready))
+    server = Server(host, port, RestHandler, RestGateway(api, invoker, ready))
     server.start(f"apigw:{api.logical_id}")
     return server

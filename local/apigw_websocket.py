@@ -42,9 +42,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from .functions import FUNCTION_TYPES
 from .httpserver import Handler, Server
 from .invoker import FunctionPool, Invoker
+from .lambdas import FUNCTION_TYPES
 
 log = logging.getLogger("local.websocket")
 MAX_MESSAGE_BYTES = 128 * 1024
@@ -150,7 +150,7 @@ class Connection:
     last_active: float = field(default_factory=time.time)
 
 
-class Gateway:
+class WebSocketGateway:
     """One websocket API served on one port, in its own asyncio loop thread."""
 
     def __init__(self, api: WebSocketApi, invoker: Invoker, host: str, port: int,
@@ -388,21 +388,21 @@ class ManagementHandler(Handler):
     """`/@connections/{id}`, with or without the stage prefix of the deployed URL."""
 
     def _target(self) -> str | None:
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         path = urlsplit(self.path).path
         m = re.fullmatch(rf"(?:/{re.escape(gateway.api.stage)})?/@connections/([^/]+)", path)
         return unquote(m.group(1)) if m else None
 
     def _error(self, status: int, kind: str, message: str | None = None) -> None:
         # Never silent: the function that called sees an exception, the runtime's log says which call failed.
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         log.error("@connections call failed", extra={"api": gateway.api.logical_id, "method": self.command,
                                                      "path": self.path, "status": status, "error_type": kind,
                                                      "error": message})
         self.reply(status, json.dumps({"message": message}).encode(), [("x-amzn-ErrorType", kind)])
 
     def do_POST(self) -> None:  # noqa: N802
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         data = self.read_body()
         conn_id = self._target()
         if conn_id is None:
@@ -415,7 +415,7 @@ class ManagementHandler(Handler):
             self.reply(200, b"")
 
     def do_GET(self) -> None:  # noqa: N802
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         conn_id = self._target()
         info = gateway.describe(conn_id) if conn_id else None
         if info is None:
@@ -424,7 +424,7 @@ class ManagementHandler(Handler):
             self.reply(200, json.dumps(info).encode())
 
     def do_DELETE(self) -> None:  # noqa: N802
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         conn_id = self._target()
         if conn_id is None:
             self._error(404, "NotFoundException", "unknown path")
@@ -464,10 +464,10 @@ class TlsServer(Server):
 
 
 def serve_api(api: WebSocketApi, invoker: Invoker, host: str, port: int, management_port: int = 0,
-              tls: ssl.SSLContext | None = None, ready: threading.Event | None = None) -> tuple[Gateway, list[Server]]:
+              tls: ssl.SSLContext | None = None, ready: threading.Event | None = None) -> tuple[WebSocketGateway, list[Server]]:
     """The gateway and its management servers: plain HTTP first, then (given a TLS context) the one
     at `requestContext.domainName`."""
-    gateway = Gateway(api, invoker, host, port)
+    gateway = WebSocketGateway(api, invoker, host, port)
     if ready is not None:
         gateway.ready = ready
     gateway.start()

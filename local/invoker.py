@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import worker
-from .functions import FunctionSpec
+from .lambdas import FunctionSpec
 
 log = logging.getLogger("local.lambda")
 # Environments fork from a server process that has already imported the AWS SDK, as the Lambda

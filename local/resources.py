@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .functions import FUNCTION_TYPES, LAYER_TYPES, physical_name
+from .lambdas import FUNCTION_TYPES, LAYER_TYPES, physical_name
 from .template import Stack, topological
 
 log = logging.getLogger("local.resources")

@@ -1,6 +1,6 @@
 """The local stack: emulator, resources, functions and their triggers, from one template.
 
-    stack = LocalStack(Config(template=Path("template.yaml")))
+    stack = LocalRuntime(Config(template=Path("template.yaml")))
     stack.start(); ...; stack.stop()
 """
 
@@ -27,9 +27,9 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
 from . import apigw_rest, apigw_websocket, awscalls, lambda_api, tls
-from .functions import FUNCTION_TYPES, build_spec
 from .httpserver import Server
 from .invoker import Fault, FunctionPool, Invoker
+from .lambdas import FUNCTION_TYPES, build_spec
 from .resources import provision
 from .template import Stack, load
 from .triggers import sns
@@ -124,7 +124,7 @@ def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pope
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
-class LocalStack:
+class LocalRuntime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.endpoint = config.endpoint or f"http://{config.host}:{config.emulator_port}"
@@ -143,7 +143,7 @@ class LocalStack:
         self.api_urls: dict[str, str] = {}
         # websocket api id → (ws:// URL, @connections management base URL)
         self.websocket_urls: dict[str, tuple[str, str]] = {}
-        self.ws_gateways: list[apigw_websocket.Gateway] = []
+        self.ws_gateways: list[apigw_websocket.WebSocketGateway] = []
         # the local CA behind the websocket APIs' TLS management endpoints (None: no websocket API)
         self.ca: tls.LocalCa | None = None
         self.stack.url_rewriter = self.rewrite_url
@@ -162,7 +162,7 @@ class LocalStack:
                  config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64))
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def start(self, open_gateways: bool = True) -> "LocalStack":
+    def start(self, open_gateways: bool = True) -> "LocalRuntime":
         """Starts everything; the API gateways answer 503 until `open_gateways()` (called here unless
         the caller starts more servers first: "up" means every server accepts connections)."""
         started = time.monotonic()
@@ -198,7 +198,7 @@ class LocalStack:
                                          "websockets": {k: v[0] for k, v in self.websocket_urls.items()}})
 
     def _caller_account(self) -> str:
-        """The account the endpoint serves (STS GetCallerIdentity): moto answers 123456789012, LocalStack
+        """The account the endpoint serves (STS GetCallerIdentity): moto answers 123456789012, LocalRuntime
         000000000000. Every ARN the runtime builds and `AWS::AccountId` use it, so a RedrivePolicy names a
         dead-letter queue that exists."""
         try:

@@ -42,7 +42,7 @@ def _overrides(items: list[str], declared: set[str], auth: bool = False) -> dict
 def cmd_up(args: argparse.Namespace) -> int:
     from local import logs
     from local.invoker import Fault
-    from local.stack import Config, LocalStack, embedded_services
+    from local.stack import Config, LocalRuntime, embedded_services
     from local.template import TemplateError, load
 
     logs.setup(args.log_level)
@@ -73,7 +73,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stack = LocalStack(config)
+    stack = LocalRuntime(config)
     shim = None
     try:
         # The gateways answer 503 until everything below listens: "up" means every server is.
@@ -276,7 +276,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                   f"{'IngestTopicArn' if args.transport == 'sns' else 'IngestQueueUrl'}; --url is for http/grpc",
                   file=sys.stderr)
             return 2
-        # the stack's recorded endpoints (embedded moto, LocalStack, or a mix with --embedded)
+        # the stack's recorded endpoints (embedded moto, LocalRuntime, or a mix with --embedded)
         client = (MarsClient.sns(state["outputs"]["IngestTopicArn"], stacks.aws_client(state, "sns"))
                   if args.transport == "sns"
                   else MarsClient.sqs(state["outputs"]["IngestQueueUrl"], stacks.aws_client(state, "sqs")))
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="use this AWS-compatible endpoint (e.g. LocalStack) instead of embedded moto")
     up.add_argument("--embedded", metavar="SERVICE[,SERVICE…]", default="",
                     help="with --endpoint: keep these services (boto3 names) on the embedded emulator, e.g. "
-                         "dynamodb,dynamodbstreams for LocalStack, whose DynamoDB needs Java and a download")
+                         "dynamodb,dynamodbstreams for LocalRuntime, whose DynamoDB needs Java and a download")
     up.add_argument("--parameter-overrides", nargs="*", default=[], metavar="Name=Value")
     up.add_argument("--auth", action="store_true", help="require API keys (mars keys create), as deployed")
     up.add_argument("--fault", action="append", default=[], metavar="Function=rate[:before|after|kill]",

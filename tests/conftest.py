@@ -74,7 +74,7 @@ def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iter
     runtime uses), and the environment a function of the template gets, set for this process."""
     from moto import mock_aws
 
-    from local.functions import build_spec
+    from local.lambdas import build_spec
     from local.resources import provision
     from local.template import Stack, load
 

@@ -20,7 +20,7 @@ from botocore.config import Config
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from local.apigw_websocket import Gateway, WebSocketApi, WsRoute, serve_api
+from local.apigw_websocket import WebSocketApi, WebSocketGateway, WsRoute, serve_api
 from local.httpserver import Server
 from local.invoker import InvokeResult
 from local.tls import LocalCa, make_ca
@@ -54,11 +54,11 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
 
 
 @pytest.fixture
-def start(ca: LocalCa) -> Iterator[Callable[..., tuple[Gateway, list[Server]]]]:
+def start(ca: LocalCa) -> Iterator[Callable[..., tuple[WebSocketGateway, list[Server]]]]:
     """`start({route: answer})` → a running API (stage `dev`, routes on $request.body.action)."""
-    running: list[tuple[Gateway, list[Server]]] = []
+    running: list[tuple[WebSocketGateway, list[Server]]] = []
 
-    def _start(routes: dict[str, Callable[[dict[str, Any]], InvokeResult]]) -> tuple[Gateway, list[Server]]:
+    def _start(routes: dict[str, Callable[[dict[str, Any]], InvokeResult]]) -> tuple[WebSocketGateway, list[Server]]:
         api = WebSocketApi("Chat", "wsapi00001", "dev", ["action"],
                            {key: WsRoute(key, f"Fn{i}") for i, key in enumerate(routes)})
         invoker = FakeInvoker({f"Fn{i}": FakePool(answer) for i, answer in enumerate(routes.values())})
@@ -73,12 +73,12 @@ def start(ca: LocalCa) -> Iterator[Callable[..., tuple[Gateway, list[Server]]]]:
             server.stop()
 
 
-def url(gateway: Gateway) -> str:
+def url(gateway: WebSocketGateway) -> str:
     return f"ws://127.0.0.1:{gateway.port}"
 
 
 def test_a_client_frame_over_32_kb_closes_with_1009_a_fragmented_message_passes(
-        start: Callable[..., tuple[Gateway, list[Server]]]) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]]) -> None:
     def default(event: dict[str, Any]) -> InvokeResult:
         return InvokeResult(True, payload={"statusCode": 200, "body": str(len(event["body"]))})
 
@@ -94,7 +94,7 @@ def test_a_client_frame_over_32_kb_closes_with_1009_a_fragmented_message_passes(
 
 
 def test_the_connect_answers_headers_go_out_in_the_handshake(
-        start: Callable[..., tuple[Gateway, list[Server]]]) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]]) -> None:
     gateway, _ = start({"$connect": ok({"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "chat.v2",
                                                                        "X-Greeting": "hi"}})})
     with connect(url(gateway), subprotocols=["chat.v1", "chat.v2"]) as ws:  # type: ignore[list-item]
@@ -103,7 +103,7 @@ def test_the_connect_answers_headers_go_out_in_the_handshake(
 
 
 def test_a_function_reaches_connections_at_https_domain_name_stage(
-        start: Callable[..., tuple[Gateway, list[Server]]], ca: LocalCa, caplog: pytest.LogCaptureFixture) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]], ca: LocalCa, caplog: pytest.LogCaptureFixture) -> None:
     """What aws-samples/simple-websockets-chat-app's handlers do, with boto3 trusting the local CA (in a
     function, through AWS_CA_BUNDLE)."""
     calls: dict[str, Any] = {}
@@ -141,7 +141,7 @@ def test_a_function_reaches_connections_at_https_domain_name_stage(
 
 
 def test_a_client_that_does_not_trust_the_local_ca_leaves_an_error_line(
-        start: Callable[..., tuple[Gateway, list[Server]]], caplog: pytest.LogCaptureFixture) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]], caplog: pytest.LogCaptureFixture) -> None:
     gateway, _ = start({"$default": ok()})
     with caplog.at_level(logging.INFO, logger="local.websocket"):
         with pytest.raises(requests.exceptions.SSLError):
@@ -156,7 +156,7 @@ def test_a_client_that_does_not_trust_the_local_ca_leaves_an_error_line(
 
 
 def test_the_plain_http_management_endpoint_still_answers(
-        start: Callable[..., tuple[Gateway, list[Server]]]) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]]) -> None:
     gateway, servers = start({"$default": ok()})
     with connect(url(gateway)):
         deadline = time.monotonic() + 5
@@ -169,7 +169,7 @@ def test_the_plain_http_management_endpoint_still_answers(
 
 
 def test_a_throttled_function_is_an_internal_error_at_once_not_a_wait(
-        start: Callable[..., tuple[Gateway, list[Server]]]) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]]) -> None:
     def throttled(_event: dict[str, Any]) -> InvokeResult:
         return InvokeResult(False, error={"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded."})
 

@@ -77,10 +77,10 @@ class _Sts:
 @pytest.mark.parametrize("embedded, warned", [((), True), (("dynamodb", "dynamodbstreams"), False)])
 def test_localstack_without_embedded_dynamodb_is_warned_about(caplog: pytest.LogCaptureFixture,
                                                               embedded: tuple[str, ...], warned: bool) -> None:
-    from local.stack import Config, LocalStack
+    from local.stack import Config, LocalRuntime
 
     template = Path(__file__).resolve().parents[1] / "fixtures" / "api_stream" / "template.yaml"  # has tables
-    stack = LocalStack(Config(template=template, endpoint="http://127.0.0.1:9", embedded=embedded))
+    stack = LocalRuntime(Config(template=template, endpoint="http://127.0.0.1:9", embedded=embedded))
     stack.client = lambda service: _Sts({"x-localstack": "true"})  # type: ignore[method-assign]
     with caplog.at_level("WARNING", logger="local.stack"):
         assert stack._caller_account() == "000000000000"
@@ -90,14 +90,14 @@ def test_localstack_without_embedded_dynamodb_is_warned_about(caplog: pytest.Log
 def test_an_endpoint_without_sts_keeps_the_default_account_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     from botocore.exceptions import ClientError
 
-    from local.stack import Config, LocalStack
+    from local.stack import Config, LocalRuntime
 
     class NoSts:
         def get_caller_identity(self) -> dict[str, object]:
             raise ClientError({"Error": {"Code": "InvalidAction", "Message": "no STS here"}}, "GetCallerIdentity")
 
     template = Path(__file__).resolve().parents[1] / "fixtures" / "api_stream" / "template.yaml"
-    stack = LocalStack(Config(template=template, endpoint="http://127.0.0.1:9"))
+    stack = LocalRuntime(Config(template=template, endpoint="http://127.0.0.1:9"))
     stack.client = lambda service: NoSts()  # type: ignore[method-assign]
     with caplog.at_level("WARNING", logger="local.stack"):
         assert stack._caller_account() == "123456789012"

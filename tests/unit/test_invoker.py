@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from local.functions import FunctionSpec
 from local.invoker import Fault, FunctionPool
+from local.lambdas import FunctionSpec
 
 HANDLER = '''
 import os, time

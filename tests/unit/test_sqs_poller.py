@@ -22,9 +22,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local.functions import FunctionSpec
 from local.invoker import FunctionPool, InvokeResult
-from local.stack import LocalStack
+from local.lambdas import FunctionSpec
+from local.stack import LocalRuntime
 from local.triggers import sqs as sqs_poller
 from local.triggers import supervise
 from local.triggers.sqs import SqsPoller, SqsSource, lambda_record
@@ -322,16 +322,16 @@ def test_a_queue_whose_visibility_timeout_is_shorter_than_the_function_timeout_i
                             resolve=lambda value: value, region=REGION)
     local = SimpleNamespace(client=lambda service: sqs, invoker=SimpleNamespace(pools={"Fn": pool}), stack=stack,
                             _trigger_slots=Counter(), triggers=[], mappings=[])
-    local._reserve = lambda lid, pool, slots: LocalStack._reserve(local, lid, pool, slots)  # type: ignore[arg-type]
-    local._check_visibility, local._describe_source = LocalStack._check_visibility, LocalStack._describe_source
+    local._reserve = lambda lid, pool, slots: LocalRuntime._reserve(local, lid, pool, slots)  # type: ignore[arg-type]
+    local._check_visibility, local._describe_source = LocalRuntime._check_visibility, LocalRuntime._describe_source
     with pytest.raises(ValueError) as refused:
-        LocalStack._start_triggers(local)  # type: ignore[arg-type]
+        LocalRuntime._start_triggers(local)  # type: ignore[arg-type]
     message = str(refused.value)
     assert "short" in message and "Fn" in message and "unit-Fn" in message
     assert "visibility timeout of 2 s" in message and "function timeout of 30 s" in message
     assert local.triggers == [], "nothing starts"
     pool.spec.events = {"Long": {"Type": "SQS", "Properties": {"Queue": long_arn}}}
-    LocalStack._start_triggers(local)  # type: ignore[arg-type]
+    LocalRuntime._start_triggers(local)  # type: ignore[arg-type]
     try:
         assert [p.source.name for p in local.triggers] == ["long"] and local.mappings == local.triggers
     finally:
