@@ -119,7 +119,7 @@ bench: install system-deps
 
 # Generated gRPC code is committed; tests/unit/test_proto.py fails when it is stale.
 proto: install
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=grpc_shim --grpc_python_out=grpc_shim --pyi_out=grpc_shim event.proto
+	$(BIN)/python -m grpc_tools.protoc -Igrpc_shim=. --python_out=. --grpc_python_out=. --pyi_out=. grpc_shim/event.proto
 
 clean:
 	rm -rf build .pytest_cache

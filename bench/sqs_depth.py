@@ -53,7 +53,6 @@ BODY = "x" * 200
 
 def switchable_server() -> int:
     """Serve on a free port; stdin lines "patched"/"stock" switch the SQS code."""
-    sys.path.insert(0, str(REPO))
     from local.emulator import patches as moto_patches
     from local.emulator import server as emulator
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "layers" / "common"))
-sys.path.insert(0, str(ROOT))
 
 MAX_ITEM_BYTES = 400 * 1024
 WRITES = {"PutItem", "UpdateItem", "DeleteItem"}

@@ -77,11 +77,6 @@ from typing import Any, TextIO
 from mars import stacks
 from mars.stacks import UsageError, read_outputs_file
 
-ROOT = Path(__file__).resolve().parent.parent
-LAYER = ROOT / "layers" / "common"  # the layer's mars_common: the one sharding function and the event contract
-if LAYER.is_dir() and str(LAYER) not in sys.path:
-    sys.path.insert(0, str(LAYER))
-
 RECEIVE_BATCH = 10  # SQS's maximum
 RECEIVE_WAIT_SECONDS = 1  # long polling asks every SQS server: an empty answer means empty (for what is visible)
 VISIBILITY_SECONDS = 120  # a received message stays hidden while it is handled (kept ones: until the end)
