@@ -138,7 +138,7 @@ def build_apis(stack: Any) -> list[RestApi]:
                 continue
             props = event.get("Properties", {})
             api_ref = props.get("RestApiId")
-            api_lid = api_ref.get("Ref") if isinstance(api_ref, dict) else "ServerlessRestApi"
+            api_lid = str(api_ref.get("Ref")) if isinstance(api_ref, dict) else "ServerlessRestApi"
             if api_lid not in apis:  # SAM's implicit API, stage Prod, shaped by Globals.Api
                 apis[api_lid] = RestApi(api_lid, stack.ref(api_lid), "Prod", [], _binary_types(stack, {}),
                                         stack.account_id)

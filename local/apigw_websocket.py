@@ -301,7 +301,7 @@ class WebSocketGateway:
 
     async def _on_message(self, conn: Connection, message: str | bytes, host: str) -> None:
         binary = isinstance(message, bytes)
-        body = base64.b64encode(message).decode() if binary else message
+        body = base64.b64encode(message).decode() if isinstance(message, bytes) else message
         route = "$default" if binary and "$default" in self.api.routes else (
             None if binary else self.api.route_key(str(message)))
         context = self._context(route or "$default", "MESSAGE", conn.id, conn.connected_at, conn.source_ip,
@@ -454,7 +454,8 @@ class TlsServer(Server):
             return
         try:
             tls.settimeout(None)
-            self.RequestHandlerClass(tls, client_address, self)
+            handler: Any = self.RequestHandlerClass  # typeshed wants socketserver's Self, which this is
+            handler(tls, client_address, self)
         finally:
             try:
                 tls.shutdown(SHUT_RDWR)

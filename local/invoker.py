@@ -362,7 +362,10 @@ class FunctionPool:
     def _over_memory(self, w: _Worker, peak: int | None = None) -> bool:
         """Whether the environment's peak resident memory (reported with its answer, else read from
         /proc while it runs) passed the function's MemorySize."""
-        peak = peak_rss_bytes(w.process.pid) if peak is None else peak
+        if peak is None:
+            if w.process.pid is None:
+                return False  # not started: nothing to measure
+            peak = peak_rss_bytes(w.process.pid)
         if peak > self.spec.memory_mb * 1024 * 1024:
             log.warning("execution environment over its MemorySize: killed", extra={
                 "function": self.spec.name, "memory_mb": self.spec.memory_mb, "peak_rss_mb": round(peak / 2**20, 1)})

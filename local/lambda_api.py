@@ -45,7 +45,8 @@ class LambdaApiHandler(Handler):
 
     @property
     def control(self) -> LambdaControl:
-        return self.server.app  # type: ignore[no-any-return]
+        control: LambdaControl = self.server.app
+        return control
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         split = urlsplit(self.path)

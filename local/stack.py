@@ -158,7 +158,7 @@ class LocalRuntime:
         return boto3.session.Session(
             aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing",
             region_name=self.stack.region,
-        ).client(service, endpoint_url=self.service_endpoints.get(service, self.endpoint),
+        ).client(service, endpoint_url=self.service_endpoints.get(service, self.endpoint),  # type: ignore[call-overload]
                  config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64))
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -330,7 +330,8 @@ class LocalRuntime:
         (`Trigger.sources_for`); all sources are read (and checked) before any trigger starts."""
         sqs, streams = self.client("sqs"), self.client("dynamodbstreams")
         planned: list[tuple[str, FunctionPool, type[Trigger], Any]] = []
-        for kind in (SqsPoller, SnsPoller, StreamPoller, Scheduler):
+        kinds: tuple[type[Trigger], ...] = (SqsPoller, SnsPoller, StreamPoller, Scheduler)
+        for kind in kinds:
             for lid, pool in self.invoker.pools.items():
                 for source in kind.sources_for(self.stack, lid, pool.spec.events):
                     if kind is SqsPoller:

@@ -73,7 +73,7 @@ def _noop_servicer() -> Any:
     """MarsGrpc that answers at once: the cost of gRPC itself on this machine."""
     pb2, pb2_grpc = stubs()
 
-    class Noop(pb2_grpc.MarsGrpcServicer):  # type: ignore[misc, name-defined]
+    class Noop(pb2_grpc.MarsGrpcServicer):  # type: ignore[name-defined]
         async def collectEvent(self, request: Any, context: Any) -> Any:  # noqa: N802 - Mars's rpc name
             return pb2.EventResponse(success=True)
 

@@ -124,5 +124,6 @@ def aws_client(state: dict[str, Any], service: str) -> Any:
     """A boto3 client of the running stack's `service`, in its region, with the local dummy credentials."""
     import boto3
 
-    return boto3.client(service, endpoint_url=endpoint(state, service), region_name=state.get("region") or "us-east-1",
+    return boto3.client(service, endpoint_url=endpoint(state, service),  # type: ignore[call-overload]  # any service, by name
+                        region_name=state.get("region") or "us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")

@@ -68,7 +68,7 @@ def _client(environment: dict[str, str], service: str) -> Any:
                 aws_secret_access_key=environment.get("AWS_SECRET_ACCESS_KEY", "testing"),
                 aws_session_token=environment.get("AWS_SESSION_TOKEN"),
                 region_name=environment.get("AWS_REGION", "us-east-1"),
-            ).client(service, endpoint_url=endpoint)
+            ).client(service, endpoint_url=endpoint)  # type: ignore[call-overload]  # any service, by name
         return _clients[key]
 
 

@@ -48,6 +48,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -295,7 +296,7 @@ class StreamPoller(EventSourceMapping):
             except Exception as exc:  # the reader tries again
                 log.warning("get shard iterator failed", extra=self._extra(shard=reader.shard_id, error=str(exc)))
             self.spawn(reader.run, f"ddb-shard:{self.source.table_name}:{reader.shard_id[-8:]}",
-                       lambda r=reader: self._extra(shard=r.shard_id))
+                       partial(self._extra, shard=reader.shard_id))
 
     def _shard_ended(self, shard_id: str) -> None:
         with self._lock:

@@ -277,7 +277,8 @@ class SqsPoller(EventSourceMapping):
         """SQS never hands out a group with messages in flight; if an emulator ever does, the
         messages are put back (visible again shortly) rather than processed beside their group."""
         with self._groups_lock:
-            keep, back = [], []
+            keep: list[dict[str, Any]] = []
+            back: list[dict[str, Any]] = []
             for m in messages:
                 group = m.get("Attributes", {}).get("MessageGroupId")
                 (back if group in self._groups_in_flight else keep).append(m)

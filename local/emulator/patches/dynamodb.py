@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from moto.dynamodb.models import DynamoDBBackend
@@ -136,7 +137,7 @@ def sweep_expired_items(now: float | None = None) -> int:
                 for region, backend in list(regions.items())]
     for account, region, backend in backends:
         lock = dynamodb_lock(account, region)
-        for table in list(backend.tables.values()):  # type: ignore[attr-defined]
+        for table in list(backend.tables.values()):
             ttl = getattr(table, "ttl", None) or {}
             attribute = ttl.get("AttributeName")
             if ttl.get("TimeToLiveStatus") != "ENABLED" or not attribute:
@@ -147,7 +148,7 @@ def sweep_expired_items(now: float | None = None) -> int:
             for start in range(0, len(rows), TTL_SWEEP_CHUNK):
                 with lock:  # a chunk at a time: the table may change between chunks
                     chunk = rows[start:start + TTL_SWEEP_CHUNK]
-                    candidates = itertools.chain.from_iterable(r.values() for r in chunk) if table.range_key_attr else chunk
+                    candidates: Iterable[Any] = itertools.chain.from_iterable(r.values() for r in chunk) if table.range_key_attr else chunk
                     items = [item for item in candidates if _expired(item, attribute, now)]
                     _stream_local.ttl_delete = True
                     try:

@@ -233,7 +233,7 @@ def _counts(queue: Queue) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------
 
 
-class _WeakInstances(weakref.WeakSet):  # type: ignore[type-arg]
+class _WeakInstances(weakref.WeakSet):
     """Stands in for moto's ``instances_tracked`` list, holding weak references."""
 
     def append(self, item: Any) -> None:
@@ -246,7 +246,7 @@ class _WeakInstances(weakref.WeakSet):  # type: ignore[type-arg]
 # emulator leaks its whole message history.  Track messages weakly instead, so the
 # dashboard still lists the live ones.
 def _message_new(cls: type, *args: Any, **kwargs: Any) -> Any:
-    instance = object.__new__(cls)
+    instance: Any = object.__new__(cls)
     tracked = cls.__dict__.get("instances_tracked")
     if not isinstance(tracked, _WeakInstances):
         tracked = _WeakInstances()
@@ -335,8 +335,8 @@ def _attributes(self: Queue) -> dict[str, Any]:
             result[attribute] = getattr(self, camelcase_to_underscores(attribute))
     if self.policy:
         result["Policy"] = self.policy
-    if self.redrive_policy:  # type: ignore[attr-defined]
-        result["RedrivePolicy"] = json.dumps(self.redrive_policy)  # type: ignore[attr-defined]
+    if self.redrive_policy:
+        result["RedrivePolicy"] = json.dumps(self.redrive_policy)
     for key in result:
         if isinstance(result[key], bool):
             result[key] = str(result[key]).lower()
@@ -544,7 +544,7 @@ def _send_message(
         message.group_id = group_id
     if message_attributes:
         message.message_attributes = message_attributes
-    if delay_seconds > MAXIMUM_MESSAGE_DELAY:  # type: ignore[operator]
+    if delay_seconds > MAXIMUM_MESSAGE_DELAY:
         raise InvalidParameterValue(
             f"Value {delay_seconds} for parameter DelaySeconds is invalid. Reason: DelaySeconds must be >= 0 and <= 900."
         )
@@ -620,7 +620,7 @@ def _receive_message(
             blocked_groups: set[str] = set()
             if queue.fifo_queue:
                 blocked_groups = {m.group_id for m in pending if m.group_id is not None}
-            redrive = queue.redrive_policy if queue.dead_letter_queue else None  # type: ignore[attr-defined]
+            redrive = queue.redrive_policy if queue.dead_letter_queue else None
             expired: list[Message] = []
 
             for message in store.live():
