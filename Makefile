@@ -67,11 +67,11 @@ up: install
 # checkov scans the SAM template as written (AWS::Serverless::*) and as the SAM transform expands it
 # (tools/sam_translate.py: the generated roles, permissions and stages), the shim's template and its
 # Dockerfile. Every finding is fixed or skipped inline in the template (Metadata: checkov: skip: id +
-# comment), so any new finding fails lint.
-# mypy (configured in pyproject.toml) checks the layer, the functions, the shim, the CLI and the runtime. Offline: no Prisma Cloud guidelines download (BC_SKIP_MAPPING).
+# comment), so any new finding fails lint. Offline: no Prisma Cloud guidelines download (BC_SKIP_MAPPING).
+# mypy (configured in pyproject.toml) checks the layer, the functions, the shim, the CLI and the runtime.
 lint: install checkov
 	$(BIN)/ruff check .
-	$(BIN)/mypy layers/common/mars_common functions grpc_shim mars local
+	$(BIN)/mypy layers/common/mars_common functions grpc_shim mars samlocal
 	$(BIN)/hadolint grpc_shim/Dockerfile
 	$(BIN)/python tools/sam_translate.py template.yaml build/template.translated.json
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation dockerfile \

@@ -73,9 +73,9 @@ def make_events(n: int, per_message: int, run: str) -> list[dict[str, Any]]:
 # --- (a) ceilings ------------------------------------------------------------------------------------
 def ceilings(sizes: Sizes) -> Results:
     """Against a fresh emulator of the same kind the stack runs, holding the template's resources."""
-    from local.resources import provision
-    from local.template import Stack as TemplateStack
-    from local.template import load
+    from samlocal.resources import provision
+    from samlocal.template import Stack as TemplateStack
+    from samlocal.template import load
 
     res = Results()
     emu = start_emulator(patched=True)

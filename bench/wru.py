@@ -136,8 +136,8 @@ def stack() -> Iterator[tuple[str, str, Callable[[], Any]]]:
     import boto3
     from moto import mock_aws
 
-    from local.resources import provision
-    from local.template import Stack, load
+    from samlocal.resources import provision
+    from samlocal.template import Stack, load
 
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_REGION": "us-east-1"}.items():

@@ -91,7 +91,7 @@ async def _serve_noop(port: int) -> None:
 
 def noop_server() -> tuple[subprocess.Popen[bytes], str]:
     """The no-op server in a process of its own, as the shim is: the load generator is not its rival."""
-    from local.stack import free_port, wait_for_port
+    from samlocal.stack import free_port, wait_for_port
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "mars.bench_grpc", "--noop", str(port)],
@@ -128,7 +128,7 @@ async def compare(target: str, noop: str, count: int, concurrency: int) -> tuple
 
 
 def report(target: str, count: int, concurrency: int, send_ceiling: float | None = None) -> dict[str, Any]:
-    from local.stack import terminate
+    from samlocal.stack import terminate
 
     process, noop = noop_server()
     try:

@@ -30,8 +30,8 @@ def _outputs(args: argparse.Namespace) -> tuple[dict[str, Any], bool] | None:
         from mars.stacks import read_outputs_file  # one reader of every form of a stack's Outputs (or UsageError)
 
         return read_outputs_file(Path(args.stack_outputs)), True
-    from local.stack import endpoint_variable
     from mars import stacks
+    from samlocal.stack import endpoint_variable
 
     state = stacks.find(args, "--stack-outputs FILE for a deployed stack", start="make up AUTH=1")
     if state is None:

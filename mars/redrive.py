@@ -135,7 +135,7 @@ def connect(args: argparse.Namespace, which: Iterable[str]) -> tuple[Any, Queues
         return session.client("sqs", region_name=region, config=config), queues
     import io
 
-    from local.template import REGION
+    from samlocal.template import REGION
 
     said = io.StringIO()
     state = stacks.find(args, "--stack-outputs FILE for a deployed stack", err=said)

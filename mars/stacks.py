@@ -1,7 +1,7 @@
 """Where running local stacks record themselves, and how every `mars` command finds one (or reads a
 deployed stack's Outputs from a file: `read_outputs_file`).
 
-A stack writes `<state dir>/<stack name>.json` while it runs (local/stack.py). The state dir is per
+A stack writes `<state dir>/<stack name>.json` while it runs (samlocal/stack.py). The state dir is per
 user, not per folder, so `mars stats` finds the stack `make up` started from any folder:
 `--state-dir`, else `$MARS_STATE_DIR`, else `$XDG_STATE_HOME/mars`, else `~/.local/state/mars`.
 """

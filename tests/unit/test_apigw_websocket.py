@@ -20,10 +20,10 @@ from botocore.config import Config
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from local.apigw_websocket import WebSocketApi, WebSocketGateway, WsRoute, serve_api
-from local.httpserver import Server
-from local.invoker import InvokeResult
-from local.tls import LocalCa, make_ca
+from samlocal.apigw_websocket import WebSocketApi, WebSocketGateway, WsRoute, serve_api
+from samlocal.httpserver import Server
+from samlocal.invoker import InvokeResult
+from samlocal.tls import LocalCa, make_ca
 
 
 @dataclass
@@ -126,7 +126,7 @@ def test_a_function_reaches_connections_at_https_domain_name_stage(
     gateway, servers = start({"hello": hello})
     gateway.api.routes["hello"].two_way = True  # "done" comes back once the function has made its calls
     assert gateway.domain_name == f"127.0.0.1:{servers[1].port}"
-    with caplog.at_level(logging.INFO, logger="local.websocket"), connect(url(gateway)) as ws:
+    with caplog.at_level(logging.INFO, logger="samlocal.websocket"), connect(url(gateway)) as ws:
         ws.send(json.dumps({"action": "hello"}))
         assert json.loads(ws.recv(timeout=10)) == {"greeting": "hello"}
         assert ws.recv(timeout=10) == "done"
@@ -143,7 +143,7 @@ def test_a_function_reaches_connections_at_https_domain_name_stage(
 def test_a_client_that_does_not_trust_the_local_ca_leaves_an_error_line(
         start: Callable[..., tuple[WebSocketGateway, list[Server]]], caplog: pytest.LogCaptureFixture) -> None:
     gateway, _ = start({"$default": ok()})
-    with caplog.at_level(logging.INFO, logger="local.websocket"):
+    with caplog.at_level(logging.INFO, logger="samlocal.websocket"):
         with pytest.raises(requests.exceptions.SSLError):
             requests.post(f"https://{gateway.domain_name}/dev/@connections/x", data=b"{}", timeout=5)
         mgmt = boto3.client("apigatewaymanagementapi", endpoint_url=f"https://{gateway.domain_name}/dev",

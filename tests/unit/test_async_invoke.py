@@ -16,10 +16,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from local import lambda_api
-from local.invoker import FunctionPool, Invoker, InvokeResult
-from local.triggers import async_invoke
-from local.triggers.async_invoke import AsyncConfig
+from samlocal import lambda_api
+from samlocal.invoker import FunctionPool, Invoker, InvokeResult
+from samlocal.triggers import async_invoke
+from samlocal.triggers.async_invoke import AsyncConfig
 
 from .test_invoker import spec
 

@@ -7,16 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from local.emulator import patches
-from local.emulator.patches import base
+from samlocal.emulator import patches
+from samlocal.emulator.patches import base
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _start_with(setup: str) -> subprocess.CompletedProcess[str]:
-    """`python -m local.emulator`'s main after `setup` changed moto in that process."""
+    """`python -m samlocal.emulator`'s main after `setup` changed moto in that process."""
     program = f"import sys, moto, moto.sqs.models, moto.dynamodbstreams.models\n{setup}\n" \
-              "from local.emulator.server import main\nsys.exit(main(['--port', '0', '--metrics-interval', '0']))\n"
+              "from samlocal.emulator.server import main\nsys.exit(main(['--port', '0', '--metrics-interval', '0']))\n"
     return subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
@@ -33,7 +33,7 @@ def test_every_patch_declares_the_pinned_moto_and_fits_it() -> None:
     assert base.MOTO_VERSION == pinned
     assert all(patch.moto_version == pinned and patch.replacements for patch in patches.PATCHES)
     # In a fresh process: here another test's emulator may have installed the patches already.
-    fits = subprocess.run([sys.executable, "-c", "from local.emulator import patches; patches.check_all()"],
+    fits = subprocess.run([sys.executable, "-c", "from samlocal.emulator import patches; patches.check_all()"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert fits.returncode == 0, fits.stderr
 
@@ -78,7 +78,7 @@ def test_a_mismatch_installs_nothing() -> None:
     program = """
 import moto
 from moto.sqs.models import SQSBackend
-from local.emulator import patches
+from samlocal.emulator import patches
 receive = SQSBackend.__dict__["receive_message"]
 moto.__version__ = "4.0.0"
 try:

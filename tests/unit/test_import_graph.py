@@ -1,7 +1,7 @@
 """The project's import graph has no cycle: every module can be read after the ones it imports.
 
 Built by grimp from the code's own import statements (those inside functions too, which is where
-a cycle hides behind a lazy import): the Mars CLI (`mars`), the local runtime (`local`), the Lambda
+a cycle hides behind a lazy import): the Mars CLI (`mars`), the local runtime (`samlocal`), the Lambda
 layer (`mars_common`) and the gRPC shim (`grpc_shim`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import grimp
 import pytest
 
-PACKAGES = ("mars", "local", "mars_common", "grpc_shim")
+PACKAGES = ("mars", "samlocal", "mars_common", "grpc_shim")
 
 
 @pytest.fixture(scope="module")
@@ -50,5 +50,5 @@ def test_one_module_finds_a_running_stack_and_its_outputs(graph: grimp.ImportGra
 
 def test_the_runtime_imports_nothing_of_mars(graph: grimp.ImportGraph) -> None:
     """docs/LOCAL.md: the runtime runs any SAM app; it imports nothing of Mars."""
-    assert not [m for m in graph.find_upstream_modules("local", as_package=True)
+    assert not [m for m in graph.find_upstream_modules("samlocal", as_package=True)
                 if m.split(".")[0] in ("mars", "mars_common", "grpc_shim")]

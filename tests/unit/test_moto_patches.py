@@ -1,7 +1,7 @@
-"""Correctness of local.emulator.patches and of the emulator's AWS/SQS metrics thread.
+"""Correctness of samlocal.emulator.patches and of the emulator's AWS/SQS metrics thread.
 
-A patched moto server runs in this process (``local.emulator.serve``); a stock one
-(``python -m local.emulator --no-patches``) runs in a subprocess to show the
+A patched moto server runs in this process (``samlocal.emulator.serve``); a stock one
+(``python -m samlocal.emulator --no-patches``) runs in a subprocess to show the
 FIFO redelivery bug the patch fixes.  Timing is not tested here (see
 ``bench/sqs_depth.py``).
 """
@@ -25,10 +25,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.sqs.models import Queue, SQSBackend, sqs_backends
 
-from local.emulator import faults, metrics, patches, ttl
-from local.emulator import server as emulator_mod
-from local.emulator.patches import dynamodbstreams
-from local.emulator.patches import sqs as sqs_patches
+from samlocal.emulator import faults, metrics, patches, ttl
+from samlocal.emulator import server as emulator_mod
+from samlocal.emulator.patches import dynamodbstreams
+from samlocal.emulator.patches import sqs as sqs_patches
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"  # moto's default account
@@ -61,7 +61,7 @@ def sqs(server: emulator_mod.Emulator) -> Any:
 def unpatched_url() -> Iterator[str]:
     """Stock moto in a subprocess, started through the launcher's CLI."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "local.emulator", "--port", "0", "--no-patches", "--metrics-interval", "0"],
+        [sys.executable, "-m", "samlocal.emulator", "--port", "0", "--no-patches", "--metrics-interval", "0"],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
@@ -756,7 +756,7 @@ def test_metric_store_expires_old_samples() -> None:
 def test_json_log_line() -> None:
     import logging
 
-    record = logging.LogRecord("local.emulator", logging.INFO, __file__, 1, "emulator listening", None, None)
+    record = logging.LogRecord("samlocal.emulator", logging.INFO, __file__, 1, "emulator listening", None, None)
     record.host, record.port, record.patched = "127.0.0.1", 4566, True
     line = emulator_mod.JsonFormatter().format(record)
     assert json.loads(line) == {

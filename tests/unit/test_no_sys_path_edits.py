@@ -8,10 +8,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("mars", "local", "grpc_shim", "functions", "layers", "bench", "tools")
-# local/worker.py: the Lambda sandbox (a worker process) imports the function's handler from its
+FOLDERS = ("mars", "samlocal", "grpc_shim", "functions", "layers", "bench", "tools")
+# samlocal/worker.py: the Lambda sandbox (a worker process) imports the function's handler from its
 # code directory and layers, which Lambda mounts on the path; that is what it emulates.
-SANDBOX = {"local/worker.py"}
+SANDBOX = {"samlocal/worker.py"}
 
 
 def sys_path_edits(path: Path) -> list[int]:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from local.invoker import InvokeResult
-from local.triggers import supervise
-from local.triggers.schedule import Schedule, Scheduler
+from samlocal.invoker import InvokeResult
+from samlocal.triggers import supervise
+from samlocal.triggers.schedule import Schedule, Scheduler
 
 SUNDAY = datetime(2026, 11, 29, 0, 0, tzinfo=UTC).timestamp()  # Sunday 29 November 2026, 00:00 UTC
 
@@ -114,7 +114,7 @@ def test_a_scheduler_thread_that_dies_is_restarted_and_says_so(monkeypatch: pyte
     monkeypatch.setattr(supervise, "RESTART_DELAY_SECONDS", 0.02)
     monkeypatch.setattr(Schedule, "next_after", lambda self, moment: moment + 0.05)
     pool = FakePool([RuntimeError("unexpected")])
-    caplog.set_level(logging.INFO, logger="local.schedule")
+    caplog.set_level(logging.INFO, logger="samlocal.schedule")
     timer = Scheduler(pool, Schedule("tick", "rate(1 minute)"), "us-east-1", "123456789012")  # type: ignore[arg-type]
     timer.start()
     try:

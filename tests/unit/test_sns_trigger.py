@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from local.invoker import InvokeResult
-from local.triggers import supervise
-from local.triggers.sns import SnsPoller, SnsSource
+from samlocal.invoker import InvokeResult
+from samlocal.triggers import supervise
+from samlocal.triggers.sns import SnsPoller, SnsSource
 
 
 class ScriptedSqs:
@@ -53,7 +53,7 @@ def test_the_sns_poller_thread_is_restarted_when_it_dies(monkeypatch: pytest.Mon
     sqs = ScriptedSqs([{"Messages": None},  # a malformed answer: iterating it raises in the poll loop
                        {"Messages": [{"Body": json.dumps(notification), "ReceiptHandle": "r1"}]}])
     pool = RecordingPool()
-    caplog.set_level(logging.INFO, logger="local.sns")
+    caplog.set_level(logging.INFO, logger="samlocal.sns")
     poller = SnsPoller(sqs, pool, SnsSource("arn:t", "http://q/delivery", "arn:t:sub"))  # type: ignore[arg-type]
     poller.start()
     try:

@@ -22,12 +22,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local.invoker import FunctionPool, InvokeResult
-from local.lambdas import FunctionSpec
-from local.stack import LocalRuntime
-from local.triggers import sqs as sqs_poller
-from local.triggers import supervise
-from local.triggers.sqs import SqsPoller, SqsSource, lambda_record
+from samlocal.invoker import FunctionPool, InvokeResult
+from samlocal.lambdas import FunctionSpec
+from samlocal.stack import LocalRuntime
+from samlocal.triggers import sqs as sqs_poller
+from samlocal.triggers import supervise
+from samlocal.triggers.sqs import SqsPoller, SqsSource, lambda_record
 from tests.conftest import wait_until as shared_wait_until
 
 REGION = "us-east-1"
@@ -277,7 +277,7 @@ def test_a_batch_that_cannot_be_delivered_fails_loudly_then_reaches_the_dlq(
         return real(message, source, region)
 
     monkeypatch.setattr(sqs_poller, "lambda_record", broken)
-    caplog.set_level(logging.INFO, logger="local.lambda")
+    caplog.set_level(logging.INFO, logger="samlocal.lambda")
     sqs.send_message(QueueUrl=url, MessageBody="poison")
     pool = real_pool(tmp_path, "def handler(event, context):\n    return None\n")
     try:
@@ -288,7 +288,7 @@ def test_a_batch_that_cannot_be_delivered_fails_loudly_then_reaches_the_dlq(
     finally:
         pollers.pop().stop(5)
         pool.close()
-    errors = [r for r in caplog.records if r.name == "local.lambda" and r.levelno == logging.ERROR]
+    errors = [r for r in caplog.records if r.name == "samlocal.lambda" and r.levelno == logging.ERROR]
     assert len(errors) >= 2, "one ERROR line per failed delivery"
     assert all(vars(r)["error_type"] == "InvalidRequestContentException" and vars(r)["trigger"] == "sqs"
                and "cannot build this record" in vars(r)["error_message"] for r in errors)
@@ -299,7 +299,7 @@ def test_a_poller_thread_that_dies_is_restarted_and_says_so(sqs: Any, pollers: l
     url, arn = queue(sqs, "restarted")
     pool = FakePool()
     pool.checkout_errors.append(ValueError("unexpected"))
-    caplog.set_level(logging.INFO, logger="local.sqs")
+    caplog.set_level(logging.INFO, logger="samlocal.sqs")
     start(pollers, sqs, pool, SqsSource(url, arn))
     sqs.send_message(QueueUrl=url, MessageBody="after the crash")
     wait_until(lambda: pool.events, what="delivery after the restart")

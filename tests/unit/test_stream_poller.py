@@ -23,12 +23,12 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from local.invoker import InvokeResult
-from local.template import Stack
-from local.triggers import dynamodb as stream_poller
-from local.triggers import supervise
-from local.triggers.dynamodb import StreamPoller, StreamSource
-from local.triggers.filtering import check_pattern, matches
+from samlocal.invoker import InvokeResult
+from samlocal.template import Stack
+from samlocal.triggers import dynamodb as stream_poller
+from samlocal.triggers import supervise
+from samlocal.triggers.dynamodb import StreamPoller, StreamSource
+from samlocal.triggers.filtering import check_pattern, matches
 from tests.conftest import wait_until as shared_wait_until
 
 REGION = "us-east-1"
@@ -636,7 +636,7 @@ def test_a_shard_reader_that_dies_is_restarted_and_says_so(aws: SimpleNamespace,
         return real(self, more_waiting)
 
     monkeypatch.setattr(stream_poller._ShardReader, "_ready_batch", flaky)
-    caplog.set_level(logging.INFO, logger="local.dynamodb")
+    caplog.set_level(logging.INFO, logger="samlocal.dynamodb")
     pool = FakePool()
     start(pool, starting_position="TRIM_HORIZON")
     put(aws, "a", "b")

@@ -15,8 +15,8 @@ from mars_common.events import format_ts, parse_event
 from mars_common.store import STUCK_AT, put_lifecycle, upsert_message
 from mars_common.timeline import Lifecycle
 
-from local.invoker import InvokeResult
-from local.triggers.schedule import Schedule, Scheduler, scheduled_event
+from samlocal.invoker import InvokeResult
+from samlocal.triggers.schedule import Schedule, Scheduler, scheduled_event
 from tests.conftest import load_function
 from tests.unit.test_live import FakeConnections, stream_records, ws_event
 
@@ -167,7 +167,7 @@ def test_the_scheduler_fires_on_time_and_retries_a_failure_twice(monkeypatch: py
     pool = FakePool([False, False, True, True])
     timer = Scheduler(pool, Schedule("tick", "rate(1 minute)"), "us-east-1", "123456789012")  # type: ignore[arg-type]
     monkeypatch.setattr(Schedule, "next_after", lambda self, moment: moment + 0.05)
-    monkeypatch.setattr("local.triggers.async_invoke.RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr("samlocal.triggers.async_invoke.RETRY_DELAYS", (0.01, 0.01))
     timer.start()
     deadline = time.monotonic() + 5
     while len(pool.events) < 4 and time.monotonic() < deadline:

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from local.invoker import InvokeResult
-from local.triggers import base
-from local.triggers.dynamodb import StreamPoller, StreamSource, _Record, _ShardReader
-from local.triggers.schedule import Scheduler
-from local.triggers.sns import SnsPoller
-from local.triggers.sqs import SqsPoller, SqsSource
+from samlocal.invoker import InvokeResult
+from samlocal.triggers import base
+from samlocal.triggers.dynamodb import StreamPoller, StreamSource, _Record, _ShardReader
+from samlocal.triggers.schedule import Scheduler
+from samlocal.triggers.sns import SnsPoller
+from samlocal.triggers.sqs import SqsPoller, SqsSource
 
-TRIGGERS = Path(__file__).resolve().parents[2] / "local" / "triggers"
+TRIGGERS = Path(__file__).resolve().parents[2] / "samlocal" / "triggers"
 
 
 @pytest.mark.parametrize(("payload", "expected"), [

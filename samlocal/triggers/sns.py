@@ -23,7 +23,7 @@ from .base import Trigger
 if TYPE_CHECKING:
     from ..invoker import FunctionPool
 
-log = logging.getLogger("local.sns")
+log = logging.getLogger("samlocal.sns")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from moto.core.common_models import CloudWatchMetricProvider
 from moto.core.utils import unix_time_millis, utcnow
 from moto.sqs.models import sqs_backends
 
-from local.emulator.patches.sqs import count_messages
+from samlocal.emulator.patches.sqs import count_messages
 
 logger = logging.getLogger(__name__)
 

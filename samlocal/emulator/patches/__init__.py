@@ -12,8 +12,8 @@ import logging
 import threading
 from typing import Any
 
-from local.emulator.patches import dynamodb, dynamodbstreams, sqs
-from local.emulator.patches.base import MOTO_VERSION, Patch, PatchMismatchError, check
+from samlocal.emulator.patches import dynamodb, dynamodbstreams, sqs
+from samlocal.emulator.patches.base import MOTO_VERSION, Patch, PatchMismatchError, check
 
 __all__ = ["MOTO_VERSION", "ORIGINALS", "PATCHES", "Patch", "PatchMismatchError", "apply", "check_all", "is_applied", "revert"]
 

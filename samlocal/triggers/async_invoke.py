@@ -23,7 +23,7 @@ import boto3
 
 from ..lambdas import AsyncConfig
 
-log = logging.getLogger("local.async")
+log = logging.getLogger("samlocal.async")
 # Seconds before the first and second retry of a function error (AWS: about 1 and 2 minutes).
 RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0)
 # Backoff between attempts of a throttled event: doubling from the first to the second.

@@ -1,10 +1,10 @@
 """The embedded AWS emulator's server: moto server with the patches, metrics, TTL sweeper and faults.
 
-    python -m local.emulator --host 127.0.0.1 --port 4566 [--no-patches]
+    python -m samlocal.emulator --host 127.0.0.1 --port 4566 [--no-patches]
         [--metrics-interval 5]
 
 Serves every moto service on one port (waitress, or moto's threaded werkzeug server
-with the per-request access log off), with ``local.emulator.patches`` applied unless
+with the per-request access log off), with ``samlocal.emulator.patches`` applied unless
 ``--no-patches``: a moto that is not the one the patches were written for makes it
 refuse to start (exit 2, an error naming the patches). Logs one JSON line per event on
 stderr and exits 0 on SIGINT/SIGTERM.
@@ -39,13 +39,13 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from local.emulator import patches
-from local.emulator.faults import ErrorInjection
-from local.emulator.metrics import DEFAULT_METRICS_INTERVAL, SqsMetricsPublisher
-from local.emulator.ttl import DEFAULT_TTL_INTERVAL, TtlSweeper
+from samlocal.emulator import patches
+from samlocal.emulator.faults import ErrorInjection
+from samlocal.emulator.metrics import DEFAULT_METRICS_INTERVAL, SqsMetricsPublisher
+from samlocal.emulator.ttl import DEFAULT_TTL_INTERVAL, TtlSweeper
 
 # Explicit name: under ``python -m`` this module is ``__main__``.
-logger = logging.getLogger("local.emulator")
+logger = logging.getLogger("samlocal.emulator")
 
 
 # --------------------------------------------------------------------------
@@ -72,10 +72,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_json_logging(level: int = logging.INFO) -> None:
-    """Send the ``local`` package's logs to stderr as JSON lines."""
+    """Send the ``samlocal`` package's logs to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("local")
+    root = logging.getLogger("samlocal")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
@@ -277,7 +277,7 @@ def serve(
     """Start moto server in this process (background threads) and return it.
 
     ``port=0`` binds a free port (see ``Emulator.port``); a busy port raises
-    OSError.  ``patched`` applies ``local.emulator.patches`` (process-wide; stock moto
+    OSError.  ``patched`` applies ``samlocal.emulator.patches`` (process-wide; stock moto
     again only via ``patches.revert()``; ``patches.PatchMismatchError`` if moto is not the one they fit).  ``metrics_interval`` None or <= 0
     disables the SQS metrics thread; ``ttl_interval`` None or <= 0 (or ``patched=False``) the
     DynamoDB TTL sweeper.
@@ -323,7 +323,7 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local.emulator", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m samlocal.emulator", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4566)
     parser.add_argument("--no-patches", action="store_true", help="run stock moto SQS")

@@ -57,7 +57,7 @@ from ..invoker import FunctionPool, InvokeResult
 from .base import EVENT_OVERHEAD, PAYLOAD_LIMIT_BYTES, EventSourceMapping, flag, record_size, reported_failures
 from .filtering import check_pattern, parse_filters
 
-log = logging.getLogger("local.dynamodb")
+log = logging.getLogger("samlocal.dynamodb")
 
 POLL_INTERVAL_SECONDS = 0.25  # Lambda polls each shard 4 times a second
 DISCOVERY_INTERVAL_SECONDS = 10.0  # how often the stream is described for new shards

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from .lambdas import FUNCTION_TYPES, LAYER_TYPES, physical_name
 from .template import Stack, topological
 
-log = logging.getLogger("local.resources")
+log = logging.getLogger("samlocal.resources")
 
 _SQS_ATTRIBUTES = ("FifoQueue", "ContentBasedDeduplication", "DelaySeconds", "MaximumMessageSize",
                    "MessageRetentionPeriod", "ReceiveMessageWaitTimeSeconds", "VisibilityTimeout",

@@ -39,7 +39,7 @@ from .triggers.schedule import Scheduler
 from .triggers.sns import SnsPoller
 from .triggers.sqs import SqsPoller
 
-log = logging.getLogger("local.stack")
+log = logging.getLogger("samlocal.stack")
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
 _PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE")
 
@@ -238,7 +238,7 @@ class LocalRuntime:
         if beside:  # one account on both sides: ARNs from the embedded emulator (stream ARNs…) match the endpoint's
             env["MOTO_ACCOUNT_ID"] = self.stack.account_id
         for port in ports:
-            cmd = [sys.executable, "-m", "local.emulator", "--host", self.config.host, "--port", str(port),
+            cmd = [sys.executable, "-m", "samlocal.emulator", "--host", self.config.host, "--port", str(port),
                    "--parent-pid", str(os.getpid())]
             if not self.config.patched_emulator:
                 cmd.append("--no-patches")

@@ -19,7 +19,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import StreamShard
 from moto.dynamodb.responses import DynamoHandler
 
-from local.emulator.patches.base import Patch, Replacement
+from samlocal.emulator.patches.base import Patch, Replacement
 
 logger = logging.getLogger(__name__)
 

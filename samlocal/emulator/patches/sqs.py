@@ -53,7 +53,7 @@ from moto.sqs.models import (
     sqs_backends,
 )
 
-from local.emulator.patches.base import Patch, Replacement
+from samlocal.emulator.patches.base import Patch, Replacement
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from local.emulator.patches.dynamodb import sweep_expired_items
+from samlocal.emulator.patches.dynamodb import sweep_expired_items
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from .invoker import Invoker
 from .triggers import async_invoke
 from .triggers.base import EventSourceMapping
 
-log = logging.getLogger("local.lambda_api")
+log = logging.getLogger("samlocal.lambda_api")
 FUNCTIONS = "/2015-03-31/functions/"
 MAPPINGS = "/2015-03-31/event-source-mappings/"
 

@@ -46,7 +46,7 @@ from .httpserver import Handler, Server
 from .invoker import FunctionPool, Invoker
 from .lambdas import FUNCTION_TYPES
 
-log = logging.getLogger("local.websocket")
+log = logging.getLogger("samlocal.websocket")
 MAX_MESSAGE_BYTES = 128 * 1024
 MAX_FRAME_BYTES = 32 * 1024  # a client sending a longer message must fragment it, as for API Gateway
 FRAME_CHARS = 8 * 1024  # ≤ 32 KB per frame even if every character takes 4 bytes in UTF-8

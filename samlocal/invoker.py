@@ -22,11 +22,11 @@ from typing import Any
 from . import worker
 from .lambdas import FunctionSpec
 
-log = logging.getLogger("local.lambda")
+log = logging.getLogger("samlocal.lambda")
 # Environments fork from a server process that has already imported the AWS SDK, as the Lambda
 # runtime ships it: a cold start then costs the function's own imports, not boto3's (~1 s of CPU).
 _ctx = multiprocessing.get_context("forkserver")
-_ctx.set_forkserver_preload(["boto3", "botocore.session", "local.worker"])
+_ctx.set_forkserver_preload(["boto3", "botocore.session", "samlocal.worker"])
 # Environments per function without triggers of its own, when the template reserves none: on 2 cores
 # more processes cost more in switching than they add.
 DEFAULT_CONCURRENCY = 8

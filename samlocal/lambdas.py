@@ -16,7 +16,7 @@ FUNCTION_TYPES = ("AWS::Serverless::Function",)
 LAYER_TYPES = ("AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion")
 
 
-# Lambda's asynchronous invocation defaults (local/triggers/async_invoke.py runs them).
+# Lambda's asynchronous invocation defaults (samlocal/triggers/async_invoke.py runs them).
 MAX_RETRIES = 2
 MAX_EVENT_AGE_SECONDS = 21600
 

@@ -33,7 +33,7 @@ from .base import Trigger
 if TYPE_CHECKING:
     from ..invoker import FunctionPool
 
-log = logging.getLogger("local.schedule")
+log = logging.getLogger("samlocal.schedule")
 _UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 _DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]  # AWS numbers them 1-7
 _MAX_YEAR = 2199  # EventBridge's years run 1970-2199

@@ -29,7 +29,7 @@ from .httpserver import Handler, Server
 from .invoker import FunctionPool, Invoker, InvokeResult
 from .template import ACCOUNT_ID
 
-log = logging.getLogger("local.apigw")
+log = logging.getLogger("samlocal.apigw")
 # API Gateway's maximum integration timeout for REST APIs: the client gets a 504 then, even if the
 # function (whose Timeout may be up to 15 min) is still running. A module constant so tests lower it.
 INTEGRATION_TIMEOUT_SECONDS = 29.0

@@ -35,7 +35,7 @@ from .filtering import parse_filters
 if TYPE_CHECKING:
     from ..invoker import FunctionPool
 
-log = logging.getLogger("local.sqs")
+log = logging.getLogger("samlocal.sqs")
 DEFAULT_CONCURRENCY = 2
 POLL_WAIT_SECONDS = 1
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 
-from local.emulator.patches.base import Patch, Replacement
+from samlocal.emulator.patches.base import Patch, Replacement
 
 # poller at 4 calls a second leaks ~26 MB an hour per shard). AWS iterators expire after 15 minutes;
 # so do these, with AWS's ExpiredIteratorException when one is used after that.
