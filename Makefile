@@ -68,8 +68,10 @@ up: install
 # (tools/sam_translate.py: the generated roles, permissions and stages), the shim's template and its
 # Dockerfile. Every finding is fixed or skipped inline in the template (Metadata: checkov: skip: id +
 # comment), so any new finding fails lint. Offline: no Prisma Cloud guidelines download (BC_SKIP_MAPPING).
+# mypy (configured in pyproject.toml) checks the layer, the functions, the shim, the CLI and the runtime.
 lint: install checkov
 	$(BIN)/ruff check .
+	$(BIN)/mypy layers/common/mars_common functions grpc_shim mars samlocal
 	$(BIN)/hadolint grpc_shim/Dockerfile
 	$(BIN)/python tools/sam_translate.py template.yaml build/template.translated.json
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation dockerfile \
@@ -119,7 +121,7 @@ bench: install system-deps
 
 # Generated gRPC code is committed; tests/unit/test_proto.py fails when it is stale.
 proto: install
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=grpc_shim --grpc_python_out=grpc_shim --pyi_out=grpc_shim event.proto
+	$(BIN)/python -m grpc_tools.protoc -Igrpc_shim=. --python_out=. --grpc_python_out=. --pyi_out=. grpc_shim/event.proto
 
 clean:
 	rm -rf build .pytest_cache

@@ -16,7 +16,7 @@ import boto3
 import requests
 from botocore.config import Config as BotoConfig
 
-from local.stack import free_port, terminate, wait_for_port
+from samlocal.stack import free_port, terminate, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
@@ -66,7 +66,7 @@ def start_emulator(patched: bool = True, split: bool = True) -> Emulator:
     ports = [free_port() for _ in range(2 if split else 1)]
     procs = []
     for port in ports:
-        cmd = [sys.executable, "-m", "local.emulator", "--port", str(port)] + ([] if patched else ["--no-patches"])
+        cmd = [sys.executable, "-m", "samlocal.emulator", "--port", str(port)] + ([] if patched else ["--no-patches"])
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       env={**os.environ, "PYTHONPATH": str(ROOT)}))
     for port, proc in zip(ports, procs):

@@ -73,7 +73,7 @@ def main() -> int:
         stack.set_triggers(False)
         target = stack.state["outputs"]["GrpcEndpoint"]
         shim = child(f"grpc_shim.*--port {target.rsplit(':', 1)[1]}")
-        emulator = child(f"local.emulator.*--port {stack.state['endpoint'].rsplit(':', 1)[1]}")
+        emulator = child(f"samlocal.emulator.*--port {stack.state['endpoint'].rsplit(':', 1)[1]}")
         os.environ["AWS_ENDPOINT_URL"] = stack.state["endpoint"]
         os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
         noop_process, noop = bench_grpc.noop_server()

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,16 +31,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mars_common import aws as mars_aws  # the layer (pyproject.toml maps its package), as Lambda mounts it
+from mars_common.events import parse_event
+from mars_common.queues import enqueue
+from mars_common.sharding import dedup_id, message_key, shard  # noqa: E402
+from mars_common.store import upsert_message  # noqa: E402
+
 from mars import stacks
 
 from .common import ROOT, Stack, client, progress, start_emulator, start_stack, wait_drained
-
-sys.path.insert(0, str(ROOT / "layers" / "common"))
-from mars_common import aws as mars_aws  # noqa: E402 - the layer, as Lambda would mount it
-from mars_common.events import parse_event  # noqa: E402
-from mars_common.queues import enqueue  # noqa: E402
-from mars_common.sharding import dedup_id, message_key, shard  # noqa: E402
-from mars_common.store import upsert_message  # noqa: E402
 
 
 @dataclass
@@ -76,9 +74,9 @@ def make_events(n: int, per_message: int, run: str) -> list[dict[str, Any]]:
 # --- (a) ceilings ------------------------------------------------------------------------------------
 def ceilings(sizes: Sizes) -> Results:
     """Against a fresh emulator of the same kind the stack runs, holding the template's resources."""
-    from local.resources import provision
-    from local.template import Stack as TemplateStack
-    from local.template import load
+    from samlocal.resources import provision
+    from samlocal.template import Stack as TemplateStack
+    from samlocal.template import load
 
     res = Results()
     emu = start_emulator(patched=True)

@@ -1,11 +1,11 @@
-"""FIFO SQS throughput vs queue depth: stock moto 5.2.5 vs local.moto_patches.
+"""FIFO SQS throughput vs queue depth: stock moto 5.2.5 vs samlocal.emulator.patches.
 
     python bench/sqs_depth.py [--depths 0,1000,2000,5000] [--seconds 3]
 
 Starts two emulators as subprocesses on free loopback ports:
 
-* patched: ``python -m local.emulator --port 0`` (the real launcher);
-* unpatched: this script in ``--switchable-server`` mode, i.e. ``local.emulator.serve``
+* patched: ``python -m samlocal.emulator --port 0`` (the real launcher);
+* unpatched: this script in ``--switchable-server`` mode, i.e. ``samlocal.emulator.serve``
   whose SQS code can be switched between patched and stock moto from stdin.
 
 For each depth (ascending) a FIFO queue is pre-filled to that depth with
@@ -53,8 +53,8 @@ BODY = "x" * 200
 
 def switchable_server() -> int:
     """Serve on a free port; stdin lines "patched"/"stock" switch the SQS code."""
-    sys.path.insert(0, str(REPO))
-    from local import emulator, moto_patches
+    from samlocal.emulator import patches as moto_patches
+    from samlocal.emulator import server as emulator
 
     emulator.configure_json_logging()
     emu = emulator.serve("127.0.0.1", 0, patched=True, metrics_interval=0)
@@ -254,7 +254,7 @@ def main() -> int:
     depths = sorted({int(d) for d in args.depths.split(",") if d.strip()})
     started = time.monotonic()
     print(f"machine: {machine()}")
-    patched = start_server("patched", ["-m", "local.emulator", "--host", "127.0.0.1", "--port", "0", "--metrics-interval", "0"], False)
+    patched = start_server("patched", ["-m", "samlocal.emulator", "--host", "127.0.0.1", "--port", "0", "--metrics-interval", "0"], False)
     unpatched = start_server("unpatched", [str(Path(__file__).resolve()), "--switchable-server"], True)
     try:
         print("measuring (FIFO queue, 100 groups, SendMessageBatch of 10 / ReceiveMessage 10 + DeleteMessageBatch):")

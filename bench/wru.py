@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "layers" / "common"))
-sys.path.insert(0, str(ROOT))
 
 MAX_ITEM_BYTES = 400 * 1024
 WRITES = {"PutItem", "UpdateItem", "DeleteItem"}
@@ -139,8 +136,8 @@ def stack() -> Iterator[tuple[str, str, Callable[[], Any]]]:
     import boto3
     from moto import mock_aws
 
-    from local.resources import provision
-    from local.template import Stack, load
+    from samlocal.resources import provision
+    from samlocal.template import Stack, load
 
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_REGION": "us-east-1"}.items():

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-import event_pb2 as event__pb2
+from grpc_shim import event_pb2 as grpc__shim_dot_event__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in event_pb2_grpc.py depends on'
+        + ' but the generated code in grpc_shim/event_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class MarsGrpcStub:
         """
         self.collectEvent = channel.unary_unary(
                 '/MarsWeb.GrpcService.MarsGrpc/collectEvent',
-                request_serializer=event__pb2.EventRequest.SerializeToString,
-                response_deserializer=event__pb2.EventResponse.FromString,
+                request_serializer=grpc__shim_dot_event__pb2.EventRequest.SerializeToString,
+                response_deserializer=grpc__shim_dot_event__pb2.EventResponse.FromString,
                 _registered_method=True)
         self.collectEvents = channel.unary_unary(
                 '/MarsWeb.GrpcService.MarsGrpc/collectEvents',
-                request_serializer=event__pb2.EventsRequest.SerializeToString,
-                response_deserializer=event__pb2.EventsResponse.FromString,
+                request_serializer=grpc__shim_dot_event__pb2.EventsRequest.SerializeToString,
+                response_deserializer=grpc__shim_dot_event__pb2.EventsResponse.FromString,
                 _registered_method=True)
         self.streamEvents = channel.stream_unary(
                 '/MarsWeb.GrpcService.MarsGrpc/streamEvents',
-                request_serializer=event__pb2.EventRequest.SerializeToString,
-                response_deserializer=event__pb2.StreamSummary.FromString,
+                request_serializer=grpc__shim_dot_event__pb2.EventRequest.SerializeToString,
+                response_deserializer=grpc__shim_dot_event__pb2.StreamSummary.FromString,
                 _registered_method=True)
 
 
@@ -79,18 +79,18 @@ def add_MarsGrpcServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'collectEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.collectEvent,
-                    request_deserializer=event__pb2.EventRequest.FromString,
-                    response_serializer=event__pb2.EventResponse.SerializeToString,
+                    request_deserializer=grpc__shim_dot_event__pb2.EventRequest.FromString,
+                    response_serializer=grpc__shim_dot_event__pb2.EventResponse.SerializeToString,
             ),
             'collectEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.collectEvents,
-                    request_deserializer=event__pb2.EventsRequest.FromString,
-                    response_serializer=event__pb2.EventsResponse.SerializeToString,
+                    request_deserializer=grpc__shim_dot_event__pb2.EventsRequest.FromString,
+                    response_serializer=grpc__shim_dot_event__pb2.EventsResponse.SerializeToString,
             ),
             'streamEvents': grpc.stream_unary_rpc_method_handler(
                     servicer.streamEvents,
-                    request_deserializer=event__pb2.EventRequest.FromString,
-                    response_serializer=event__pb2.StreamSummary.SerializeToString,
+                    request_deserializer=grpc__shim_dot_event__pb2.EventRequest.FromString,
+                    response_serializer=grpc__shim_dot_event__pb2.StreamSummary.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -118,8 +118,8 @@ class MarsGrpc:
             request,
             target,
             '/MarsWeb.GrpcService.MarsGrpc/collectEvent',
-            event__pb2.EventRequest.SerializeToString,
-            event__pb2.EventResponse.FromString,
+            grpc__shim_dot_event__pb2.EventRequest.SerializeToString,
+            grpc__shim_dot_event__pb2.EventResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -145,8 +145,8 @@ class MarsGrpc:
             request,
             target,
             '/MarsWeb.GrpcService.MarsGrpc/collectEvents',
-            event__pb2.EventsRequest.SerializeToString,
-            event__pb2.EventsResponse.FromString,
+            grpc__shim_dot_event__pb2.EventsRequest.SerializeToString,
+            grpc__shim_dot_event__pb2.EventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -172,8 +172,8 @@ class MarsGrpc:
             request_iterator,
             target,
             '/MarsWeb.GrpcService.MarsGrpc/streamEvents',
-            event__pb2.EventRequest.SerializeToString,
-            event__pb2.StreamSummary.FromString,
+            grpc__shim_dot_event__pb2.EventRequest.SerializeToString,
+            grpc__shim_dot_event__pb2.StreamSummary.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,18 +20,15 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-HERE = Path(__file__).resolve().parent
-for path in (HERE, HERE.parent / "layers" / "common"):  # generated code; the layer (in the image: /opt/python)
-    if path.is_dir() and str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+# The layer's package (pyproject.toml maps mars_common to layers/common/mars_common; the image copies it
+# beside grpc_shim) and the generated code, a module of this package.
+from mars_common import auth
+from mars_common.config import settings
+from mars_common.events import MAX_BULK, Event, FieldError, ValidationError, parse_event, utc_now
+from mars_common.queues import EnqueueFailure, send_batch
+from mars_common.sharding import shard
 
-import event_pb2  # noqa: E402
-import event_pb2_grpc  # noqa: E402
-from mars_common import auth  # noqa: E402
-from mars_common.config import settings  # noqa: E402
-from mars_common.events import MAX_BULK, Event, FieldError, ValidationError, parse_event, utc_now  # noqa: E402
-from mars_common.queues import EnqueueFailure, send_batch  # noqa: E402
-from mars_common.sharding import shard  # noqa: E402
+from grpc_shim import event_pb2, event_pb2_grpc
 
 log = logging.getLogger("mars.grpc")
 SERVICE = "MarsWeb.GrpcService.MarsGrpc"

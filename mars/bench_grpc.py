@@ -73,7 +73,7 @@ def _noop_servicer() -> Any:
     """MarsGrpc that answers at once: the cost of gRPC itself on this machine."""
     pb2, pb2_grpc = stubs()
 
-    class Noop(pb2_grpc.MarsGrpcServicer):  # type: ignore[misc, name-defined]
+    class Noop(pb2_grpc.MarsGrpcServicer):  # type: ignore[name-defined]
         async def collectEvent(self, request: Any, context: Any) -> Any:  # noqa: N802 - Mars's rpc name
             return pb2.EventResponse(success=True)
 
@@ -91,7 +91,7 @@ async def _serve_noop(port: int) -> None:
 
 def noop_server() -> tuple[subprocess.Popen[bytes], str]:
     """The no-op server in a process of its own, as the shim is: the load generator is not its rival."""
-    from local.stack import free_port, wait_for_port
+    from samlocal.stack import free_port, wait_for_port
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "mars.bench_grpc", "--noop", str(port)],
@@ -128,7 +128,7 @@ async def compare(target: str, noop: str, count: int, concurrency: int) -> tuple
 
 
 def report(target: str, count: int, concurrency: int, send_ceiling: float | None = None) -> dict[str, Any]:
-    from local.stack import terminate
+    from samlocal.stack import terminate
 
     process, noop = noop_server()
     try:

@@ -40,10 +40,10 @@ def _overrides(items: list[str], declared: set[str], auth: bool = False) -> dict
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from local import logs
-    from local.invoker import Fault
-    from local.stack import Config, LocalStack, embedded_services
-    from local.template import TemplateError, load
+    from samlocal import logs
+    from samlocal.invoker import Fault
+    from samlocal.stack import Config, LocalRuntime, embedded_services
+    from samlocal.template import TemplateError, load
 
     logs.setup(args.log_level)
     if args.template is None:
@@ -73,7 +73,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stack = LocalStack(config)
+    stack = LocalRuntime(config)
     shim = None
     try:
         # The gateways answer 503 until everything below listens: "up" means every server is.
@@ -91,7 +91,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         log.error("stack failed to start", extra={"error": str(exc), "error_type": type(exc).__name__})
         print(f"mars: the local stack did not start: {exc}", file=sys.stderr)
         if shim is not None:
-            from local.stack import terminate
+            from samlocal.stack import terminate
 
             terminate(shim)
         stack.stop()
@@ -105,7 +105,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         log.info("stopping")
         if shim is not None:
-            from local.stack import terminate
+            from samlocal.stack import terminate
 
             terminate(shim)  # the shim drains its in-flight calls before the queues go away
         stack.stop()
@@ -117,11 +117,11 @@ def _start_grpc_shim(args: argparse.Namespace, stack: Any) -> Any:
     import os
     import subprocess
 
-    from local.stack import wait_for_port
+    from samlocal.stack import wait_for_port
 
     outputs = stack.outputs()
     root = Path(__file__).resolve().parent.parent  # the checkout that holds grpc_shim/ and the layer
-    from local.stack import endpoint_variable
+    from samlocal.stack import endpoint_variable
 
     env = {**os.environ, "PYTHONPATH": str(root), "EVENTS_QUEUE_URLS": outputs["EventsQueueUrls"],
            "KEYS_TABLE": outputs.get("KeysTableName", ""),
@@ -278,7 +278,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                   f"{'IngestTopicArn' if args.transport == 'sns' else 'IngestQueueUrl'}; --url is for http/grpc",
                   file=sys.stderr)
             return 2
-        # the stack's recorded endpoints (embedded moto, LocalStack, or a mix with --embedded)
+        # the stack's recorded endpoints (embedded moto, LocalRuntime, or a mix with --embedded)
         client = (MarsClient.sns(state["outputs"]["IngestTopicArn"], stacks.aws_client(state, "sns"))
                   if args.transport == "sns"
                   else MarsClient.sqs(state["outputs"]["IngestQueueUrl"], stacks.aws_client(state, "sqs")))
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="use this AWS-compatible endpoint (e.g. LocalStack) instead of embedded moto")
     up.add_argument("--embedded", metavar="SERVICE[,SERVICE…]", default="",
                     help="with --endpoint: keep these services (boto3 names) on the embedded emulator, e.g. "
-                         "dynamodb,dynamodbstreams for LocalStack, whose DynamoDB needs Java and a download")
+                         "dynamodb,dynamodbstreams for LocalRuntime, whose DynamoDB needs Java and a download")
     up.add_argument("--parameter-overrides", nargs="*", default=[], metavar="Name=Value")
     up.add_argument("--auth", action="store_true", help="require API keys (mars keys create), as deployed")
     up.add_argument("--fault", action="append", default=[], metavar="Function=rate[:before|after|kill]",

@@ -27,11 +27,11 @@ def _auth() -> Any:
 def _outputs(args: argparse.Namespace) -> tuple[dict[str, Any], bool] | None:
     """(outputs, deployed). Locally the process talks to the stack's emulators (dummy credentials)."""
     if args.stack_outputs:
-        from mars.redrive import read_outputs_file  # one reader of every form of a stack's Outputs (or UsageError)
+        from mars.stacks import read_outputs_file  # one reader of every form of a stack's Outputs (or UsageError)
 
         return read_outputs_file(Path(args.stack_outputs)), True
-    from local.stack import endpoint_variable
     from mars import stacks
+    from samlocal.stack import endpoint_variable
 
     state = stacks.find(args, "--stack-outputs FILE for a deployed stack", start="make up AUTH=1")
     if state is None:
@@ -104,7 +104,7 @@ def _sync_api_gateway(outputs: dict[str, Any], keys: list[dict[str, Any]]) -> tu
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from mars.redrive import UsageError
+    from mars.stacks import UsageError
 
     try:
         found = _outputs(args)

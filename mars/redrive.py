@@ -74,10 +74,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-ROOT = Path(__file__).resolve().parent.parent
-LAYER = ROOT / "layers" / "common"  # the layer's mars_common: the one sharding function and the event contract
-if LAYER.is_dir() and str(LAYER) not in sys.path:
-    sys.path.insert(0, str(LAYER))
+from mars import stacks
+from mars.stacks import UsageError, read_outputs_file
 
 RECEIVE_BATCH = 10  # SQS's maximum
 RECEIVE_WAIT_SECONDS = 1  # long polling asks every SQS server: an empty answer means empty (for what is visible)
@@ -97,10 +95,6 @@ UNRECOGNISED = "unrecognised"
 ROUTER_ATTRIBUTES = ("ErrorMessage", "Source")
 
 
-class UsageError(Exception):
-    """No stack to talk to, or unusable arguments: exit code 2."""
-
-
 # --- the stack ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Queues:
@@ -118,28 +112,6 @@ def queues_from_outputs(outputs: dict[str, Any], which: Iterable[str]) -> Queues
     events = tuple(u.strip() for u in str(outputs.get("EventsQueueUrls", "")).split(",") if u.strip())
     return Queues(str(outputs.get("DeadLetterQueueUrl", "")), events, str(outputs.get("IngestDeadLetterQueueUrl", "")),
                   str(outputs.get("IngestQueueUrl", "")))
-
-
-def read_outputs_file(path: Path) -> dict[str, Any]:
-    """`mars outputs` JSON, `aws cloudformation describe-stacks` JSON, or its `Stacks[0].Outputs` list."""
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read --stack-outputs {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise UsageError(f"--stack-outputs {path} is not JSON: {exc}") from exc
-    if isinstance(data, dict) and isinstance(data.get("Stacks"), list):
-        if len(data["Stacks"]) != 1:
-            raise UsageError(f"--stack-outputs {path} describes {len(data['Stacks'])} stacks: pass one (--stack-name)")
-        data = data["Stacks"][0].get("Outputs", [])
-    if isinstance(data, list):
-        try:
-            return {str(o["OutputKey"]): o["OutputValue"] for o in data}
-        except (KeyError, TypeError) as exc:
-            raise UsageError(f"--stack-outputs {path}: a list of outputs needs OutputKey and OutputValue") from exc
-    if isinstance(data, dict):
-        return data
-    raise UsageError(f"--stack-outputs {path}: expected a JSON object of outputs")
 
 
 def _region_of(url: str) -> str | None:
@@ -163,8 +135,7 @@ def connect(args: argparse.Namespace, which: Iterable[str]) -> tuple[Any, Queues
         return session.client("sqs", region_name=region, config=config), queues
     import io
 
-    from local.template import REGION
-    from mars import stacks
+    from samlocal.template import REGION
 
     said = io.StringIO()
     state = stacks.find(args, "--stack-outputs FILE for a deployed stack", err=said)
@@ -630,10 +601,8 @@ def register(subparsers: Any, stack_args: Callable[[argparse.ArgumentParser], No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mars.stacks import stack_args
-
     parser = argparse.ArgumentParser(prog="mars")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), stack_args)
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), stacks.stack_args)
     return parser
 
 

@@ -1,6 +1,7 @@
-"""Where running local stacks record themselves, and how every `mars` command finds one.
+"""Where running local stacks record themselves, and how every `mars` command finds one (or reads a
+deployed stack's Outputs from a file: `read_outputs_file`).
 
-A stack writes `<state dir>/<stack name>.json` while it runs (local/stack.py). The state dir is per
+A stack writes `<state dir>/<stack name>.json` while it runs (samlocal/stack.py). The state dir is per
 user, not per folder, so `mars stats` finds the stack `make up` started from any folder:
 `--state-dir`, else `$MARS_STATE_DIR`, else `$XDG_STATE_HOME/mars`, else `~/.local/state/mars`.
 """
@@ -15,6 +16,32 @@ from pathlib import Path
 from typing import Any, TextIO
 
 DEFAULT_STACK = "mars-local"
+
+
+class UsageError(Exception):
+    """No stack to talk to, or unusable arguments: exit code 2."""
+
+
+def read_outputs_file(path: Path) -> dict[str, Any]:
+    """`mars outputs` JSON, `aws cloudformation describe-stacks` JSON, or its `Stacks[0].Outputs` list."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read --stack-outputs {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise UsageError(f"--stack-outputs {path} is not JSON: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("Stacks"), list):
+        if len(data["Stacks"]) != 1:
+            raise UsageError(f"--stack-outputs {path} describes {len(data['Stacks'])} stacks: pass one (--stack-name)")
+        data = data["Stacks"][0].get("Outputs", [])
+    if isinstance(data, list):
+        try:
+            return {str(o["OutputKey"]): o["OutputValue"] for o in data}
+        except (KeyError, TypeError) as exc:
+            raise UsageError(f"--stack-outputs {path}: a list of outputs needs OutputKey and OutputValue") from exc
+    if isinstance(data, dict):
+        return data
+    raise UsageError(f"--stack-outputs {path}: expected a JSON object of outputs")
 
 
 def default_state_dir() -> Path:
@@ -97,5 +124,6 @@ def aws_client(state: dict[str, Any], service: str) -> Any:
     """A boto3 client of the running stack's `service`, in its region, with the local dummy credentials."""
     import boto3
 
-    return boto3.client(service, endpoint_url=endpoint(state, service), region_name=state.get("region") or "us-east-1",
+    return boto3.client(service, endpoint_url=endpoint(state, service),  # type: ignore[call-overload]  # any service, by name
+                        region_name=state.get("region") or "us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")

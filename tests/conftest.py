@@ -74,9 +74,9 @@ def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iter
     runtime uses), and the environment a function of the template gets, set for this process."""
     from moto import mock_aws
 
-    from local.functions import build_spec
-    from local.resources import provision
-    from local.template import Stack, load
+    from samlocal.lambdas import build_spec
+    from samlocal.resources import provision
+    from samlocal.template import Stack, load
 
     with mock_aws():
         stack = Stack(load(ROOT / "template.yaml"), root=ROOT, name="unit",
@@ -137,7 +137,7 @@ def load_function(name: str) -> ModuleType:
 
 @pytest.fixture
 def lambda_context() -> Any:
-    from local.worker import LambdaContext
+    from samlocal.worker import LambdaContext
 
     spec = {"name": "unit-function", "arn": "arn:aws:lambda:us-east-1:123456789012:function:unit-function",
             "memory_mb": 512}

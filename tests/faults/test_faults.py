@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -31,12 +30,9 @@ import grpc
 import pytest
 import requests
 
+from grpc_shim import event_pb2, event_pb2_grpc
 from mars.client import MarsClient
 from tests.integration.conftest import ROOT, RunningStack, start_stack
-
-sys.path.insert(0, str(ROOT / "grpc_shim"))
-import event_pb2  # noqa: E402
-import event_pb2_grpc  # noqa: E402
 
 EVENTS = int(os.environ.get("MARS_FAULT_EVENTS", "600"))
 STEPS = ["CREATED", "QUEUED", "SENT", "DELIVERED", "ACKED"]

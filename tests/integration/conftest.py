@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from local.stack import free_port, terminate
+from samlocal.stack import free_port, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 MARS = [sys.executable, "-m", "mars.cli"]
@@ -77,7 +77,7 @@ class RunningStack:
 def _mars_shaped(template: Path) -> tuple[list[str], bool]:
     """The test parameters `template` declares, and whether it has what the gRPC shim needs (Mars's
     queues): another SAM app (tests/fixtures/…) gets neither, a copy of Mars's template both."""
-    from local.template import load
+    from samlocal.template import load
 
     spec = load(template)
     declared = set(spec.get("Parameters") or {})

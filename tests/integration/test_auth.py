@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
 
 import grpc
@@ -15,11 +14,9 @@ import requests
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from .conftest import MARS, ROOT, RunningStack, wait_timeline
+from grpc_shim import event_pb2, event_pb2_grpc
 
-sys.path.insert(0, str(ROOT / "grpc_shim"))
-import event_pb2  # noqa: E402
-import event_pb2_grpc  # noqa: E402
+from .conftest import MARS, ROOT, RunningStack, wait_timeline
 
 
 def uid(prefix: str) -> str:

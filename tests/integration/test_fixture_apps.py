@@ -43,7 +43,7 @@ def test_rest_errors_a_raising_handler_and_a_non_string_body_are_502s_logged_wit
             assert resp.status_code == 502 and resp.json() == {"message": "Internal server error"}, path
 
         boom = log_line(stack, lambda x: x.get("level") == "ERROR" and x.get("route") == "GET /boom")
-        assert boom["logger"] == "local.apigw" and boom["msg"].startswith("function error")
+        assert boom["logger"] == "samlocal.apigw" and boom["msg"].startswith("function error")
         assert boom["error_type"] == "BoomError" and boom["error"] == "the handler failed on purpose"
         assert boom["function"] == "ErrorsFunction" and boom["request_id"]
         dict_body = log_line(stack, lambda x: x.get("level") == "ERROR" and x.get("route") == "GET /dict-body")

@@ -14,18 +14,18 @@ import boto3
 import pytest
 import requests
 
-from local.stack import Config, LocalStack, free_port
+from samlocal.stack import Config, LocalRuntime, free_port
 
 POLL_SETTLE = 1.5  # a poll already waiting (1 s long poll) may still return once
 PROBE = Path(__file__).resolve().parent.parent / "fixtures" / "probe_app" / "template.yaml"
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Path]]:
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalRuntime, Path]]:
     tmp = tmp_path_factory.mktemp("probe")
     record = tmp / "record.jsonl"
     record.touch()
-    stack = LocalStack(Config(template=PROBE, stack_name="probe", api_port=free_port(), ws_port=free_port(),
+    stack = LocalRuntime(Config(template=PROBE, stack_name="probe", api_port=free_port(), ws_port=free_port(),
                               emulator_port=free_port(),
                               parameter_overrides={"RecordFile": str(record)}, state_dir=tmp / "state"))
     stack.start()
@@ -47,7 +47,7 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> An
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-def received(stack: LocalStack, output: str) -> list[dict[str, Any]]:
+def received(stack: LocalRuntime, output: str) -> list[dict[str, Any]]:
     """Up to 10 messages of the queue an output names (a dead-letter queue), with their attributes."""
     return stack.client("sqs").receive_message(QueueUrl=stack.outputs()[output], MaxNumberOfMessages=10,
                                                WaitTimeSeconds=1, AttributeNames=["All"],
@@ -58,7 +58,7 @@ def batches_with(path: Path, tag: str) -> list[dict[str, Any]]:
     return [r for r in records(path) if r["kind"] == "batch" and any(b.get("tag") == tag for b in r["bodies"])]
 
 
-def send_fifo(stack: LocalStack, bodies: list[tuple[str, dict[str, Any]]]) -> None:
+def send_fifo(stack: LocalRuntime, bodies: list[tuple[str, dict[str, Any]]]) -> None:
     """One SendMessageBatch per 10, so a group's messages arrive together (one receive sees them all)."""
     sqs = stack.client("sqs")
     url = stack.outputs()["WorkQueueUrl"]
@@ -68,7 +68,7 @@ def send_fifo(stack: LocalStack, bodies: list[tuple[str, dict[str, Any]]]) -> No
         assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
 
 
-def test_resources_and_outputs_come_from_the_template(probe: tuple[LocalStack, Path]) -> None:
+def test_resources_and_outputs_come_from_the_template(probe: tuple[LocalRuntime, Path]) -> None:
     stack, _ = probe
     out = stack.outputs()
     assert out["WorkQueueUrl"].endswith("/probe-WorkQueue.fifo")
@@ -79,7 +79,7 @@ def test_resources_and_outputs_come_from_the_template(probe: tuple[LocalStack, P
     assert redrive["maxReceiveCount"] == 3 and redrive["deadLetterTargetArn"].endswith(":probe-WorkDeadLetters.fifo")
 
 
-def test_rest_proxy_event_shape_and_environment(probe: tuple[LocalStack, Path]) -> None:
+def test_rest_proxy_event_shape_and_environment(probe: tuple[LocalRuntime, Path]) -> None:
     stack, _ = probe
     base = stack.outputs()["ApiUrl"]
     resp = requests.get(base + "hello/w%C3%B6rld%20x?a=1&a=2&b=", headers={"X-Trace": "t1"}, timeout=10)
@@ -107,14 +107,14 @@ def test_rest_proxy_event_shape_and_environment(probe: tuple[LocalStack, Path]) 
     assert ev["body"] == '{"x": 1}'
 
 
-def test_gateway_errors(probe: tuple[LocalStack, Path]) -> None:
+def test_gateway_errors(probe: tuple[LocalRuntime, Path]) -> None:
     stack, _ = probe
     base = stack.outputs()["ApiUrl"]
     resp = requests.get(base + "hello/x?raise=1", timeout=10)
     assert resp.status_code == 502 and resp.json() == {"message": "Internal server error"}
 
 
-def test_fifo_batches_groups_and_order(probe: tuple[LocalStack, Path]) -> None:
+def test_fifo_batches_groups_and_order(probe: tuple[LocalRuntime, Path]) -> None:
     stack, record = probe
     tag = "order-" + uuid.uuid4().hex[:6]
     bodies = [(f"g{n % 3}", {"tag": tag, "group": f"g{n % 3}", "n": n}) for n in range(30)]
@@ -133,7 +133,7 @@ def test_fifo_batches_groups_and_order(probe: tuple[LocalStack, Path]) -> None:
             assert s2 >= e1, f"two batches of group {g} were in flight at once"
 
 
-def test_partial_failure_redelivers_only_the_failed_and_in_order(probe: tuple[LocalStack, Path]) -> None:
+def test_partial_failure_redelivers_only_the_failed_and_in_order(probe: tuple[LocalRuntime, Path]) -> None:
     stack, record = probe
     tag = "partial-" + uuid.uuid4().hex[:6]
     # m0 of group A fails on its first receive; m1, m2 of A must then wait and come back after it, in order.
@@ -156,7 +156,7 @@ def test_partial_failure_redelivers_only_the_failed_and_in_order(probe: tuple[Lo
     assert second["receive_counts"][0] == 2
 
 
-def test_poison_goes_to_the_dead_letter_queue_without_blocking_others(probe: tuple[LocalStack, Path]) -> None:
+def test_poison_goes_to_the_dead_letter_queue_without_blocking_others(probe: tuple[LocalRuntime, Path]) -> None:
     stack, record = probe
     tag = "poison-" + uuid.uuid4().hex[:6]
     send_fifo(stack, [("P-" + tag, {"tag": tag, "n": 0, "fail": True}), ("Q-" + tag, {"tag": tag, "n": 1})])
@@ -167,7 +167,7 @@ def test_poison_goes_to_the_dead_letter_queue_without_blocking_others(probe: tup
     assert len(attempts) == 3, "maxReceiveCount receives, then the dead-letter queue"
 
 
-def test_standard_queue_without_partial_reports_and_function_errors(probe: tuple[LocalStack, Path]) -> None:
+def test_standard_queue_without_partial_reports_and_function_errors(probe: tuple[LocalRuntime, Path]) -> None:
     stack, record = probe
     tag = "plain-" + uuid.uuid4().hex[:6]
     sqs = stack.client("sqs")
@@ -183,7 +183,7 @@ def test_standard_queue_without_partial_reports_and_function_errors(probe: tuple
                           and r["bodies"][0].get("tag") == tag2]) >= 2, timeout=15)
 
 
-def test_timeout_kills_the_invocation_and_the_message_returns(probe: tuple[LocalStack, Path]) -> None:
+def test_timeout_kills_the_invocation_and_the_message_returns(probe: tuple[LocalRuntime, Path]) -> None:
     stack, record = probe
     tag = "slow-" + uuid.uuid4().hex[:6]
     sqs = stack.client("sqs")
@@ -197,7 +197,7 @@ def test_timeout_kills_the_invocation_and_the_message_returns(probe: tuple[Local
     sqs.purge_queue(QueueUrl=url)
 
 
-def test_event_source_mappings_pause_and_resume_through_the_lambda_api(probe: tuple[LocalStack, Path]) -> None:
+def test_event_source_mappings_pause_and_resume_through_the_lambda_api(probe: tuple[LocalRuntime, Path]) -> None:
     stack, record = probe
     lam = boto3.client("lambda", endpoint_url=stack.lambda_endpoint, region_name="us-east-1",
                        aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -215,7 +215,7 @@ def test_event_source_mappings_pause_and_resume_through_the_lambda_api(probe: tu
     wait_for(lambda: batches_with(record, tag), timeout=10)
 
 
-def test_aws_calls_are_counted_through_botocore_hooks(probe: tuple[LocalStack, Path]) -> None:
+def test_aws_calls_are_counted_through_botocore_hooks(probe: tuple[LocalRuntime, Path]) -> None:
     stack, _ = probe
     calls = requests.get(stack.lambda_endpoint + "/_local/aws-calls", timeout=10).json()
     assert calls["runtime"].get("sqs.ReceiveMessage", 0) > 0
@@ -224,7 +224,7 @@ def test_aws_calls_are_counted_through_botocore_hooks(probe: tuple[LocalStack, P
 
 
 def test_sns_trigger_delivers_lambda_sns_events_and_dead_letters_after_three_attempts(
-        probe: tuple[LocalStack, Path]) -> None:
+        probe: tuple[LocalRuntime, Path]) -> None:
     stack, record = probe
     sns = stack.client("sns")
     topic = stack.outputs()["TopicArn"]
@@ -253,7 +253,7 @@ def ws_events(path: Path, route: str) -> list[dict[str, Any]]:
     return [r["event"] for r in records(path) if r["kind"] == "ws" and r["event"]["requestContext"]["routeKey"] == route]
 
 
-def test_websocket_connect_message_and_disconnect_events(probe: tuple[LocalStack, Path]) -> None:
+def test_websocket_connect_message_and_disconnect_events(probe: tuple[LocalRuntime, Path]) -> None:
     from websockets.sync.client import connect
 
     stack, record = probe
@@ -279,7 +279,7 @@ def test_websocket_connect_message_and_disconnect_events(probe: tuple[LocalStack
     assert gone[0]["requestContext"]["disconnectStatusCode"] == 1000
 
 
-def test_websocket_connect_route_can_refuse(probe: tuple[LocalStack, Path]) -> None:
+def test_websocket_connect_route_can_refuse(probe: tuple[LocalRuntime, Path]) -> None:
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
@@ -292,7 +292,7 @@ def test_websocket_connect_route_can_refuse(probe: tuple[LocalStack, Path]) -> N
     assert wrong_stage.value.response.status_code == 403
 
 
-def test_websocket_routes_two_way_forbidden_and_errors(probe: tuple[LocalStack, Path]) -> None:
+def test_websocket_routes_two_way_forbidden_and_errors(probe: tuple[LocalRuntime, Path]) -> None:
     from websockets.sync.client import connect
 
     stack, _ = probe
@@ -310,7 +310,7 @@ def test_websocket_routes_two_way_forbidden_and_errors(probe: tuple[LocalStack, 
         assert json.loads(ws.recv(timeout=10))["echo"]["n"] == 2
 
 
-def test_connections_api_post_get_delete_gone_and_limits(probe: tuple[LocalStack, Path]) -> None:
+def test_connections_api_post_get_delete_gone_and_limits(probe: tuple[LocalRuntime, Path]) -> None:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
@@ -346,7 +346,7 @@ def test_connections_api_post_get_delete_gone_and_limits(probe: tuple[LocalStack
     assert refused.value.response["Error"]["Code"] == "UnrecognizedClientException"
 
 
-def test_a_client_message_over_128_kb_closes_the_socket_with_1009(probe: tuple[LocalStack, Path]) -> None:
+def test_a_client_message_over_128_kb_closes_the_socket_with_1009(probe: tuple[LocalRuntime, Path]) -> None:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
@@ -358,7 +358,7 @@ def test_a_client_message_over_128_kb_closes_the_socket_with_1009(probe: tuple[L
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
-def test_function_environment_urls_point_at_the_local_servers(probe: tuple[LocalStack, Path]) -> None:
+def test_function_environment_urls_point_at_the_local_servers(probe: tuple[LocalRuntime, Path]) -> None:
     stack, _ = probe
     env = stack.invoker.pools["SocketFunction"].spec.environment
     ws_url, management = next(iter(stack.websocket_urls.values()))

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from local.stack import free_port, terminate
+from samlocal.stack import free_port, terminate
 from tests.integration.conftest import MARS, ROOT, TEST_PARAMETERS
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from local.stack import free_port, terminate
+from samlocal.stack import free_port, terminate
 from tests.integration.conftest import RunningStack, start_stack
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from local import emulator as emulator_mod
+from samlocal import emulator as emulator_mod
 
 SCAN = json.dumps({"TableName": "keys"})
 
@@ -79,13 +79,13 @@ def test_boto3_keeps_working(emu: emulator_mod.Emulator) -> None:
 
 
 def test_the_emulator_process_refuses_a_web_page_too() -> None:
-    """The real `python -m local.emulator` (what `mars up` starts), not only the in-process app."""
+    """The real `python -m samlocal.emulator` (what `mars up` starts), not only the in-process app."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
-    proc = subprocess.Popen([sys.executable, "-m", "local.emulator", "--port", "0", "--metrics-interval", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "samlocal.emulator", "--port", "0", "--metrics-interval", "0"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None

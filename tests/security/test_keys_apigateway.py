@@ -11,7 +11,7 @@ import pytest
 from mars_common import auth, aws, config
 from mars_common.config import settings
 
-from local.template import load
+from samlocal.template import load
 from tests.conftest import ROOT, load_function
 
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import requests
 
-from local import apigw_rest
-from local.apigw_rest import RestApi, Route, build_apis, serve
-from local.httpserver import Server
-from local.invoker import InvokeResult
-from local.template import Stack
+from samlocal import apigw_rest
+from samlocal.apigw_rest import RestApi, Route, build_apis, serve
+from samlocal.httpserver import Server
+from samlocal.invoker import InvokeResult
+from samlocal.template import Stack
 
 API_ID = "a1b2c3d4e5"
 
@@ -80,14 +80,14 @@ def gateway() -> Iterator[Callable[..., tuple[str, FakePool]]]:
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "local.apigw" and r.levelname == "ERROR"]
+    return [r for r in caplog.records if r.name == "samlocal.apigw" and r.levelname == "ERROR"]
 
 
 @pytest.mark.parametrize("body", [{"ok": True}, 42, ["a"], True])
 def test_a_body_that_is_not_a_string_is_a_502_with_an_error_line(
         gateway: Callable[..., tuple[str, FakePool]], caplog: pytest.LogCaptureFixture, body: Any) -> None:
     url, _ = gateway(returns({"statusCode": 200, "body": body}))
-    with caplog.at_level(logging.INFO, logger="local.apigw"):
+    with caplog.at_level(logging.INFO, logger="samlocal.apigw"):
         resp = requests.get(url + "/items/1", timeout=5)
     assert resp.status_code == 502 and resp.json() == {"message": "Internal server error"}
     (line,) = errors(caplog)
@@ -103,7 +103,7 @@ def test_other_malformed_results_and_function_errors_are_502s_with_an_error_line
                 InvokeResult(True, payload={"statusCode": 200, "headers": {"X-A": "v\r\nSet-Cookie: s=1"}}),
                 InvokeResult(True, payload={"statusCode": 200, "multiValueHeaders": {"X-B": ["ok", "v\nw"]}})])
     url, _ = gateway(lambda _e: next(bad))
-    with caplog.at_level(logging.INFO, logger="local.apigw"):
+    with caplog.at_level(logging.INFO, logger="samlocal.apigw"):
         for _ in range(5):
             resp = requests.get(url + "/other", timeout=5)
             assert resp.status_code == 502 and "Set-Cookie" not in resp.headers
@@ -128,7 +128,7 @@ def test_a_throttled_function_is_a_500_with_an_error_line(
 
     monkeypatch.setattr(FakePool, "invoke", invoke)
     url, _ = gateway(returns({}))
-    with caplog.at_level(logging.INFO, logger="local.apigw"):
+    with caplog.at_level(logging.INFO, logger="samlocal.apigw"):
         resp = requests.get(url + "/other", timeout=5)
     assert resp.status_code == 500 and resp.json() == {"message": "Internal server error"}
     assert asked == [True], "the gateway asks Lambda to throttle rather than wait"
@@ -148,7 +148,7 @@ def test_the_integration_times_out_after_29_seconds_whatever_the_functions_timeo
 
     url, pool = gateway(slow, timeout=900)  # a function allowed 15 minutes
     started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="local.apigw"):
+    with caplog.at_level(logging.INFO, logger="samlocal.apigw"):
         resp = requests.get(url + "/other", timeout=5)
     assert time.monotonic() - started < 1.2
     assert resp.status_code == 504 and resp.json() == {"message": "Endpoint request timed out"}

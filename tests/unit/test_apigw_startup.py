@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from local import apigw_rest
-from local.httpserver import Server
-from local.invoker import Invoker, InvokeResult
+from samlocal import apigw_rest
+from samlocal.httpserver import Server
+from samlocal.invoker import Invoker, InvokeResult
 
 
 class FakePool:
@@ -76,10 +76,10 @@ def test_a_gateway_failure_answers_500_and_logs_one_structured_line(
     server, invoker, ready = gateway
     invoker.pools["StatusFunction"] = FakePool(RuntimeError("boom"))  # type: ignore[assignment]
     ready.set()
-    with caplog.at_level(logging.ERROR, logger="local.apigw"):
+    with caplog.at_level(logging.ERROR, logger="samlocal.apigw"):
         status, _, body = get(server)
     assert status == 500 and json.loads(body) == {"message": "Internal server error"}
-    failed = [r for r in caplog.records if r.name == "local.apigw" and r.levelno == logging.ERROR]
+    failed = [r for r in caplog.records if r.name == "samlocal.apigw" and r.levelno == logging.ERROR]
     assert len(failed) == 1 and failed[0].exc_info and failed[0].error_type == "RuntimeError"
 
 

@@ -21,10 +21,10 @@ from botocore.credentials import Credentials
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from local.apigw_websocket import Gateway, WebSocketApi, WsRoute, serve_api
-from local.httpserver import Server
-from local.invoker import InvokeResult
-from local.tls import LocalCa, make_ca
+from samlocal.apigw_websocket import WebSocketApi, WebSocketGateway, WsRoute, serve_api
+from samlocal.httpserver import Server
+from samlocal.invoker import InvokeResult
+from samlocal.tls import LocalCa, make_ca
 
 
 @dataclass
@@ -65,11 +65,11 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
 
 
 @pytest.fixture
-def start(ca: LocalCa) -> Iterator[Callable[..., tuple[Gateway, list[Server]]]]:
+def start(ca: LocalCa) -> Iterator[Callable[..., tuple[WebSocketGateway, list[Server]]]]:
     """`start({route: answer})` → a running API (stage `dev`, routes on $request.body.action)."""
-    running: list[tuple[Gateway, list[Server]]] = []
+    running: list[tuple[WebSocketGateway, list[Server]]] = []
 
-    def _start(routes: dict[str, Callable[[dict[str, Any]], InvokeResult]]) -> tuple[Gateway, list[Server]]:
+    def _start(routes: dict[str, Callable[[dict[str, Any]], InvokeResult]]) -> tuple[WebSocketGateway, list[Server]]:
         api = WebSocketApi("Chat", "wsapi00001", "dev", ["action"],
                            {key: WsRoute(key, f"Fn{i}") for i, key in enumerate(routes)})
         invoker = FakeInvoker({f"Fn{i}": FakePool(answer) for i, answer in enumerate(routes.values())})
@@ -85,12 +85,12 @@ def start(ca: LocalCa) -> Iterator[Callable[..., tuple[Gateway, list[Server]]]]:
             server.stop()
 
 
-def url(gateway: Gateway) -> str:
+def url(gateway: WebSocketGateway) -> str:
     return f"ws://127.0.0.1:{gateway.port}"
 
 
 def test_a_client_frame_over_32_kb_closes_with_1009_a_fragmented_message_passes(
-        start: Callable[..., tuple[Gateway, list[Server]]]) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]]) -> None:
     def default(event: dict[str, Any]) -> InvokeResult:
         return InvokeResult(True, payload={"statusCode": 200, "body": str(len(event["body"]))})
 
@@ -106,7 +106,7 @@ def test_a_client_frame_over_32_kb_closes_with_1009_a_fragmented_message_passes(
 
 
 def test_the_connect_answers_headers_go_out_in_the_handshake(
-        start: Callable[..., tuple[Gateway, list[Server]]]) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]]) -> None:
     gateway, _ = start({"$connect": ok({"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "chat.v2",
                                                                        "X-Greeting": "hi"}})})
     with connect(url(gateway), subprotocols=["chat.v1", "chat.v2"]) as ws:  # type: ignore[list-item]
@@ -115,7 +115,7 @@ def test_the_connect_answers_headers_go_out_in_the_handshake(
 
 
 def test_a_function_reaches_connections_at_https_domain_name_stage(
-        start: Callable[..., tuple[Gateway, list[Server]]], ca: LocalCa, caplog: pytest.LogCaptureFixture) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]], ca: LocalCa, caplog: pytest.LogCaptureFixture) -> None:
     """What aws-samples/simple-websockets-chat-app's handlers do, with boto3 trusting the local CA (in a
     function, through AWS_CA_BUNDLE)."""
     calls: dict[str, Any] = {}
@@ -136,7 +136,7 @@ def test_a_function_reaches_connections_at_https_domain_name_stage(
     gateway, servers = start({"hello": hello})
     gateway.api.routes["hello"].two_way = True  # "done" comes back once the function has made its calls
     assert gateway.domain_name == f"127.0.0.1:{servers[1].port}"
-    with caplog.at_level(logging.INFO, logger="local.websocket"), connect(url(gateway)) as ws:
+    with caplog.at_level(logging.INFO, logger="samlocal.websocket"), connect(url(gateway)) as ws:
         ws.send(json.dumps({"action": "hello"}))
         assert json.loads(ws.recv(timeout=10)) == {"greeting": "hello"}
         assert ws.recv(timeout=10) == "done"
@@ -151,9 +151,9 @@ def test_a_function_reaches_connections_at_https_domain_name_stage(
 
 
 def test_a_client_that_does_not_trust_the_local_ca_leaves_an_error_line(
-        start: Callable[..., tuple[Gateway, list[Server]]], caplog: pytest.LogCaptureFixture) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]], caplog: pytest.LogCaptureFixture) -> None:
     gateway, _ = start({"$default": ok()})
-    with caplog.at_level(logging.INFO, logger="local.websocket"):
+    with caplog.at_level(logging.INFO, logger="samlocal.websocket"):
         with pytest.raises(requests.exceptions.SSLError):
             requests.post(f"https://{gateway.domain_name}/dev/@connections/x", data=b"{}", timeout=5)
         mgmt = management(f"https://{gateway.domain_name}/dev", config=Config(retries={"total_max_attempts": 1}))
@@ -164,7 +164,7 @@ def test_a_client_that_does_not_trust_the_local_ca_leaves_an_error_line(
 
 
 def test_the_plain_http_management_endpoint_still_answers(
-        start: Callable[..., tuple[Gateway, list[Server]]]) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]]) -> None:
     gateway, servers = start({"$default": ok()})
     with connect(url(gateway)):
         deadline = time.monotonic() + 5
@@ -218,7 +218,7 @@ def test_connections_calls_need_the_functions_sigv4_signature(
 
 
 def test_a_throttled_function_is_an_internal_error_at_once_not_a_wait(
-        start: Callable[..., tuple[Gateway, list[Server]]]) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]]) -> None:
     def throttled(_event: dict[str, Any]) -> InvokeResult:
         return InvokeResult(False, error={"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded."})
 

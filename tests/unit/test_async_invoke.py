@@ -1,4 +1,4 @@
-"""Lambda's asynchronous invocation (local.async_invoke) and reserved concurrency: retries, failure
+"""Lambda's asynchronous invocation (local.triggers.async_invoke) and reserved concurrency: retries, failure
 destinations, throttles, and the Lambda API's answers."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from local import async_invoke, lambda_api
-from local.async_invoke import AsyncConfig
-from local.invoker import FunctionPool, Invoker, InvokeResult
+from samlocal import lambda_api
+from samlocal.invoker import FunctionPool, Invoker, InvokeResult
+from samlocal.triggers import async_invoke
+from samlocal.triggers.async_invoke import AsyncConfig
 
 from .test_invoker import spec
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from local.httpserver import Handler, Server
+from samlocal.httpserver import Handler, Server
 from mars.client import MarsClient, MarsError, MarsNotFoundError, MarsValidationError, Retry, SqsTransport, prepare
 
 

@@ -8,10 +8,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local.resources import create_queue
-from local.stack import embedded_services
-from local.template import Stack
 from mars import cli, stacks
+from samlocal.resources import create_queue
+from samlocal.stack import embedded_services
+from samlocal.template import Stack
 
 TEMPLATE = {
     "Parameters": {"Where": {"Type": "String", "Default": "000000000000"}},
@@ -48,7 +48,7 @@ def test_embedded_services_bring_their_companions_and_refuse_unknown_names() -> 
 
 def test_up_refuses_embedded_without_an_endpoint_and_unknown_services(capsys: pytest.CaptureFixture[str],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from local import logs
+    from samlocal import logs
 
     monkeypatch.setattr(logs, "setup", lambda level: None)  # leave pytest's logging (and stderr) alone
     template = str(Path(__file__).resolve().parents[1] / "fixtures" / "probe_app" / "template.yaml")
@@ -77,12 +77,12 @@ class _Sts:
 @pytest.mark.parametrize("embedded, warned", [((), True), (("dynamodb", "dynamodbstreams"), False)])
 def test_localstack_without_embedded_dynamodb_is_warned_about(caplog: pytest.LogCaptureFixture,
                                                               embedded: tuple[str, ...], warned: bool) -> None:
-    from local.stack import Config, LocalStack
+    from samlocal.stack import Config, LocalRuntime
 
     template = Path(__file__).resolve().parents[1] / "fixtures" / "api_stream" / "template.yaml"  # has tables
-    stack = LocalStack(Config(template=template, endpoint="http://127.0.0.1:9", embedded=embedded))
+    stack = LocalRuntime(Config(template=template, endpoint="http://127.0.0.1:9", embedded=embedded))
     stack.client = lambda service: _Sts({"x-localstack": "true"})  # type: ignore[method-assign]
-    with caplog.at_level("WARNING", logger="local.stack"):
+    with caplog.at_level("WARNING", logger="samlocal.stack"):
         assert stack._caller_account() == "000000000000"
     assert any("--embedded dynamodb,dynamodbstreams" in r.getMessage() for r in caplog.records) is warned
 
@@ -90,15 +90,15 @@ def test_localstack_without_embedded_dynamodb_is_warned_about(caplog: pytest.Log
 def test_an_endpoint_without_sts_keeps_the_default_account_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     from botocore.exceptions import ClientError
 
-    from local.stack import Config, LocalStack
+    from samlocal.stack import Config, LocalRuntime
 
     class NoSts:
         def get_caller_identity(self) -> dict[str, object]:
             raise ClientError({"Error": {"Code": "InvalidAction", "Message": "no STS here"}}, "GetCallerIdentity")
 
     template = Path(__file__).resolve().parents[1] / "fixtures" / "api_stream" / "template.yaml"
-    stack = LocalStack(Config(template=template, endpoint="http://127.0.0.1:9"))
+    stack = LocalRuntime(Config(template=template, endpoint="http://127.0.0.1:9"))
     stack.client = lambda service: NoSts()  # type: ignore[method-assign]
-    with caplog.at_level("WARNING", logger="local.stack"):
+    with caplog.at_level("WARNING", logger="samlocal.stack"):
         assert stack._caller_account() == "123456789012"
     assert any("no STS" in r.getMessage() for r in caplog.records)

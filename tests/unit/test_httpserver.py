@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from local import httpserver
-from local.httpserver import Handler, Server
+from samlocal import httpserver
+from samlocal.httpserver import Handler, Server
 
 
 class Echo(Handler):
@@ -112,7 +112,7 @@ def test_a_handler_that_raises_is_one_structured_error_and_a_hang_up_is_not(capl
     srv = Server("127.0.0.1", 0, Raises, None)
     srv.start("test-raises")
     try:
-        with caplog.at_level(logging.DEBUG, logger="local.http"):
+        with caplog.at_level(logging.DEBUG, logger="samlocal.http"):
             for path in ("/bug", "/reset"):
                 with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
                     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())

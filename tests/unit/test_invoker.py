@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from local.functions import FunctionSpec
-from local.invoker import Fault, FunctionPool
+from samlocal.invoker import Fault, FunctionPool
+from samlocal.lambdas import FunctionSpec
 
 HANDLER = '''
 import os, time
@@ -221,12 +221,12 @@ def test_closing_the_pool_wakes_every_waiter(tmp_path: Path) -> None:
 
 
 def invoke_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "local.lambda" and r.getMessage() == "invoke"]
+    return [r for r in caplog.records if r.name == "samlocal.lambda" and r.getMessage() == "invoke"]
 
 
 def test_a_failed_invocation_logs_one_error_line_with_the_handlers_stack_trace(
         pool: FunctionPool, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="local.lambda")
+    caplog.set_level(logging.INFO, logger="samlocal.lambda")
     result = pool.invoke({"raise": True}, trigger="sqs", source="q")
     [line] = invoke_lines(caplog)
     assert line.levelno == logging.ERROR
@@ -242,7 +242,7 @@ def test_a_failed_invocation_logs_one_error_line_with_the_handlers_stack_trace(
 
 def test_an_event_that_cannot_be_delivered_is_a_logged_failure(pool: FunctionPool,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="local.lambda")
+    caplog.set_level(logging.INFO, logger="samlocal.lambda")
     pool.invoke({"n": b"\x00"}, trigger="schedule")
     try:
         {}["missing"]

@@ -1,7 +1,7 @@
-"""Correctness of local.moto_patches and of the emulator's AWS/SQS metrics thread.
+"""Correctness of samlocal.emulator.patches and of the emulator's AWS/SQS metrics thread.
 
-A patched moto server runs in this process (``local.emulator.serve``); a stock one
-(``python -m local.emulator --no-patches``) runs in a subprocess to show the
+A patched moto server runs in this process (``samlocal.emulator.serve``); a stock one
+(``python -m samlocal.emulator --no-patches``) runs in a subprocess to show the
 FIFO redelivery bug the patch fixes.  Timing is not tested here (see
 ``bench/sqs_depth.py``).
 """
@@ -25,8 +25,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.sqs.models import Queue, SQSBackend, sqs_backends
 
-from local import emulator as emulator_mod
-from local import moto_patches
+from samlocal.emulator import faults, metrics, patches, ttl
+from samlocal.emulator import server as emulator_mod
+from samlocal.emulator.patches import dynamodbstreams
+from samlocal.emulator.patches import sqs as sqs_patches
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"  # moto's default account
@@ -59,7 +61,7 @@ def sqs(server: emulator_mod.Emulator) -> Any:
 def unpatched_url() -> Iterator[str]:
     """Stock moto in a subprocess, started through the launcher's CLI."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "local.emulator", "--port", "0", "--no-patches", "--metrics-interval", "0"],
+        [sys.executable, "-m", "samlocal.emulator", "--port", "0", "--no-patches", "--metrics-interval", "0"],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
@@ -129,12 +131,12 @@ def _wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
 
 
 def test_apply_is_idempotent(server: emulator_mod.Emulator) -> None:
-    assert moto_patches.is_applied()
-    receive, originals = SQSBackend.receive_message, dict(moto_patches.ORIGINALS)
-    moto_patches.apply()
-    moto_patches.apply()
+    assert patches.is_applied()
+    receive, originals = SQSBackend.receive_message, dict(patches.ORIGINALS)
+    patches.apply()
+    patches.apply()
     assert SQSBackend.receive_message is receive
-    assert moto_patches.ORIGINALS == originals
+    assert patches.ORIGINALS == originals
     assert originals["SQSBackend.receive_message"] is not receive  # moto's own is kept
 
 
@@ -170,8 +172,8 @@ def test_fifo_duplicate_of_deleted_message_is_not_enqueued(sqs: Any) -> None:
 def test_fifo_dedup_window_expires(sqs: Any) -> None:
     url = _fifo(sqs)
     sqs.send_message(QueueUrl=url, MessageBody="a", MessageGroupId="g", MessageDeduplicationId="old")
-    index = moto_patches._state(_model(url)).dedup_first_sent
-    index["old"] -= moto_patches.dedup_window_ms() + 1  # pretend it was sent 5 min ago
+    index = sqs_patches._state(_model(url)).dedup_first_sent
+    index["old"] -= sqs_patches.dedup_window_ms() + 1  # pretend it was sent 5 min ago
     sqs.send_message(QueueUrl=url, MessageBody="b", MessageGroupId="g", MessageDeduplicationId="new")
     assert "old" not in index  # expired entries are dropped lazily
     sqs.send_message(QueueUrl=url, MessageBody="a2", MessageGroupId="g", MessageDeduplicationId="old")
@@ -386,7 +388,7 @@ def test_old_receipt_handle_still_deletes_and_is_indexed(sqs: Any) -> None:
     assert _counts(sqs, url) == (0, 0, 0)
     sqs.delete_message(QueueUrl=url, ReceiptHandle=second)  # already deleted: fine
     assert len(_model(url)._messages) == 0
-    assert moto_patches._store(_model(url))._by_handle == {}  # index cleaned up
+    assert sqs_patches._store(_model(url))._by_handle == {}  # index cleaned up
 
 
 def test_change_visibility(sqs: Any) -> None:
@@ -465,7 +467,7 @@ def test_message_instances_are_tracked_weakly(sqs: Any) -> None:
     url = _standard(sqs)
     sqs.send_message(QueueUrl=url, MessageBody="x")
     tracked = Message.instances_tracked  # type: ignore[attr-defined]
-    assert isinstance(tracked, moto_patches._WeakInstances)
+    assert isinstance(tracked, sqs_patches._WeakInstances)
     assert any(m.body == "x" for m in list(tracked))
 
 
@@ -597,7 +599,7 @@ def test_ttl_deletes_expired_items_within_seconds_with_a_service_remove_record(s
     for pk, expires in items.items():
         ddb.put_item(TableName=table, Item={"pk": {"S": pk}, "expires": expires})
     ddb.put_item(TableName=table, Item={"pk": {"S": "none"}})
-    deadline = time.monotonic() + 4 * emulator_mod.DEFAULT_TTL_INTERVAL + 5
+    deadline = time.monotonic() + 4 * ttl.DEFAULT_TTL_INTERVAL + 5
     while ddb.get_item(TableName=table, Key={"pk": {"S": "past"}}).get("Item") and time.monotonic() < deadline:
         time.sleep(0.2)
     left = {i["pk"]["S"] for i in ddb.scan(TableName=table)["Items"]}
@@ -624,8 +626,8 @@ def test_shard_iterators_expire_after_15_minutes_instead_of_piling_up(server: em
         iterator = streams.get_records(ShardIterator=iterator)["NextShardIterator"]
     assert streams.get_records(ShardIterator=first)["Records"] == []  # still young: reusable, as in AWS
     clock = [time.monotonic()]
-    monkeypatch.setattr(moto_patches.time, "monotonic", lambda: clock[0])
-    clock[0] += moto_patches.ITERATOR_TTL_SECONDS + 1
+    monkeypatch.setattr(dynamodbstreams.time, "monotonic", lambda: clock[0])
+    clock[0] += dynamodbstreams.ITERATOR_TTL_SECONDS + 1
     iterator = streams.get_records(ShardIterator=iterator)["NextShardIterator"]  # prunes the old ones
     with pytest.raises(ClientError) as expired:
         streams.get_records(ShardIterator=first)
@@ -659,7 +661,7 @@ def test_the_emulator_injects_aws_errors_into_a_fraction_of_one_apis_calls() -> 
     finally:
         em.stop()
     with pytest.raises(ValueError):
-        emulator_mod.ErrorInjection(None, ["nonsense"])
+        faults.ErrorInjection(None, ["nonsense"])
 
 
 # --------------------------------------------------------------------------
@@ -738,12 +740,12 @@ def test_sqs_metrics_other_region_and_queue_churn(server: emulator_mod.Emulator)
 
 
 def test_metric_store_expires_old_samples() -> None:
-    store = emulator_mod._SqsMetricStore()
+    store = metrics._SqsMetricStore()
     store.retention_seconds = 60
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    dims = [emulator_mod.Dimension("QueueName", "q")]
-    old = emulator_mod._datum("X", 1, "Count", dims, now - dt.timedelta(seconds=120))
-    new = emulator_mod._datum("X", 2, "Count", dims, now)
+    dims = [metrics.Dimension("QueueName", "q")]
+    old = metrics._datum("X", 1, "Count", dims, now - dt.timedelta(seconds=120))
+    new = metrics._datum("X", 2, "Count", dims, now)
     store.add("a", "r", "q", [old, new])
     store.expire(now)
     assert store.get("a", "r") == [new]
@@ -754,7 +756,7 @@ def test_metric_store_expires_old_samples() -> None:
 def test_json_log_line() -> None:
     import logging
 
-    record = logging.LogRecord("local.emulator", logging.INFO, __file__, 1, "emulator listening", None, None)
+    record = logging.LogRecord("samlocal.emulator", logging.INFO, __file__, 1, "emulator listening", None, None)
     record.host, record.port, record.patched = "127.0.0.1", 4566, True
     line = emulator_mod.JsonFormatter().format(record)
     assert json.loads(line) == {

@@ -27,7 +27,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from local.template import load
+from samlocal.template import load
 from tests.conftest import event_file, load_function
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import pytest
 from mars_common.events import parse_event
 from mars_common.sharding import message_key, shard
 
-from mars import redrive
+from mars import redrive, stacks
 
 
 @pytest.fixture
@@ -315,7 +315,7 @@ def test_stack_outputs_file_formats(tmp_path: Path, shape: str) -> None:
     listed = [{"OutputKey": k, "OutputValue": v} for k, v in flat.items()]
     data = {"flat": flat, "describe-stacks": {"Stacks": [{"StackName": "mars", "Outputs": listed}]}, "outputs-list": listed}[shape]
     (tmp_path / "o.json").write_text(json.dumps(data))
-    assert redrive.read_outputs_file(tmp_path / "o.json") == flat
+    assert stacks.read_outputs_file(tmp_path / "o.json") == flat
     assert redrive._region_of(flat["DeadLetterQueueUrl"]) == "eu-west-1"
 
 

@@ -1,4 +1,4 @@
-"""EventBridge schedule expressions (local.scheduler) as AWS reads them, and the scheduler thread."""
+"""EventBridge schedule expressions (local.triggers.schedule) as AWS reads them, and the scheduler thread."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from local import supervise
-from local.invoker import InvokeResult
-from local.scheduler import Schedule, Scheduler, schedules_for
+from samlocal.invoker import InvokeResult
+from samlocal.triggers import supervise
+from samlocal.triggers.schedule import Schedule, Scheduler
 
 SUNDAY = datetime(2026, 11, 29, 0, 0, tzinfo=UTC).timestamp()  # Sunday 29 November 2026, 00:00 UTC
 
@@ -101,8 +101,9 @@ def test_the_scheduler_fires_an_at_schedule_once() -> None:
     timer = Scheduler(pool, Schedule("once", f"at({moment})", v2=True), "us-east-1", "123456789012")  # type: ignore[arg-type]
     timer.start()
     try:
-        timer._thread.join(5)
-        assert not timer._thread.is_alive(), "done after its one firing"
+        (thread,) = timer._threads
+        thread.join(5)
+        assert not thread.is_alive(), "done after its one firing"
     finally:
         timer.stop()
     assert timer.fired == 1 and len(pool.events) == 1
@@ -113,7 +114,7 @@ def test_a_scheduler_thread_that_dies_is_restarted_and_says_so(monkeypatch: pyte
     monkeypatch.setattr(supervise, "RESTART_DELAY_SECONDS", 0.02)
     monkeypatch.setattr(Schedule, "next_after", lambda self, moment: moment + 0.05)
     pool = FakePool([RuntimeError("unexpected")])
-    caplog.set_level(logging.INFO, logger="local.schedule")
+    caplog.set_level(logging.INFO, logger="samlocal.schedule")
     timer = Scheduler(pool, Schedule("tick", "rate(1 minute)"), "us-east-1", "123456789012")  # type: ignore[arg-type]
     timer.start()
     try:
@@ -131,6 +132,6 @@ def test_an_input_that_is_not_json_fails_the_start() -> None:
     stack = SimpleNamespace(name="s", resolve=lambda value: value)
     events = {"E": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 minute)", "Input": "{not json"}}}
     with pytest.raises(ValueError, match="Input must be JSON"):
-        schedules_for(stack, "Fn", events)
+        Scheduler.sources_for(stack, "Fn", events)
     events["E"]["Properties"]["Input"] = '{"ok": true}'
-    assert schedules_for(stack, "Fn", events)[0].payload == '{"ok": true}'
+    assert Scheduler.sources_for(stack, "Fn", events)[0].payload == '{"ok": true}'

@@ -1,4 +1,4 @@
-"""local.sigv4 against requests signed by botocore itself, the way every boto3 call is signed."""
+"""samlocal.sigv4 against requests signed by botocore itself, the way every boto3 call is signed."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -7,7 +7,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from local import sigv4
+from samlocal import sigv4
 
 CREDS = Credentials("testing", "s3cr3t", "token")
 URL = "https://127.0.0.1:8443/dev/%40connections/abc%3D"

@@ -1,4 +1,4 @@
-"""Lambda's SNS trigger (local.sns_trigger): the delivery poller never dies quietly."""
+"""Lambda's SNS trigger (local.triggers.sns): the delivery poller never dies quietly."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from local import supervise
-from local.invoker import InvokeResult
-from local.sns_trigger import SnsPoller, SnsSource
+from samlocal.invoker import InvokeResult
+from samlocal.triggers import supervise
+from samlocal.triggers.sns import SnsPoller, SnsSource
 
 
 class ScriptedSqs:
@@ -53,8 +53,8 @@ def test_the_sns_poller_thread_is_restarted_when_it_dies(monkeypatch: pytest.Mon
     sqs = ScriptedSqs([{"Messages": None},  # a malformed answer: iterating it raises in the poll loop
                        {"Messages": [{"Body": json.dumps(notification), "ReceiptHandle": "r1"}]}])
     pool = RecordingPool()
-    caplog.set_level(logging.INFO, logger="local.sns")
-    poller = SnsPoller(sqs, pool, SnsSource("arn:t", "http://q/delivery", "arn:t:sub"), None)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="samlocal.sns")
+    poller = SnsPoller(sqs, pool, SnsSource("arn:t", "http://q/delivery", "arn:t:sub"))  # type: ignore[arg-type]
     poller.start()
     try:
         deadline = time.monotonic() + 5

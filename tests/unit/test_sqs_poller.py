@@ -1,4 +1,4 @@
-"""Lambda's SQS event source (local.sqs_poller) against queues under moto's mock_aws.
+"""Lambda's SQS event source (local.triggers.sqs) against queues under moto's mock_aws.
 
 Most tests use a fake pool that records each event (after a JSON round trip, as Lambda's runtime
 API carries it) and answers per a script; the binary-attribute and undeliverable-batch tests run a
@@ -22,11 +22,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local import sqs_poller, supervise
-from local.functions import FunctionSpec
-from local.invoker import FunctionPool, InvokeResult
-from local.sqs_poller import SqsPoller, SqsSource, lambda_record
-from local.stack import LocalStack
+from samlocal.invoker import FunctionPool, InvokeResult
+from samlocal.lambdas import FunctionSpec
+from samlocal.stack import LocalRuntime
+from samlocal.triggers import sqs as sqs_poller
+from samlocal.triggers import supervise
+from samlocal.triggers.sqs import SqsPoller, SqsSource, lambda_record
 from tests.conftest import wait_until as shared_wait_until
 
 REGION = "us-east-1"
@@ -255,9 +256,9 @@ def test_a_bad_filter_pattern_fails_the_start() -> None:
     events = {"E": {"Type": "SQS", "Properties": {"Queue": "arn:q", "FilterCriteria": {
         "Filters": [{"Pattern": json.dumps({"body": {"n": [{"between": [1, 2]}]}})}]}}}}
     with pytest.raises(ValueError, match="supported operators"):
-        sqs_poller.sources_for(stack, events)
+        SqsPoller.sources_for(stack, "F", events)
     events["E"]["Properties"]["FilterCriteria"]["Filters"][0]["Pattern"] = '{"body": {"n": [1]}}'
-    assert sqs_poller.sources_for(stack, events)[0].filters == [{"body": {"n": [1]}}]
+    assert SqsPoller.sources_for(stack, "F", events)[0].filters == [{"body": {"n": [1]}}]
 
 
 # --- never silent ------------------------------------------------------------------------------------
@@ -276,7 +277,7 @@ def test_a_batch_that_cannot_be_delivered_fails_loudly_then_reaches_the_dlq(
         return real(message, source, region)
 
     monkeypatch.setattr(sqs_poller, "lambda_record", broken)
-    caplog.set_level(logging.INFO, logger="local.lambda")
+    caplog.set_level(logging.INFO, logger="samlocal.lambda")
     sqs.send_message(QueueUrl=url, MessageBody="poison")
     pool = real_pool(tmp_path, "def handler(event, context):\n    return None\n")
     try:
@@ -287,7 +288,7 @@ def test_a_batch_that_cannot_be_delivered_fails_loudly_then_reaches_the_dlq(
     finally:
         pollers.pop().stop(5)
         pool.close()
-    errors = [r for r in caplog.records if r.name == "local.lambda" and r.levelno == logging.ERROR]
+    errors = [r for r in caplog.records if r.name == "samlocal.lambda" and r.levelno == logging.ERROR]
     assert len(errors) >= 2, "one ERROR line per failed delivery"
     assert all(vars(r)["error_type"] == "InvalidRequestContentException" and vars(r)["trigger"] == "sqs"
                and "cannot build this record" in vars(r)["error_message"] for r in errors)
@@ -298,7 +299,7 @@ def test_a_poller_thread_that_dies_is_restarted_and_says_so(sqs: Any, pollers: l
     url, arn = queue(sqs, "restarted")
     pool = FakePool()
     pool.checkout_errors.append(ValueError("unexpected"))
-    caplog.set_level(logging.INFO, logger="local.sqs")
+    caplog.set_level(logging.INFO, logger="samlocal.sqs")
     start(pollers, sqs, pool, SqsSource(url, arn))
     sqs.send_message(QueueUrl=url, MessageBody="after the crash")
     wait_until(lambda: pool.events, what="delivery after the restart")
@@ -320,19 +321,21 @@ def test_a_queue_whose_visibility_timeout_is_shorter_than_the_function_timeout_i
                                       "Long": {"Arn": long_arn, "QueueUrl": long_url}},
                             resolve=lambda value: value, region=REGION)
     local = SimpleNamespace(client=lambda service: sqs, invoker=SimpleNamespace(pools={"Fn": pool}), stack=stack,
-                            _trigger_slots=Counter(), pollers=[], mappings=[])
+                            _trigger_slots=Counter(), triggers=[], mappings=[])
+    local._reserve = lambda lid, pool, slots: LocalRuntime._reserve(local, lid, pool, slots)  # type: ignore[arg-type]
+    local._check_visibility, local._describe_source = LocalRuntime._check_visibility, LocalRuntime._describe_source
     with pytest.raises(ValueError) as refused:
-        LocalStack._start_pollers(local)  # type: ignore[arg-type]
+        LocalRuntime._start_triggers(local)  # type: ignore[arg-type]
     message = str(refused.value)
     assert "short" in message and "Fn" in message and "unit-Fn" in message
     assert "visibility timeout of 2 s" in message and "function timeout of 30 s" in message
-    assert local.pollers == [], "nothing starts"
+    assert local.triggers == [], "nothing starts"
     pool.spec.events = {"Long": {"Type": "SQS", "Properties": {"Queue": long_arn}}}
-    LocalStack._start_pollers(local)  # type: ignore[arg-type]
+    LocalRuntime._start_triggers(local)  # type: ignore[arg-type]
     try:
-        assert [p.source.name for p in local.pollers] == ["long"]
+        assert [p.source.name for p in local.triggers] == ["long"] and local.mappings == local.triggers
     finally:
-        for p in local.pollers:
+        for p in local.triggers:
             p.stop(5)
 
 
@@ -345,6 +348,6 @@ def test_a_queue_whose_visibility_timeout_is_shorter_than_the_function_timeout_i
 def test_mappings_lambda_refuses_fail_the_start(queue_url: str, properties: dict[str, Any], error: str) -> None:
     stack = SimpleNamespace(physical={"Q": {"Arn": "arn:q", "QueueUrl": queue_url}}, resolve=lambda v: v)
     with pytest.raises(ValueError, match=error):
-        sqs_poller.sources_for(stack, {"E": {"Type": "SQS", "Properties": {"Queue": "arn:q", **properties}}})
+        SqsPoller.sources_for(stack, "F", {"E": {"Type": "SQS", "Properties": {"Queue": "arn:q", **properties}}})
     ok = {"BatchSize": 100, "MaximumBatchingWindowInSeconds": 1} if not queue_url.endswith(".fifo") else {}
-    assert sqs_poller.sources_for(stack, {"E": {"Type": "SQS", "Properties": {"Queue": "arn:q", **ok}}})
+    assert SqsPoller.sources_for(stack, "F", {"E": {"Type": "SQS", "Properties": {"Queue": "arn:q", **ok}}})

@@ -15,7 +15,7 @@ MARS = [sys.executable, "-m", "mars.cli"]
 
 
 def write_state(directory: Path, name: str, pid: int, api: str = "http://127.0.0.1:4999/") -> None:
-    """A state file as local/stack.py writes it for a running stack (this test process stands in)."""
+    """A state file as samlocal/stack.py writes it for a running stack (this test process stands in)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.json").write_text(json.dumps({
         "pid": pid, "stack": name, "template": str(ROOT / "template.yaml"), "endpoint": "http://127.0.0.1:1",

@@ -1,4 +1,4 @@
-"""Lambda's DynamoDB Streams event source (local.stream_poller) against a real table stream under moto.
+"""Lambda's DynamoDB Streams event source (local.triggers.dynamodb) against a real table stream under moto.
 
 The function is a fake pool that records each event and answers per a script, so every test sees
 exactly which batches were delivered, in which order, and what reached the on-failure destination.
@@ -23,10 +23,12 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from local import stream_poller, supervise
-from local.invoker import InvokeResult
-from local.stream_poller import StreamPoller, StreamSource, check_pattern, matches, sources_for
-from local.template import Stack
+from samlocal.invoker import InvokeResult
+from samlocal.template import Stack
+from samlocal.triggers import dynamodb as stream_poller
+from samlocal.triggers import supervise
+from samlocal.triggers.dynamodb import StreamPoller, StreamSource
+from samlocal.triggers.filtering import check_pattern, matches
 from tests.conftest import wait_until as shared_wait_until
 
 REGION = "us-east-1"
@@ -601,7 +603,7 @@ def test_sources_for_reads_the_template_event(tmp_path: Path) -> None:
         "Plain": {"Type": "DynamoDB", "Properties": {"Stream": "arn:aws:dynamodb:us-east-1:1:table/t/stream/x",
                                                      "StartingPosition": "TRIM_HORIZON", "Enabled": False}},
     }
-    full, plain = sources_for(stack, events)
+    full, plain = StreamPoller.sources_for(stack, "F", events)
     assert full == StreamSource(stream_arn=stream_arn, starting_position="LATEST", batch_size=100, window_seconds=0.0,
                                 bisect_on_error=True, max_retry_attempts=3, max_record_age_seconds=300,
                                 report_failures=True, on_failure_arn=queue_arn,
@@ -618,7 +620,7 @@ def test_sources_for_reads_the_template_event(tmp_path: Path) -> None:
                 with_props(FilterCriteria={"Filters": [{"Pattern": '{"eventName": [{"wildcard": "*"}]}'}]}),
                 with_props(DestinationConfig={"OnFailure": {"Destination": "arn:aws:s3:::bucket"}})):
         with pytest.raises(ValueError):
-            sources_for(stack, bad)
+            StreamPoller.sources_for(stack, "F", bad)
 
 
 def test_a_shard_reader_that_dies_is_restarted_and_says_so(aws: SimpleNamespace, start: Callable[..., StreamPoller],
@@ -634,7 +636,7 @@ def test_a_shard_reader_that_dies_is_restarted_and_says_so(aws: SimpleNamespace,
         return real(self, more_waiting)
 
     monkeypatch.setattr(stream_poller._ShardReader, "_ready_batch", flaky)
-    caplog.set_level(logging.INFO, logger="local.dynamodb")
+    caplog.set_level(logging.INFO, logger="samlocal.dynamodb")
     pool = FakePool()
     start(pool, starting_position="TRIM_HORIZON")
     put(aws, "a", "b")

@@ -15,8 +15,8 @@ from mars_common.events import format_ts, parse_event
 from mars_common.store import STUCK_AT, put_lifecycle, upsert_message
 from mars_common.timeline import Lifecycle
 
-from local.invoker import InvokeResult
-from local.scheduler import Schedule, Scheduler, scheduled_event, schedules_for
+from samlocal.invoker import InvokeResult
+from samlocal.triggers.schedule import Schedule, Scheduler, scheduled_event
 from tests.conftest import load_function
 from tests.unit.test_live import FakeConnections, stream_records, ws_event
 
@@ -142,13 +142,13 @@ def test_bad_schedule_expressions_are_refused(expression: str) -> None:
 
 def test_the_templates_schedule_and_the_scheduled_event_shape(mocked_stack: Any) -> None:
     events = mocked_stack.resources["StuckFunction"]["Properties"]["Events"]
-    (schedule,) = schedules_for(mocked_stack, "StuckFunction", events)
+    (schedule,) = Scheduler.sources_for(mocked_stack, "StuckFunction", events)
     assert (schedule.expression, schedule.enabled) == ("rate(1 minute)", True)
     event = scheduled_event(schedule, "us-east-1", "123456789012", 1_795_600_800)
     assert event["detail-type"] == "Scheduled Event" and event["source"] == "aws.events"
     assert event["time"] == "2026-11-25T10:00:00Z" and event["detail"] == {}
     assert event["resources"] == [f"arn:aws:events:us-east-1:123456789012:rule/{schedule.name}"]
-    custom = schedules_for(mocked_stack, "F", {"E": {"Type": "ScheduleV2", "Properties": {
+    custom = Scheduler.sources_for(mocked_stack, "F", {"E": {"Type": "ScheduleV2", "Properties": {
         "ScheduleExpression": "rate(1 hour)", "Input": '{"sweep": "all"}', "State": "DISABLED"}}})
     assert custom[0].enabled is False and scheduled_event(custom[0], "r", "a", 0) == {"sweep": "all"}
 
@@ -167,7 +167,7 @@ def test_the_scheduler_fires_on_time_and_retries_a_failure_twice(monkeypatch: py
     pool = FakePool([False, False, True, True])
     timer = Scheduler(pool, Schedule("tick", "rate(1 minute)"), "us-east-1", "123456789012")  # type: ignore[arg-type]
     monkeypatch.setattr(Schedule, "next_after", lambda self, moment: moment + 0.05)
-    monkeypatch.setattr("local.async_invoke.RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr("samlocal.triggers.async_invoke.RETRY_DELAYS", (0.01, 0.01))
     timer.start()
     deadline = time.monotonic() + 5
     while len(pool.events) < 4 and time.monotonic() < deadline:

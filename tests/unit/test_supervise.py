@@ -1,4 +1,4 @@
-"""local.supervise: a trigger loop that raises is logged at ERROR and restarted, with a backoff."""
+"""samlocal.triggers.supervise: a trigger loop that raises is logged at ERROR and restarted, with a backoff."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from local import supervise
+from samlocal.triggers import supervise
 
 
 def test_a_dying_loop_is_logged_and_restarted_until_it_returns(monkeypatch: pytest.MonkeyPatch,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
-from local.httpserver import Server
+from samlocal.httpserver import Server
 from mars import tail
 from tests.unit.test_client import FakeApi, _events, serve_fake_api
 

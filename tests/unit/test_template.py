@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from mars_common import store
 
-from local.template import load
+from samlocal.template import load
 from tests.conftest import ROOT, load_function
 
 QUEUES = [f"EventsQueue{i}" for i in range(10)]

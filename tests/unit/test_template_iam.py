@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from local.template import load
+from samlocal.template import load
 from tests.conftest import ROOT
 
 DDB_READ = {"dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:Scan", "dynamodb:Query",

@@ -2,9 +2,11 @@
 
 Locally the topic delivers to an SQS queue the runtime owns (SNS → SQS works in every emulator); a
 poller turns each notification into Lambda's SNS event and invokes the function with Lambda's
-asynchronous semantics (`local/async_invoke.py`, shared with the Lambda API's `Event` invokes and
+asynchronous semantics (`Trigger.invoke_async`, shared with the Lambda API's `Event` invokes and
 schedules): 3 attempts, then the function's `DeadLetterQueue` / `OnFailure` destination if the
-template declares one, else the event is dropped with an error line, as AWS does.
+template declares one, else the event is dropped with an error line, as AWS does. The event's
+`FilterPolicy` (and `FilterPolicyScope`) is set on the subscription, where SNS applies it (Lambda's
+FilterCriteria do not exist for SNS).
 """
 
 from __future__ import annotations
@@ -14,21 +16,24 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import async_invoke
-from .invoker import FunctionPool
-from .supervise import supervised
+from .base import Trigger
 
-log = logging.getLogger("local.sns")
+if TYPE_CHECKING:
+    from ..invoker import FunctionPool
+
+log = logging.getLogger("samlocal.sns")
 
 
 @dataclass
 class SnsSource:
     topic_arn: str
-    queue_url: str  # the runtime's delivery queue
-    subscription_arn: str
-    dead_letter_arn: str | None = None
+    queue_url: str = ""  # the runtime's delivery queue (set by `subscribe`)
+    subscription_arn: str = ""  # (set by `subscribe`)
+    queue_name: str = ""
+    filter_policy: Any = None
+    filter_policy_scope: str | None = None
 
 
 def lambda_record(notification: dict[str, Any], subscription_arn: str) -> dict[str, Any]:
@@ -53,43 +58,53 @@ def lambda_record(notification: dict[str, Any], subscription_arn: str) -> dict[s
     }
 
 
-def subscribe(stack: Any, clients: Any, function_lid: str, event_name: str, props: dict[str, Any],
-              dead_letter_arn: str | None) -> SnsSource:
+def subscribe(clients: Any, source: SnsSource) -> SnsSource:
     """Creates the delivery queue and the topic's subscription to it (with the event's FilterPolicy)."""
     sqs, sns = clients("sqs"), clients("sns")
-    name = f"{stack.name}-{function_lid}-{event_name}-sns"[:80]
-    url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    source.queue_url = sqs.create_queue(QueueName=source.queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=source.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     attributes = {}
-    if props.get("FilterPolicy"):
-        attributes["FilterPolicy"] = json.dumps(props["FilterPolicy"])
-        if props.get("FilterPolicyScope"):
-            attributes["FilterPolicyScope"] = str(props["FilterPolicyScope"])
-    sub = sns.subscribe(TopicArn=props["Topic"], Protocol="sqs", Endpoint=arn, Attributes=attributes,
-                        ReturnSubscriptionArn=True)["SubscriptionArn"]
-    return SnsSource(props["Topic"], url, sub, dead_letter_arn)
+    if source.filter_policy:
+        attributes["FilterPolicy"] = json.dumps(source.filter_policy)
+        if source.filter_policy_scope:
+            attributes["FilterPolicyScope"] = source.filter_policy_scope
+    source.subscription_arn = sns.subscribe(TopicArn=source.topic_arn, Protocol="sqs", Endpoint=arn,
+                                            Attributes=attributes, ReturnSubscriptionArn=True)["SubscriptionArn"]
+    return source
 
 
-class SnsPoller:
-    def __init__(self, sqs: Any, pool: FunctionPool, source: SnsSource, dead_letter_url: str | None,
-                 concurrency: int = 4) -> None:
-        self.sqs, self.pool, self.source = sqs, pool, source
-        self.dead_letter_url = dead_letter_url  # unused: async_invoke reads the function's own DeadLetterQueue
-        self._stop = threading.Event()
+class SnsPoller(Trigger):
+    """Delivers one topic's notifications (through the runtime's delivery queue) to one function."""
+
+    kind = "sns"
+    event_types = ("SNS",)
+    log = log
+
+    def __init__(self, sqs: Any, pool: FunctionPool, source: SnsSource, concurrency: int = 4) -> None:
+        super().__init__(pool, source)
+        self.source: SnsSource = source
+        self.sqs = sqs
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sns-invoke")
         self._slots = threading.Semaphore(concurrency)
-        run = supervised(self._run, self._stop, log, {"function": pool.spec.name, "topic": source.topic_arn})
-        self._thread = threading.Thread(target=run, name=f"sns:{source.topic_arn}", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    @classmethod
+    def source_from(cls, stack: Any, function_lid: str, event_name: str, event_type: str,
+                    props: dict[str, Any]) -> SnsSource:
+        scope = props.get("FilterPolicyScope")
+        return SnsSource(str(props["Topic"]), queue_name=f"{stack.name}-{function_lid}-{event_name}-sns"[:80],
+                         filter_policy=props.get("FilterPolicy"), filter_policy_scope=str(scope) if scope else None)
 
-    def stop(self, timeout: float = 5) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+    @property
+    def name(self) -> str:
+        return self.source.topic_arn
+
+    def log_fields(self, **fields: Any) -> dict[str, Any]:
+        return super().log_fields(topic=self.source.topic_arn, **fields)
+
+    def stopped(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self) -> None:
+    def run(self) -> None:
         while not self._stop.is_set():
             try:
                 got = self.sqs.receive_message(QueueUrl=self.source.queue_url, MaxNumberOfMessages=10,
@@ -97,7 +112,7 @@ class SnsPoller:
             except Exception as exc:
                 if self._stop.is_set():
                     return
-                log.warning("receive failed", extra={"topic": self.source.topic_arn, "error": str(exc)})
+                log.warning("receive failed", extra=self.log_fields(error=str(exc)))
                 self._stop.wait(1)
                 continue
             for message in got:
@@ -111,10 +126,9 @@ class SnsPoller:
     def _deliver(self, message: dict[str, Any]) -> None:
         try:
             notification = json.loads(message["Body"])
-            event = {"Records": [lambda_record(notification, self.source.subscription_arn)]}
-            async_invoke.invoke_async(self.pool, event, trigger="sns", source=self.source.topic_arn, stop=self._stop)
+            self.invoke_async({"Records": [lambda_record(notification, self.source.subscription_arn)]})
             self.sqs.delete_message(QueueUrl=self.source.queue_url, ReceiptHandle=message["ReceiptHandle"])
         except Exception:
-            log.exception("SNS delivery failed", extra={"topic": self.source.topic_arn})
+            log.exception("SNS delivery failed", extra=self.log_fields())
         finally:
             self._slots.release()

@@ -30,7 +30,7 @@ from typing import Any
 
 import httptools
 
-log = logging.getLogger("local.http")
+log = logging.getLogger("samlocal.http")
 
 # API Gateway (REST): 10,240 bytes of request line and header values; a 10 MB payload.
 MAX_HEADER_BYTES = 10 * 1024

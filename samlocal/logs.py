@@ -38,7 +38,7 @@ def setup(level: str = "INFO") -> None:
 
 def install_excepthooks() -> None:
     """An exception nobody caught (in any thread) is one structured ERROR line, never a raw traceback."""
-    crash = logging.getLogger("local.crash")
+    crash = logging.getLogger("samlocal.crash")
 
     def thread_hook(args: threading.ExceptHookArgs) -> None:
         if args.exc_type is SystemExit:

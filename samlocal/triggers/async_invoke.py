@@ -16,41 +16,18 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 
-log = logging.getLogger("local.async")
-MAX_RETRIES = 2
-MAX_EVENT_AGE_SECONDS = 21600
+from ..lambdas import AsyncConfig
+
+log = logging.getLogger("samlocal.async")
 # Seconds before the first and second retry of a function error (AWS: about 1 and 2 minutes).
 RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0)
 # Backoff between attempts of a throttled event: doubling from the first to the second.
 THROTTLE_BACKOFF = (0.2, 5.0)
-
-
-@dataclass(frozen=True)
-class AsyncConfig:
-    """The template's async settings for one function (FunctionSpec.async_config)."""
-
-    max_retries: int = MAX_RETRIES
-    max_age: float = MAX_EVENT_AGE_SECONDS
-    dead_letter: tuple[str, str] | None = None  # (SQS|SNS, target ARN)
-    on_failure: tuple[str, str] | None = None  # (SQS|SNS|Lambda|EventBridge, destination ARN)
-
-    @classmethod
-    def from_properties(cls, props: dict[str, Any]) -> "AsyncConfig":
-        """From a function's resolved `DeadLetterQueue` and `EventInvokeConfig` properties."""
-        dlq = props.get("DeadLetterQueue") or {}
-        config = props.get("EventInvokeConfig") or {}
-        failure = ((config.get("DestinationConfig") or {}).get("OnFailure")) or {}
-        return cls(max_retries=int(config.get("MaximumRetryAttempts", MAX_RETRIES)),
-                   max_age=float(config.get("MaximumEventAgeInSeconds", MAX_EVENT_AGE_SECONDS)),
-                   dead_letter=(str(dlq.get("Type", "SQS")), str(dlq["TargetArn"])) if dlq.get("TargetArn") else None,
-                   on_failure=(str(failure.get("Type", "")), str(failure["Destination"]))
-                   if failure.get("Destination") else None)
 
 
 _clients: dict[tuple[str, str], Any] = {}
@@ -68,7 +45,7 @@ def _client(environment: dict[str, str], service: str) -> Any:
                 aws_secret_access_key=environment.get("AWS_SECRET_ACCESS_KEY", "testing"),
                 aws_session_token=environment.get("AWS_SESSION_TOKEN"),
                 region_name=environment.get("AWS_REGION", "us-east-1"),
-            ).client(service, endpoint_url=endpoint)
+            ).client(service, endpoint_url=endpoint)  # type: ignore[call-overload]  # any service, by name
         return _clients[key]
 
 

@@ -44,11 +44,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import sigv4
-from .functions import FUNCTION_TYPES
 from .httpserver import Handler, Server
 from .invoker import FunctionPool, Invoker
+from .lambdas import FUNCTION_TYPES
 
-log = logging.getLogger("local.websocket")
+log = logging.getLogger("samlocal.websocket")
 MAX_MESSAGE_BYTES = 128 * 1024
 MAX_FRAME_BYTES = 32 * 1024  # a client sending a longer message must fragment it, as for API Gateway
 FRAME_CHARS = 8 * 1024  # ≤ 32 KB per frame even if every character takes 4 bytes in UTF-8
@@ -152,7 +152,7 @@ class Connection:
     last_active: float = field(default_factory=time.time)
 
 
-class Gateway:
+class WebSocketGateway:
     """One websocket API served on one port, in its own asyncio loop thread."""
 
     def __init__(self, api: WebSocketApi, invoker: Invoker, host: str, port: int, *, credentials: Credentials,
@@ -306,7 +306,7 @@ class Gateway:
 
     async def _on_message(self, conn: Connection, message: str | bytes, host: str) -> None:
         binary = isinstance(message, bytes)
-        body = base64.b64encode(message).decode() if binary else message
+        body = base64.b64encode(message).decode() if isinstance(message, bytes) else message
         route = "$default" if binary and "$default" in self.api.routes else (
             None if binary else self.api.route_key(str(message)))
         context = self._context(route or "$default", "MESSAGE", conn.id, conn.connected_at, conn.source_ip,
@@ -393,14 +393,14 @@ class ManagementHandler(Handler):
     """`/@connections/{id}`, with or without the stage prefix of the deployed URL."""
 
     def _target(self) -> str | None:
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         path = urlsplit(self.path).path
         m = re.fullmatch(rf"(?:/{re.escape(gateway.api.stage)})?/@connections/([^/]+)", path)
         return unquote(m.group(1)) if m else None
 
     def _error(self, status: int, kind: str, message: str | None = None) -> None:
         # Never silent: the function that called sees an exception, the runtime's log says which call failed.
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         log.error("@connections call failed", extra={"api": gateway.api.logical_id, "method": self.command,
                                                      "path": self.path, "status": status, "error_type": kind,
                                                      "error": message})
@@ -410,7 +410,7 @@ class ManagementHandler(Handler):
         """AWS lets only IAM-signed calls (SigV4 for `execute-api`) manage connections: an unsigned
         one, e.g. from a web page, or one signed with other credentials than the functions' is
         answered 403 as AWS answers it, and logged."""
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         scheme = "https" if isinstance(self.server, TlsServer) else "http"
         refusal = sigv4.verify(self.command, f"{scheme}://{self.headers.get('Host', '')}{self.path}",
                                dict(self.headers.items()), body, credentials=gateway.credentials,
@@ -420,7 +420,7 @@ class ManagementHandler(Handler):
         return refusal is not None
 
     def do_POST(self) -> None:  # noqa: N802
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         if "Authorization" not in self.headers and self._refused():  # before reading a body
             return
         data = self.read_body()
@@ -437,7 +437,7 @@ class ManagementHandler(Handler):
             self.reply(200, b"")
 
     def do_GET(self) -> None:  # noqa: N802
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         if self._refused(self.read_body()):
             return
         conn_id = self._target()
@@ -448,7 +448,7 @@ class ManagementHandler(Handler):
             self.reply(200, json.dumps(info).encode())
 
     def do_DELETE(self) -> None:  # noqa: N802
-        gateway: Gateway = self.server.app
+        gateway: WebSocketGateway = self.server.app
         if self._refused(self.read_body()):
             return
         conn_id = self._target()
@@ -480,7 +480,8 @@ class TlsServer(Server):
             return
         try:
             tls.settimeout(None)
-            self.RequestHandlerClass(tls, client_address, self)
+            handler: Any = self.RequestHandlerClass  # typeshed wants socketserver's Self, which this is
+            handler(tls, client_address, self)
         finally:
             try:
                 tls.shutdown(SHUT_RDWR)
@@ -491,10 +492,10 @@ class TlsServer(Server):
 
 def serve_api(api: WebSocketApi, invoker: Invoker, host: str, port: int, management_port: int = 0,
               tls: ssl.SSLContext | None = None, ready: threading.Event | None = None, *,
-              credentials: Credentials, region: str) -> tuple[Gateway, list[Server]]:
+              credentials: Credentials, region: str) -> tuple[WebSocketGateway, list[Server]]:
     """The gateway and its management servers: plain HTTP first, then (given a TLS context) the one
     at `requestContext.domainName`. Both take only calls signed with `credentials` (SigV4)."""
-    gateway = Gateway(api, invoker, host, port, credentials=credentials, region=region)
+    gateway = WebSocketGateway(api, invoker, host, port, credentials=credentials, region=region)
     if ready is not None:
         gateway.ready = ready
     gateway.start()

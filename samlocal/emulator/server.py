@@ -1,74 +1,51 @@
-"""Embedded AWS emulator: moto server plus the SQS -> CloudWatch metrics AWS publishes.
+"""The embedded AWS emulator's server: moto server with the patches, metrics, TTL sweeper and faults.
 
-    python -m local.emulator --host 127.0.0.1 --port 4566 [--no-patches]
+    python -m samlocal.emulator --host 127.0.0.1 --port 4566 [--no-patches]
         [--metrics-interval 5]
 
-Serves every moto service on one port (threaded werkzeug server, per-request
-access log off), with ``local.moto_patches`` applied unless ``--no-patches``.
-Logs one JSON line per event on stderr and exits 0 on SIGINT/SIGTERM.
+Serves every moto service on one port (waitress, or moto's threaded werkzeug server
+with the per-request access log off), with ``samlocal.emulator.patches`` applied unless
+``--no-patches``: a moto that is not the one the patches were written for makes it
+refuse to start (exit 2, an error naming the patches). Logs one JSON line per event on
+stderr and exits 0 on SIGINT/SIGTERM.
 
 In-process use::
 
     emulator = serve("127.0.0.1", 0)      # port 0: pick a free port
     ...  # boto3 clients with endpoint_url=emulator.endpoint_url
     emulator.stop()
-
-A background thread samples every SQS queue (every account and region) each
-``metrics_interval`` seconds and publishes what AWS publishes automatically:
-namespace ``AWS/SQS``, dimension ``QueueName``, metrics
-``ApproximateNumberOfMessagesVisible``, ``ApproximateNumberOfMessagesNotVisible``,
-``ApproximateNumberOfMessagesDelayed`` and ``ApproximateAgeOfOldestMessage``.  The
-samples are exposed to moto's CloudWatch backend the way moto exposes its own
-AWS-generated metrics (a ``CloudWatchMetricProvider``), so GetMetricData,
-GetMetricStatistics and ListMetrics return them, while the samples live in a
-time-bounded store here instead of growing ``metric_data`` forever.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import ipaddress
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import sys
 import threading
-import time
-from collections import deque
-from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from moto.cloudwatch.models import Dimension, MetricDatum
-from moto.core.common_models import CloudWatchMetricProvider
-from moto.core.utils import unix_time_millis, utcnow
 from moto.moto_server import werkzeug_app
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
     create_backend_app,
 )
-from moto.sqs.models import sqs_backends
 from werkzeug.serving import make_server
 
-from local import moto_patches
+from samlocal.emulator import patches
+from samlocal.emulator.faults import ErrorInjection
+from samlocal.emulator.metrics import DEFAULT_METRICS_INTERVAL, SqsMetricsPublisher
+from samlocal.emulator.ttl import DEFAULT_TTL_INTERVAL, TtlSweeper
 
 # Explicit name: under ``python -m`` this module is ``__main__``.
-logger = logging.getLogger("local.emulator")
-
-SQS_NAMESPACE = "AWS/SQS"
-DEFAULT_METRICS_INTERVAL = 5.0
-# How often expired DynamoDB items are deleted (patched emulator only): DynamoDB takes up to a few
-# days, tests cannot; a sweep walks every item of the TTL-enabled tables under the backend's lock,
-# so not much more often than this.
-DEFAULT_TTL_INTERVAL = 2.0
-TTL_MAX_SHARE_INVERSE = 20  # pause at least 20× the last sweep's duration
-DEFAULT_METRICS_RETENTION = 3600.0
+logger = logging.getLogger("samlocal.emulator")
 
 
 # --------------------------------------------------------------------------
@@ -95,169 +72,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_json_logging(level: int = logging.INFO) -> None:
-    """Send the ``local`` package's logs to stderr as JSON lines."""
+    """Send the ``samlocal`` package's logs to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("local")
+    root = logging.getLogger("samlocal")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-
-
-# --------------------------------------------------------------------------
-# SQS -> CloudWatch metrics
-# --------------------------------------------------------------------------
-
-
-class _SqsMetricStore:
-    """Recent AWS/SQS samples per (account, region, queue), bounded by age."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._series: dict[tuple[str, str, str], deque[MetricDatum]] = {}
-        self.retention_seconds = DEFAULT_METRICS_RETENTION
-
-    def add(self, account_id: str, region: str, queue: str, data: list[MetricDatum]) -> None:
-        with self._lock:
-            self._series.setdefault((account_id, region, queue), deque()).extend(data)
-
-    def expire(self, now: datetime.datetime) -> None:
-        cutoff = now - datetime.timedelta(seconds=self.retention_seconds)
-        with self._lock:
-            for key in list(self._series):
-                series = self._series[key]
-                while series and series[0].timestamp < cutoff:
-                    series.popleft()
-                if not series:
-                    del self._series[key]
-
-    def get(self, account_id: str, region: str) -> list[MetricDatum]:
-        with self._lock:
-            out: list[MetricDatum] = []
-            for (acct, reg, _), series in self._series.items():
-                if acct == account_id and reg == region:
-                    out.extend(series)
-            return out
-
-    def clear(self) -> None:
-        with self._lock:
-            self._series.clear()
-
-
-SQS_METRICS = _SqsMetricStore()
-
-
-class SqsCloudWatchMetrics(CloudWatchMetricProvider):
-    """Moto's hook for AWS-generated metrics: CloudWatchBackend.get_all_metrics()
-    adds whatever every CloudWatchMetricProvider subclass returns."""
-
-    @staticmethod
-    def get_cloudwatch_metrics(account_id: str, region: str) -> list[MetricDatum]:
-        return SQS_METRICS.get(account_id, region)
-
-
-def _datum(name: str, value: float, unit: str, dimensions: list[Dimension], ts: Any) -> MetricDatum:
-    # object.__new__ skips moto's BaseModel.__new__, which would keep every datum
-    # alive forever in MetricDatum.instances_tracked.
-    datum: MetricDatum = object.__new__(MetricDatum)
-    MetricDatum.__init__(datum, SQS_NAMESPACE, name, value, [], ts, unit)
-    datum.dimensions = dimensions  # shared per queue and sample
-    return datum
-
-
-def _iter_queues() -> Iterator[tuple[str, str, Any]]:
-    # Snapshots (list(...)) so accounts, regions and queues created or deleted by
-    # request threads meanwhile cannot break the iteration.
-    for account_id, per_region in list(sqs_backends.items()):
-        for region, backend in list(per_region.items()):
-            for queue in list(backend.queues.values()):
-                yield account_id, region, queue
-
-
-def sample_queue(queue: Any, now_ms: float) -> tuple[int, int, int, float]:
-    """(visible, not visible, delayed, age of oldest message in s) for one queue.
-
-    One pass over a snapshot of the queue's messages; works with or without
-    ``local.moto_patches``.
-    """
-    visible, not_visible, delayed, oldest = moto_patches.count_messages(list(queue._messages), now_ms)
-    age = max(0.0, (now_ms - oldest) / 1000.0) if oldest is not None else 0.0
-    return visible, not_visible, delayed, age
-
-
-def publish_sqs_metrics_once() -> int:
-    """Sample every queue of every account/region once; returns the queue count."""
-    now = utcnow()
-    now_ms = unix_time_millis()
-    published = 0
-    for account_id, region, queue in _iter_queues():
-        try:
-            visible, not_visible, delayed, age = sample_queue(queue, now_ms)
-        except (RuntimeError, AttributeError):  # queue mutated/half-built: next tick
-            continue
-        dims = [Dimension("QueueName", queue.name)]
-        SQS_METRICS.add(
-            account_id,
-            region,
-            queue.name,
-            [
-                _datum("ApproximateNumberOfMessagesVisible", visible, "Count", dims, now),
-                _datum("ApproximateNumberOfMessagesNotVisible", not_visible, "Count", dims, now),
-                _datum("ApproximateNumberOfMessagesDelayed", delayed, "Count", dims, now),
-                _datum("ApproximateAgeOfOldestMessage", age, "Seconds", dims, now),
-            ],
-        )
-        published += 1
-    SQS_METRICS.expire(now)
-    return published
-
-
-class SqsMetricsPublisher(threading.Thread):
-    """Daemon thread: ``publish_sqs_metrics_once()`` every ``interval`` seconds."""
-
-    def __init__(self, interval: float = DEFAULT_METRICS_INTERVAL) -> None:
-        super().__init__(name="sqs-cloudwatch-metrics", daemon=True)
-        self.interval = interval
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                publish_sqs_metrics_once()
-            except Exception:  # never let one bad tick kill the thread
-                logger.exception("sqs metrics tick failed")
-            self._stopped.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=5)
-
-
-class TtlSweeper(threading.Thread):
-    """Daemon thread: ``moto_patches.sweep_expired_items()`` every ``interval`` seconds."""
-
-    def __init__(self, interval: float = DEFAULT_TTL_INTERVAL) -> None:
-        super().__init__(name="dynamodb-ttl-sweeper", daemon=True)
-        self.interval = interval
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        pause = self.interval
-        while not self._stopped.wait(pause):
-            started = time.monotonic()
-            try:
-                moto_patches.sweep_expired_items()
-            except Exception:  # never let one bad sweep kill the thread
-                logger.exception("dynamodb ttl sweep failed")
-            # A sweep walks every item (~1.7 µs each): big tables are swept less often, so the
-            # sweeper never takes more than ~5% of the emulator's time (100k items: every 3.5 s).
-            pause = max(self.interval, TTL_MAX_SHARE_INVERSE * (time.monotonic() - started))
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=5)
 
 
 # --------------------------------------------------------------------------
@@ -389,50 +210,6 @@ def cached_dispatch(app: DomainDispatcherApplication) -> DomainDispatcherApplica
     app.get_application = get_application  # type: ignore[method-assign]
     return app
 
-class ErrorInjection:
-    """Fails a fraction of one API's calls with an AWS error, as a throttled or failing service does
-    (`Target=rate:ErrorCode`, e.g. `DynamoDB_20120810.UpdateItem=0.05:ProvisionedThroughputExceededException`:
-    the `X-Amz-Target` of JSON-protocol calls). `GET /_local/faults` counts calls and injected errors."""
-
-    def __init__(self, app: Any, specs: list[str], seed: int | None = None) -> None:
-        self.app = app
-        self.rules: dict[str, tuple[float, str]] = {}
-        for spec in specs:
-            target, _, rest = spec.partition("=")
-            rate, _, code = rest.partition(":")
-            if not target or not code or not 0 <= float(rate) <= 1:
-                raise ValueError(f"bad emulator fault {spec!r}: use Target=rate:ErrorCode")
-            self.rules[target] = (float(rate), code)
-        self.random = random.Random(seed)
-        self.counts: dict[str, dict[str, int]] = {t: {"calls": 0, "injected": 0} for t in self.rules}
-        self._lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO") == "/_local/faults":
-            with self._lock:
-                body = json.dumps(self.counts).encode()
-            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
-        rule = self.rules.get(environ.get("HTTP_X_AMZ_TARGET", ""))
-        if rule is not None:
-            target = environ["HTTP_X_AMZ_TARGET"]
-            with self._lock:
-                self.counts[target]["calls"] += 1
-                inject = self.random.random() < rule[0]
-                if inject:
-                    self.counts[target]["injected"] += 1
-            if inject:
-                code = rule[1]
-                status = "503 Service Unavailable" if "Unavailable" in code else (
-                    "500 Internal Server Error" if "Internal" in code else "400 Bad Request")
-                body = json.dumps({"__type": code, "message": f"injected by the emulator ({target})"}).encode()
-                environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))  # keep the connection usable
-                start_response(status, [("Content-Type", "application/x-amz-json-1.0"), ("x-amzn-ErrorType", code),
-                                        ("Content-Length", str(len(body)))])
-                return [body]
-        return self.app(environ, start_response)
-
-
 class LocalOnly:
     """Serves only callers on this machine that are not a web page (the emulator takes any credentials).
 
@@ -500,16 +277,16 @@ def serve(
     """Start moto server in this process (background threads) and return it.
 
     ``port=0`` binds a free port (see ``Emulator.port``); a busy port raises
-    OSError.  ``patched`` applies ``local.moto_patches`` (process-wide; stock moto
-    again only via ``moto_patches.revert()``).  ``metrics_interval`` None or <= 0
+    OSError.  ``patched`` applies ``samlocal.emulator.patches`` (process-wide; stock moto
+    again only via ``patches.revert()``; ``patches.PatchMismatchError`` if moto is not the one they fit).  ``metrics_interval`` None or <= 0
     disables the SQS metrics thread; ``ttl_interval`` None or <= 0 (or ``patched=False``) the
     DynamoDB TTL sweeper.
     """
+    if patched:
+        patches.apply()  # first: a moto the patches do not fit leaves no socket bound
     # Bind here so a busy port raises OSError (werkzeug would print and sys.exit).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=1024)
-    if patched:
-        moto_patches.apply()
     # moto answers every origin with CORS (flask_cors) unless told not to; the flag is read when a
     # service's app is first built, so it is set before any request.
     werkzeug_app.DISABLE_GLOBAL_CORS = True
@@ -546,7 +323,7 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local.emulator", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m samlocal.emulator", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4566)
     parser.add_argument("--no-patches", action="store_true", help="run stock moto SQS")
@@ -592,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
             extra={"host": args.host, "port": args.port, "error": str(exc)},
         )
         return 1
+    except patches.PatchMismatchError as exc:
+        # Refuse rather than run moto with patches that replace what is no longer there.
+        logger.error("emulator refused to start: moto patches do not fit the installed moto",
+                     extra={"patches": sorted({name for name, _ in exc.problems}), "error": str(exc)})
+        return 2
     os.environ.setdefault("MOTO_PORT", str(emulator.port))  # as moto's own server does
     while not stop.wait(0.5):
         if args.parent_pid and not _alive(args.parent_pid):

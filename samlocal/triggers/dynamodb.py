@@ -48,26 +48,24 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .filtering import check_pattern, matches, parse_filters
-from .invoker import FunctionPool, InvokeResult
-from .lambda_api import describe_mapping, mapping_uuid
-from .supervise import supervised
+from ..invoker import FunctionPool, InvokeResult
+from .base import EVENT_OVERHEAD, PAYLOAD_LIMIT_BYTES, EventSourceMapping, flag, record_size, reported_failures
+from .filtering import check_pattern, parse_filters
 
-log = logging.getLogger("local.dynamodb")
+log = logging.getLogger("samlocal.dynamodb")
 
 POLL_INTERVAL_SECONDS = 0.25  # Lambda polls each shard 4 times a second
 DISCOVERY_INTERVAL_SECONDS = 10.0  # how often the stream is described for new shards
 RETRY_DELAY_SECONDS = 0.5  # first delay between attempts of a failing batch, doubling …
 MAX_RETRY_DELAY_SECONDS = 5.0  # … up to this
 READ_ERROR_DELAY_SECONDS = 1.0
-PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024  # synchronous invocation payload
 STREAM_RETENTION_SECONDS = 24 * 3600
 GET_RECORDS_LIMIT = 1000  # the most GetRecords returns
-_EVENT_OVERHEAD = len('{"Records":[]}')
 STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST")
 
 
@@ -106,43 +104,6 @@ class StreamSource:
 def _arn_service(arn: str) -> str:
     parts = arn.split(":")
     return parts[2] if len(parts) > 5 else ""
-
-
-def _flag(value: Any, default: bool = False) -> bool:
-    """A template boolean: true/false, or the strings parameters and conditions resolve to."""
-    if value is None:
-        return default
-    return str(value).lower() == "true"
-
-
-def sources_for(stack: Any, events: dict[str, dict[str, Any]]) -> list[StreamSource]:
-    """The DynamoDB event sources among a function's template Events (properties resolved with stack.resolve)."""
-    out = []
-    for name, spec in events.items():
-        if spec.get("Type") != "DynamoDB":
-            continue
-        props = stack.resolve(spec.get("Properties", {}))
-        if "StartingPosition" not in props:
-            raise ValueError(f"DynamoDB event {name}: StartingPosition is required")
-        for unsupported in ("TumblingWindowInSeconds", "StartingPositionTimestamp"):
-            if unsupported in props:
-                log.warning("event source property not emulated", extra={"event": name, "property": unsupported})
-        if int(props.get("ParallelizationFactor", 1)) != 1:
-            log.warning("ParallelizationFactor > 1 not emulated: one batch per shard at a time",
-                        extra={"event": name, "parallelization_factor": props["ParallelizationFactor"]})
-        patterns = parse_filters(props.get("FilterCriteria"))
-        on_failure = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
-        out.append(StreamSource(
-            stream_arn=props["Stream"], starting_position=str(props["StartingPosition"]),
-            batch_size=int(props.get("BatchSize", 100)),
-            window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
-            bisect_on_error=_flag(props.get("BisectBatchOnFunctionError")),
-            max_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
-            max_record_age_seconds=int(props.get("MaximumRecordAgeInSeconds", -1)),
-            report_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
-            on_failure_arn=on_failure, filters=patterns, enabled=_flag(props.get("Enabled"), True),
-        ))
-    return out
 
 
 # --- the event ------------------------------------------------------------------------------------
@@ -199,48 +160,67 @@ class _Record:
     deliver: bool  # False: filtered out
 
 
-class StreamPoller:
+class StreamPoller(EventSourceMapping):
     """Lambda's event source mapping for one DynamoDB stream and one function."""
+
+    kind = "dynamodb"
+    event_types = ("DynamoDB",)
+    log = log
 
     def __init__(self, streams: Any, pool: FunctionPool, source: StreamSource, region: str,
                  clients: Callable[[str], Any]) -> None:
+        super().__init__(pool, source)
+        self.source: StreamSource = source
         self.streams = streams
-        self.pool = pool
-        self.source = source
         self.region = region
         self.clients = clients
-        self._stop = threading.Event()
         self._wake = threading.Event()  # a shard ended: look for its children now
         self._lock = threading.Lock()
         self._shards: dict[str, _ShardReader] = {}
         self._finished: set[str] = set()
         self._started_shards = False  # the first discovery (which applies the StartingPosition) is done
-        self._threads: list[threading.Thread] = []
         self._queue_urls: dict[str, str] = {}
         self._clients: dict[str, Any] = {}
 
+    @classmethod
+    def source_from(cls, stack: Any, function_lid: str, event_name: str, event_type: str,
+                    props: dict[str, Any]) -> StreamSource:
+        if "StartingPosition" not in props:
+            raise ValueError(f"DynamoDB event {event_name}: StartingPosition is required")
+        for unsupported in ("TumblingWindowInSeconds", "StartingPositionTimestamp"):
+            if unsupported in props:
+                log.warning("event source property not emulated", extra={"event": event_name, "property": unsupported})
+        if int(props.get("ParallelizationFactor", 1)) != 1:
+            log.warning("ParallelizationFactor > 1 not emulated: one batch per shard at a time",
+                        extra={"event": event_name, "parallelization_factor": props["ParallelizationFactor"]})
+        on_failure = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        return StreamSource(
+            stream_arn=props["Stream"], starting_position=str(props["StartingPosition"]),
+            batch_size=int(props.get("BatchSize", 100)),
+            window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+            bisect_on_error=flag(props.get("BisectBatchOnFunctionError")),
+            max_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
+            max_record_age_seconds=int(props.get("MaximumRecordAgeInSeconds", -1)),
+            report_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+            on_failure_arn=on_failure, filters=parse_filters(props.get("FilterCriteria")),
+            enabled=flag(props.get("Enabled"), True),
+        )
+
     # --- what Lambda's API shows -----------------------------------------------------------------
     @property
-    def uuid(self) -> str:
-        return mapping_uuid(self.pool.spec.arn, self.source.stream_arn)
+    def name(self) -> str:
+        return self.source.table_name
 
-    def mapping(self) -> dict[str, Any]:
-        """This poller as Lambda's EventSourceMapping resource describes it."""
+    @property
+    def source_arn(self) -> str:
+        return self.source.stream_arn
+
+    def mapping_fields(self) -> dict[str, Any]:
         src = self.source
-        out = describe_mapping(
-            self.pool.spec.arn, src.stream_arn, enabled=src.enabled, batch_size=src.batch_size,
-            window_seconds=src.window_seconds, report_failures=src.report_failures,
-            StartingPosition=src.starting_position, ParallelizationFactor=1,
-            BisectBatchOnFunctionError=src.bisect_on_error, MaximumRetryAttempts=src.max_retry_attempts,
-            MaximumRecordAgeInSeconds=src.max_record_age_seconds,
-            DestinationConfig={"OnFailure": {"Destination": src.on_failure_arn} if src.on_failure_arn else {}})
-        if src.filters:
-            out["FilterCriteria"] = {"Filters": [{"Pattern": json.dumps(p)} for p in src.filters]}
-        return out
-
-    def set_enabled(self, enabled: bool) -> None:
-        """UpdateEventSourceMapping Enabled: a disabled mapping stops reading; a batch in flight finishes."""
-        self.source.enabled = enabled
+        return dict(StartingPosition=src.starting_position, ParallelizationFactor=1,
+                    BisectBatchOnFunctionError=src.bisect_on_error, MaximumRetryAttempts=src.max_retry_attempts,
+                    MaximumRecordAgeInSeconds=src.max_record_age_seconds,
+                    DestinationConfig={"OnFailure": {"Destination": src.on_failure_arn} if src.on_failure_arn else {}})
 
     def checkpoints(self) -> dict[str, str | None]:
         """Shard id → sequence number of the last record done with (None: none yet)."""
@@ -257,17 +237,14 @@ class StreamPoller:
             self._discover()
         except Exception as exc:
             log.warning("describe stream failed; will retry", extra=self._extra(error=str(exc)))
-        run = supervised(self._coordinate, self._stop, log, self._extra)
-        t = threading.Thread(target=run, name=f"ddb-stream:{self.source.table_name}", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self.spawn(self.run, f"ddb-stream:{self.source.table_name}", self._extra)
 
     def stop(self, timeout: float = 5) -> None:
-        self._stop.set()
         self._wake.set()
-        deadline = time.monotonic() + timeout
-        for t in list(self._threads):
-            t.join(max(0.0, deadline - time.monotonic()))
+        super().stop(timeout)
+
+    def run(self) -> None:
+        self._coordinate()
 
     def _coordinate(self) -> None:
         while not self._stop.is_set():
@@ -318,11 +295,8 @@ class StreamPoller:
                 reader.acquire()
             except Exception as exc:  # the reader tries again
                 log.warning("get shard iterator failed", extra=self._extra(shard=reader.shard_id, error=str(exc)))
-            run = supervised(reader.run, self._stop, log, lambda r=reader: self._extra(shard=r.shard_id))
-            t = threading.Thread(target=run, name=f"ddb-shard:{self.source.table_name}:{reader.shard_id[-8:]}",
-                                 daemon=True)
-            t.start()
-            self._threads.append(t)
+            self.spawn(reader.run, f"ddb-shard:{self.source.table_name}:{reader.shard_id[-8:]}",
+                       partial(self._extra, shard=reader.shard_id))
 
     def _shard_ended(self, shard_id: str) -> None:
         with self._lock:
@@ -330,8 +304,10 @@ class StreamPoller:
         self._wake.set()
 
     # --- helpers for the readers -----------------------------------------------------------------
-    def _extra(self, **fields: Any) -> dict[str, Any]:
-        return {"function": self.pool.spec.name, "stream": self.source.stream_arn, **fields}
+    def log_fields(self, **fields: Any) -> dict[str, Any]:
+        return super().log_fields(stream=self.source.stream_arn, **fields)
+
+    _extra = log_fields
 
     def _client(self, service: str) -> Any:
         if service not in self._clients:
@@ -404,10 +380,10 @@ class _ShardReader:
         records = got.get("Records", [])
         for raw in records:
             event = lambda_record(raw, self.source.stream_arn, self.poller.region)
-            size = len(json.dumps(event, separators=(",", ":")).encode()) + 1
+            size = record_size(event)
             created = _epoch(raw.get("dynamodb", {}).get("ApproximateCreationDateTime"))
             self.buffer.append(_Record(event["dynamodb"]["SequenceNumber"], created, event, size,
-                                       matches(self.source.filters, event)))
+                                       self.poller.passes(event)))
             self.read_seq = event["dynamodb"]["SequenceNumber"]
         if self.iterator is None:
             self.ended = True
@@ -471,7 +447,7 @@ class _ShardReader:
     def _candidates(self, count: int) -> tuple[list[_Record], bool]:
         """The next `count` records to deliver, cut short at the payload limit (and whether it was)."""
         out: list[_Record] = []
-        size = _EVENT_OVERHEAD
+        size = EVENT_OVERHEAD
         for r in self.buffer:
             if not r.deliver:
                 continue
@@ -563,18 +539,11 @@ class _ShardReader:
             return 0, True
         if not self.source.report_failures:
             return len(batch), False
-        payload = result.payload
-        if payload is None or (isinstance(payload, dict) and payload.get("batchItemFailures") is None):
-            return len(batch), False
-        try:
-            failures = payload["batchItemFailures"]
-            reported = [f["itemIdentifier"] for f in failures]
-        except (TypeError, KeyError):
-            reported = None
+        reported = reported_failures(result.payload)
         if reported == []:
             return len(batch), False
         position = {r.seq: i for i, r in enumerate(batch)}
-        if not reported or not all(isinstance(s, str) and s in position for s in reported):
+        if reported is None or not all(s in position for s in reported):
             log.warning("malformed batchItemFailures; whole batch fails",
                         extra=self.poller._extra(shard=self.shard_id, batch_size=len(batch)))
             return 0, True

@@ -13,10 +13,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .functions import FUNCTION_TYPES, LAYER_TYPES, physical_name
+from .lambdas import FUNCTION_TYPES, LAYER_TYPES, physical_name
 from .template import Stack, topological
 
-log = logging.getLogger("local.resources")
+log = logging.getLogger("samlocal.resources")
 
 _SQS_ATTRIBUTES = ("FifoQueue", "ContentBasedDeduplication", "DelaySeconds", "MaximumMessageSize",
                    "MessageRetentionPeriod", "ReceiveMessageWaitTimeSeconds", "VisibilityTimeout",

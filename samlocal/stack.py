@@ -1,6 +1,6 @@
 """The local stack: emulator, resources, functions and their triggers, from one template.
 
-    stack = LocalStack(Config(template=Path("template.yaml")))
+    stack = LocalRuntime(Config(template=Path("template.yaml")))
     stack.start(); ...; stack.stop()
 """
 
@@ -28,15 +28,20 @@ from botocore.config import Config as BotoConfig
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from . import apigw_rest, apigw_websocket, awscalls, lambda_api, scheduler, sns_trigger, stream_poller, tls
-from .functions import FUNCTION_TYPES, build_spec, function_properties
+from . import apigw_rest, apigw_websocket, awscalls, lambda_api, tls
 from .httpserver import Server
 from .invoker import Fault, FunctionPool, Invoker
+from .lambdas import FUNCTION_TYPES, build_spec
 from .resources import provision
-from .sqs_poller import SqsPoller, sources_for
 from .template import Stack, load
+from .triggers import sns
+from .triggers.base import EventSourceMapping, Trigger
+from .triggers.dynamodb import StreamPoller
+from .triggers.schedule import Scheduler
+from .triggers.sns import SnsPoller
+from .triggers.sqs import SqsPoller
 
-log = logging.getLogger("local.stack")
+log = logging.getLogger("samlocal.stack")
 
 
 def function_credentials() -> Credentials:
@@ -129,7 +134,7 @@ def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pope
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
-class LocalStack:
+class LocalRuntime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.endpoint = config.endpoint or f"http://{config.host}:{config.emulator_port}"
@@ -137,11 +142,8 @@ class LocalStack:
                            parameter_overrides=config.parameter_overrides)
         self.invoker = Invoker()
         self.servers: list[Server] = []
-        self.pollers: list[SqsPoller] = []
-        self.sns_pollers: list[sns_trigger.SnsPoller] = []
-        self.stream_pollers: list[stream_poller.StreamPoller] = []
-        self.schedulers: list[scheduler.Scheduler] = []
-        self.mappings: list[lambda_api.EventSourceMapping] = []  # every poller, for the Lambda API
+        self.triggers: list[Trigger] = []  # every trigger of every function, in start order
+        self.mappings: list[EventSourceMapping] = []  # the SQS and stream pollers, for the Lambda API
         # function → environments its triggers hold at once (SQS poller slots + one per stream)
         self._trigger_slots: Counter[str] = Counter()
         self.control = lambda_api.LambdaControl(self.invoker, self.mappings)
@@ -151,7 +153,7 @@ class LocalStack:
         self.api_urls: dict[str, str] = {}
         # websocket api id → (ws:// URL, @connections management base URL)
         self.websocket_urls: dict[str, tuple[str, str]] = {}
-        self.ws_gateways: list[apigw_websocket.Gateway] = []
+        self.ws_gateways: list[apigw_websocket.WebSocketGateway] = []
         # the local CA behind the websocket APIs' TLS management endpoints (None: no websocket API)
         self.ca: tls.LocalCa | None = None
         self.stack.url_rewriter = self.rewrite_url
@@ -167,11 +169,11 @@ class LocalStack:
         return boto3.session.Session(
             aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing",
             region_name=self.stack.region,
-        ).client(service, endpoint_url=self.service_endpoints.get(service, self.endpoint),
+        ).client(service, endpoint_url=self.service_endpoints.get(service, self.endpoint),  # type: ignore[call-overload]
                  config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64))
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def start(self, open_gateways: bool = True) -> "LocalStack":
+    def start(self, open_gateways: bool = True) -> "LocalRuntime":
         """Starts everything; the API gateways answer 503 until `open_gateways()` (called here unless
         the caller starts more servers first: "up" means every server accepts connections)."""
         started = time.monotonic()
@@ -184,10 +186,7 @@ class LocalStack:
             self.lambda_endpoint = f"http://{self.config.host}:{lambda_server.port}"
             self._start_apis()  # before the functions: their environment holds the APIs' local URLs
             self._start_functions(self.lambda_endpoint)
-            self._start_pollers()
-            self._start_sns_triggers()
-            self._start_stream_pollers()
-            self._start_schedules()
+            self._start_triggers()
         except BaseException:
             self.stop()
             raise
@@ -210,7 +209,7 @@ class LocalStack:
                                          "websockets": {k: v[0] for k, v in self.websocket_urls.items()}})
 
     def _caller_account(self) -> str:
-        """The account the endpoint serves (STS GetCallerIdentity): moto answers 123456789012, LocalStack
+        """The account the endpoint serves (STS GetCallerIdentity): moto answers 123456789012, LocalRuntime
         000000000000. Every ARN the runtime builds and `AWS::AccountId` use it, so a RedrivePolicy names a
         dead-letter queue that exists."""
         try:
@@ -250,7 +249,7 @@ class LocalStack:
         if beside:  # one account on both sides: ARNs from the embedded emulator (stream ARNs…) match the endpoint's
             env["MOTO_ACCOUNT_ID"] = self.stack.account_id
         for port in ports:
-            cmd = [sys.executable, "-m", "local.emulator", "--host", self.config.host, "--port", str(port),
+            cmd = [sys.executable, "-m", "samlocal.emulator", "--host", self.config.host, "--port", str(port),
                    "--parent-pid", str(os.getpid())]
             if not self.config.patched_emulator:
                 cmd.append("--no-patches")
@@ -336,84 +335,68 @@ class LocalStack:
                                              "ca_bundle": str(self.ca.bundle) if self.ca else None,
                                              "routes": sorted(ws_api.routes)})
 
-    def _start_pollers(self) -> None:
-        sqs = self.client("sqs")
-        planned = []
-        for lid, pool in self.invoker.pools.items():
-            for source in sources_for(self.stack, pool.spec.events):
-                visibility = int(sqs.get_queue_attributes(QueueUrl=source.queue_url, AttributeNames=["VisibilityTimeout"])
-                                 ["Attributes"].get("VisibilityTimeout", 30))
-                if visibility < pool.spec.timeout:
-                    # Lambda refuses this mapping (CreateEventSourceMapping fails, and the stack with it):
-                    # a batch could come back to another poller while the function still runs.
-                    raise ValueError(
-                        f"SQS event source of {lid} ({pool.spec.name}) refused, as Lambda does: queue {source.name} "
-                        f"has a visibility timeout of {visibility} s, less than the function timeout of "
-                        f"{pool.spec.timeout:g} s. Raise the queue's VisibilityTimeout or lower the function's Timeout.")
-                planned.append((lid, pool, source))
-        for lid, pool, source in planned:
-            self._trigger_slots[lid] += source.max_concurrency
-            pool.ensure_concurrency(self._trigger_slots[lid])
-            poller = SqsPoller(sqs, pool, source, self.stack.region)
-            poller.start()
-            self.pollers.append(poller)
-            self.mappings.append(poller)
-            log.info("event source", extra={"function": lid, "queue": source.name, "batch_size": source.batch_size,
-                                            "report_failures": source.report_failures})
+    @property
+    def pollers(self) -> list[SqsPoller]:
+        return [t for t in self.triggers if isinstance(t, SqsPoller)]
 
-    def _start_sns_triggers(self) -> None:
-        sqs = self.client("sqs")
-        urls = {a.get("Arn"): a.get("QueueUrl") for a in self.stack.physical.values() if "QueueUrl" in a}
-        for lid, pool in self.invoker.pools.items():
-            props = function_properties(self.stack, lid)
-            dlq = self.stack.resolve(props.get("DeadLetterQueue") or {})
-            dlq_url = urls.get(dlq.get("TargetArn")) if dlq.get("Type") == "SQS" else None
-            for name, event in pool.spec.events.items():
-                if event.get("Type") != "SNS":
-                    continue
-                source = sns_trigger.subscribe(self.stack, self.client, lid, name,
-                                               self.stack.resolve(event.get("Properties", {})), dlq.get("TargetArn"))
-                poller = sns_trigger.SnsPoller(sqs, pool, source, dlq_url)
-                poller.start()
-                self.sns_pollers.append(poller)
-                log.info("event source", extra={"function": lid, "topic": source.topic_arn})
+    def _start_triggers(self) -> None:
+        """Every function's triggers, each kind read from the template the same way
+        (`Trigger.sources_for`); all sources are read (and checked) before any trigger starts."""
+        sqs, streams = self.client("sqs"), self.client("dynamodbstreams")
+        planned: list[tuple[str, FunctionPool, type[Trigger], Any]] = []
+        kinds: tuple[type[Trigger], ...] = (SqsPoller, SnsPoller, StreamPoller, Scheduler)
+        for kind in kinds:
+            for lid, pool in self.invoker.pools.items():
+                for source in kind.sources_for(self.stack, lid, pool.spec.events):
+                    if kind is SqsPoller:
+                        self._check_visibility(sqs, lid, pool, source)
+                    planned.append((lid, pool, kind, source))
+        for lid, pool, kind, source in planned:
+            trigger: Trigger
+            if kind is SqsPoller:
+                self._reserve(lid, pool, source.max_concurrency)
+                trigger = SqsPoller(sqs, pool, source, self.stack.region)
+            elif kind is SnsPoller:
+                trigger = SnsPoller(sqs, pool, sns.subscribe(self.client, source))
+            elif kind is StreamPoller:
+                # an environment per stream mapping for its batch in flight, beside the function's other triggers
+                self._reserve(lid, pool, 1)
+                trigger = StreamPoller(streams, pool, source, self.stack.region, self.client)
+            else:
+                trigger = Scheduler(pool, source, self.stack.region, self.stack.account_id)
+            trigger.start()
+            self.triggers.append(trigger)
+            if isinstance(trigger, EventSourceMapping):
+                self.mappings.append(trigger)
+            log.info("schedule" if kind is Scheduler else "event source",
+                     extra=trigger.log_fields(function=lid, **self._describe_source(source)))
 
-    def _start_stream_pollers(self) -> None:
-        streams = self.client("dynamodbstreams")
-        for lid, pool in self.invoker.pools.items():
-            sources = stream_poller.sources_for(self.stack, pool.spec.events)
-            # an environment per stream mapping for its batch in flight, beside the function's other triggers
-            self._trigger_slots[lid] += len(sources)
-            pool.ensure_concurrency(self._trigger_slots[lid])
-            for source in sources:
-                poller = stream_poller.StreamPoller(streams, pool, source, self.stack.region, self.client)
-                poller.start()
-                self.stream_pollers.append(poller)
-                self.mappings.append(poller)
-                log.info("event source", extra={"function": lid, "stream": source.stream_arn,
-                                                "batch_size": source.batch_size,
-                                                "starting_position": source.starting_position})
+    @staticmethod
+    def _describe_source(source: Any) -> dict[str, Any]:
+        fields = ("batch_size", "report_failures", "starting_position", "stream_arn", "topic_arn", "expression", "enabled")
+        return {f: getattr(source, f) for f in fields if hasattr(source, f)}
 
-    def _start_schedules(self) -> None:
-        for lid, pool in self.invoker.pools.items():
-            for schedule in scheduler.schedules_for(self.stack, lid, pool.spec.events):
-                timer = scheduler.Scheduler(pool, schedule, self.stack.region, self.stack.account_id)
-                timer.start()
-                self.schedulers.append(timer)
-                log.info("schedule", extra={"function": lid, "rule": schedule.name, "expression": schedule.expression,
-                                            "enabled": schedule.enabled})
+    def _reserve(self, lid: str, pool: FunctionPool, slots: int) -> None:
+        self._trigger_slots[lid] += slots
+        pool.ensure_concurrency(self._trigger_slots[lid])
+
+    @staticmethod
+    def _check_visibility(sqs: Any, lid: str, pool: FunctionPool, source: Any) -> None:
+        visibility = int(sqs.get_queue_attributes(QueueUrl=source.queue_url, AttributeNames=["VisibilityTimeout"])
+                         ["Attributes"].get("VisibilityTimeout", 30))
+        if visibility < pool.spec.timeout:
+            # Lambda refuses this mapping (CreateEventSourceMapping fails, and the stack with it):
+            # a batch could come back to another poller while the function still runs.
+            raise ValueError(
+                f"SQS event source of {lid} ({pool.spec.name}) refused, as Lambda does: queue {source.name} "
+                f"has a visibility timeout of {visibility} s, less than the function timeout of "
+                f"{pool.spec.timeout:g} s. Raise the queue's VisibilityTimeout or lower the function's Timeout.")
 
     def stop(self) -> None:
-        for timer in self.schedulers:
-            timer.stop()
-        for stream in self.stream_pollers:
-            stream.stop()
-        for sns_poller in self.sns_pollers:
-            sns_poller.stop()
-        for poller in self.pollers:
-            poller._stop.set()
-        for poller in self.pollers:
-            poller.stop(timeout=5)
+        for trigger in self.triggers:
+            trigger._stop.set()  # every trigger stops taking work at once; then each is joined
+        for trigger in reversed(self.triggers):
+            trigger.stop(timeout=5)
         for gateway in self.ws_gateways:
             gateway.stop()  # $disconnect runs for every open socket while the functions still live
         for server in self.servers:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 REGION = "us-east-1"
-# Until the stack learns the account from its endpoint (STS GetCallerIdentity, LocalStack.start): moto's
+# Until the stack learns the account from its endpoint (STS GetCallerIdentity, LocalRuntime.start): moto's
 # default, which is what a Stack used under moto's mock_aws (unit tests) gets.
 ACCOUNT_ID = "123456789012"
 

@@ -1,4 +1,4 @@
-"""Fixes for moto's SQS emulation, and one for its DynamoDB streams (written against moto 5.2.5).
+"""Fixes for moto's SQS emulation (written against moto 5.2.5; see ``base.MOTO_VERSION``).
 
 ``apply()`` replaces a handful of methods on ``moto.sqs.models.Queue``,
 ``moto.sqs.models.SQSBackend`` and ``moto.sqs.models.Message`` in place, so every
@@ -21,21 +21,14 @@ a receipt-handle index) that still iterates, ``len()``s, ``append``s and
 ``remove``s like the list moto used.  Every mutation of it, and every iteration
 over its live view, happens under the queue's own ``_messages_lock``; iterating
 the store from outside (``for m in queue._messages``) walks a snapshot.
-
-DynamoDB streams: an ``UpdateItem`` that creates its item emits one INSERT with
-the full new image, as on AWS (moto emitted a keys-only INSERT first), and
-stream records get their sequence numbers under a lock (see the section below); requests to one
-DynamoDB backend are serialised (moto mutates items in place while other requests read them).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
 import logging
-import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -43,10 +36,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from moto.core.utils import camelcase_to_underscores, unix_time, unix_time_millis
-from moto.dynamodb.models import DynamoDBBackend
-from moto.dynamodb.models.table import StreamShard
-from moto.dynamodb.responses import DynamoHandler
-from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 from moto.moto_api._internal import mock_random as random
 from moto.sqs import models as sqs_models
 from moto.sqs.exceptions import (
@@ -64,6 +53,8 @@ from moto.sqs.models import (
     sqs_backends,
 )
 
+from samlocal.emulator.patches.base import Patch, Replacement
+
 logger = logging.getLogger(__name__)
 
 # Remember receipt handles of deleted messages (so deleting twice succeeds) for
@@ -74,12 +65,6 @@ DELETED_HANDLE_MAX = 200_000
 # Longest a long-polling receive sleeps before re-checking the queue (timeouts of
 # in-flight messages expire without anything notifying the queue's condition).
 _LONG_POLL_RECHECK_SECONDS = 1.0
-
-_apply_lock = threading.Lock()
-_applied = False
-# The moto attributes we replaced, keyed "Class.attr" (None: was inherited).
-ORIGINALS: dict[str, Any] = {}
-_replaced: list[tuple[type, str, Any]] = []
 
 
 # --------------------------------------------------------------------------
@@ -248,7 +233,7 @@ def _counts(queue: Queue) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------
 
 
-class _WeakInstances(weakref.WeakSet):  # type: ignore[type-arg]
+class _WeakInstances(weakref.WeakSet):
     """Stands in for moto's ``instances_tracked`` list, holding weak references."""
 
     def append(self, item: Any) -> None:
@@ -261,7 +246,7 @@ class _WeakInstances(weakref.WeakSet):  # type: ignore[type-arg]
 # emulator leaks its whole message history.  Track messages weakly instead, so the
 # dashboard still lists the live ones.
 def _message_new(cls: type, *args: Any, **kwargs: Any) -> Any:
-    instance = object.__new__(cls)
+    instance: Any = object.__new__(cls)
     tracked = cls.__dict__.get("instances_tracked")
     if not isinstance(tracked, _WeakInstances):
         tracked = _WeakInstances()
@@ -350,8 +335,8 @@ def _attributes(self: Queue) -> dict[str, Any]:
             result[attribute] = getattr(self, camelcase_to_underscores(attribute))
     if self.policy:
         result["Policy"] = self.policy
-    if self.redrive_policy:  # type: ignore[attr-defined]
-        result["RedrivePolicy"] = json.dumps(self.redrive_policy)  # type: ignore[attr-defined]
+    if self.redrive_policy:
+        result["RedrivePolicy"] = json.dumps(self.redrive_policy)
     for key in result:
         if isinstance(result[key], bool):
             result[key] = str(result[key]).lower()
@@ -559,7 +544,7 @@ def _send_message(
         message.group_id = group_id
     if message_attributes:
         message.message_attributes = message_attributes
-    if delay_seconds > MAXIMUM_MESSAGE_DELAY:  # type: ignore[operator]
+    if delay_seconds > MAXIMUM_MESSAGE_DELAY:
         raise InvalidParameterValue(
             f"Value {delay_seconds} for parameter DelaySeconds is invalid. Reason: DelaySeconds must be >= 0 and <= 900."
         )
@@ -635,7 +620,7 @@ def _receive_message(
             blocked_groups: set[str] = set()
             if queue.fifo_queue:
                 blocked_groups = {m.group_id for m in pending if m.group_id is not None}
-            redrive = queue.redrive_policy if queue.dead_letter_queue else None  # type: ignore[attr-defined]
+            redrive = queue.redrive_policy if queue.dead_letter_queue else None
             expired: list[Message] = []
 
             for message in store.live():
@@ -745,286 +730,76 @@ def _make_purge_queue(original: Any) -> Any:
     return _purge_queue
 
 
-# --------------------------------------------------------------------------
-# DynamoDB streams
-# --------------------------------------------------------------------------
-
-
-# Moto's ``update_item`` on a key with no item yet first ``put_item``s the bare
-# keys (which appends an INSERT whose NewImage is only the keys) and then appends
-# a second INSERT with the full item: a stream consumer sees two INSERTs for one
-# write.  AWS emits one.  The wrapper below marks, in a thread-local (moto server
-# serves requests on many threads), that this thread's next INSERT on that table
-# is the interim one; the wrapped ``StreamShard.add`` skips exactly that record.
-_stream_local = threading.local()
-# ``StreamShard.add`` numbers a record ``len(items) + start`` and then appends it:
-# two concurrent writes to one table could get the same sequence number.
-_stream_lock = threading.Lock()
-
-
-def _item_exists(backend: DynamoDBBackend, table: Any, key: dict[str, Any]) -> bool:
-    hash_key, range_key = backend.get_keys_value(table, key)
-    return table.get_item(hash_key, range_key) is not None
-
-
-def _make_update_item(original: Any) -> Any:
-    def _update_item(self: DynamoDBBackend, table_name: str, key: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            table = self.get_table(table_name)
-            creates = table.stream_shard is not None and not _item_exists(self, table, key)
-        except Exception:  # an invalid request: moto's own update_item reports it
-            creates = False
-        if not creates:
-            return original(self, table_name, key, *args, **kwargs)
-        previous = getattr(_stream_local, "interim_insert", None)
-        _stream_local.interim_insert = table
-        try:
-            return original(self, table_name, key, *args, **kwargs)
-        finally:
-            _stream_local.interim_insert = previous
-
-    return _update_item
-
-
-def _make_stream_add(original: Any) -> Any:
-    def _add(self: StreamShard, old: Any, new: Any) -> None:
-        if old is None and getattr(_stream_local, "interim_insert", None) is self.table:
-            _stream_local.interim_insert = None  # skip this one only: the next INSERT is the real one
-            return
-        with _stream_lock:
-            original(self, old, new)
-            if new is None and getattr(_stream_local, "ttl_delete", False):
-                # A TTL deletion: DynamoDB marks its REMOVE record as the service's, not a caller's.
-                self.items[-1].record["userIdentity"] = dict(TTL_USER_IDENTITY)
-
-    return _add
-
-
-# moto's DynamoDB keeps no lock: an UpdateItem mutates an item's attribute dict in place while a
-# concurrent Query/GetItem deep-copies or serialises it ("dictionary changed size during iteration",
-# a 500). DynamoDB itself is linearisable per item; here every request to one backend (account and
-# region) runs alone. Under the GIL the requests' Python work never ran in parallel anyway, so one
-# uncontended lock per request costs ~1 µs, and transactions and batches spanning tables stay atomic.
-_dynamodb_locks: dict[tuple[str, str], threading.RLock] = {}
-_dynamodb_locks_guard = threading.Lock()
-
-
-def dynamodb_lock(account: str, region: str) -> threading.RLock:
-    """The lock every request to that DynamoDB backend holds (the TTL sweeper takes it too)."""
-    key = (account, region)
-    lock = _dynamodb_locks.get(key)
-    if lock is None:
-        with _dynamodb_locks_guard:
-            lock = _dynamodb_locks.setdefault(key, threading.RLock())
-    return lock
-
-
-def _make_dynamodb_call_action(original: Any) -> Any:
-    def _call_action(self: Any) -> Any:
-        with dynamodb_lock(self.current_account, self.region):
-            return original(self)
-
-    return _call_action
-
-
-# moto stores a table's TimeToLiveSpecification and never deletes anything. DynamoDB deletes an
-# item whose TTL attribute (a Number, epoch seconds) is in the past "typically within a few days";
-# locally a sweeper does it every few seconds, so TTL-driven code (and its REMOVE stream records)
-# can be tested. Items more than five years past their TTL are left alone, as in DynamoDB.
-# The Streams API spells it {"Type", "PrincipalId"}; Lambda's event {"type", "principalId"}.
-TTL_USER_IDENTITY = {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
-TTL_MAX_AGE_SECONDS = 5 * 365 * 24 * 3600
-
-
-def _expired(item: Any, attribute: str, now: float) -> bool:
-    value = item.attrs.get(attribute)
-    if value is None or value.type != "N":
-        return False
-    try:
-        return now - TTL_MAX_AGE_SECONDS <= float(value.value) < now
-    except (TypeError, ValueError):
-        return False
-
-
-# Items checked per hold of the backend's lock: requests wait a few milliseconds at most for a sweep.
-TTL_SWEEP_CHUNK = 2000
-
-
-def sweep_expired_items(now: float | None = None) -> int:
-    """Deletes every expired item of every TTL-enabled table (all accounts and regions), each
-    with a REMOVE stream record whose ``userIdentity`` is DynamoDB's; returns how many."""
-    from moto.dynamodb.models import dynamodb_backends
-
-    now = time.time() if now is None else now
-    deleted = 0
-    # Snapshots (list(...)): a request may add an account's or a region's backend meanwhile.
-    backends = [(account, region, backend) for account, regions in list(dynamodb_backends.items())
-                for region, backend in list(regions.items())]
-    for account, region, backend in backends:
-        lock = dynamodb_lock(account, region)
-        for table in list(backend.tables.values()):  # type: ignore[attr-defined]
-            ttl = getattr(table, "ttl", None) or {}
-            attribute = ttl.get("AttributeName")
-            if ttl.get("TimeToLiveStatus") != "ENABLED" or not attribute:
-                continue
-            with lock:
-                rows = list(table.items.values())
-            removed = 0
-            for start in range(0, len(rows), TTL_SWEEP_CHUNK):
-                with lock:  # a chunk at a time: the table may change between chunks
-                    chunk = rows[start:start + TTL_SWEEP_CHUNK]
-                    candidates = itertools.chain.from_iterable(r.values() for r in chunk) if table.range_key_attr else chunk
-                    items = [item for item in candidates if _expired(item, attribute, now)]
-                    _stream_local.ttl_delete = True
-                    try:
-                        for item in items:
-                            current = table.get_item(item.hash_key, item.range_key)
-                            if current is not None and _expired(current, attribute, now):  # not rewritten since
-                                table.delete_item(item.hash_key, item.range_key)
-                                removed += 1
-                    finally:
-                        _stream_local.ttl_delete = False
-            deleted += removed
-            if removed:
-                logger.info("ttl sweep", extra={"table": table.name, "deleted": removed})
-    return deleted
-
-
-# moto keeps every shard iterator forever and GetRecords mints a new one per call (~1.8 KB each: a
-# poller at 4 calls a second leaks ~26 MB an hour per shard). AWS iterators expire after 15 minutes;
-# so do these, with AWS's ExpiredIteratorException when one is used after that.
-ITERATOR_TTL_SECONDS = 15 * 60
-_iterator_births: dict[int, Any] = {}  # id(backend) → deque of (born, arn)
-_iterator_lock = threading.Lock()
-
-
-def _track_iterator(backend: DynamoDBStreamsBackend, arn: str) -> None:
-    from collections import deque
-
-    now = time.monotonic()
-    with _iterator_lock:
-        births = _iterator_births.setdefault(id(backend), deque())
-        births.append((now, arn))
-        while births and now - births[0][0] > ITERATOR_TTL_SECONDS:
-            backend.shard_iterators.pop(births.popleft()[1], None)
-
-
-def _make_get_shard_iterator(original: Any) -> Any:
-    def _get_shard_iterator(self: DynamoDBStreamsBackend, *args: Any, **kwargs: Any) -> Any:
-        iterator = original(self, *args, **kwargs)
-        _track_iterator(self, iterator.arn)
-        return iterator
-
-    return _get_shard_iterator
-
-
-def _make_get_records(original: Any) -> Any:
-    from moto.core.exceptions import JsonRESTError
-
-    def _get_records(self: DynamoDBStreamsBackend, iterator_arn: str, limit: int) -> Any:
-        if iterator_arn not in self.shard_iterators:
-            raise JsonRESTError("ExpiredIteratorException", "Iterator expired. The iterator was created more than "
-                                "15 minutes ago (or never existed).")
-        result = original(self, iterator_arn, limit)
-        _track_iterator(self, result["NextShardIterator"])
-        return result
-
-    return _get_records
-
 
 # --------------------------------------------------------------------------
-# apply()
+# The patches
 # --------------------------------------------------------------------------
 
 
-def _replace(cls: type, name: str, value: Any) -> None:
-    original = cls.__dict__.get(name)
-    ORIGINALS[f"{cls.__name__}.{name}"] = original
-    _replaced.append((cls, name, original))
-    setattr(cls, name, value)
+def _new(value: Any) -> Any:
+    return lambda original: value
 
 
-def apply() -> None:
-    """Install the patches into moto's classes.  Idempotent."""
-    global _applied
-    with _apply_lock:
-        if _applied:
-            return
-        _replace(Message, "__new__", staticmethod(_message_new))
-
-        _replace(Queue, "_messages", property(_get_messages, _set_messages))
-        _replace(Queue, "deleted_messages", property(_get_deleted_messages, _set_deleted_messages))
-        _replace(Queue, "messages", property(_messages_property))
-        _replace(Queue, "attributes", property(_attributes))
-        _replace(Queue, "approximate_number_of_messages", property(_approximate_number_of_messages))
-        _replace(
-            Queue,
-            "approximate_number_of_messages_not_visible",
-            property(_approximate_number_of_messages_not_visible),
-        )
-        _replace(
-            Queue,
-            "approximate_number_of_messages_delayed",
-            property(_approximate_number_of_messages_delayed),
-        )
-        _replace(Queue, "add_message", _add_message)
-        _replace(Queue, "delete_message", _delete_message)
-        _replace(Queue, "wait_for_messages", _wait_for_messages)
-
-        _replace(SQSBackend, "_validate_message", _validate_message)
-        _replace(SQSBackend, "send_message", _send_message)
-        _replace(SQSBackend, "receive_message", _receive_message)
-        _replace(SQSBackend, "change_message_visibility", _change_message_visibility)
-        _replace(SQSBackend, "get_queue_attributes", _get_queue_attributes)
-        _replace(
-            SQSBackend,
-            "is_message_valid_based_on_retention_period",
-            _is_message_valid_based_on_retention_period,
-        )
-        _replace(SQSBackend, "purge_queue", _make_purge_queue(SQSBackend.__dict__["purge_queue"]))
-
-        _replace(DynamoHandler, "call_action", _make_dynamodb_call_action(DynamoHandler.__dict__["call_action"]))
-        _replace(DynamoDBBackend, "update_item", _make_update_item(DynamoDBBackend.__dict__["update_item"]))
-        _replace(StreamShard, "add", _make_stream_add(StreamShard.__dict__["add"]))
-        _replace(DynamoDBStreamsBackend, "get_shard_iterator",
-                 _make_get_shard_iterator(DynamoDBStreamsBackend.__dict__["get_shard_iterator"]))
-        _replace(DynamoDBStreamsBackend, "get_records", _make_get_records(DynamoDBStreamsBackend.__dict__["get_records"]))
-        _applied = True
-    logger.debug("moto patches applied")
+MESSAGE_TRACKING = Patch(
+    "sqs.message_tracking",
+    "moto keeps every Message ever built (sent and received copies) alive for its dashboard",
+    (Replacement(Message, "__new__", "inherited", _new(staticmethod(_message_new))),),
+)
+MESSAGE_STORE = Patch(
+    "sqs.message_store",
+    "a queue's messages in an ordered set with a receipt-handle index; bounded deleted-handle memory; FIFO dedup window",
+    (
+        Replacement(Queue, "_messages", "instance", _new(property(_get_messages, _set_messages))),
+        Replacement(Queue, "deleted_messages", "instance", _new(property(_get_deleted_messages, _set_deleted_messages))),
+        Replacement(Queue, "add_message", "method", _new(_add_message)),
+        Replacement(Queue, "delete_message", "method", _new(_delete_message)),
+        Replacement(Queue, "wait_for_messages", "method", _new(_wait_for_messages)),
+        Replacement(SQSBackend, "purge_queue", "method", _make_purge_queue),
+    ),
+)
+COUNTS = Patch(
+    "sqs.counts",
+    "queue attributes and approximate counts in one pass over the messages, not three per attribute",
+    (
+        Replacement(Queue, "messages", "method", _new(property(_messages_property))),
+        Replacement(Queue, "attributes", "method", _new(property(_attributes))),
+        Replacement(Queue, "approximate_number_of_messages", "method", _new(property(_approximate_number_of_messages))),
+        Replacement(Queue, "approximate_number_of_messages_not_visible", "method",
+                    _new(property(_approximate_number_of_messages_not_visible))),
+        Replacement(Queue, "approximate_number_of_messages_delayed", "method",
+                    _new(property(_approximate_number_of_messages_delayed))),
+        Replacement(SQSBackend, "get_queue_attributes", "method", _new(_get_queue_attributes)),
+        Replacement(SQSBackend, "is_message_valid_based_on_retention_period", "method",
+                    _new(_is_message_valid_based_on_retention_period)),
+    ),
+)
+SEND_RECEIVE = Patch(
+    "sqs.send_receive",
+    "send and receive without O(n) scans; FIFO groups redelivered in order; sequence numbers increasing",
+    (
+        Replacement(SQSBackend, "_validate_message", "method", _new(_validate_message)),
+        Replacement(SQSBackend, "send_message", "method", _new(_send_message)),
+        Replacement(SQSBackend, "receive_message", "method", _new(_receive_message)),
+        Replacement(SQSBackend, "change_message_visibility", "method", _new(_change_message_visibility)),
+    ),
+)
+PATCHES = (MESSAGE_TRACKING, MESSAGE_STORE, COUNTS, SEND_RECEIVE)
 
 
-def is_applied() -> bool:
-    return _applied
+def snapshot_layouts() -> list[tuple[Queue, list[Message], set[str]]]:
+    """Every queue's messages and deleted handles, to put back in moto's own layout after a revert."""
+    layouts = []
+    for _, _, backend in sqs_backends.iter_backends():
+        for queue in list(backend.queues.values()):  # type: ignore[attr-defined]
+            with queue._messages_lock:
+                layouts.append((queue, list(queue._messages), set(queue.deleted_messages)))
+    return layouts
 
 
-def revert() -> None:
-    """Undo ``apply()``: restore moto's methods and its storage layout on every queue.
-
-    For comparisons (the depth benchmark switches a server back to stock moto after
-    prefilling it).  Only safe while no request is being served.  Deduplication
-    history and the bound on remembered deleted receipt handles are lost.
-    """
-    global _applied
-    with _apply_lock:
-        if not _applied:
-            return
-        layouts = []
-        for _, _, backend in sqs_backends.iter_backends():
-            for queue in list(backend.queues.values()):  # type: ignore[attr-defined]
-                with queue._messages_lock:
-                    layouts.append((queue, list(queue._messages), set(queue.deleted_messages)))
-        for cls, name, original in reversed(_replaced):
-            if original is None:
-                delattr(cls, name)
-            else:
-                setattr(cls, name, original)
-        _replaced.clear()
-        ORIGINALS.clear()
-        Message.instances_tracked = []  # type: ignore[attr-defined]
-        for queue, messages, deleted in layouts:
-            queue.__dict__.pop("_message_store", None)
-            queue.__dict__.pop("_local_sqs_state", None)
-            queue.__dict__["_messages"] = messages
-            queue.__dict__["deleted_messages"] = deleted
-        _applied = False
-    logger.debug("moto patches reverted")
+def restore_layouts(layouts: list[tuple[Queue, list[Message], set[str]]]) -> None:
+    Message.instances_tracked = []  # type: ignore[attr-defined]
+    for queue, messages, deleted in layouts:
+        queue.__dict__.pop("_message_store", None)
+        queue.__dict__.pop("_local_sqs_state", None)
+        queue.__dict__["_messages"] = messages
+        queue.__dict__["deleted_messages"] = deleted

@@ -12,45 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import async_invoke, awscalls
+from . import awscalls
 from .httpserver import Handler, Server
-from .invoker import FunctionPool, Invoker
+from .invoker import Invoker
+from .triggers import async_invoke
+from .triggers.base import EventSourceMapping
 
-log = logging.getLogger("local.lambda_api")
+log = logging.getLogger("samlocal.lambda_api")
 FUNCTIONS = "/2015-03-31/functions/"
 MAPPINGS = "/2015-03-31/event-source-mappings/"
-
-
-def describe_mapping(function_arn: str, source_arn: str, *, enabled: bool, batch_size: int,
-                     window_seconds: float, report_failures: bool, **extra: Any) -> dict[str, Any]:
-    """An EventSourceMapping as Lambda's API describes it: the fields every kind of source has,
-    then `extra`. The UUID is derived from the function and the source, so it survives restarts."""
-    return {"UUID": mapping_uuid(function_arn, source_arn), "EventSourceArn": source_arn, "FunctionArn": function_arn,
-            "State": "Enabled" if enabled else "Disabled", "BatchSize": batch_size,
-            "MaximumBatchingWindowInSeconds": int(window_seconds),
-            "FunctionResponseTypes": ["ReportBatchItemFailures"] if report_failures else [], **extra}
-
-
-def mapping_uuid(function_arn: str, source_arn: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{function_arn}|{source_arn}"))
-
-
-class EventSourceMapping(Protocol):
-    """What SQS and DynamoDB stream pollers share: an id, Lambda's description, pause/resume."""
-
-    pool: FunctionPool
-
-    @property
-    def uuid(self) -> str: ...
-
-    def mapping(self) -> dict[str, Any]: ...
-
-    def set_enabled(self, enabled: bool) -> None: ...
 
 
 @dataclass
@@ -71,7 +45,8 @@ class LambdaApiHandler(Handler):
 
     @property
     def control(self) -> LambdaControl:
-        return self.server.app  # type: ignore[no-any-return]
+        control: LambdaControl = self.server.app
+        return control
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         split = urlsplit(self.path)

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import worker
-from .functions import FunctionSpec
+from .lambdas import FunctionSpec
 
-log = logging.getLogger("local.lambda")
+log = logging.getLogger("samlocal.lambda")
 # Environments fork from a server process that has already imported the AWS SDK, as the Lambda
 # runtime ships it: a cold start then costs the function's own imports, not boto3's (~1 s of CPU).
 _ctx = multiprocessing.get_context("forkserver")
-_ctx.set_forkserver_preload(["boto3", "botocore.session", "local.worker"])
+_ctx.set_forkserver_preload(["boto3", "botocore.session", "samlocal.worker"])
 # Environments per function without triggers of its own, when the template reserves none: on 2 cores
 # more processes cost more in switching than they add.
 DEFAULT_CONCURRENCY = 8
@@ -362,7 +362,10 @@ class FunctionPool:
     def _over_memory(self, w: _Worker, peak: int | None = None) -> bool:
         """Whether the environment's peak resident memory (reported with its answer, else read from
         /proc while it runs) passed the function's MemorySize."""
-        peak = peak_rss_bytes(w.process.pid) if peak is None else peak
+        if peak is None:
+            if w.process.pid is None:
+                return False  # not started: nothing to measure
+            peak = peak_rss_bytes(w.process.pid)
         if peak > self.spec.memory_mb * 1024 * 1024:
             log.warning("execution environment over its MemorySize: killed", extra={
                 "function": self.spec.name, "memory_mb": self.spec.memory_mb, "peak_rss_mb": round(peak / 2**20, 1)})

@@ -10,11 +10,37 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .async_invoke import AsyncConfig
 from .template import Stack, TemplateError
 
 FUNCTION_TYPES = ("AWS::Serverless::Function",)
 LAYER_TYPES = ("AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion")
+
+
+# Lambda's asynchronous invocation defaults (samlocal/triggers/async_invoke.py runs them).
+MAX_RETRIES = 2
+MAX_EVENT_AGE_SECONDS = 21600
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """The template's async settings for one function (FunctionSpec.async_config)."""
+
+    max_retries: int = MAX_RETRIES
+    max_age: float = MAX_EVENT_AGE_SECONDS
+    dead_letter: tuple[str, str] | None = None  # (SQS|SNS, target ARN)
+    on_failure: tuple[str, str] | None = None  # (SQS|SNS|Lambda|EventBridge, destination ARN)
+
+    @classmethod
+    def from_properties(cls, props: dict[str, Any]) -> "AsyncConfig":
+        """From a function's resolved `DeadLetterQueue` and `EventInvokeConfig` properties."""
+        dlq = props.get("DeadLetterQueue") or {}
+        config = props.get("EventInvokeConfig") or {}
+        failure = ((config.get("DestinationConfig") or {}).get("OnFailure")) or {}
+        return cls(max_retries=int(config.get("MaximumRetryAttempts", MAX_RETRIES)),
+                   max_age=float(config.get("MaximumEventAgeInSeconds", MAX_EVENT_AGE_SECONDS)),
+                   dead_letter=(str(dlq.get("Type", "SQS")), str(dlq["TargetArn"])) if dlq.get("TargetArn") else None,
+                   on_failure=(str(failure.get("Type", "")), str(failure["Destination"]))
+                   if failure.get("Destination") else None)
 
 
 @dataclass

@@ -11,7 +11,7 @@ Expressions, as EventBridge reads them:
 Times are UTC, or `ScheduleExpressionTimezone` for `ScheduleV2` (cron and at, daylight saving
 included). Each firing invokes the function asynchronously with EventBridge's "Scheduled Event" (or
 the event's `Input`), as AWS does; a failure is retried twice, then goes to the function's DeadLetterQueue / OnFailure destination,
-as for any asynchronous invocation (`local/async_invoke.py`).
+as for any asynchronous invocation (`Trigger.invoke_async`).
 """
 
 from __future__ import annotations
@@ -19,21 +19,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from . import async_invoke
-from .invoker import FunctionPool
-from .supervise import supervised
+from .base import Trigger
 
-log = logging.getLogger("local.schedule")
+if TYPE_CHECKING:
+    from ..invoker import FunctionPool
+
+log = logging.getLogger("samlocal.schedule")
 _UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 _DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]  # AWS numbers them 1-7
 _MAX_YEAR = 2199  # EventBridge's years run 1970-2199
@@ -178,30 +178,6 @@ def _cron(expression: str) -> tuple[str, list[int]]:
     return text, _years(year, expression)
 
 
-def schedules_for(stack: Any, function_lid: str, events: dict[str, dict[str, Any]]) -> list[Schedule]:
-    out = []
-    for name, event in events.items():
-        kind = event.get("Type")
-        if kind not in ("Schedule", "ScheduleV2"):
-            continue
-        props = stack.resolve(event.get("Properties", {}))
-        expression = props.get("Schedule") or props.get("ScheduleExpression")
-        enabled = props.get("Enabled", props.get("State", "ENABLED"))
-        schedule = Schedule(name=str(props.get("Name") or f"{stack.name}-{function_lid}-{name}"),
-                            expression=str(expression), payload=props.get("Input"),
-                            enabled=str(enabled).upper() not in ("FALSE", "DISABLED"),
-                            timezone=props.get("ScheduleExpressionTimezone"), v2=kind == "ScheduleV2")
-        schedule.validate()  # a bad expression fails the start, not the first firing
-        if schedule.payload is not None:
-            try:
-                json.loads(schedule.payload)
-            except (TypeError, ValueError):
-                # EventBridge refuses a target Input that is not JSON text; it would fail every firing
-                raise ValueError(f"schedule {schedule.name}: Input must be JSON text, not {schedule.payload!r}") from None
-        out.append(schedule)
-    return out
-
-
 def scheduled_event(schedule: Schedule, region: str, account: str, moment: float) -> Any:
     if schedule.payload is not None:
         return json.loads(schedule.payload)
@@ -210,30 +186,52 @@ def scheduled_event(schedule: Schedule, region: str, account: str, moment: float
             "region": region, "resources": [f"arn:aws:events:{region}:{account}:rule/{schedule.name}"], "detail": {}}
 
 
-class Scheduler:
+class Scheduler(Trigger):
     """One thread per schedule: sleeps until the next firing, invokes, repeats."""
 
+    kind = "schedule"
+    event_types = ("Schedule", "ScheduleV2")
+    log = log
+
     def __init__(self, pool: FunctionPool, schedule: Schedule, region: str, account: str) -> None:
-        self.pool, self.schedule, self.region, self.account = pool, schedule, region, account
-        self._stop = threading.Event()
-        run = supervised(self._run, self._stop, log, {"function": pool.spec.name, "schedule": schedule.name})
-        self._thread = threading.Thread(target=run, name=f"schedule:{schedule.name}", daemon=True)
+        super().__init__(pool, schedule)
+        self.schedule, self.region, self.account = schedule, region, account
         self.fired = 0
+
+    @classmethod
+    def source_from(cls, stack: Any, function_lid: str, event_name: str, event_type: str,
+                    props: dict[str, Any]) -> Schedule:
+        expression = props.get("Schedule") or props.get("ScheduleExpression")
+        enabled = props.get("Enabled", props.get("State", "ENABLED"))
+        schedule = Schedule(name=str(props.get("Name") or f"{stack.name}-{function_lid}-{event_name}"),
+                            expression=str(expression), payload=props.get("Input"),
+                            enabled=str(enabled).upper() not in ("FALSE", "DISABLED"),
+                            timezone=props.get("ScheduleExpressionTimezone"), v2=event_type == "ScheduleV2")
+        schedule.validate()  # a bad expression fails the start, not the first firing
+        if schedule.payload is not None:
+            try:
+                json.loads(schedule.payload)
+            except (TypeError, ValueError):
+                # EventBridge refuses a target Input that is not JSON text; it would fail every firing
+                raise ValueError(f"schedule {schedule.name}: Input must be JSON text, not {schedule.payload!r}") from None
+        return schedule
+
+    @property
+    def name(self) -> str:
+        return self.schedule.name
+
+    def log_fields(self, **fields: Any) -> dict[str, Any]:
+        return super().log_fields(schedule=self.schedule.name, **fields)
 
     def start(self) -> None:
         if self.schedule.enabled:
-            self._thread.start()
+            super().start()
 
-    def stop(self, timeout: float = 5) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         due = self.schedule.next_after(time.time())
         if due is None:
-            log.warning("schedule never fires: its time has passed", extra={"function": self.pool.spec.name,
-                        "schedule": self.schedule.name, "expression": self.schedule.expression})
+            log.warning("schedule never fires: its time has passed",
+                        extra=self.log_fields(expression=self.schedule.expression))
         while due is not None and not self._stop.wait(max(0.0, due - time.time())):
             self.fire(due)
             due = self.schedule.next_after(max(due, time.time()))
@@ -242,6 +240,5 @@ class Scheduler:
         event = scheduled_event(self.schedule, self.region, self.account, moment or time.time())
         self.fired += 1
         # EventBridge invokes asynchronously: Lambda's retries and failure destinations apply.
-        result = async_invoke.invoke_async(self.pool, event, trigger="schedule", source=self.schedule.name,
-                                           stop=self._stop)
-        return bool(result.ok)
+        return bool(self.invoke_async(event).ok)
+

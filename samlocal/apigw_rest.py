@@ -29,7 +29,7 @@ from .httpserver import Handler, Server
 from .invoker import FunctionPool, Invoker, InvokeResult
 from .template import ACCOUNT_ID
 
-log = logging.getLogger("local.apigw")
+log = logging.getLogger("samlocal.apigw")
 # API Gateway's maximum integration timeout for REST APIs: the client gets a 504 then, even if the
 # function (whose Timeout may be up to 15 min) is still running. A module constant so tests lower it.
 INTEGRATION_TIMEOUT_SECONDS = 29.0
@@ -138,7 +138,7 @@ def build_apis(stack: Any) -> list[RestApi]:
                 continue
             props = event.get("Properties", {})
             api_ref = props.get("RestApiId")
-            api_lid = api_ref.get("Ref") if isinstance(api_ref, dict) else "ServerlessRestApi"
+            api_lid = str(api_ref.get("Ref")) if isinstance(api_ref, dict) else "ServerlessRestApi"
             if api_lid not in apis:  # SAM's implicit API, stage Prod, shaped by Globals.Api
                 apis[api_lid] = RestApi(api_lid, stack.ref(api_lid), "Prod", [], _binary_types(stack, {}),
                                         stack.account_id)
@@ -272,7 +272,7 @@ class RestHandler(Handler):
             self.reply(500, b'{"message": "Internal server error"}')
 
     def _route(self) -> None:
-        gateway: Gateway = self.server.app
+        gateway: RestGateway = self.server.app
         api = gateway.api
         method = self.command
         path = urlsplit(self.path).path
@@ -356,7 +356,7 @@ class RestHandler(Handler):
 
 
 @dataclass
-class Gateway:
+class RestGateway:
     api: RestApi
     invoker: Invoker
     ready: threading.Event  # set once every function behind the API can be invoked
@@ -366,6 +366,6 @@ def serve(api: RestApi, invoker: Invoker, host: str, port: int, ready: threading
     if ready is None:
         ready = threading.Event()
         ready.set()
-    server = Server(host, port, RestHandler, Gateway(api, invoker, ready))
+    server = Server(host, port, RestHandler, RestGateway(api, invoker, ready))
     server.start(f"apigw:{api.logical_id}")
     return server

@@ -27,18 +27,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .filtering import matches, parse_filters
-from .invoker import FunctionPool
-from .lambda_api import describe_mapping, mapping_uuid
-from .supervise import supervised
+from .base import EVENT_OVERHEAD, PAYLOAD_LIMIT_BYTES, EventSourceMapping, flag, record_size, reported_failures
+from .filtering import parse_filters
 
-log = logging.getLogger("local.sqs")
+if TYPE_CHECKING:
+    from ..invoker import FunctionPool
+
+log = logging.getLogger("samlocal.sqs")
 DEFAULT_CONCURRENCY = 2
 POLL_WAIT_SECONDS = 1
-PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload
-_EVENT_OVERHEAD = len('{"Records":[]}')
 
 
 @dataclass
@@ -97,15 +96,6 @@ def lambda_record(message: dict[str, Any], source: SqsSource, region: str) -> di
     }
 
 
-def filter_view(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as Lambda's SQS filtering sees it: `body` as JSON when it parses, else the string."""
-    try:
-        body = json.loads(record["body"])
-    except (TypeError, ValueError):
-        return record
-    return {**record, "body": body}
-
-
 @dataclass
 class _Item:
     """A received message and its record in the function's event (or why it could not be built)."""
@@ -116,51 +106,64 @@ class _Item:
     size: int  # its bytes in the invocation payload
 
 
-class SqsPoller:
+class SqsPoller(EventSourceMapping):
+    """Lambda's SQS event source mapping for one queue and one function."""
+
+    kind = "sqs"
+    event_types = ("SQS",)
+    log = log
+
     def __init__(self, sqs: Any, pool: FunctionPool, source: SqsSource, region: str) -> None:
+        super().__init__(pool, source)
+        self.source: SqsSource = source
         self.sqs = sqs
-        self.pool = pool
-        self.source = source
         self.region = region
-        self._stop = threading.Event()
         self._slots = threading.Semaphore(max(1, source.max_concurrency))
         self._groups_lock = threading.Lock()
         self._groups_in_flight: set[str] = set()
-        self._threads: list[threading.Thread] = []
-        self._batches: list[threading.Thread] = []
         self.filtered_out = 0  # messages deleted by FilterCriteria
 
     @property
-    def uuid(self) -> str:
-        return mapping_uuid(self.pool.spec.arn, self.source.queue_arn)
+    def name(self) -> str:
+        return self.source.name
 
-    def mapping(self) -> dict[str, Any]:
-        """This poller as Lambda's EventSourceMapping resource describes it."""
-        src = self.source
-        out = describe_mapping(self.pool.spec.arn, src.queue_arn, enabled=src.enabled, batch_size=src.batch_size,
-                               window_seconds=src.window_seconds, report_failures=src.report_failures,
-                               ScalingConfig={"MaximumConcurrency": src.max_concurrency})
-        if src.filters:
-            out["FilterCriteria"] = {"Filters": [{"Pattern": json.dumps(p)} for p in src.filters]}
-        return out
+    @property
+    def source_arn(self) -> str:
+        return self.source.queue_arn
 
-    def set_enabled(self, enabled: bool) -> None:
-        """UpdateEventSourceMapping Enabled: a disabled mapping stops polling; batches in flight finish."""
-        self.source.enabled = enabled
+    def mapping_fields(self) -> dict[str, Any]:
+        return {"ScalingConfig": {"MaximumConcurrency": self.source.max_concurrency}}
 
-    def start(self) -> None:
-        run = supervised(self._run, self._stop, log, lambda: {"function": self.pool.spec.name, "queue": self.source.name})
-        t = threading.Thread(target=run, name=f"sqs:{self.source.name}", daemon=True)
-        t.start()
-        self._threads.append(t)
+    def log_fields(self, **fields: Any) -> dict[str, Any]:
+        return super().log_fields(queue=self.source.name, **fields)
 
-    def stop(self, timeout: float = 10) -> None:
-        self._stop.set()
-        deadline = time.monotonic() + timeout
-        for t in self._threads + self._batches:
-            t.join(max(0.0, deadline - time.monotonic()))
+    def filter_view(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record as Lambda's SQS filtering sees it: `body` as JSON when it parses, else the string."""
+        try:
+            body = json.loads(record["body"])
+        except (TypeError, ValueError):
+            return record
+        return {**record, "body": body}
 
-    def _run(self) -> None:
+    @classmethod
+    def source_from(cls, stack: Any, function_lid: str, event_name: str, event_type: str,
+                    props: dict[str, Any]) -> SqsSource:
+        arn = props["Queue"]
+        url = next((a.get("QueueUrl") for a in stack.physical.values() if "QueueUrl" in a and a.get("Arn") == arn), None)
+        if url is None:
+            raise ValueError(f"SQS event source {arn} is not a queue of this template")
+        source = SqsSource(
+            queue_url=url, queue_arn=arn, batch_size=int(props.get("BatchSize", 10)),
+            window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+            report_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+            max_concurrency=int(props.get("ScalingConfig", {}).get("MaximumConcurrency", DEFAULT_CONCURRENCY)),
+            enabled=flag(props.get("Enabled"), True),
+            filters=parse_filters(props.get("FilterCriteria")),
+        )
+        _check(source, event_name)
+        return source
+
+    def run(self) -> None:
         while not self._stop.is_set():
             if not self.source.enabled:
                 self._stop.wait(0.1)
@@ -190,7 +193,7 @@ class SqsPoller:
                     continue
                 t = threading.Thread(target=self._process, args=(items, worker), daemon=True,
                                      name=f"sqs-batch:{self.source.name}")
-                self._batches = [b for b in self._batches if b.is_alive()] + [t]
+                self._threads = [b for b in self._threads if b.is_alive()] + [t]  # stop() joins it
                 t.start()
                 handed_off = True
             finally:
@@ -205,7 +208,7 @@ class SqsPoller:
     def _item(self, message: dict[str, Any]) -> _Item:
         try:
             record = lambda_record(message, self.source, self.region)
-            size = len(json.dumps(record, separators=(",", ":")).encode()) + 1
+            size = record_size(record)
         except Exception as exc:  # delivered as a failed invocation, with its error logged
             return _Item(message, None, exc, 0)
         return _Item(message, record, None, size)
@@ -217,7 +220,7 @@ class SqsPoller:
         want = min(src.batch_size, 10) if src.fifo else src.batch_size
         items: list[_Item] = []
         dropped: list[dict[str, Any]] = []
-        size = _EVENT_OVERHEAD
+        size = EVENT_OVERHEAD
         deadline: float | None = None
         overflow: list[dict[str, Any]] = []
         guarded: list[dict[str, Any]] = []  # FIFO: messages whose groups the guard marked in flight
@@ -239,7 +242,7 @@ class SqsPoller:
                     guarded.extend(got)
                 for n, message in enumerate(got):
                     item = self._item(message)
-                    if item.record is not None and src.filters and not matches(src.filters, filter_view(item.record)):
+                    if item.record is not None and not self.passes(item.record):
                         dropped.append(message)
                         continue
                     if items and size + item.size > PAYLOAD_LIMIT_BYTES:
@@ -274,7 +277,8 @@ class SqsPoller:
         """SQS never hands out a group with messages in flight; if an emulator ever does, the
         messages are put back (visible again shortly) rather than processed beside their group."""
         with self._groups_lock:
-            keep, back = [], []
+            keep: list[dict[str, Any]] = []
+            back: list[dict[str, Any]] = []
             for m in messages:
                 group = m.get("Attributes", {}).get("MessageGroupId")
                 (back if group in self._groups_in_flight else keep).append(m)
@@ -322,15 +326,11 @@ class SqsPoller:
             return []
         if not self.source.report_failures:
             return messages
-        payload = result.payload
-        if payload is None or (isinstance(payload, dict) and not payload.get("batchItemFailures")):
+        reported = reported_failures(result.payload)
+        if reported == []:
             return messages
-        ids = {m["MessageId"] for m in messages}
-        try:
-            failed = {f["itemIdentifier"] for f in payload["batchItemFailures"]}
-        except (TypeError, KeyError):
-            failed = set()
-        if not failed or not failed <= ids:
+        failed = set(reported or ())
+        if reported is None or not failed <= {m["MessageId"] for m in messages}:
             # Lambda treats an unusable report as a failure of the whole batch.
             log.warning("malformed batchItemFailures; whole batch fails", extra={"queue": self.source.name})
             return []
@@ -355,31 +355,6 @@ class SqsPoller:
                 self._change_visibility(messages[10:], seconds)
         except Exception as exc:
             log.warning("change visibility failed", extra={"queue": self.source.name, "error": str(exc)})
-
-
-def sources_for(stack: Any, events: dict[str, dict[str, Any]]) -> list[SqsSource]:
-    """The SQS event sources of one function, resolved against the running stack."""
-    arn_to_url = {attrs.get("Arn"): attrs.get("QueueUrl") for attrs in stack.physical.values() if "QueueUrl" in attrs}
-    out = []
-    for name, spec in events.items():
-        if spec.get("Type") != "SQS":
-            continue
-        props = stack.resolve(spec.get("Properties", {}))
-        arn = props["Queue"]
-        url = arn_to_url.get(arn)
-        if url is None:
-            raise ValueError(f"SQS event source {arn} is not a queue of this template")
-        source = SqsSource(
-            queue_url=url, queue_arn=arn, batch_size=int(props.get("BatchSize", 10)),
-            window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
-            report_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
-            max_concurrency=int(props.get("ScalingConfig", {}).get("MaximumConcurrency", DEFAULT_CONCURRENCY)),
-            enabled=str(props.get("Enabled", True)).lower() != "false",
-            filters=parse_filters(props.get("FilterCriteria")),
-        )
-        _check(source, name)
-        out.append(source)
-    return out
 
 
 def _check(source: SqsSource, event: str) -> None:

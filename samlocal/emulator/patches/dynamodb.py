@@ -1,0 +1,184 @@
+"""Fixes for moto's DynamoDB (written against moto 5.2.5; see ``base.MOTO_VERSION``).
+
+An ``UpdateItem`` that creates its item emits one INSERT with the full new image, as on AWS (moto
+emitted a keys-only INSERT first); stream records get their sequence numbers under a lock; requests
+to one DynamoDB backend are serialised (moto mutates items in place while other requests read them);
+expired TTL items are deleted by a sweeper (moto deleted nothing).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.table import StreamShard
+from moto.dynamodb.responses import DynamoHandler
+
+from samlocal.emulator.patches.base import Patch, Replacement
+
+logger = logging.getLogger(__name__)
+
+
+
+# Moto's ``update_item`` on a key with no item yet first ``put_item``s the bare
+# keys (which appends an INSERT whose NewImage is only the keys) and then appends
+# a second INSERT with the full item: a stream consumer sees two INSERTs for one
+# write.  AWS emits one.  The wrapper below marks, in a thread-local (moto server
+# serves requests on many threads), that this thread's next INSERT on that table
+# is the interim one; the wrapped ``StreamShard.add`` skips exactly that record.
+_stream_local = threading.local()
+# ``StreamShard.add`` numbers a record ``len(items) + start`` and then appends it:
+# two concurrent writes to one table could get the same sequence number.
+_stream_lock = threading.Lock()
+
+
+def _item_exists(backend: DynamoDBBackend, table: Any, key: dict[str, Any]) -> bool:
+    hash_key, range_key = backend.get_keys_value(table, key)
+    return table.get_item(hash_key, range_key) is not None
+
+
+def _make_update_item(original: Any) -> Any:
+    def _update_item(self: DynamoDBBackend, table_name: str, key: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            table = self.get_table(table_name)
+            creates = table.stream_shard is not None and not _item_exists(self, table, key)
+        except Exception:  # an invalid request: moto's own update_item reports it
+            creates = False
+        if not creates:
+            return original(self, table_name, key, *args, **kwargs)
+        previous = getattr(_stream_local, "interim_insert", None)
+        _stream_local.interim_insert = table
+        try:
+            return original(self, table_name, key, *args, **kwargs)
+        finally:
+            _stream_local.interim_insert = previous
+
+    return _update_item
+
+
+def _make_stream_add(original: Any) -> Any:
+    def _add(self: StreamShard, old: Any, new: Any) -> None:
+        if old is None and getattr(_stream_local, "interim_insert", None) is self.table:
+            _stream_local.interim_insert = None  # skip this one only: the next INSERT is the real one
+            return
+        with _stream_lock:
+            original(self, old, new)
+            if new is None and getattr(_stream_local, "ttl_delete", False):
+                # A TTL deletion: DynamoDB marks its REMOVE record as the service's, not a caller's.
+                self.items[-1].record["userIdentity"] = dict(TTL_USER_IDENTITY)
+
+    return _add
+
+
+# moto's DynamoDB keeps no lock: an UpdateItem mutates an item's attribute dict in place while a
+# concurrent Query/GetItem deep-copies or serialises it ("dictionary changed size during iteration",
+# a 500). DynamoDB itself is linearisable per item; here every request to one backend (account and
+# region) runs alone. Under the GIL the requests' Python work never ran in parallel anyway, so one
+# uncontended lock per request costs ~1 µs, and transactions and batches spanning tables stay atomic.
+_dynamodb_locks: dict[tuple[str, str], threading.RLock] = {}
+_dynamodb_locks_guard = threading.Lock()
+
+
+def dynamodb_lock(account: str, region: str) -> threading.RLock:
+    """The lock every request to that DynamoDB backend holds (the TTL sweeper takes it too)."""
+    key = (account, region)
+    lock = _dynamodb_locks.get(key)
+    if lock is None:
+        with _dynamodb_locks_guard:
+            lock = _dynamodb_locks.setdefault(key, threading.RLock())
+    return lock
+
+
+def _make_dynamodb_call_action(original: Any) -> Any:
+    def _call_action(self: Any) -> Any:
+        with dynamodb_lock(self.current_account, self.region):
+            return original(self)
+
+    return _call_action
+
+
+# moto stores a table's TimeToLiveSpecification and never deletes anything. DynamoDB deletes an
+# item whose TTL attribute (a Number, epoch seconds) is in the past "typically within a few days";
+# locally a sweeper does it every few seconds, so TTL-driven code (and its REMOVE stream records)
+# can be tested. Items more than five years past their TTL are left alone, as in DynamoDB.
+# The Streams API spells it {"Type", "PrincipalId"}; Lambda's event {"type", "principalId"}.
+TTL_USER_IDENTITY = {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
+TTL_MAX_AGE_SECONDS = 5 * 365 * 24 * 3600
+
+
+def _expired(item: Any, attribute: str, now: float) -> bool:
+    value = item.attrs.get(attribute)
+    if value is None or value.type != "N":
+        return False
+    try:
+        return now - TTL_MAX_AGE_SECONDS <= float(value.value) < now
+    except (TypeError, ValueError):
+        return False
+
+
+# Items checked per hold of the backend's lock: requests wait a few milliseconds at most for a sweep.
+TTL_SWEEP_CHUNK = 2000
+
+
+def sweep_expired_items(now: float | None = None) -> int:
+    """Deletes every expired item of every TTL-enabled table (all accounts and regions), each
+    with a REMOVE stream record whose ``userIdentity`` is DynamoDB's; returns how many."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    now = time.time() if now is None else now
+    deleted = 0
+    # Snapshots (list(...)): a request may add an account's or a region's backend meanwhile.
+    backends = [(account, region, backend) for account, regions in list(dynamodb_backends.items())
+                for region, backend in list(regions.items())]
+    for account, region, backend in backends:
+        lock = dynamodb_lock(account, region)
+        for table in list(backend.tables.values()):
+            ttl = getattr(table, "ttl", None) or {}
+            attribute = ttl.get("AttributeName")
+            if ttl.get("TimeToLiveStatus") != "ENABLED" or not attribute:
+                continue
+            with lock:
+                rows = list(table.items.values())
+            removed = 0
+            for start in range(0, len(rows), TTL_SWEEP_CHUNK):
+                with lock:  # a chunk at a time: the table may change between chunks
+                    chunk = rows[start:start + TTL_SWEEP_CHUNK]
+                    candidates: Iterable[Any] = itertools.chain.from_iterable(r.values() for r in chunk) if table.range_key_attr else chunk
+                    items = [item for item in candidates if _expired(item, attribute, now)]
+                    _stream_local.ttl_delete = True
+                    try:
+                        for item in items:
+                            current = table.get_item(item.hash_key, item.range_key)
+                            if current is not None and _expired(current, attribute, now):  # not rewritten since
+                                table.delete_item(item.hash_key, item.range_key)
+                                removed += 1
+                    finally:
+                        _stream_local.ttl_delete = False
+            deleted += removed
+            if removed:
+                logger.info("ttl sweep", extra={"table": table.name, "deleted": removed})
+    return deleted
+
+
+# moto keeps every shard iterator forever and GetRecords mints a new one per call (~1.8 KB each: a
+
+
+REQUEST_LOCK = Patch(
+    "dynamodb.request_lock",
+    "one request at a time per backend: moto mutates items in place while others read them",
+    (Replacement(DynamoHandler, "call_action", "method", _make_dynamodb_call_action),),
+)
+STREAM_RECORDS = Patch(
+    "dynamodb.stream_records",
+    "one INSERT per creating UpdateItem, locked sequence numbers, TTL deletions marked as the service's",
+    (
+        Replacement(DynamoDBBackend, "update_item", "method", _make_update_item),
+        Replacement(StreamShard, "add", "method", _make_stream_add),
+    ),
+)
+PATCHES = (REQUEST_LOCK, STREAM_RECORDS)
