@@ -339,12 +339,13 @@ def get_message_trace(message_id: str) -> Response:
     if timeline is None:
         raise ApiError(404, "NOT_FOUND", f"no events for message_id {message_id!r} in app {app_id!r}")
     events = list(timeline["events"])
-    page = timeline
-    while page and page.get("cursor") and len(events) < MAX_SPANS:  # a long timeline: every page, up to the cap
+    cursor = timeline.get("cursor")
+    while cursor and len(events) < MAX_SPANS:  # a long timeline: every page, up to the cap
         page = read_timeline(cfg.messages_table, cfg.events_table, app_id, message_id, lifecycle,
                              limit=min(MAX_PAGE_LIMIT, MAX_SPANS - len(events)),
-                             cursor=decode_event_cursor(page["cursor"], app_id, message_id))
+                             cursor=decode_event_cursor(cursor, app_id, message_id))
         events.extend(page["events"] if page else [])
+        cursor = page.get("cursor") if page else None
     return _json(200, timeline_trace(timeline, events[:MAX_SPANS], lifecycle, int(timeline["event_count"])))
 
 

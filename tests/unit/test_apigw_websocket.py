@@ -176,7 +176,7 @@ def test_the_plain_http_management_endpoint_still_answers(
 
 
 def test_connections_calls_need_the_functions_sigv4_signature(
-        start: Callable[..., tuple[Gateway, list[Server]]], caplog: pytest.LogCaptureFixture) -> None:
+        start: Callable[..., tuple[WebSocketGateway, list[Server]]], caplog: pytest.LogCaptureFixture) -> None:
     """AWS lets only IAM-signed calls manage connections: unsigned (a web page, curl), signed with
     another secret, with another key or for another service are refused 403 as AWS words it, and
     each refusal is an ERROR line; nothing reaches the socket."""

@@ -13,8 +13,8 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from samlocal.httpserver import Handler, Server
 from mars.client import MarsClient, MarsError, MarsNotFoundError, MarsValidationError, Retry, SqsTransport, prepare
+from samlocal.httpserver import Handler, Server
 
 
 class FakeResponse:

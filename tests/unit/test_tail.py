@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
-from samlocal.httpserver import Server
 from mars import tail
+from samlocal.httpserver import Server
 from tests.unit.test_client import FakeApi, _events, serve_fake_api
 
 Api = tuple[Server, type[FakeApi]]
