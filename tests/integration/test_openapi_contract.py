@@ -238,6 +238,12 @@ def test_get_message_200_404_400(mars: RunningStack, stored: dict[str, str]) -> 
     first = expect(mars, 200, "GET", template, path={"message_id": stored["mid"]},
                    params={"app_id": stored["app_a"], "limit": "1"})["timelines"][0]
     assert len(first["events"]) == 1 and first["event_count"] == 2 and first["cursor"]
+    trace = "/api/messages/{message_id}/trace"
+    spans = expect(mars, 200, "GET", trace, path={"message_id": stored["mid"]},
+                   params={"app_id": stored["app_a"]})["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert [s["name"] for s in spans[1:]] == ["CREATED", "SENT"] and spans[0]["name"] == f"message {stored['mid']}"
+    assert expect(mars, 400, "GET", trace, path={"message_id": stored["mid"]})["error"]["details"][0]["field"] == "app_id"
+    expect(mars, 404, "GET", trace, path={"message_id": stored["mid"]}, params={"app_id": uid("other")})
     rest = expect(mars, 200, "GET", template, path={"message_id": stored["mid"]},
                   params={"app_id": stored["app_a"], "limit": "1", "cursor": first["cursor"]})["timelines"][0]
     assert [e["event"] for e in first["events"] + rest["events"]] == ["CREATED", "SENT"] and rest["cursor"] is None
@@ -452,12 +458,6 @@ def test_dashboard_pages_200(mars: RunningStack, template: str, path: dict[str, 
 
 def test_dashboard_app_400_and_static_200_404(mars: RunningStack) -> None:
     expect(mars, 400, "GET", "/apps/{app_id}", path={"app_id": "no spaces"})
-    trace = "/api/messages/{message_id}/trace"
-    spans = expect(mars, 200, "GET", trace, path={"message_id": stored["mid"]},
-                   params={"app_id": stored["app_a"]})["resourceSpans"][0]["scopeSpans"][0]["spans"]
-    assert [s["name"] for s in spans[1:]] == ["CREATED", "SENT"] and spans[0]["name"] == f"message {stored['mid']}"
-    assert expect(mars, 400, "GET", trace, path={"message_id": stored["mid"]})["error"]["details"][0]["field"] == "app_id"
-    expect(mars, 404, "GET", trace, path={"message_id": stored["mid"]}, params={"app_id": uid("other")})
     script = expect(mars, 200, "GET", "/static/{name}", path={"name": "app.js"})
     assert "WebSocket" in script
     assert expect(mars, 200, "GET", "/static/{name}", path={"name": "style.css"})
