@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
+from chalice.app import Request
 from mars_common import auth, aws, live
 from mars_common.config import settings
 from mars_common.events import (
@@ -81,6 +82,14 @@ def _error(err: ApiError) -> Response:
                                                           "details": err.details}})
 
 
+def _request() -> Request:
+    """The request being handled (chalice types `current_request` as optional; inside a route it is set)."""
+    request = app.current_request
+    if request is None:
+        raise RuntimeError("no current request: called outside a route")
+    return request
+
+
 def _handles_errors(view: Any) -> Any:
     """Maps ApiError and ValidationError to the error format; anything else is a logged 500."""
     def wrapper(*args: Any, **kwargs: Any) -> Response:
@@ -110,7 +119,7 @@ def _same_site_only() -> None:
     """Refuses a request a page of another site made the browser send (CSRF; with auth off nothing
     else stops it): a text/plain or form POST and a plain GET need no CORS preflight. Runs before the
     key is read, on every route that changes something or pushes to sockets."""
-    headers = app.current_request.headers
+    headers = _request().headers
     if (headers.get("sec-fetch-site") or "").strip().lower() == "cross-site":
         raise ApiError(403, "CROSS_SITE", "cross-site requests are refused (Sec-Fetch-Site: cross-site)")
     origin = headers.get("origin")
@@ -131,7 +140,7 @@ def _own_origin(origin: str, host: str) -> bool:
 
 
 def _body() -> Any:
-    headers = app.current_request.headers
+    headers = _request().headers
     content_type = (headers.get("content-type") or "application/json").split(";")[0].strip().lower()
     # curl -d and wrk send form/text types, so non-browsers keep them; from a browser they are the
     # preflight-free way to post across sites, so only JSON is read.
@@ -140,7 +149,7 @@ def _body() -> Any:
                        f"send JSON (Content-Type: application/json), not {content_type}, from a browser")
     if content_type not in JSON_LIKE_TYPES:
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", f"send JSON (Content-Type: application/json), not {content_type}")
-    raw = app.current_request.raw_body or b""
+    raw = _request().raw_body or b""
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body must be at most {MAX_BODY_BYTES} bytes")
     if not raw.strip():
@@ -154,7 +163,7 @@ def _body() -> Any:
 def _principal() -> auth.Principal:
     """Who is calling (401 without a valid key when auth is on); every non-public route asks first."""
     cfg = settings()
-    return auth.authenticate(cfg.keys_table, cfg.auth_required, app.current_request.headers.get(auth.HEADER))
+    return auth.authenticate(cfg.keys_table, cfg.auth_required, _request().headers.get(auth.HEADER))
 
 
 def _require_event_apps(principal: auth.Principal, events: list[Event]) -> None:
@@ -167,7 +176,7 @@ def _require_event_apps(principal: auth.Principal, events: list[Event]) -> None:
 
 
 def _query() -> dict[str, str]:
-    return dict(app.current_request.query_params or {})
+    return dict(_request().query_params or {})
 
 
 def _accept(events: list[Event]) -> Response:
@@ -246,7 +255,7 @@ def status() -> Response:
     resource names and AWS error text are for operators (with auth off every caller is admin). An
     invalid key is no error here: load balancers and uptime checks call this route without one."""
     cfg = settings()
-    key = app.current_request.headers.get(auth.HEADER)
+    key = _request().headers.get(auth.HEADER)
     principal = auth.ANONYMOUS_ADMIN if not cfg.auth_required else (auth.lookup(cfg.keys_table, key) if key else None)
     detailed = principal is not None and principal.admin
     results = _health_checks()
@@ -448,7 +457,7 @@ def _parse_lifecycle(body: Any) -> Lifecycle:
         errors.append(FieldError("retention_days", f"must be an integer from 1 to {MAX_RETENTION_DAYS}"))
     if errors:
         raise ValidationError(errors)
-    return Lifecycle(events=tuple(events), sla_seconds=sla, retention_days=retention)
+    return Lifecycle(events=tuple(str(e) for e in events or ()), sla_seconds=sla, retention_days=retention)
 
 
 def _check_app_id(app_id: str) -> None:
@@ -495,7 +504,7 @@ def test_socket() -> Response:
     by_app: dict[str, set[str]] = {}
     for row in rows:
         by_app.setdefault(row["app_id"], set()).add(row["connection_id"])
-    entry = {"event": "TEST_SOCKET", "created_at": utc_now(), "received_at": utc_now(),
+    entry: dict[str, Any] = {"event": "TEST_SOCKET", "created_at": utc_now(), "received_at": utc_now(),
              "event_id": f"test-{uuid.uuid4().hex[:16]}", "meta": {"source": "GET /api/test_socket"}}
     delivered = stale = 0
     for sub_app, connections in sorted(by_app.items()):
@@ -533,7 +542,7 @@ def _connect_src(websocket_url: str) -> str:
 
 def _dashboard() -> Response:
     """The one-page dashboard; relative URLs under <base> work at / locally and /{stage}/ deployed."""
-    request = app.current_request
+    request = _request()
     context_path = str(request.context.get("path") or request.path)
     base = context_path[: len(context_path) - len(request.path)] + "/" if context_path.endswith(request.path) else "/"
     html = (DASHBOARD_DIR / "index.html").read_text(encoding="utf-8").replace("{{BASE}}", base)

@@ -88,5 +88,5 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     _lifecycles.clear()
     _app_subscribers.clear()
     _message_subscribers.clear()
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                    context=context)
+    return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                         context=context))

@@ -21,7 +21,8 @@ _CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_conne
 
 @cache
 def client(service: str) -> Any:
-    return boto3.session.Session().client(service, config=_CONFIG)
+    session: Any = boto3.session.Session()  # typed per literal service name; ours is a variable
+    return session.client(service, config=_CONFIG)
 
 
 @cache
@@ -32,7 +33,8 @@ def table(name: str) -> Any:
 @cache
 def endpoint_client(service: str, endpoint_url: str) -> Any:
     """A client for an endpoint only known at run time (API Gateway's @connections)."""
-    return boto3.session.Session().client(service, endpoint_url=endpoint_url, config=_CONFIG)
+    session: Any = boto3.session.Session()
+    return session.client(service, endpoint_url=endpoint_url, config=_CONFIG)
 
 
 def items(table_name: str, operation: str = "query", **kwargs: Any) -> Iterator[dict[str, Any]]:

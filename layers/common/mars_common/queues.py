@@ -65,7 +65,7 @@ def _send(url: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
     the caller retries it like a batch call that failed as a whole."""
     sqs = aws.client("sqs")
     if len(entries) != 1:
-        return sqs.send_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[no-any-return]
+        return sqs.send_message_batch(QueueUrl=url, Entries=entries)
     entry = entries[0]
     resp = sqs.send_message(QueueUrl=url, **{k: v for k, v in entry.items() if k != "Id"})
     return {"Successful": [{"Id": entry["Id"], "MessageId": resp["MessageId"]}], "Failed": []}
