@@ -116,6 +116,7 @@ def test_a_short_timeline_stays_in_one_item_as_before(tables: tuple[str, str]) -
 
 def test_writes_to_a_long_message_do_not_grow_with_it(tables: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
+    records: list[str] = []
     table_cls = type(aws.table(settings().events_table))
     real_put, real_update = table_cls.put_item, table_cls.update_item
 
@@ -124,7 +125,9 @@ def test_writes_to_a_long_message_do_not_grow_with_it(tables: tuple[str, str], m
         return real_put(self, **kw)
 
     def update_item(self: Any, **kw: Any) -> Any:
-        if self.name == settings().events_table:
+        if self.name == settings().events_table and kw["Key"]["sk"].startswith(store.ATTEMPT_PREFIX):
+            records.append(kw["Key"]["sk"])  # the commit's attempt record, written before its pages
+        elif self.name == settings().events_table:
             sizes.append(-1)  # an append to an existing page: none for in-order traffic
         return real_update(self, **kw)
 
@@ -135,6 +138,7 @@ def test_writes_to_a_long_message_do_not_grow_with_it(tables: tuple[str, str], m
     # in-order traffic: one new page per batch, the same size each time (the first one holds the 10 events that
     # were inline too), and one summary update whose item stays under 1 KB
     assert len(sizes) == 59 and -1 not in sizes
+    assert len(records) == len(set(records)) == 59  # one small attempt record per commit
     assert max(sizes[1:]) - min(sizes[1:]) < 50 and max(sizes[1:]) < 4 * 1024
     assert item_size(summary_item("steady")) < 1024
 
