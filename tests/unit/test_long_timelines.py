@@ -530,3 +530,24 @@ def test_a_short_timeline_is_written_without_a_read_and_an_old_item_without_the_
     assert reads == []
     assert store.is_paged(summary_item("unguarded"))
     assert [e["event_id"] for e in read_all("unguarded")[0]] == expected_ids([*near, ev("unguarded", 14)])
+
+
+def test_a_crash_after_the_attempt_record_and_before_any_page_is_redone_exactly(
+        tables: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    put([ev("early", i) for i in range(10)])  # inline
+    table_cls = type(aws.table(settings().events_table))
+    real_put = table_cls.put_item
+
+    def no_pages(self: Any, **kw: Any) -> Any:
+        if kw["Item"]["sk"].startswith(store.PAGE_PREFIX):
+            raise RuntimeError("crashed")
+        return real_put(self, **kw)
+
+    monkeypatch.setattr(table_cls, "put_item", no_pages)
+    with pytest.raises(RuntimeError):
+        put([ev("early", i, event_id=f"c-{i}") for i in range(10, 20)])  # the move: records and claims, then the crash
+    assert {p["sk"][:2] for p in pages_of("early")} == {store.ATTEMPT_PREFIX, store.MARKER_PREFIX}  # no page yet
+    monkeypatch.setattr(table_cls, "put_item", real_put)
+    assert put([ev("early", i, event_id=f"c-{i}") for i in range(10, 20)]).stored == 10  # the page queries skip them
+    got, pages = read_all("early")
+    assert len(got) == pages[0]["event_count"] == 20

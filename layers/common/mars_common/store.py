@@ -183,7 +183,7 @@ def upsert_message(table_name: str, app_id: str, message_id: str, events: list[E
         try:  # the common case, a short timeline: written without reading it first (bench (b): 1 call a message)
             result = _upsert_inline(table_name, app_id, message_id, batch, retention_days, room=room)
             return UpsertResult(result.stored, result.duplicates + in_call)
-        except _Refused as refused:  # paged, too big for the guard, or an item without one: decide from it
+        except _RefusedError as refused:  # paged, too big for the guard, or an item without one: decide from it
             summary = refused.item
     if summary is None:
         summary = aws.table(table_name).get_item(Key={"app_id": app_id, "message_id": message_id},
@@ -201,7 +201,7 @@ def upsert_message(table_name: str, app_id: str, message_id: str, events: list[E
     return UpsertResult(result.stored, result.duplicates + in_call)
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     """The guarded inline write's condition failed: `item` is the message's item as it is (maybe {})."""
 
     def __init__(self, item: dict[str, Any]) -> None:
@@ -214,7 +214,7 @@ def _upsert_inline(table_name: str, app_id: str, message_id: str, batch: list[Ev
     """`SET e:<id> = if_not_exists(...)` per event, in chunks. `inline_bytes` adds up the event bytes
     written (duplicates too: an overestimate only moves a timeline to pages sooner); with `room`, the
     write is conditional on it being at most `room` (a new item passes), so a short timeline needs no
-    read first, and a refusal (_Refused) returns the item instead of a GetItem. `base`: the event bytes
+    read first, and a refusal (_RefusedError) returns the item instead of a GetItem. `base`: the event bytes
     of an item written before the guard existed."""
     duplicates = stored = 0
     for start in range(0, len(batch), MAX_EVENTS_PER_UPDATE):
@@ -246,7 +246,7 @@ def _upsert_inline(table_name: str, app_id: str, message_id: str, batch: list[Ev
             )
         except ClientError as exc:
             if room is not None and exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise _Refused(_deserialize(exc.response.get("Item") or {})) from exc
+                raise _RefusedError(_deserialize(exc.response.get("Item") or {})) from exc
             raise
         # An event attribute already in the old item was a duplicate. (ALL_OLD, not UPDATED_OLD: emulators
         # differ on whether an if_not_exists that kept the old value counts as "updated".)
@@ -285,7 +285,8 @@ def _load_groups(table: str, pk: str, keys: list[str]) -> list[tuple[_Group, lis
     found: list[tuple[_Group, list[str]]] = []
     rest = list(keys)
     while rest:
-        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").between(PAGE_PREFIX, f"{PAGE_PREFIX}{rest[-1]}#~"),
+        pages_below = Key("sk").between(PAGE_PREFIX, f"{PAGE_PREFIX}{rest[-1]}#~")  # not the i#/a# items below p#
+        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & pages_below,
                                        ScanIndexForward=False, Limit=1, ConsistentRead=True).get("Items", [])
         if not below:
             return []  # no pages yet (the first group, lo "", covers every key once it exists)
