@@ -3,6 +3,7 @@ summary); reports which messages failed, so the aggregator has them redelivered.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -12,6 +13,22 @@ from mars_common.events import Event
 from mars_common.store import get_lifecycle, upsert_message
 
 logger = Logger(service="mars-store")
+# An app's retention, kept by a warm environment for RETENTION_TTL_SECONDS: reading AppsTable once per
+# invocation was one GetItem per stored message in a busy pipeline (bench (b)). A changed retention
+# applies within this long (docs/ARCHITECTURE.md, "Retention").
+RETENTION_TTL_SECONDS = 60.0
+_retention: dict[str, tuple[float, int]] = {}
+
+
+def retention_days(app_id: str) -> int:
+    cfg = settings()
+    now = time.monotonic()
+    cached = _retention.get(app_id)
+    if cached is None or now - cached[0] > RETENTION_TTL_SECONDS:
+        lifecycle = get_lifecycle(cfg.apps_table, app_id)
+        cached = (now, lifecycle.retention(cfg.retention_days) if lifecycle else cfg.retention_days)
+        _retention[app_id] = cached
+    return cached[1]
 
 
 @logger.inject_lambda_context
@@ -19,16 +36,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     cfg = settings()
     results: list[dict[str, Any]] = []
     stored = duplicates = 0
-    retention: dict[str, int] = {}  # an app's retention, read once per invocation
     for message in event.get("messages", []):
         try:
             events = [Event.from_dict(raw) for raw in message["events"]]
             app_id = message["app_id"]
-            if app_id not in retention:
-                lifecycle = get_lifecycle(cfg.apps_table, app_id)
-                retention[app_id] = lifecycle.retention(cfg.retention_days) if lifecycle else cfg.retention_days
             res = upsert_message(cfg.messages_table, app_id, message["message_id"], events,
-                                 retention[app_id], cfg.events_table)
+                                 retention_days(app_id), cfg.events_table)
         except Exception as exc:  # one message's failure must not fail its neighbours
             logger.exception("upsert failed", extra={"app_id": message.get("app_id"),
                                                      "message_id": message.get("message_id")})

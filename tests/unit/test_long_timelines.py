@@ -116,6 +116,7 @@ def test_a_short_timeline_stays_in_one_item_as_before(tables: tuple[str, str]) -
 
 def test_writes_to_a_long_message_do_not_grow_with_it(tables: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
+    records: list[str] = []
     table_cls = type(aws.table(settings().events_table))
     real_put, real_update = table_cls.put_item, table_cls.update_item
 
@@ -124,7 +125,9 @@ def test_writes_to_a_long_message_do_not_grow_with_it(tables: tuple[str, str], m
         return real_put(self, **kw)
 
     def update_item(self: Any, **kw: Any) -> Any:
-        if self.name == settings().events_table:
+        if self.name == settings().events_table and kw["Key"]["sk"].startswith(store.ATTEMPT_PREFIX):
+            records.append(kw["Key"]["sk"])  # the commit's attempt record, written before its pages
+        elif self.name == settings().events_table:
             sizes.append(-1)  # an append to an existing page: none for in-order traffic
         return real_update(self, **kw)
 
@@ -135,6 +138,7 @@ def test_writes_to_a_long_message_do_not_grow_with_it(tables: tuple[str, str], m
     # in-order traffic: one new page per batch, the same size each time (the first one holds the 10 events that
     # were inline too), and one summary update whose item stays under 1 KB
     assert len(sizes) == 59 and -1 not in sizes
+    assert len(records) == len(set(records)) == 59  # one small attempt record per commit
     assert max(sizes[1:]) - min(sizes[1:]) < 50 and max(sizes[1:]) < 4 * 1024
     assert item_size(summary_item("steady")) < 1024
 
@@ -190,6 +194,7 @@ def test_a_failed_move_to_pages_is_redone_exactly(tables: tuple[str, str], monke
 
 POOL = [ev("P", i, seconds=s, meta={"k": str(i)}) for i, s in enumerate([5, 1, 1, 9, 3, 3, 3, 0, 7, 2, 8, 6])]
 POOL += [ev("P", 99, event_id=f"c{i}", seconds=4, meta={"k": f"c{i}"}) for i in range(4)]  # one timestamp, many events
+RESTAMPED = [ev("P", 98, event_id="c0", seconds=s, meta={"k": "c0"}) for s in (0.5, 10)]  # c0 again, other created_at
 _run = itertools.count()
 
 
@@ -201,16 +206,20 @@ def test_any_delivery_order_and_batching_yields_the_same_long_timeline(tables: t
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "INLINE_MAX_BYTES", data.draw(st.sampled_from([0, 700]), label="inline budget"))
     monkeypatch.setattr(store, "PAGE_MAX_BYTES", data.draw(st.sampled_from([300, 900, 8192]), label="page size"))
-    order = data.draw(st.permutations(range(len(POOL))), label="order")
-    extra = data.draw(st.lists(st.integers(0, len(POOL) - 1), max_size=6), label="duplicates")
+    pool = [*POOL, *RESTAMPED]
+    order = data.draw(st.permutations(range(len(pool))), label="order")
+    extra = data.draw(st.lists(st.integers(0, len(pool) - 1), max_size=6), label="duplicates")
     deliveries = data.draw(st.permutations([*order, *extra]), label="deliveries")
     cuts = sorted(data.draw(st.sets(st.integers(1, len(deliveries) - 1), max_size=6), label="cuts"))
     message_id = f"P{next(_run)}"
     for lo, hi in itertools.pairwise([0, *cuts, len(deliveries)]):
-        batch = [Event(**{**POOL[i].__dict__, "message_id": message_id}) for i in deliveries[lo:hi]]
+        batch = [Event(**{**pool[i].__dict__, "message_id": message_id}) for i in deliveries[lo:hi]]
         upsert_message(settings().messages_table, "checkout", message_id, batch, 30)
     got, pages = read_all(message_id, limit=data.draw(st.sampled_from([1, 3, 1000]), label="limit"))
-    assert [e["event_id"] for e in got] == expected_ids(POOL)
+    # c0's three versions: the first delivered is the one stored, once, in its created_at's place
+    first_c0 = next(pool[i] for i in deliveries if pool[i].event_id == "c0")
+    assert [e["event_id"] for e in got] == expected_ids([first_c0, *POOL])
+    assert [e["created_at"] for e in got if e["event_id"] == "c0"] == [first_c0.created_at]
     assert pages[0]["event_count"] == len(POOL)
     assert {e["meta"]["k"] for e in got} == {p.meta["k"] for p in POOL}
 
@@ -429,3 +438,116 @@ def test_a_failed_store_across_groups_is_counted_once_whatever_the_retry_holds(
     assert put([late, *new]) == UpsertResult(stored=0, duplicates=6)
     got, pages = read_all("groups")
     assert len(got) == pages[0]["event_count"] == 46
+
+
+# --- one event id, one event: across created_at, and the failure window of the count ----------------
+
+def _resent(e: Event, seconds: float) -> Event:
+    """The same event (same client id) sent again with another created_at, as a client's retry that restamps it."""
+    return Event(**{**e.__dict__, "created_at": ev(e.message_id, 0, seconds=seconds).created_at})
+
+
+@pytest.mark.parametrize("order", ["first-then-resend", "resend-lands-earlier"])
+def test_a_client_id_resent_with_another_created_at_is_stored_once_on_a_long_timeline(
+        tables: tuple[str, str], order: str) -> None:
+    message_id = f"restamp-{order}"
+    for start in range(0, 40, 10):
+        put([ev(message_id, i) for i in range(start, start + 10)])  # paged, four groups
+    original = ev(message_id, 25, name="PAID", event_id="pay-1")  # in the third group (the first holds 0-19)
+    later = _resent(original, 500 if order == "first-then-resend" else -500)  # a key in another group
+    assert put([original]) == UpsertResult(stored=1, duplicates=0)
+    assert put([later]) == UpsertResult(stored=0, duplicates=1)
+    assert put([later, ev(message_id, 41)]) == UpsertResult(stored=1, duplicates=1)  # redelivered beside a new one
+    assert put([original]) == UpsertResult(stored=0, duplicates=1)
+    got, pages = read_all(message_id, limit=7)
+    assert len(got) == pages[0]["event_count"] == 42
+    assert [e["created_at"] for e in got if e["event_id"] == "pay-1"] == [original.created_at]  # the first stored wins
+
+
+def test_a_client_id_first_stored_inline_keeps_its_created_at_after_the_move_to_pages(tables: tuple[str, str]) -> None:
+    original = ev("moved", 3, name="PAID", event_id="pay-2")
+    put([ev("moved", 0), original])  # inline
+    put([_resent(original, 900), *[ev("moved", i) for i in range(4, 20)]])  # the batch that moves it to pages
+    assert store.is_paged(summary_item("moved"))
+    put([ev("moved", i) for i in range(20, 30)])  # a second group
+    assert put([_resent(original, 1800)]).stored == 0  # after the move, in the second group's range
+    got, pages = read_all("moved")
+    assert len(got) == pages[0]["event_count"] == 28
+    assert [e["created_at"] for e in got if e["event_id"] == "pay-2"] == [original.created_at]
+
+
+def test_a_client_id_resent_with_another_created_at_is_stored_once_on_a_short_timeline(tables: tuple[str, str]) -> None:
+    original = ev("short-restamp", 1, meta=None, event_id="pay-3")
+    put([original])
+    assert put([_resent(original, 60)]) == UpsertResult(stored=0, duplicates=1)
+    timeline = read_timeline(settings().messages_table, settings().events_table, "checkout", "short-restamp", None)
+    assert timeline is not None and [e["created_at"] for e in timeline["events"]] == [original.created_at]
+
+
+def test_a_failed_attempt_whose_events_never_come_back_is_counted_by_the_next_commit(
+        tables: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old window: pages written, the commit failed, the batch dead-lettered; the message's next batch
+    (into another group) made the orphaned entries visible without counting them."""
+    for start in range(0, 40, 10):
+        put([ev("orphan", i) for i in range(start, start + 10)])
+    late = [ev("orphan", 5, name="LATE", event_id=f"late-{i}") for i in range(3)]  # into the first group only
+    real = store._commit
+    monkeypatch.setattr(store, "_commit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("throttled")))
+    with pytest.raises(RuntimeError):
+        put(late)
+    monkeypatch.setattr(store, "_commit", real)
+    got, pages = read_all("orphan")
+    assert len(got) == pages[0]["event_count"] == 40  # written, not committed: hidden
+    assert put([ev("orphan", i) for i in range(40, 45)]) == UpsertResult(stored=8, duplicates=0)  # never the late ones
+    got, pages = read_all("orphan")
+    assert len(got) == pages[0]["event_count"] == 48
+    assert {e["event"] for e in got} >= {"LATE"} and "LATE" in summary_item("orphan")["steps"]
+    assert put(late) == UpsertResult(stored=0, duplicates=3)  # their redrive, much later: already there
+    assert read_all("orphan")[1][0]["event_count"] == 48
+
+
+def test_a_short_timeline_is_written_without_a_read_and_an_old_item_without_the_guard_still_grows_right(
+        tables: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    table_cls = type(aws.table(settings().messages_table))
+    reads: list[str] = []
+    real_get = table_cls.get_item
+    monkeypatch.setattr(table_cls, "get_item", lambda self, **kw: reads.append(self.name) or real_get(self, **kw))
+    put([ev("noread", i, meta=None) for i in range(5)])
+    put([ev("noread", i, meta=None) for i in range(3, 8)])
+    assert reads == []
+    assert len([k for k in summary_item("noread") if k.startswith(EVENT_PREFIX)]) == 8
+    reads.clear()
+    # an item written before the guard (no inline_bytes), near the inline budget: the write is refused, the
+    # item it returns decides, and the batch moves it to pages — with no GetItem either
+    near = [ev("unguarded", i) for i in range(14)]
+    item: dict[str, Any] = {"app_id": "checkout", "message_id": "unguarded", "updated_at": "2024-05-01T12:00:00.000000Z",
+                            "expires_at": 2_000_000_000}
+    for e in near:
+        item[EVENT_PREFIX + e.event_id] = {"event": e.event, "created_at": e.created_at, "received_at": e.received_at,
+                                           "meta": e.meta}
+    aws.table(settings().messages_table).put_item(Item=item)
+    assert put([ev("unguarded", 14)]) == UpsertResult(stored=1, duplicates=0)
+    assert reads == []
+    assert store.is_paged(summary_item("unguarded"))
+    assert [e["event_id"] for e in read_all("unguarded")[0]] == expected_ids([*near, ev("unguarded", 14)])
+
+
+def test_a_crash_after_the_attempt_record_and_before_any_page_is_redone_exactly(
+        tables: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    put([ev("early", i) for i in range(10)])  # inline
+    table_cls = type(aws.table(settings().events_table))
+    real_put = table_cls.put_item
+
+    def no_pages(self: Any, **kw: Any) -> Any:
+        if kw["Item"]["sk"].startswith(store.PAGE_PREFIX):
+            raise RuntimeError("crashed")
+        return real_put(self, **kw)
+
+    monkeypatch.setattr(table_cls, "put_item", no_pages)
+    with pytest.raises(RuntimeError):
+        put([ev("early", i, event_id=f"c-{i}") for i in range(10, 20)])  # the move: records and claims, then the crash
+    assert {p["sk"][:2] for p in pages_of("early")} == {store.ATTEMPT_PREFIX, store.MARKER_PREFIX}  # no page yet
+    monkeypatch.setattr(table_cls, "put_item", real_put)
+    assert put([ev("early", i, event_id=f"c-{i}") for i in range(10, 20)]).stored == 10  # the page queries skip them
+    got, pages = read_all("early")
+    assert len(got) == pages[0]["event_count"] == 20

@@ -107,3 +107,31 @@ def test_redelivered_payload_counts_duplicates(store: Any, payload: dict[str, An
     again = store.lambda_handler(copy.deepcopy(payload), lambda_context)
     assert again["results"] == [{"ok": True, "stored": 0, "duplicates": len(m["events"])}
                                 for m in payload["messages"]]
+
+
+def test_a_warm_store_reads_an_apps_retention_once_a_minute_not_once_per_invocation(
+        store: Any, payload: dict[str, Any], lambda_context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mars_common.store import put_lifecycle
+    from mars_common.timeline import Lifecycle
+
+    reads: list[str] = []
+    real = store.get_lifecycle
+    monkeypatch.setattr(store, "get_lifecycle", lambda table, app: reads.append(app) or real(table, app))
+    apps = {m["app_id"] for m in payload["messages"]}
+    for _ in range(3):  # three invocations of one warm environment
+        assert all(r["ok"] for r in store.lambda_handler(copy.deepcopy(payload), lambda_context)["results"])
+    assert sorted(reads) == sorted(apps)
+    app = sorted(apps)[0]
+    put_lifecycle(settings().apps_table, app, Lifecycle(("A",), 0, retention_days=7))
+    monkeypatch.setattr(store.time, "monotonic", lambda: 10**9)  # a minute later: read again, the new value holds
+    assert store.retention_days(app) == 7
+
+
+def test_a_store_that_cannot_read_the_retention_fails_the_message_loudly(
+        store: Any, payload: dict[str, Any], lambda_context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(table: str, app: str) -> Any:
+        raise RuntimeError("AppsTable throttled")
+
+    monkeypatch.setattr(store, "get_lifecycle", broken)
+    results = store.lambda_handler(payload, lambda_context)["results"]
+    assert results and all(not r["ok"] and "AppsTable throttled" in r["error"] for r in results)

@@ -18,6 +18,7 @@ import binascii
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,11 +26,12 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from . import aws
 from .config import settings
-from .events import Event, format_ts, utc_now
+from .events import Event, derive_event_id, format_ts, utc_now
 from .timeline import Lifecycle, summarize
 
 EVENT_PREFIX = "e:"
@@ -47,6 +49,14 @@ PAGE_MAX_BYTES = 8 * 1024
 PAGE_PREFIX = "p#"
 FIRST_LO = ""  # the first group covers every key below the second group's
 MAX_PAGE_LIMIT = 1000
+INLINE_BYTES = "inline_bytes"  # an inline item's event bytes so far: its size guard, checked by the write itself
+MARKER_PREFIX = "i#"  # EventsTable `i#<event_id>`: which created_at a client's id was first stored with
+ATTEMPT_PREFIX = "a#"  # EventsTable `a#<commit>`: every page the attempts at that commit wrote
+PAGES_END = "p#~"  # above every page key (created_at starts with a digit), below nothing else of ours
+# Messages this process moved to pages (or found paged): their next batch reads the summary instead of
+# trying the guarded inline write, which a summary would refuse at the price of a write. A hint only.
+KNOWN_PAGED_MAX = 10_000
+_known_paged: OrderedDict[tuple[str, str], None] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -124,12 +134,36 @@ def _entries(item: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 # --- the idempotent upsert ------------------------------------------------------------------------
+def _is_derived(ev: Event) -> bool:
+    """An id Mars derived from the event's own fields (created_at among them): no other version of it can exist."""
+    return ev.event_id == derive_event_id(ev.app_id, ev.message_id, ev.event, ev.created_at, ev.meta)
+
+
+def _entry_bytes(event_id: str, entry: dict[str, Any]) -> int:
+    return len(EVENT_PREFIX) + len(event_id) + value_size(entry)
+
+
+def _inline_overhead(app_id: str, message_id: str) -> int:
+    """The bytes of an inline item besides its events (keys, clocks, the byte guard, a stuck mark)."""
+    return item_size({"app_id": app_id, "message_id": message_id, "updated_at": utc_now(), "expires_at": 2**31,
+                      INLINE_BYTES: 2**20, STUCK_AT: utc_now()})
+
+
+def _remember_paged(app_id: str, message_id: str) -> None:
+    _known_paged[(app_id, message_id)] = None
+    _known_paged.move_to_end((app_id, message_id))
+    while len(_known_paged) > KNOWN_PAGED_MAX:
+        _known_paged.popitem(last=False)
+
+
 def upsert_message(table_name: str, app_id: str, message_id: str, events: list[Event], retention_days: int,
                    events_table: str | None = None) -> UpsertResult:
     """Adds events to a message; an event id already stored keeps its first version.
 
-    Short timelines: one UpdateItem, as before. Long ones: EventsTable pages, then the summary (see
-    _upsert_paged). `events_table` defaults to the stack's; without one every timeline stays inline.
+    Short timelines: one conditional UpdateItem and no read (the item's `inline_bytes` guards its size).
+    Long ones, or a write the guard refuses: the item (from the refusal or a GetItem), then EventsTable
+    pages and the summary (see _upsert_paged). `events_table` defaults to the stack's; without one every
+    timeline stays inline.
     """
     events_table = settings().events_table if events_table is None else events_table
     unique: dict[str, Event] = {}
@@ -137,47 +171,97 @@ def upsert_message(table_name: str, app_id: str, message_id: str, events: list[E
         unique.setdefault(ev.event_id, ev)
     batch = list(unique.values())
     in_call = len(events) - len(batch)
-    summary = aws.table(table_name).get_item(Key={"app_id": app_id, "message_id": message_id},
-                                             ConsistentRead=True).get("Item") or {}
+    if not batch:
+        return UpsertResult(0, in_call)
+    if not events_table:  # no pages to move to: the one-item model, no read
+        result = _upsert_inline(table_name, app_id, message_id, batch, retention_days)
+        return UpsertResult(result.stored, result.duplicates + in_call)
+    adding = sum(_entry_bytes(ev.event_id, _entry(ev)) for ev in batch)
+    room = INLINE_MAX_BYTES - _inline_overhead(app_id, message_id) - adding
+    summary: dict[str, Any] | None = None
+    if (app_id, message_id) not in _known_paged and len(batch) <= MAX_EVENTS_PER_UPDATE and room >= 0:
+        try:  # the common case, a short timeline: written without reading it first (bench (b): 1 call a message)
+            result = _upsert_inline(table_name, app_id, message_id, batch, retention_days, room=room)
+            return UpsertResult(result.stored, result.duplicates + in_call)
+        except _RefusedError as refused:  # paged, too big for the guard, or an item without one: decide from it
+            summary = refused.item
+    if summary is None:
+        summary = aws.table(table_name).get_item(Key={"app_id": app_id, "message_id": message_id},
+                                                 ConsistentRead=True).get("Item") or {}
     if not summary.get(PAGED):
-        grown = item_size(summary) + sum(len(EVENT_PREFIX) + len(ev.event_id) + value_size(_entry(ev))
-                                         for ev in batch if EVENT_PREFIX + ev.event_id not in summary)
-        if not events_table or grown <= INLINE_MAX_BYTES:
-            result = _upsert_inline(table_name, app_id, message_id, batch, retention_days)
+        present = _entries(summary)
+        base = sum(_entry_bytes(k, v) for k, v in present.items())
+        grown = item_size(summary) + sum(_entry_bytes(ev.event_id, _entry(ev)) for ev in batch
+                                         if ev.event_id not in present)
+        if grown <= INLINE_MAX_BYTES:
+            result = _upsert_inline(table_name, app_id, message_id, batch, retention_days, base=base)
             return UpsertResult(result.stored, result.duplicates + in_call)
     result = _upsert_paged(table_name, events_table, summary, app_id, message_id, batch, retention_days)
+    _remember_paged(app_id, message_id)
     return UpsertResult(result.stored, result.duplicates + in_call)
 
 
-def _upsert_inline(table_name: str, app_id: str, message_id: str, batch: list[Event],
-                   retention_days: int) -> UpsertResult:
+class _RefusedError(Exception):
+    """The guarded inline write's condition failed: `item` is the message's item as it is (maybe {})."""
+
+    def __init__(self, item: dict[str, Any]) -> None:
+        super().__init__("the inline write was refused")
+        self.item = item
+
+
+def _upsert_inline(table_name: str, app_id: str, message_id: str, batch: list[Event], retention_days: int,
+                   *, room: int | None = None, base: int = 0) -> UpsertResult:
+    """`SET e:<id> = if_not_exists(...)` per event, in chunks. `inline_bytes` adds up the event bytes
+    written (duplicates too: an overestimate only moves a timeline to pages sooner); with `room`, the
+    write is conditional on it being at most `room` (a new item passes), so a short timeline needs no
+    read first, and a refusal (_RefusedError) returns the item instead of a GetItem. `base`: the event bytes
+    of an item written before the guard existed."""
     duplicates = stored = 0
     for start in range(0, len(batch), MAX_EVENTS_PER_UPDATE):
         chunk = batch[start:start + MAX_EVENTS_PER_UPDATE]
-        names = {"#u": "updated_at", "#x": "expires_at", "#s": STUCK_AT, "#p": PAGED}
-        values: dict[str, Any] = {":u": utc_now(), ":x": int(time.time()) + retention_days * 86400}
-        sets = ["#u = :u", "#x = :x"]
+        names = {"#u": "updated_at", "#x": "expires_at", "#s": STUCK_AT, "#p": PAGED, "#b": INLINE_BYTES}
+        values: dict[str, Any] = {":u": utc_now(), ":x": int(time.time()) + retention_days * 86400,
+                                  ":b0": base, ":b": sum(_entry_bytes(ev.event_id, _entry(ev)) for ev in chunk)}
+        sets = ["#u = :u", "#x = :x", "#b = if_not_exists(#b, :b0) + :b"]
         for i, ev in enumerate(chunk):
             names[f"#e{i}"] = EVENT_PREFIX + ev.event_id
             values[f":e{i}"] = _entry(ev)
             sets.append(f"#e{i} = if_not_exists(#e{i}, :e{i})")
         # A new event ends a stuck spell (REMOVE #s): the next one alerts again. The condition keeps a
         # concurrent move to pages from being overwritten (the caller's failure brings the batch back).
-        resp = aws.table(table_name).update_item(
-            Key={"app_id": app_id, "message_id": message_id},
-            UpdateExpression="SET " + ", ".join(sets) + " REMOVE #s",
-            ConditionExpression="attribute_not_exists(#p)",
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-            ReturnValues="ALL_OLD",
-        )
+        condition = "attribute_not_exists(#p)"
+        if room is not None:
+            names["#m"] = "message_id"
+            values[":room"] = room
+            condition += " AND (attribute_not_exists(#m) OR #b <= :room)"
+        try:
+            resp = aws.table(table_name).update_item(
+                Key={"app_id": app_id, "message_id": message_id},
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE #s",
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_OLD",
+                **({"ReturnValuesOnConditionCheckFailure": "ALL_OLD"} if room is not None else {}),
+            )
+        except ClientError as exc:
+            if room is not None and exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise _RefusedError(_deserialize(exc.response.get("Item") or {})) from exc
+            raise
         # An event attribute already in the old item was a duplicate. (ALL_OLD, not UPDATED_OLD: emulators
         # differ on whether an if_not_exists that kept the old value counts as "updated".)
         before = resp.get("Attributes", {})
         old = sum(1 for i in range(len(chunk)) if names[f"#e{i}"] in before)
         duplicates += old
         stored += len(chunk) - old
+        base = 0  # the first chunk set it
     return UpsertResult(stored=stored, duplicates=duplicates)
+
+
+def _deserialize(item: dict[str, Any]) -> dict[str, Any]:
+    """An item in DynamoDB JSON (a ClientError's `Item` is not converted by the resource layer)."""
+    des = TypeDeserializer()
+    return {k: des.deserialize(v) for k, v in item.items()}
 
 
 @dataclass
@@ -201,7 +285,8 @@ def _load_groups(table: str, pk: str, keys: list[str]) -> list[tuple[_Group, lis
     found: list[tuple[_Group, list[str]]] = []
     rest = list(keys)
     while rest:
-        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").lte(f"{PAGE_PREFIX}{rest[-1]}#~"),
+        pages_below = Key("sk").between(PAGE_PREFIX, f"{PAGE_PREFIX}{rest[-1]}#~")  # not the i#/a# items below p#
+        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & pages_below,
                                        ScanIndexForward=False, Limit=1, ConsistentRead=True).get("Items", [])
         if not below:
             return []  # no pages yet (the first group, lo "", covers every key once it exists)
@@ -235,46 +320,92 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
 
     Every entry written carries `q`, the commit it belongs to (summary `seq` + 1). A reader shows only
     committed entries (q <= seq); a store that wrote pages and failed before its commit left entries
-    with q > seq, which the redelivery finds present and counts then. So a retry never counts an event
-    twice, and a crash between the two writes never loses one from the count.
+    with q > seq. Before writing, an attempt adds its pages to the commit's attempt record (`a#<q>`),
+    so whichever store makes commit q — a redelivery, or another batch of the message when the failed
+    one never comes back — reads every page written for q and counts its entries then. So a retry never
+    counts an event twice, and a crash between the two writes never loses one from the count.
+
+    A client's event id (not derived by Mars, so it may come again with another created_at) is claimed
+    in a marker `i#<event_id>` holding the created_at it was first stored with; a later version with
+    another created_at is a duplicate, wherever its key would fall.
     """
     pk = events_pk(app_id, message_id)
     paged = bool(summary.get(PAGED))
     seq = int(summary.get("seq", 0)) if paged else 0
     attempt = seq + 1
     expires = int(time.time()) + retention_days * 86400
-    # (key, event_id, entry, counted already): on the move to pages, the inline events come along (q 0).
+    # (key, event_id, entry, a client's id): on the move to pages, the inline events come along (q 0).
     candidates: dict[str, tuple[str, str, dict[str, Any], bool]] = {}
     if not paged:
         for event_id, value in _entries(summary).items():
-            candidates[event_id] = (event_key(value["created_at"], event_id), event_id, {**value, "q": 0}, True)
+            derived = derive_event_id(app_id, message_id, value["event"], value["created_at"], dict(value.get("meta") or {}))
+            candidates[event_id] = (event_key(value["created_at"], event_id), event_id, {**value, "q": 0},
+                                    event_id != derived)
     for ev in batch:
         candidates.setdefault(ev.event_id, (event_key(ev.created_at, ev.event_id), ev.event_id, _entry(ev, attempt),
-                                            False))
+                                            not _is_derived(ev)))
     ordered = sorted(candidates.values())
     keys = [c[0] for c in ordered]
     groups = _load_groups(events_table, pk, keys) or [(_Group(FIRST_LO), keys)]
     by_key = {c[0]: c for c in ordered}
     counted = 0  # entries this commit adds to event_count
     seen: list[dict[str, Any]] = []  # the stored version of every candidate, for first/last seen and steps
-    puts: list[dict[str, Any]] = []
-    appends: list[tuple[dict[str, Any], list[tuple[str, str, dict[str, Any]]]]] = []
-    touched: list[str] = []
-    if paged:
-        counted += _uncommitted(events_table, pk, seq, [p for g, _ in groups for p in g.pages])
+    planned: list[tuple[_Group, dict[str, dict[str, Any]], list[tuple[str, str, dict[str, Any]]]]] = []
     for group, group_keys in groups:
         present = group.entries()
         if not paged:
             counted += len(present)  # nothing was committed to pages yet: all of it is counted now
         new: list[tuple[str, str, dict[str, Any]]] = []
         for key in group_keys:
-            _, event_id, entry, _ = by_key[key]
+            _, event_id, entry, client = by_key[key]
             if event_id in present:
                 seen.append(present[event_id])
-                continue
-            new.append((key, event_id, entry))
-            seen.append(entry)
-            counted += 1
+            elif client and not _claim(events_table, pk, event_id, entry["created_at"], expires):
+                continue  # stored before with another created_at: the first version stays
+            else:
+                new.append((key, event_id, entry))
+        seen.extend(entry for _, _, entry in new)
+        counted += len(new)
+        planned.append((group, present, new))
+    puts, appends = _place(pk, planned, expires)
+    loaded = {p["sk"]: p for g, _ in groups for p in g.pages}
+    mine = [item["sk"] for item in puts] + [page["sk"] for page, _ in appends]
+    others: list[dict[str, Any]] = []  # pages other attempts at this commit wrote, outside the groups read
+    # The attempt record is written before any page (a crash after it leaves a trace), and read whenever
+    # this store commits: new entries, earlier attempts' entries found in the groups read, or the move.
+    if mine or not paged or _uncommitted(events_table, pk, seq, list(loaded.values()))[0]:
+        for sk in sorted(_announce(events_table, pk, attempt, mine, expires, read_only=not mine)):
+            if sk not in loaded and sk not in mine:
+                got = aws.table(events_table).get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item")
+                if got:
+                    others.append(got)
+    late, late_pages = _uncommitted(events_table, pk, seq, [*loaded.values(), *others] if paged else others)
+    counted += len(late)
+    seen.extend(late)
+    touched: list[str] = []
+    for item in puts:
+        try:
+            aws.table(events_table).put_item(Item=item, ConditionExpression="attribute_not_exists(sk)")
+        except ClientError as exc:
+            raise _conflict(exc, "a page was written concurrently") from exc
+        touched.append(item["sk"])
+    for page, chunk in appends:
+        _append(events_table, page, chunk, expires)
+        touched.append(page["sk"])
+    touched += [sk for sk in late_pages if sk not in touched]
+    stored = max(counted if paged else counted - len(_entries(summary)), 0)
+    if paged and not counted:
+        return UpsertResult(stored=0, duplicates=len(batch))  # nothing new: no commit, no stream record
+    _commit(messages_table, summary, app_id, message_id, attempt, counted, seen, touched, expires)
+    return UpsertResult(stored=stored, duplicates=max(len(batch) - stored, 0))
+
+
+def _place(pk: str, planned: list[tuple[_Group, dict[str, dict[str, Any]], list[tuple[str, str, dict[str, Any]]]]],
+           expires: int) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], list[tuple[str, str, dict[str, Any]]]]]]:
+    """The new pages and the appends that hold each group's new entries."""
+    puts: list[dict[str, Any]] = []
+    appends: list[tuple[dict[str, Any], list[tuple[str, str, dict[str, Any]]]]] = []
+    for group, present, new in planned:
         if not new:
             continue
         top = max((event_key(v["created_at"], k) for k, v in present.items()), default=None)
@@ -288,7 +419,7 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
             puts.append(_page(pk, page_sk(chunk[0][0], 0), chunk, expires))
         if behind:  # keys inside the group: appended to its last page while that stays small, else new pages
             last = group.pages[-1]
-            adding = sum(len(EVENT_PREFIX) + len(b[1]) + value_size(b[2]) for b in behind)
+            adding = sum(_entry_bytes(b[1], b[2]) for b in behind)
             if item_size(last) + adding <= PAGE_MAX_BYTES:
                 appends.append((last, behind))
             else:
@@ -296,28 +427,40 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
                 for chunk in _chunks(behind, PAGE_MAX_BYTES):
                     puts.append(_page(pk, page_sk(group.lo, next_seq), chunk, expires))
                     next_seq += 1
-    # Every page an attempt writes names all of them (`sib`): a retry that finds one finds the rest.
-    siblings = [item["sk"] for item in puts] + [page["sk"] for page, _ in appends]
-    for item in puts:
-        item["sib"] = siblings
-        try:
-            aws.table(events_table).put_item(Item=item, ConditionExpression="attribute_not_exists(sk)")
-        except ClientError as exc:
-            raise _conflict(exc, "a page was written concurrently") from exc
-        touched.append(item["sk"])
-    for page, chunk in appends:
-        _append(events_table, page, chunk, expires, siblings)
-        touched.append(page["sk"])
-    stored = max(counted if paged else counted - len(_entries(summary)), 0)
-    if paged and not counted:
-        return UpsertResult(stored=0, duplicates=len(batch))  # nothing new: no commit, no stream record, no WRU
-    _commit(messages_table, summary, app_id, message_id, attempt, counted, seen, touched, expires)
-    return UpsertResult(stored=stored, duplicates=max(len(batch) - stored, 0))
+    return puts, appends
 
 
-def _uncommitted(table: str, pk: str, seq: int, pages: list[dict[str, Any]]) -> int:
-    """Entries of earlier attempts that wrote pages and never committed (q > seq): this commit counts
-    them. Their pages name every page their attempt wrote, so one found leads to all of them."""
+def _claim(table: str, pk: str, event_id: str, created_at: str, expires: int) -> bool:
+    """Claims a client's event id for this created_at; False when it was stored with another one."""
+    try:
+        aws.table(table).put_item(Item={"pk": pk, "sk": MARKER_PREFIX + event_id, "c": created_at, "expires_at": expires},
+                                  ConditionExpression="attribute_not_exists(#k) OR #c = :c",
+                                  ExpressionAttributeNames={"#k": "sk", "#c": "c"},
+                                  ExpressionAttributeValues={":c": created_at})
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise
+
+
+def _announce(table: str, pk: str, attempt: int, pages: list[str], expires: int, *, read_only: bool) -> set[str]:
+    """Adds `pages` to the attempt record of commit `attempt` (before they are written) and returns every
+    page any attempt at that commit announced; `read_only` (nothing to write) only reads it."""
+    key = {"pk": pk, "sk": f"{ATTEMPT_PREFIX}{attempt:010d}"}
+    if read_only:
+        item = aws.table(table).get_item(Key=key, ConsistentRead=True).get("Item") or {}
+    else:
+        item = aws.table(table).update_item(
+            Key=key, UpdateExpression="ADD #pg :pg SET #x = :x", ExpressionAttributeNames={"#pg": "pages", "#x": "expires_at"},
+            ExpressionAttributeValues={":pg": set(pages), ":x": expires}, ReturnValues="ALL_NEW").get("Attributes", {})
+    return set(item.get("pages") or ())
+
+
+def _uncommitted(table: str, pk: str, seq: int, pages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Entries of earlier attempts that wrote pages and never committed (q > seq), which this commit
+    counts, and the pages holding them. Pages written before attempt records existed name their
+    attempt's other pages (`sib`): one found leads to all of them."""
     by_sk = {p["sk"]: p for p in pages}
     todo = list(by_sk.values())
     while todo:
@@ -330,7 +473,8 @@ def _uncommitted(table: str, pk: str, seq: int, pages: list[dict[str, Any]]) -> 
                 if got:
                     by_sk[sk] = got
                     todo.append(got)
-    return sum(1 for p in by_sk.values() for v in _entries(p).values() if int(v.get("q", 0)) > seq)
+    found = {sk: [v for v in _entries(p).values() if int(v.get("q", 0)) > seq] for sk, p in by_sk.items()}
+    return [v for vs in found.values() for v in vs], [sk for sk, vs in found.items() if vs]
 
 
 def _page(pk: str, sk: str, chunk: list[tuple[str, str, dict[str, Any]]], expires: int) -> dict[str, Any]:
@@ -340,11 +484,10 @@ def _page(pk: str, sk: str, chunk: list[tuple[str, str, dict[str, Any]]], expire
     return item
 
 
-def _append(table: str, page: dict[str, Any], chunk: list[tuple[str, str, dict[str, Any]]], expires: int,
-            siblings: list[str]) -> None:
-    names = {"#v": "v", "#x": "expires_at", "#sib": "sib"}
-    values: dict[str, Any] = {":v": page["v"], ":v1": int(page["v"]) + 1, ":x": expires, ":sib": siblings}
-    sets = ["#v = :v1", "#x = :x", "#sib = :sib"]
+def _append(table: str, page: dict[str, Any], chunk: list[tuple[str, str, dict[str, Any]]], expires: int) -> None:
+    names = {"#v": "v", "#x": "expires_at"}
+    values: dict[str, Any] = {":v": page["v"], ":v1": int(page["v"]) + 1, ":x": expires}
+    sets = ["#v = :v1", "#x = :x"]
     for i, (_, event_id, entry) in enumerate(chunk):
         names[f"#e{i}"] = EVENT_PREFIX + event_id
         values[f":e{i}"] = entry
@@ -520,7 +663,7 @@ def _read_pages(table: str, pk: str, seq: int, limit: int, cursor: str | None) -
     """Committed events after `cursor`, group by group (a group's pages may overlap, so each is sorted whole)."""
     start = f"{PAGE_PREFIX}"
     if cursor is not None:
-        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").lte(f"{PAGE_PREFIX}{cursor}#~"),
+        below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").between(PAGE_PREFIX, f"{PAGE_PREFIX}{cursor}#~"),
                                        ScanIndexForward=False, Limit=1).get("Items", [])
         if below:
             start = f"{PAGE_PREFIX}{page_lo(below[0]['sk'])}#"
@@ -534,7 +677,7 @@ def _read_pages(table: str, pk: str, seq: int, limit: int, cursor: str | None) -
         out.extend(kv for kv in group if cursor is None or kv[0] > cursor)
         group.clear()
 
-    for page in aws.items(table, KeyConditionExpression=Key("pk").eq(pk) & Key("sk").gte(start)):
+    for page in aws.items(table, KeyConditionExpression=Key("pk").eq(pk) & Key("sk").between(start, PAGES_END)):
         lo = page_lo(page["sk"])
         if lo != current:
             flush()
