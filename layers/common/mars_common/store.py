@@ -246,7 +246,8 @@ def _upsert_inline(table_name: str, app_id: str, message_id: str, batch: list[Ev
             )
         except ClientError as exc:
             if room is not None and exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise _RefusedError(_deserialize(exc.response.get("Item") or {})) from exc
+                kept: Any = exc.response.get("Item") or {}  # botocore types it `object`: DynamoDB JSON here
+                raise _RefusedError(_deserialize(kept)) from exc
             raise
         # An event attribute already in the old item was a duplicate. (ALL_OLD, not UPDATED_OLD: emulators
         # differ on whether an if_not_exists that kept the old value counts as "updated".)
@@ -700,7 +701,7 @@ def last_commit_events(events_table: str, item: dict[str, Any]) -> list[dict[str
     """The events a long timeline's last summary commit added (its `pages`, entries of its `seq`), sorted."""
     seq = int(item.get("seq", 0))
     pk = events_pk(item["app_id"], item["message_id"])
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     for sk in item.get("pages") or ():
         page = aws.table(events_table).get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item") or {}
         out.extend((event_key(v["created_at"], k), _public(k, v)) for k, v in _entries(page).items()
