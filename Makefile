@@ -108,8 +108,13 @@ system-deps:
 browser: install system-deps
 	$(BIN)/python -m pytest -q tests/browser
 
+# The suite on TEST_WORKERS pytest-xdist workers, one module at a time per worker, the slowest modules first
+# (tests/conftest.py); the 15 slowest tests are listed at the end. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: install localstack lint template-check system-deps
-	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests
+	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests $(PYTEST_PARALLEL) --durations=15
 
 # Each run is recorded in bench/runs/ and docs/BENCHMARKS.md's current table is rendered from them.
 bench: install system-deps

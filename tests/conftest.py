@@ -54,6 +54,23 @@ def auth_on(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return mocked_stack
 
 
+# `make test` runs the suite on pytest-xdist workers with `--dist loadfile --no-loadscope-reorder`: a module
+# is one unit of work (its module-scoped stack starts once, on one worker; each worker starts the session
+# stacks `mars` and `mars_auth` when its first test needs them), handed out in the order collected. The
+# modules below take longest (`--durations`): they are collected first, so the run does not end waiting
+# on one of them alone.
+SLOWEST_FIRST = (
+    "tests/integration/test_long_timeline.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a plain run keeps the order of the files
+    rank = {path: n for n, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
+
+
 def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition", poll: float = 0.01) -> Any:
     """Polls `predicate` until it returns something true (returned), or fails the test after `timeout` s."""
     import time

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +16,52 @@ from typing import Any
 
 import requests
 
-from local.stack import free_port, terminate
+from local.stack import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 MARS = [sys.executable, "-m", "mars.cli"]
 # Fast redelivery for tests (the SQS-triggered functions time out first: Lambda refuses a visibility
 # timeout shorter than the function timeout); everything else is template.yaml's defaults.
 TEST_PARAMETERS = ["QueueVisibilityTimeout=5", "QueueFunctionTimeout=5", "MaxReceiveCount=3"]
+
+
+def _port_block() -> range:
+    """This xdist worker's share of the ports below the kernel's ephemeral range (the whole of it
+    without xdist)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 10_000, max(ephemeral_low, 20_000)
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(name[2:]) if name[2:].isdigit() else 0
+    span = (high - low) // workers
+    return range(low + index * span, low + (index + 1) * span)
+
+
+_PORTS = _port_block()
+_port_lock = threading.Lock()
+_port_next = random.randrange(len(_PORTS))  # two runs at once (two checkouts) start far apart
+_PORT_STRIDE = 4  # `mars up` gives a template's second REST or websocket API the next port (api_port + 1)
+
+
+def free_port() -> int:
+    """A port for a server a test starts. The kernel's bind(0) picks from the ephemeral range, where a
+    port handed to one xdist worker's stack could be handed to another's (or to a client socket) before
+    the server binds it; each worker owns a block below that range instead, and hands a port out once."""
+    global _port_next
+    with _port_lock:
+        for _ in range(len(_PORTS) // _PORT_STRIDE):
+            port = _PORTS[_port_next % len(_PORTS)]
+            _port_next += _PORT_STRIDE
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:  # in use, or in TIME_WAIT from a stack that stopped
+                    continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 @dataclass
