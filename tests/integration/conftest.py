@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,43 +26,54 @@ MARS = [sys.executable, "-m", "mars.cli"]
 TEST_PARAMETERS = ["QueueVisibilityTimeout=5", "QueueFunctionTimeout=5", "MaxReceiveCount=3"]
 
 
-def _port_block() -> range:
-    """This xdist worker's share of the ports below the kernel's ephemeral range (the whole of it
-    without xdist)."""
-    try:
-        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
+def port_block(environ: Mapping[str, str] = os.environ, ephemeral_low: int | None = None) -> range:
+    """This xdist worker's share of the ports between 10000 and the kernel's ephemeral range (all of
+    them without xdist)."""
+    if ephemeral_low is None:
+        try:
+            ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            ephemeral_low = 32768
     low, high = 10_000, max(ephemeral_low, 20_000)
-    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
-    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(name[2:]) if name[2:].isdigit() else 0
+    workers = max(1, int(environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
+    name = environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(name[2:]) % workers if name[2:].isdigit() else 0
     span = (high - low) // workers
     return range(low + index * span, low + (index + 1) * span)
 
 
-_PORTS = _port_block()
-_port_lock = threading.Lock()
-_port_next = random.randrange(len(_PORTS))  # two runs at once (two checkouts) start far apart
-_PORT_STRIDE = 4  # `mars up` gives a template's second REST or websocket API the next port (api_port + 1)
+class Ports:
+    """Hands out ports of `block` for servers a test starts, `stride` apart (`mars up` gives a template's
+    second REST or websocket API the next port), each once until the block wraps around, skipping any
+    that cannot be bound."""
+
+    def __init__(self, block: range, start: int, stride: int = 4) -> None:
+        self.block, self.stride, self._next = block, stride, start
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            for _ in range(len(self.block) // self.stride):
+                port = self.block[self._next % len(self.block)]
+                self._next += self.stride
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", port))
+                    except OSError:  # in use, or in TIME_WAIT after a stack that stopped
+                        continue
+                return port
+        raise RuntimeError(f"no free port left in {self.block.start}-{self.block.stop - 1}")
+
+
+# The kernel's bind(0) picks from the ephemeral range, where a port picked for one xdist worker's stack
+# can be picked for another's (or taken by a client socket) before the server binds it: each worker
+# draws from a block of its own below that range. A random start keeps two runs at once apart.
+_PORTS = Ports(port_block(), random.randrange(len(port_block())))
 
 
 def free_port() -> int:
-    """A port for a server a test starts. The kernel's bind(0) picks from the ephemeral range, where a
-    port handed to one xdist worker's stack could be handed to another's (or to a client socket) before
-    the server binds it; each worker owns a block below that range instead, and hands a port out once."""
-    global _port_next
-    with _port_lock:
-        for _ in range(len(_PORTS) // _PORT_STRIDE):
-            port = _PORTS[_port_next % len(_PORTS)]
-            _port_next += _PORT_STRIDE
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:  # in use, or in TIME_WAIT from a stack that stopped
-                    continue
-            return port
-    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
+    """A loopback port no other worker of this run hands out, for a server a test starts."""
+    return _PORTS.take()
 
 
 @dataclass
