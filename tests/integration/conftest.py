@@ -154,13 +154,14 @@ def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None,
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"mars up exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        got = subprocess.run([*MARS, "outputs", "--stack-name", name, "--state-dir", str(state_dir)],
-                             capture_output=True, text=True, cwd=cwd, env=env)
         # the state (and so `mars outputs`) is written once every server `mars up` starts accepts
-        # connections and the gateways are open
-        if got.returncode == 0:
-            return RunningStack(process, state_dir, log_path, json.loads(got.stdout), name)
-        time.sleep(0.3)
+        # connections and the gateways are open: `mars outputs` (a process) runs once it exists
+        if (state_dir / f"{name}.json").exists():
+            got = subprocess.run([*MARS, "outputs", "--stack-name", name, "--state-dir", str(state_dir)],
+                                 capture_output=True, text=True, cwd=cwd, env=env)
+            if got.returncode == 0:
+                return RunningStack(process, state_dir, log_path, json.loads(got.stdout), name)
+        time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"mars up did not become ready:\n{log_path.read_text()[-3000:]}")
 
