@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -61,6 +62,17 @@ def auth_on(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 # on one of them alone.
 SLOWEST_FIRST = (
     "tests/integration/test_long_timeline.py",
+    "tests/integration/test_pipeline.py",
+    "tests/unit/test_long_timelines.py",
+    "tests/integration/test_openapi_contract.py",
+    "tests/fuzz/test_schemathesis.py",
+    "tests/unit/test_api.py",
+    "tests/localstack/test_on_localstack.py",
+    "tests/integration/test_redrive.py",
+    "tests/faults/test_faults.py",
+    "tests/integration/test_faults_and_template.py",
+    "tests/security/test_attacks_on_a_stack.py",
+    "tests/integration/test_auth.py",
 )
 
 
@@ -98,7 +110,8 @@ def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iter
     with mock_aws():
         stack = Stack(load(ROOT / "template.yaml"), root=ROOT, name="unit",
                       parameter_overrides={"AllowTestRoutes": "true", "AuthRequired": "false"})
-        provision(stack, lambda service: boto3.client(service, region_name="us-east-1"))
+        # one client per service (a boto3 client costs ~15 ms to make; provision asks per resource)
+        provision(stack, functools.cache(lambda service: boto3.client(service, region_name="us-east-1")))
         env = build_spec(stack, "ApiFunction", {}).environment
         env["STORE_FUNCTION_NAME"] = stack.ref("StoreFunction")
         for key, value in env.items():
