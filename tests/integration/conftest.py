@@ -84,6 +84,7 @@ class RunningStack:
     outputs: dict[str, Any]
     stack_name: str
     keys: dict[str, str] = field(default_factory=dict)  # API keys made for the stack (auth stacks)
+    last_stats: str = ""  # the last answer of GET /api/q/stats that drained() saw, for the error
 
     @property
     def api(self) -> str:
@@ -113,8 +114,11 @@ class RunningStack:
         return out
 
     def drained(self) -> bool:
-        stats = requests.get(self.url("/api/q/stats"), timeout=30).json()
-        return all(q["visible"] == 0 and q["in_flight"] == 0 for q in stats["queues"])
+        resp = requests.get(self.url("/api/q/stats"), timeout=30)
+        self.last_stats = f"{resp.status_code} {resp.text[:500]}"
+        if resp.status_code != 200:  # e.g. 504 when the machine is busy: not drained yet, ask again
+            return False
+        return all(q["visible"] == 0 and q["in_flight"] == 0 for q in resp.json()["queues"])
 
     def wait_drained(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -122,7 +126,7 @@ class RunningStack:
             if self.drained():
                 return
             time.sleep(0.3)
-        raise AssertionError("queues did not drain")
+        raise AssertionError(f"queues did not drain within {timeout}s; last GET /api/q/stats: {self.last_stats}")
 
     def stop(self) -> None:
         terminate(self.process, timeout=20)
