@@ -110,8 +110,21 @@ system-deps:
 browser: install system-deps
 	$(BIN)/python -m pytest -q tests/browser
 
+# The suite on TEST_WORKERS pytest-xdist workers, one module at a time per worker, the slowest modules first
+# (tests/conftest.py); the 15 slowest tests are listed at the end. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
+# schemathesis gives its per-operation cases one node id, which xdist would run once: that module runs apart.
+SCHEMATHESIS := tests/fuzz/test_schemathesis.py
+
 test: install localstack lint template-check system-deps
-	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests
+ifeq ($(TEST_WORKERS),0)
+	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests --durations=15
+else
+	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests $(PYTEST_PARALLEL) --durations=15 --ignore=$(SCHEMATHESIS)
+	$(BIN)/python -m pytest -q $(SCHEMATHESIS)
+endif
 
 # Each run is recorded in bench/runs/ and docs/BENCHMARKS.md's current table is rendered from them.
 bench: install system-deps

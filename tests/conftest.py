@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -54,6 +55,34 @@ def auth_on(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return mocked_stack
 
 
+# `make test` runs the suite on pytest-xdist workers with `--dist loadfile --no-loadscope-reorder`: a module
+# is one unit of work (its module-scoped stack starts once, on one worker; each worker starts the session
+# stacks `mars` and `mars_auth` when its first test needs them), handed out in the order collected. The
+# modules below take longest (`--durations`): they are collected first, so the run does not end waiting
+# on one of them alone.
+SLOWEST_FIRST = (
+    "tests/integration/test_long_timeline.py",
+    "tests/integration/test_pipeline.py",
+    "tests/unit/test_long_timelines.py",
+    "tests/integration/test_openapi_contract.py",
+    "tests/fuzz/test_schemathesis.py",
+    "tests/unit/test_api.py",
+    "tests/localstack/test_on_localstack.py",
+    "tests/integration/test_redrive.py",
+    "tests/faults/test_faults.py",
+    "tests/integration/test_faults_and_template.py",
+    "tests/security/test_attacks_on_a_stack.py",
+    "tests/integration/test_auth.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a plain run keeps the order of the files
+    rank = {path: n for n, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
+
+
 def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition", poll: float = 0.01) -> Any:
     """Polls `predicate` until it returns something true (returned), or fails the test after `timeout` s."""
     import time
@@ -81,7 +110,8 @@ def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iter
     with mock_aws():
         stack = Stack(load(ROOT / "template.yaml"), root=ROOT, name="unit",
                       parameter_overrides={"AllowTestRoutes": "true", "AuthRequired": "false"})
-        provision(stack, lambda service: boto3.client(service, region_name="us-east-1"))
+        # one client per service (a boto3 client costs ~15 ms to make; provision asks per resource)
+        provision(stack, functools.cache(lambda service: boto3.client(service, region_name="us-east-1")))
         env = build_spec(stack, "ApiFunction", {}).environment
         env["STORE_FUNCTION_NAME"] = stack.ref("StoreFunction")
         for key, value in env.items():

@@ -4,22 +4,76 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from samlocal.stack import free_port, terminate
+from samlocal.stack import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 MARS = [sys.executable, "-m", "mars.cli"]
 # Fast redelivery for tests (the SQS-triggered functions time out first: Lambda refuses a visibility
 # timeout shorter than the function timeout); everything else is template.yaml's defaults.
 TEST_PARAMETERS = ["QueueVisibilityTimeout=5", "QueueFunctionTimeout=5", "MaxReceiveCount=3"]
+
+
+def port_block(environ: Mapping[str, str] = os.environ, ephemeral_low: int | None = None) -> range:
+    """This xdist worker's share of the ports between 10000 and the kernel's ephemeral range (all of
+    them without xdist)."""
+    if ephemeral_low is None:
+        try:
+            ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            ephemeral_low = 32768
+    low, high = 10_000, max(ephemeral_low, 20_000)
+    workers = max(1, int(environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
+    name = environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(name[2:]) % workers if name[2:].isdigit() else 0
+    span = (high - low) // workers
+    return range(low + index * span, low + (index + 1) * span)
+
+
+class Ports:
+    """Hands out ports of `block` for servers a test starts, `stride` apart (`mars up` gives a template's
+    second REST or websocket API the next port), each once until the block wraps around, skipping any
+    that cannot be bound."""
+
+    def __init__(self, block: range, start: int, stride: int = 4) -> None:
+        self.block, self.stride, self._next = block, stride, start
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            for _ in range(len(self.block) // self.stride):
+                port = self.block[self._next % len(self.block)]
+                self._next += self.stride
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", port))
+                    except OSError:  # in use, or in TIME_WAIT after a stack that stopped
+                        continue
+                return port
+        raise RuntimeError(f"no free port left in {self.block.start}-{self.block.stop - 1}")
+
+
+# The kernel's bind(0) picks from the ephemeral range, where a port picked for one xdist worker's stack
+# can be picked for another's (or taken by a client socket) before the server binds it: each worker
+# draws from a block of its own below that range. A random start keeps two runs at once apart.
+_PORTS = Ports(port_block(), random.randrange(len(port_block())))
+
+
+def free_port() -> int:
+    """A loopback port no other worker of this run hands out, for a server a test starts."""
+    return _PORTS.take()
 
 
 @dataclass
@@ -30,6 +84,7 @@ class RunningStack:
     outputs: dict[str, Any]
     stack_name: str
     keys: dict[str, str] = field(default_factory=dict)  # API keys made for the stack (auth stacks)
+    last_stats: str = ""  # the last answer of GET /api/q/stats that drained() saw, for the error
 
     @property
     def api(self) -> str:
@@ -59,8 +114,11 @@ class RunningStack:
         return out
 
     def drained(self) -> bool:
-        stats = requests.get(self.url("/api/q/stats"), timeout=30).json()
-        return all(q["visible"] == 0 and q["in_flight"] == 0 for q in stats["queues"])
+        resp = requests.get(self.url("/api/q/stats"), timeout=30)
+        self.last_stats = f"{resp.status_code} {resp.text[:500]}"
+        if resp.status_code != 200:  # e.g. 504 when the machine is busy: not drained yet, ask again
+            return False
+        return all(q["visible"] == 0 and q["in_flight"] == 0 for q in resp.json()["queues"])
 
     def wait_drained(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -68,7 +126,7 @@ class RunningStack:
             if self.drained():
                 return
             time.sleep(0.3)
-        raise AssertionError("queues did not drain")
+        raise AssertionError(f"queues did not drain within {timeout}s; last GET /api/q/stats: {self.last_stats}")
 
     def stop(self) -> None:
         terminate(self.process, timeout=20)
@@ -100,13 +158,14 @@ def start_stack(tmp: Path, name: str, *extra: str, template: Path | None = None,
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"mars up exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        got = subprocess.run([*MARS, "outputs", "--stack-name", name, "--state-dir", str(state_dir)],
-                             capture_output=True, text=True, cwd=cwd, env=env)
         # the state (and so `mars outputs`) is written once every server `mars up` starts accepts
-        # connections and the gateways are open
-        if got.returncode == 0:
-            return RunningStack(process, state_dir, log_path, json.loads(got.stdout), name)
-        time.sleep(0.3)
+        # connections and the gateways are open: `mars outputs` (a process) runs once it exists
+        if (state_dir / f"{name}.json").exists():
+            got = subprocess.run([*MARS, "outputs", "--stack-name", name, "--state-dir", str(state_dir)],
+                                 capture_output=True, text=True, cwd=cwd, env=env)
+            if got.returncode == 0:
+                return RunningStack(process, state_dir, log_path, json.loads(got.stdout), name)
+        time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"mars up did not become ready:\n{log_path.read_text()[-3000:]}")
 

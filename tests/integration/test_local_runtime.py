@@ -14,7 +14,8 @@ import boto3
 import pytest
 import requests
 
-from samlocal.stack import Config, LocalRuntime, free_port
+from samlocal.stack import Config, LocalRuntime
+from tests.integration.conftest import free_port
 
 POLL_SETTLE = 1.5  # a poll already waiting (1 s long poll) may still return once
 PROBE = Path(__file__).resolve().parent.parent / "fixtures" / "probe_app" / "template.yaml"

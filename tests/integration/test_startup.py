@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from samlocal.stack import free_port, terminate
-from tests.integration.conftest import MARS, ROOT, TEST_PARAMETERS
+from samlocal.stack import terminate
+from tests.integration.conftest import MARS, ROOT, TEST_PARAMETERS, free_port
 
 
 def poll(port: int) -> str:

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from samlocal.stack import free_port, terminate
-from tests.integration.conftest import RunningStack, start_stack
+from samlocal.stack import terminate
+from tests.integration.conftest import RunningStack, free_port, start_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = Path(os.environ.get("MARS_LOCALSTACK_PYTHON") or ROOT / ".venv-localstack" / "bin" / "python")

@@ -16,6 +16,7 @@ from mars_common import auth, config
 from mars_common.config import settings
 
 from tests.conftest import ROOT
+from tests.integration.conftest import free_port
 
 sys.path.insert(0, str(ROOT / "grpc_shim"))
 sys.path.insert(0, str(ROOT))
@@ -31,12 +32,6 @@ def auth_on(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     config.settings.cache_clear()
     auth.clear_cache()
     return auth.create_key(settings().keys_table, ["shop"])[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def with_shim(check: Any) -> None:
