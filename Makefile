@@ -132,6 +132,7 @@ endif
 bench: install system-deps
 	$(BIN)/python -m bench --record
 	$(BIN)/python -m bench.table
+	$(BIN)/python -m bench.wru
 	$(BIN)/python bench/sqs_depth.py
 
 # Generated gRPC code is committed; tests/unit/test_proto.py fails when it is stale.
