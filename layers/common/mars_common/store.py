@@ -51,7 +51,7 @@ FIRST_LO = ""  # the first group covers every key below the second group's
 MAX_PAGE_LIMIT = 1000
 INLINE_BYTES = "inline_bytes"  # an inline item's event bytes so far: its size guard, checked by the write itself
 MARKER_PREFIX = "i#"  # EventsTable `i#<event_id>`: which created_at a client's id was first stored with
-ATTEMPT_PREFIX = "a#"  # EventsTable `a#<commit>`: every page the attempts at that commit wrote
+ATTEMPT_PREFIX = "a#"  # EventsTable `a#<commit>` under attempts_pk: every page the attempts at that commit wrote
 PAGES_END = "p#~"  # above every page key (created_at starts with a digit), below nothing else of ours
 # Messages this process moved to pages (or found paged): their next batch reads the summary instead of
 # trying the guarded inline write, which a summary would refuse at the price of a write. A hint only.
@@ -97,6 +97,13 @@ def write_units(size: int) -> int:
 # --- keys -----------------------------------------------------------------------------------------
 def events_pk(app_id: str, message_id: str) -> str:
     return f"{app_id}#{message_id}"  # app ids have no '#', so the split is unambiguous
+
+
+def attempts_pk(app_id: str, message_id: str) -> str:
+    """The partition of a message's attempt records, apart from its pages: one record per commit would
+    otherwise outnumber the pages ~10 to 1, and every page Query on an emulator that reads the whole
+    partition (moto) would grow with them. App ids have no '!', so no events_pk starts like this one."""
+    return f"{app_id}!a#{message_id}"
 
 
 def event_key(created_at: str, event_id: str) -> str:
@@ -286,7 +293,7 @@ def _load_groups(table: str, pk: str, keys: list[str]) -> list[tuple[_Group, lis
     found: list[tuple[_Group, list[str]]] = []
     rest = list(keys)
     while rest:
-        pages_below = Key("sk").between(PAGE_PREFIX, f"{PAGE_PREFIX}{rest[-1]}#~")  # not the i#/a# items below p#
+        pages_below = Key("sk").between(PAGE_PREFIX, f"{PAGE_PREFIX}{rest[-1]}#~")  # not the i# claims below p#
         below = aws.table(table).query(KeyConditionExpression=Key("pk").eq(pk) & pages_below,
                                        ScanIndexForward=False, Limit=1, ConsistentRead=True).get("Items", [])
         if not below:
@@ -375,7 +382,8 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
     # The attempt record is written before any page (a crash after it leaves a trace), and read whenever
     # this store commits: new entries, earlier attempts' entries found in the groups read, or the move.
     if mine or not paged or _uncommitted(events_table, pk, seq, list(loaded.values()))[0]:
-        for sk in sorted(_announce(events_table, pk, attempt, mine, expires, read_only=not mine)):
+        for sk in sorted(_announce(events_table, attempts_pk(app_id, message_id), attempt, mine, expires,
+                                   read_only=not mine)):
             if sk not in loaded and sk not in mine:
                 got = aws.table(events_table).get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item")
                 if got:
@@ -445,10 +453,10 @@ def _claim(table: str, pk: str, event_id: str, created_at: str, expires: int) ->
         raise
 
 
-def _announce(table: str, pk: str, attempt: int, pages: list[str], expires: int, *, read_only: bool) -> set[str]:
+def _announce(table: str, record_pk: str, attempt: int, pages: list[str], expires: int, *, read_only: bool) -> set[str]:
     """Adds `pages` to the attempt record of commit `attempt` (before they are written) and returns every
     page any attempt at that commit announced; `read_only` (nothing to write) only reads it."""
-    key = {"pk": pk, "sk": f"{ATTEMPT_PREFIX}{attempt:010d}"}
+    key = {"pk": record_pk, "sk": f"{ATTEMPT_PREFIX}{attempt:010d}"}
     if read_only:
         item = aws.table(table).get_item(Key=key, ConsistentRead=True).get("Item") or {}
     else:
