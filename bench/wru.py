@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,10 +113,20 @@ class Row:
     gsi_wru: float
     rru: float
     note: str = ""
+    batch_ms: list[float] = field(default_factory=list)  # wall time of each store call, in order
 
     @property
     def per_event(self) -> float:
         return self.wru / self.events if self.events else math.nan
+
+    def growth(self) -> tuple[float, float, float]:
+        """Mean store call time over the first and the last tenth of the batches, and their ratio: a
+        long message's writes must not slow down as it grows (moto reads a Query's whole partition,
+        so anything piling up in the pages' partition shows here)."""
+        tenth = max(len(self.batch_ms) // 10, 1)
+        first = sum(self.batch_ms[:tenth]) / tenth
+        last = sum(self.batch_ms[-tenth:]) / tenth
+        return first, last, last / first if first else math.nan
 
 
 def events_for(message_id: str, count: int, meta_bytes: int, start: int = 0) -> list[Any]:
@@ -131,10 +142,19 @@ def events_for(message_id: str, count: int, meta_bytes: int, start: int = 0) -> 
 
 
 @contextmanager
-def stack() -> Iterator[tuple[str, str, Callable[[], Any]]]:
-    """template.yaml's tables in moto, the way the unit tests build them."""
+def stack(stock_moto: bool = False) -> Iterator[tuple[str, str, Callable[[], Any]]]:
+    """template.yaml's tables in moto, the way the unit tests build them, with the local stack's moto
+    patches (samlocal.emulator.patches) unless `stock_moto`: the store call times are then the local
+    stack's. Billing (WRU/RRU) is the same either way."""
     import boto3
     from moto import mock_aws
+
+    from samlocal.emulator import patches as moto_patches
+
+    if stock_moto:
+        moto_patches.revert()
+    else:
+        moto_patches.apply()
 
     from samlocal.resources import provision
     from samlocal.template import Stack, load
@@ -161,6 +181,7 @@ def run_scenario(name: str, model: str, batches: list[list[Any]], messages: str,
         meter.attach(aws.table(events_table).meta.client)
     stored = 0
     note = ""
+    batch_ms: list[float] = []
     inline = {}  # the old model's item size, to stop where DynamoDB would refuse it
     for batch in batches:
         first = batch[0]
@@ -173,15 +194,17 @@ def run_scenario(name: str, model: str, batches: list[list[Any]], messages: str,
                 note = f"fails at event {stored + 1:,}: the item passes 400 KB"
                 break
             inline[first.message_id] = grown
+        started = time.perf_counter()
         upsert_message(messages, first.app_id, first.message_id, batch, 30, events_table)
+        batch_ms.append((time.perf_counter() - started) * 1000)
         stored += len(batch)
-    return Row(name, model, stored, meter.writes, meter.wru, meter.gsi_wru, meter.rru, note)
+    return Row(name, model, stored, meter.writes, meter.wru, meter.gsi_wru, meter.rru, note, batch_ms)
 
 
-def measure(meta_bytes: int, messages_count: int, long_events: int) -> list[Row]:
+def measure(meta_bytes: int, messages_count: int, long_events: int, stock_moto: bool = False) -> list[Row]:
     rows: list[Row] = []
     for model in ("old", "new"):
-        with stack() as (messages, events_table, raw_client):
+        with stack(stock_moto) as (messages, events_table, raw_client):
             raw = raw_client()
             table = events_table if model == "new" else ""
             one_batch = [events_for(f"i-{m}", 5, meta_bytes) for m in range(messages_count)]
@@ -197,7 +220,7 @@ def measure(meta_bytes: int, messages_count: int, long_events: int) -> list[Row]
     return rows
 
 
-def render(rows: list[Row], meta_bytes: int) -> str:
+def render(rows: list[Row], meta_bytes: int, stock_moto: bool = False) -> str:
     lines = [f"events with {meta_bytes}-byte meta; WRU as DynamoDB bills item writes (1 KB units, max of before/after)",
              "",
              f"{'scenario':44} {'model':5} {'events':>7} {'writes':>7} {'WRU':>9} {'WRU/event':>9} "
@@ -210,6 +233,11 @@ def render(rows: list[Row], meta_bytes: int) -> str:
         (iii,) = [r for r in rows if r.model == model and r.scenario.startswith("(iii)")]
         tail = f" (only the first {iii.events:,} events: then it fails)" if iii.note else ""
         lines.append(f"{model}: (iii)/(i) = {iii.per_event / i.per_event:.2f} WRU per event{tail}")
+    (long,) = [r for r in rows if r.model == "new" and r.scenario.startswith("(iii)")]
+    first, last, ratio = long.growth()
+    lines.append(f"new: (iii) store call, first tenth {first:.1f} ms, last tenth {last:.1f} ms: last/first = {ratio:.2f} "
+                 "(in-process moto" + (", stock" if stock_moto else " with the local stack's patches")
+                 + ", metering included; goal about 1: a write costs the same however long the message)")
     return "\n".join(lines)
 
 
@@ -218,13 +246,16 @@ def main() -> int:
     parser.add_argument("--meta-bytes", type=int, default=150, help="size of each event's meta value (default 150)")
     parser.add_argument("--messages", type=int, default=200, help="messages in (i) and (ii) (default 200)")
     parser.add_argument("--long-events", type=int, default=10_000, help="events of the message in (iii)")
+    parser.add_argument("--stock-moto", action="store_true",
+                        help="without the local stack's moto patches (the store call times of stock moto)")
     parser.add_argument("--json", action="store_true", help="the rows as JSON")
     args = parser.parse_args()
-    rows = measure(args.meta_bytes, args.messages, args.long_events)
+    rows = measure(args.meta_bytes, args.messages, args.long_events, args.stock_moto)
     if args.json:
-        print(json.dumps([{**r.__dict__, "wru_per_event": r.per_event} for r in rows], indent=2))
+        print(json.dumps([{**{k: v for k, v in r.__dict__.items() if k != "batch_ms"}, "wru_per_event": r.per_event,
+                           "store_ms_first_last_ratio": r.growth()} for r in rows], indent=2))
     else:
-        print(render(rows, args.meta_bytes))
+        print(render(rows, args.meta_bytes, args.stock_moto))
     return 0
 
 

@@ -141,8 +141,8 @@ def test_writes_to_a_long_message_do_not_grow_with_it(tables: tuple[str, str], m
     assert len(records) == len(set(records)) == 59  # one small attempt record per commit
     assert max(sizes[1:]) - min(sizes[1:]) < 50 and max(sizes[1:]) < 4 * 1024
     assert item_size(summary_item("steady")) < 1024
-    # the records live apart from the pages, so a page Query (which moto answers by reading the whole
-    # partition) does not grow with one record per commit: the 20,000-event message's store calls did
+    # the records live apart from the pages, so a page Query (which the local emulator answers by reading
+    # the whole partition) does not grow with one record per commit
     assert {p["sk"][:2] for p in pages_of("steady")} == {store.PAGE_PREFIX}
     assert len(list(aws.items(settings().events_table, KeyConditionExpression="pk = :p",
                               ExpressionAttributeValues={":p": store.attempts_pk("checkout", "steady")}))) == 59

@@ -523,6 +523,67 @@ def test_stock_moto_emits_a_keys_only_insert_first(unpatched_url: str) -> None:
     assert records[0]["dynamodb"]["NewImage"] == {"pk": {"S": "k"}}
 
 
+def _paged_table(url: str) -> tuple[Any, str]:
+    """Three partitions of 40 items each (range keys in scrambled insertion order) and a GSI."""
+    ddb = _client("dynamodb", url)
+    name = _name("pages")
+    ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk", "app", "at")],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                     GlobalSecondaryIndexes=[{"IndexName": "ByApp", "Projection": {"ProjectionType": "ALL"},
+                                              "KeySchema": [{"AttributeName": "app", "KeyType": "HASH"},
+                                                            {"AttributeName": "at", "KeyType": "RANGE"}]}])
+    for n in sorted(range(120), key=lambda n: (n * 37) % 120):
+        ddb.put_item(TableName=name, Item={"pk": {"S": f"m{n % 3}"}, "sk": {"S": f"p#{n:04d}"}, "app": {"S": "a"},
+                                           "at": {"S": f"t{n % 7}"}})
+    return ddb, name
+
+
+QUERIES: list[dict[str, Any]] = [
+    {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "m1"}}},
+    {"KeyConditionExpression": "pk = :p AND sk BETWEEN :a AND :b", "ScanIndexForward": False, "Limit": 1,
+     "ExpressionAttributeValues": {":p": {"S": "m2"}, ":a": {"S": "p#"}, ":b": {"S": "p#0050#~"}}},
+    {"KeyConditionExpression": "pk = :p AND begins_with(sk, :s)", "Limit": 7,
+     "ExpressionAttributeValues": {":p": {"S": "m0"}, ":s": {"S": "p#00"}}},
+    {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "nobody"}}},
+    {"IndexName": "ByApp", "KeyConditionExpression": "app = :a", "ScanIndexForward": False, "Limit": 25,
+     "ExpressionAttributeValues": {":a": {"S": "a"}}},
+]
+
+
+def _all_pages(ddb: Any, name: str, query: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    pages, start = [], None
+    while True:
+        resp = ddb.query(TableName=name, **query, **({"ExclusiveStartKey": start} if start else {}))
+        pages.append(resp["Items"])
+        start = resp.get("LastEvaluatedKey")
+        if not start or len(pages) > 50:
+            return pages
+
+
+def test_queries_answer_as_stock_moto_reading_only_their_partition(server: emulator_mod.Emulator,
+                                                                   unpatched_url: str) -> None:
+    """dynamodb.query_partition: every query (table and index, both directions, limits, key ranges,
+    paging) answers exactly what stock moto answers; a table query's candidates are its partition only,
+    not the whole table sorted (which made a long message's store calls grow with the table)."""
+    patched, name = _paged_table(server.endpoint_url)
+    stock, stock_name = _paged_table(unpatched_url)
+    for query in QUERIES:
+        assert _all_pages(patched, name, query) == _all_pages(stock, stock_name, query), query
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    from samlocal.emulator.patches import dynamodb as dynamodb_patches
+
+    table = dynamodb_backends[ACCOUNT][REGION].get_table(name)
+    assert len(table.all_items()) == 120  # outside a query: moto's own
+    dynamodb_patches._query_local.scope = (table, DynamoType({"S": "m1"}))
+    try:
+        assert {i.hash_key.value for i in table.all_items()} == {"m1"} and len(table.all_items()) == 40
+    finally:
+        dynamodb_patches._query_local.scope = None
+
+
 def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: emulator_mod.Emulator) -> None:
     table, arn = _streamed_table(server.endpoint_url, "streamed", "NEW_IMAGE")
 

@@ -3,7 +3,8 @@
 An ``UpdateItem`` that creates its item emits one INSERT with the full new image, as on AWS (moto
 emitted a keys-only INSERT first); stream records get their sequence numbers under a lock; requests
 to one DynamoDB backend are serialised (moto mutates items in place while other requests read them);
-expired TTL items are deleted by a sweeper (moto deleted nothing).
+expired TTL items are deleted by a sweeper (moto deleted nothing); a Query reads its partition, not
+the whole table sorted (moto's cost grew with every item of the table).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from moto.dynamodb.models import DynamoDBBackend
-from moto.dynamodb.models.table import StreamShard
+from moto.dynamodb.models.table import StreamShard, Table
 from moto.dynamodb.responses import DynamoHandler
 
 from samlocal.emulator.patches.base import Patch, Replacement
@@ -168,6 +169,46 @@ def sweep_expired_items(now: float | None = None) -> int:
 # moto keeps every shard iterator forever and GetRecords mints a new one per call (~1.8 KB each: a
 
 
+# moto's ``Table.query`` gathers its candidates from ``all_items()``, which lists every item of the table
+# and sorts them all — then keeps the partition's and sorts those again. So every Query cost
+# O(table · log table): a 20,000-event message's store calls grew from ~60 ms to ~500 ms as its pages
+# (and every other message's) piled up. DynamoDB reads only the key range of one partition. While a
+# Query runs, this thread's ``all_items()`` on that table answers the partition (a table query) or the
+# unsorted items (an index query, which ``sorted_items`` sorts by the index keys and then the table's,
+# so no order is lost); Query sorts its candidates itself either way.
+_query_local = threading.local()
+
+
+def _make_query(original: Any) -> Any:
+    def _query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = kwargs.get("index_name") if "index_name" in kwargs else (args[6] if len(args) > 6 else None)
+        previous = getattr(_query_local, "scope", None)
+        _query_local.scope = (self, None if index_name else hash_key)
+        try:
+            return original(self, hash_key, *args, **kwargs)
+        finally:
+            _query_local.scope = previous
+
+    return _query
+
+
+def _make_all_items(original: Any) -> Any:
+    def _all_items(self: Table) -> list[Any]:
+        scope = getattr(_query_local, "scope", None)
+        if scope is None or scope[0] is not self:
+            return original(self)
+        hash_key = scope[1]
+        if hash_key is None:  # an index query: every item, unsorted
+            return [item for rows in self.items.values()
+                    for item in (rows.values() if self.range_key_attr else (rows,))]
+        rows = self.items.get(hash_key)  # .get: the defaultdict must not grow an empty partition
+        if rows is None:
+            return []
+        return list(rows.values()) if self.range_key_attr else [rows]
+
+    return _all_items
+
+
 REQUEST_LOCK = Patch(
     "dynamodb.request_lock",
     "one request at a time per backend: moto mutates items in place while others read them",
@@ -181,4 +222,12 @@ STREAM_RECORDS = Patch(
         Replacement(StreamShard, "add", "method", _make_stream_add),
     ),
 )
-PATCHES = (REQUEST_LOCK, STREAM_RECORDS)
+QUERY_PARTITION = Patch(
+    "dynamodb.query_partition",
+    "a Query reads its partition (DynamoDB's cost), not every item of the table sorted",
+    (
+        Replacement(Table, "query", "method", _make_query),
+        Replacement(Table, "all_items", "method", _make_all_items),
+    ),
+)
+PATCHES = (REQUEST_LOCK, STREAM_RECORDS, QUERY_PARTITION)
