@@ -101,7 +101,8 @@ def events_pk(app_id: str, message_id: str) -> str:
 
 def attempts_pk(app_id: str, message_id: str) -> str:
     """The partition of a message's attempt records, apart from its pages: one record per commit would
-    otherwise outnumber the pages ~10 to 1, and the local emulator's Query reads a whole partition. App ids have no '!', so no events_pk starts like this one."""
+    otherwise outnumber the pages ~10 to 1, and the local emulator's Query reads a whole partition.
+    App ids have no '!', so no events_pk starts like this one."""
     return f"{app_id}!a#{message_id}"
 
 
