@@ -219,9 +219,12 @@ class Outcome:
     refused: bool = False  # an answer OTLP says not to retry
 
 
+sleep: Callable[[float], None] = time.sleep  # module names, so a test can script the clock
+clock: Callable[[], float] = time.monotonic
+
+
 def send(cfg: ExportConfig, request: ExportTraceServiceRequest, messages: list[tuple[str, str]],
-         budget: float, *, poster: Callable[[str, bytes, dict[str, str], float], Answer] = post,
-         sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> Outcome:
+         budget: float) -> Outcome:
     """Posts the request until it is delivered, refused, or `budget` seconds are spent."""
     body = gzip.compress(request.SerializeToString())
     deadline = clock() + budget
@@ -229,7 +232,7 @@ def send(cfg: ExportConfig, request: ExportTraceServiceRequest, messages: list[t
     while True:
         attempt += 1
         timeout = max(MIN_REQUEST_TIMEOUT_SECONDS, min(cfg.request_timeout, deadline - clock()))
-        answer = poster(cfg.url, body, cfg.headers, timeout)
+        answer = post(cfg.url, body, cfg.headers, timeout)
         if answer.status is not None and 200 <= answer.status < 300:
             return Outcome(True, attempt, answer, _rejected_spans(answer.body, cfg, messages))
         decision = decide(answer, attempt, deadline - clock())
