@@ -55,6 +55,7 @@ MIN_REQUEST_TIMEOUT_SECONDS = 1.0
 SAFETY_MARGIN_MS = 5_000  # left of the invocation when giving up: room to log and fail cleanly
 RESPONSE_SAMPLE_BYTES = 1024
 RETRY, REFUSED, GIVE_UP = "retry", "refused", "give_up"
+NO_RESPONSE = "no_response"  # the logged status of an attempt without an HTTP answer (refused, reset, timed out)
 RETRY_MESSAGES_KEY = "mars_trace_export"  # an invocation event of its own: {"mars_trace_export": [{app_id, message_id}]}
 
 
@@ -263,7 +264,9 @@ def _keys(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
 
 
 def _failure(cfg: ExportConfig, answer: Answer, messages: list[tuple[str, str]], attempt: int) -> dict[str, Any]:
-    return {"endpoint": cfg.shown_endpoint, "status": answer.status, "attempt": attempt,
+    # Powertools drops None fields: an attempt that got no HTTP answer says so
+    return {"endpoint": cfg.shown_endpoint, "status": NO_RESPONSE if answer.status is None else answer.status,
+            "attempt": attempt,
             "error": answer.error or answer.body[:RESPONSE_SAMPLE_BYTES].decode("utf-8", "replace"),
             "message_count": len(messages), "messages": _keys(messages[:20])}  # a sample: the DLQ has them all
 

@@ -178,7 +178,7 @@ def test_a_collector_that_comes_back_within_the_budget_gets_the_batch(
     assert collector.requests[0] == collector.requests[2]  # the same request each time
     lines = log_lines(caplog)
     retried = [line for line in lines if line["message"] == "trace export attempt failed; retrying"]
-    assert [(r["status"], r["attempt"]) for r in retried] == [(None, 1), (503, 2)]
+    assert [(r["status"], r["attempt"]) for r in retried] == [("no_response", 1), (503, 2)]
     assert retried[0]["endpoint"] == "http://127.0.0.1:4318/v1/traces"  # never the URL's credentials
     assert not [line for line in lines if line["level"] == "ERROR"]
     assert "t0k" not in json.dumps(lines, default=str)
@@ -197,7 +197,7 @@ def test_a_collector_down_for_the_whole_budget_fails_the_invocation(
     assert 2 <= len(collector.requests) <= 4  # 3 s of budget: 0.25-0.5 + 0.5-1 + 1-2 s of backoff
     (error,) = [line for line in log_lines(caplog) if line["level"] == "ERROR"]
     assert error["message"] == "trace export failed after retries; the stream retries the batch"
-    assert (error["status"], error["attempt"], error["message_count"]) == (None, len(collector.requests), 1)
+    assert (error["status"], error["attempt"], error["message_count"]) == ("no_response", len(collector.requests), 1)
     assert error["messages"] == [{"app_id": "shop", "message_id": "order-4"}]
     assert dead_letters() == []  # the stream retries it, then its OnFailure destination has it
 
