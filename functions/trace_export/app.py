@@ -320,10 +320,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
                                                "attempts": outcome.attempts, "rejected_spans": outcome.rejected_spans})
         return {"exported": len(traces)}
     failure = _failure(cfg, outcome.answer, messages, outcome.attempts)
+    if outcome.refused and RETRY_MESSAGES_KEY in event:  # `mars redrive`: its dead letter stays where it is
+        logger.error("trace export refused by the collector (redrive)", extra=failure)
+        return {"exported": 0, "refused": len(traces), "status": outcome.answer.status}
     if outcome.refused:
         logger.error("trace export refused by the collector; batch sent to the failure queue", extra=failure)
         dead_letter(cfg, outcome, messages)
-        return {"exported": 0, "refused": len(traces)}
+        return {"exported": 0, "refused": len(traces), "status": outcome.answer.status}
     logger.error("trace export failed after retries; the stream retries the batch", extra=failure)
     raise ExportFailedError(f"{cfg.shown_endpoint}: {outcome.answer.status or outcome.answer.error} after "
                             f"{outcome.attempts} attempt(s) for {len(messages)} message(s)")

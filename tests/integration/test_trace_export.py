@@ -2,13 +2,14 @@
 receiver (a loopback HTTP server decoding ExportTraceServiceRequest with opentelemetry-proto). Events
 stored through the API arrive as traces; while the receiver is down (longer than one invocation's
 retries) changes keep coming and none is lost once it is back; a receiver that answers 400 sends the
-batch to TraceExportFailureQueue with an ERROR line."""
+batch to TraceExportFailureQueue with an ERROR line, and `mars redrive --queue traces` exports it again."""
 
 from __future__ import annotations
 
 import gzip
 import http.server
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from .conftest import RunningStack, free_port, start_stack
+from .conftest import MARS, ROOT, RunningStack, free_port, start_stack
 
 APP = "traced"
 RETRY_SECONDS = 1  # one invocation's own retries: short, so the receiver's outage outlasts several
@@ -163,6 +164,7 @@ def test_every_change_arrives_even_across_an_outage_and_a_refusal_is_dead_letter
 
     def dead_letter() -> dict[str, Any] | None:
         for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
             body = json.loads(m["Body"])
             if {"app_id": APP, "message_id": refused} in body.get("messages", []):
                 return dict(body)
@@ -173,4 +175,13 @@ def test_every_change_arrives_even_across_an_outage_and_a_refusal_is_dead_letter
     (line,) = [e for e in errors(stack, "trace export refused by the collector; batch sent to the failure queue")
                if {"app_id": APP, "message_id": refused} in e["messages"]]
     assert (line["status"], line["attempt"]) == (400, 1)
+    assert receiver.spans(refused) == []
+
+    # the collector is fixed: `mars redrive` exports those messages' current traces again
     receiver.refuse = False
+    got = subprocess.run([*MARS, "redrive", "--queue", "traces", "--json", "--stack-name", stack.stack_name,
+                          "--state-dir", str(stack.state_dir)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert got.returncode == 0, got.stderr
+    report = json.loads(got.stdout)
+    assert report["moved"] == {stack.outputs["TraceExportFunctionName"]: 1} and report["remaining"] == {"traces": 0}
+    assert receiver.spans(refused) == ["CREATED"]

@@ -224,7 +224,7 @@ def test_a_refused_batch_is_an_error_line_and_a_dead_letter_without_retries(
     store("bank", "tx-6", "OPENED")
     collector = Collector(exporter, exporter.Answer(400, b"proto: cannot parse invalid wire-format data"))
     monkeypatch.setattr(exporter, "post", collector)
-    assert exporter.lambda_handler(stream_event(), lambda_context) == {"exported": 0, "refused": 2}
+    assert exporter.lambda_handler(stream_event(), lambda_context) == {"exported": 0, "refused": 2, "status": 400}
     assert len(collector.requests) == 1
     (error,) = [line for line in log_lines(caplog) if line["level"] == "ERROR"]
     assert error["message"] == "trace export refused by the collector; batch sent to the failure queue"
