@@ -357,12 +357,15 @@ def stream_keys(streams: Any, info: dict[str, Any]) -> list[tuple[str, str]] | N
         if "TrimmedDataAccess" in _error_text(exc) or "ResourceNotFound" in _error_text(exc):
             return None
         raise
-    end = int(info["endSequenceNumber"])
+    start, end = int(info["startSequenceNumber"]), int(info["endSequenceNumber"])
     keys: dict[tuple[str, str], None] = {}
     while iterator:
         got = streams.get_records(ShardIterator=iterator, Limit=1000)
         for record in got.get("Records", []):
-            if int(record["dynamodb"]["SequenceNumber"]) > end:
+            seq = int(record["dynamodb"]["SequenceNumber"])
+            if seq < start:  # only the batch's records, whatever the iterator's first one
+                continue
+            if seq > end:
                 return list(keys)
             k = record["dynamodb"].get("Keys", {})
             keys[(k["app_id"]["S"], k["message_id"]["S"])] = None

@@ -305,3 +305,56 @@ def test_post_reads_a_real_http_answer_and_a_refused_connection(exporter: Any) -
         closed = s.getsockname()[1]  # bound, never listening: refused
         refused = exporter.post(f"http://127.0.0.1:{closed}/v1/traces", b"x", {}, 5)
     assert refused.status is None and "Refused" in refused.error
+
+
+# --- mars redrive --queue traces ----------------------------------------------------------------------
+def test_redrive_reads_lambdas_on_failure_record_back_from_the_stream(exporter: Any) -> None:
+    from mars import redrive
+
+    store("shop", "r-1", "CREATED")
+    store("shop", "r-2", "CREATED")
+    store("shop", "r-3", "CREATED")
+    records = stream_event()["Records"]
+    batch = [r for r in records if r["dynamodb"]["Keys"]["message_id"]["S"] in ("r-2", "r-3")]
+    info = {"shardId": aws.client("dynamodbstreams").describe_stream(StreamArn=records[0]["eventSourceARN"])
+            ["StreamDescription"]["Shards"][0]["ShardId"], "streamArn": records[0]["eventSourceARN"],
+            "startSequenceNumber": batch[0]["dynamodb"]["SequenceNumber"],
+            "endSequenceNumber": batch[-1]["dynamodb"]["SequenceNumber"], "batchSize": len(batch)}
+    lambda_record = {"Body": json.dumps({"requestContext": {"condition": "RetryAttemptsExhausted"}, "version": "1.0",
+                                         "DDBStreamBatchInfo": info})}
+    plan = redrive.plan_trace(lambda_record, streams=lambda: aws.client("dynamodbstreams"))
+    assert (plan.kept, plan.exports) == (None, [("shop", "r-2"), ("shop", "r-3")])  # that batch only
+    own = {"Body": json.dumps({"reason": "refused", "messages": [{"app_id": "bank", "message_id": "t"}]})}
+    assert redrive.plan_trace(own, streams=lambda: None).exports == [("bank", "t")]
+    assert redrive.plan_trace({"Body": "{}"}, streams=lambda: None).kept == redrive.UNRECOGNISED
+
+
+def test_redrive_invokes_the_exporter_and_keeps_what_still_fails(
+        exporter: Any, monkeypatch: pytest.MonkeyPatch, lambda_context: Any) -> None:
+    import io
+
+    from mars import redrive
+
+    store("shop", "r-4", "CREATED")
+
+    class Lambda:
+        """Invoke as the runtime's Lambda API does: the handler's answer, or its error."""
+
+        def invoke(self, FunctionName: str, Payload: bytes) -> dict[str, Any]:  # noqa: N803 - boto3's names
+            try:
+                answer = exporter.lambda_handler(json.loads(Payload), lambda_context)
+            except Exception as exc:
+                return {"FunctionError": "Unhandled", "Payload": io.BytesIO(json.dumps({"errorMessage": str(exc)}).encode())}
+            return {"Payload": io.BytesIO(json.dumps(answer).encode())}
+
+    collector = Collector(exporter, exporter.Answer(200))
+    monkeypatch.setattr(exporter, "post", collector)
+    assert redrive.invoke_export(Lambda(), "fn", [("shop", "r-4")]) is None
+    assert [rs.scope_spans[0].spans[0].name for rs in collector.requests[0].resource_spans] == ["message r-4"]
+
+    monkeypatch.setattr(exporter, "post", Collector(exporter, exporter.Answer(400)))
+    assert redrive.invoke_export(Lambda(), "fn", [("shop", "r-4")]) == "the collector refused them again (HTTP 400)"
+    assert dead_letters() == []  # a redriven refusal stays in the queue it came from, not a second copy
+
+    monkeypatch.setattr(exporter, "post", Collector(exporter, exporter.Answer(503)))
+    assert "503 after" in (redrive.invoke_export(Lambda(), "fn", [("shop", "r-4")]) or "")
