@@ -1,10 +1,10 @@
 """`mars redrive`: dead-lettered messages back into the pipeline, each message group in order.
 
-    mars redrive [--queue events|ingest|all] [--dry-run] [--json] [--limit N] [--include-invalid]
+    mars redrive [--queue events|ingest|traces|all] [--dry-run] [--json] [--limit N] [--include-invalid]
                  [--stack-name NAME --state-dir DIR | --stack-outputs FILE]
 
-The two dead-letter queues, and what happens to each message in them
---------------------------------------------------------------------
+The dead-letter queues, and what happens to each message in them
+----------------------------------------------------------------
 **Events DLQ** (`DeadLetterQueueUrl`, FIFO, fed by the 10 event queues' redrive policy). Each body
 is one event as it was enqueued (`Event.to_json`).
   * A body that `Event.from_json` reads is sent back to the FIFO queue the one sharding function
@@ -34,6 +34,16 @@ message attributes tell them apart, checked in this order:
   original send time (the SNS record's `Timestamp`; the DLQ message's `SentTimestamp`, which SQS
   keeps when it dead-letters a message): events enqueued before the failure are not duplicated.
   That is the only change made to a body.
+
+**Trace export failures** (`TraceExportFailureQueueUrl`, standard; only on a stack with
+`OtlpExportEndpoint`, docs/OBSERVABILITY.md). Nothing is resent as it was: the *current* traces of the
+messages a record names are exported again by invoking `TraceExportFunction` (output
+`TraceExportFunctionName`) with `{"mars_trace_export": [{"app_id", "message_id"}, …]}`.
+  * The exporter's record of a batch the collector refused: `{"reason": "refused", "messages": […]}`.
+  * Lambda's on-failure record of a stream batch (`DDBStreamBatchInfo`: shard, first and last sequence
+    numbers): the batch's records are read back from the stream; once the stream no longer holds them
+    (24 h) the record is **kept** ("expired").
+  A failed invocation, or a collector that refuses again, keeps the record ("send_failed").
 
 Order and safety
 ----------------
