@@ -670,7 +670,7 @@ def _positive(text: str) -> int:
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
-    which = DLQS if args.queue == "all" else (args.queue,)
+    which: tuple[str, ...] = DLQS if args.queue == "all" else (args.queue,)
     try:
         clients, queues = connect_clients(args, which)
         if args.queue == "all" and queues.traces_dlq:  # a stack that exports traces has a third queue

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -170,8 +170,8 @@ def test_a_wait_longer_than_the_budget_gives_the_batch_back_to_the_stream(export
 def test_a_collector_that_comes_back_within_the_budget_gets_the_batch(
         exporter: Any, monkeypatch: pytest.MonkeyPatch, lambda_context: Any, caplog: pytest.LogCaptureFixture) -> None:
     store("shop", "order-3", "CREATED")
-    A = exporter.Answer
-    collector = Collector(exporter, A(None, error="ConnectionRefusedError"), A(503, b"busy"), A(200))
+    answer = exporter.Answer
+    collector = Collector(exporter, answer(None, error="ConnectionRefusedError"), answer(503, b"busy"), answer(200))
     monkeypatch.setattr(exporter, "post", collector)
     assert exporter.lambda_handler(stream_event(), lambda_context) == {"exported": 1}
     assert len(collector.requests) == 3
