@@ -1,10 +1,10 @@
 """`mars redrive`: dead-lettered messages back into the pipeline, each message group in order.
 
-    mars redrive [--queue events|ingest|all] [--dry-run] [--json] [--limit N] [--include-invalid]
+    mars redrive [--queue events|ingest|traces|all] [--dry-run] [--json] [--limit N] [--include-invalid]
                  [--stack-name NAME --state-dir DIR | --stack-outputs FILE]
 
-The two dead-letter queues, and what happens to each message in them
---------------------------------------------------------------------
+The dead-letter queues, and what happens to each message in them
+----------------------------------------------------------------
 **Events DLQ** (`DeadLetterQueueUrl`, FIFO, fed by the 10 event queues' redrive policy). Each body
 is one event as it was enqueued (`Event.to_json`).
   * A body that `Event.from_json` reads is sent back to the FIFO queue the one sharding function
@@ -34,6 +34,16 @@ message attributes tell them apart, checked in this order:
   original send time (the SNS record's `Timestamp`; the DLQ message's `SentTimestamp`, which SQS
   keeps when it dead-letters a message): events enqueued before the failure are not duplicated.
   That is the only change made to a body.
+
+**Trace export failures** (`TraceExportFailureQueueUrl`, standard; only on a stack with
+`OtlpExportEndpoint`, docs/OBSERVABILITY.md). Nothing is resent as it was: the *current* traces of the
+messages a record names are exported again by invoking `TraceExportFunction` (output
+`TraceExportFunctionName`) with `{"mars_trace_export": [{"app_id", "message_id"}, …]}`.
+  * The exporter's record of a batch the collector refused: `{"reason": "refused", "messages": […]}`.
+  * Lambda's on-failure record of a stream batch (`DDBStreamBatchInfo`: shard, first and last sequence
+    numbers): the batch's records are read back from the stream; once the stream no longer holds them
+    (24 h) the record is **kept** ("expired").
+  A failed invocation, or a collector that refuses again, keeps the record ("send_failed").
 
 Order and safety
 ----------------
@@ -86,6 +96,8 @@ RUN_ATTRIBUTE = "MarsRedriveRun"
 MAX_ATTRIBUTES = 10  # SQS's limit of message attributes per message
 
 DLQS = ("events", "ingest")
+TRACES = "traces"  # TraceExportFailureQueue: only on a stack that exports traces (OtlpExportEndpoint)
+EXPIRED = "expired"
 INVALID = "invalid"
 SEND_FAILED = "send_failed"
 BLOCKED = "blocked"
@@ -102,16 +114,26 @@ class Queues:
     events: tuple[str, ...]
     ingest_dlq: str
     ingest: str
+    traces_dlq: str = ""
+    trace_function: str = ""
+
+    def dlq(self, which: str) -> str:
+        return {"events": self.events_dlq, "ingest": self.ingest_dlq, TRACES: self.traces_dlq}[which]
 
 
 def queues_from_outputs(outputs: dict[str, Any], which: Iterable[str]) -> Queues:
-    needed = {"events": ("DeadLetterQueueUrl", "EventsQueueUrls"), "ingest": ("IngestDeadLetterQueueUrl", "IngestQueueUrl")}
+    which = tuple(which)
+    if TRACES in which and not outputs.get("TraceExportFailureQueueUrl"):
+        raise UsageError("the stack exports no traces (its OtlpExportEndpoint is empty): there is no trace failure queue")
+    needed = {"events": ("DeadLetterQueueUrl", "EventsQueueUrls"), "ingest": ("IngestDeadLetterQueueUrl", "IngestQueueUrl"),
+              TRACES: ("TraceExportFailureQueueUrl", "TraceExportFunctionName")}
     missing = [name for dlq in which for name in needed[dlq] if not outputs.get(name)]
     if missing:
         raise UsageError(f"the stack's outputs have no {', '.join(missing)}: is this a Mars stack?")
     events = tuple(u.strip() for u in str(outputs.get("EventsQueueUrls", "")).split(",") if u.strip())
     return Queues(str(outputs.get("DeadLetterQueueUrl", "")), events, str(outputs.get("IngestDeadLetterQueueUrl", "")),
-                  str(outputs.get("IngestQueueUrl", "")))
+                  str(outputs.get("IngestQueueUrl", "")), str(outputs.get("TraceExportFailureQueueUrl", "")),
+                  str(outputs.get("TraceExportFunctionName", "")))
 
 
 def _region_of(url: str) -> str | None:
@@ -120,7 +142,12 @@ def _region_of(url: str) -> str | None:
 
 
 def connect(args: argparse.Namespace, which: Iterable[str]) -> tuple[Any, Queues]:
-    """(SQS client, queues): a deployed stack's (--stack-outputs; credentials, region and endpoint from
+    clients, queues = connect_clients(args, which)
+    return clients("sqs"), queues
+
+
+def connect_clients(args: argparse.Namespace, which: Iterable[str]) -> tuple[Callable[[str], Any], Queues]:
+    """(a client for a service, queues): a deployed stack's (--stack-outputs; credentials, region and endpoint from
     the AWS environment) or the running local stack's (its emulator endpoint, dummy credentials)."""
     import boto3
     from botocore.config import Config
@@ -132,7 +159,7 @@ def connect(args: argparse.Namespace, which: Iterable[str]) -> tuple[Any, Queues
         region = session.region_name or _region_of(queues.events_dlq or queues.ingest_dlq)
         if not region:
             raise UsageError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION / a profile's region)")
-        return session.client("sqs", region_name=region, config=config), queues
+        return partial(session.client, region_name=region, config=config), queues
     import io
 
     from samlocal.template import REGION
@@ -142,10 +169,13 @@ def connect(args: argparse.Namespace, which: Iterable[str]) -> tuple[Any, Queues
     if state is None:
         raise UsageError(said.getvalue().strip().removeprefix("mars: "))
     queues = queues_from_outputs(state["outputs"], which)
-    endpoint = stacks.endpoint(state, "sqs")
     session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
                                     region_name=state.get("region") or REGION)
-    return session.client("sqs", endpoint_url=endpoint, config=config), queues
+
+    def client(service: str) -> Any:  # the runtime serves Lambda's API itself, every other service its emulator
+        url = state.get("lambda_endpoint") if service == "lambda" else stacks.endpoint(state, service)
+        return session.client(service, endpoint_url=url, config=config)  # type: ignore[call-overload]  # any service
+    return client, queues
 
 
 # --- deciding what happens to one dead letter --------------------------------------------------------
@@ -154,6 +184,7 @@ class Plan:
     """What to do with one DLQ message: sends (in order), or keep it for a reason."""
 
     sends: list[dict[str, Any]] = field(default_factory=list)
+    exports: list[tuple[str, str]] = field(default_factory=list)  # (app_id, message_id): re-export their traces
     kept: str | None = None
     why: str = ""
 
@@ -325,10 +356,79 @@ def _error_text(exc: Exception) -> str:
     return f"{err.get('Code')}: {err.get('Message')}" if err.get("Code") else f"{type(exc).__name__}: {exc}"
 
 
+def stream_keys(streams: Any, info: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """The (app_id, message_id) of the records of a stream batch Lambda discarded (its on-failure record names
+    the shard and the first and last sequence numbers, not the records); None once the stream dropped them (24 h)."""
+    try:
+        iterator = streams.get_shard_iterator(StreamArn=info["streamArn"], ShardId=info["shardId"],
+                                              ShardIteratorType="AT_SEQUENCE_NUMBER",
+                                              SequenceNumber=info["startSequenceNumber"])["ShardIterator"]
+    except Exception as exc:
+        if "TrimmedDataAccess" in _error_text(exc) or "ResourceNotFound" in _error_text(exc):
+            return None
+        raise
+    start, end = int(info["startSequenceNumber"]), int(info["endSequenceNumber"])
+    keys: dict[tuple[str, str], None] = {}
+    while iterator:
+        got = streams.get_records(ShardIterator=iterator, Limit=1000)
+        for record in got.get("Records", []):
+            seq = int(record["dynamodb"]["SequenceNumber"])
+            if seq < start:  # only the batch's records, whatever the iterator's first one
+                continue
+            if seq > end:
+                return list(keys)
+            k = record["dynamodb"].get("Keys", {})
+            keys[(k["app_id"]["S"], k["message_id"]["S"])] = None
+        if not got.get("Records"):
+            break  # at the shard's end (an open shard answers empty)
+        iterator = got.get("NextShardIterator")
+    return list(keys)
+
+
+def plan_trace(message: dict[str, Any], streams: Callable[[], Any]) -> Plan:
+    """A trace export failure: the exporter's own record of a refused batch (its messages), or Lambda's
+    on-failure record of a stream batch (its records are read back from the stream). Either way the
+    messages' current traces are exported again (TraceExportFunction), never the old payload."""
+    try:
+        body = json.loads(message.get("Body", ""))
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("messages"), list):
+        return Plan(exports=[(str(m["app_id"]), str(m["message_id"])) for m in body["messages"]])
+    info = body.get("DDBStreamBatchInfo") if isinstance(body, dict) else None
+    if not isinstance(info, dict):
+        return keep(UNRECOGNISED, "neither the exporter's record nor Lambda's stream on-failure record")
+    try:
+        keys = stream_keys(streams(), info)
+    except Exception as exc:
+        return keep(SEND_FAILED, f"reading the stream batch back failed: {_error_text(exc)}")
+    if keys is None:
+        return keep(EXPIRED, f"the stream no longer holds shard {info.get('shardId')}'s records (kept 24 h): "
+                             "export those messages with GET /api/messages/{id}/trace")
+    return Plan(exports=keys)
+
+
+def invoke_export(lambda_client: Any, function: str, keys: list[tuple[str, str]]) -> str | None:
+    """Runs TraceExportFunction on these messages; None when exported, else why not."""
+    payload = json.dumps({"mars_trace_export": [{"app_id": a, "message_id": m} for a, m in keys]}).encode()
+    try:
+        got = lambda_client.invoke(FunctionName=function, Payload=payload)
+        answer = json.loads(got["Payload"].read() or b"null")
+    except Exception as exc:
+        return f"invoking {function} failed: {_error_text(exc)}"
+    if got.get("FunctionError"):
+        return f"{function}: {(answer or {}).get('errorMessage', got['FunctionError'])}"
+    if isinstance(answer, dict) and answer.get("refused"):
+        return f"the collector refused them again (HTTP {answer.get('status')})"
+    return None
+
+
 class Redrive:
     def __init__(self, sqs: Any, queues: Queues, *, dry_run: bool = False, limit: int | None = None,
-                 include_invalid: bool = False, progress: Callable[[str], None] | None = None) -> None:
+                 include_invalid: bool = False, progress: Callable[[str], None] | None = None,
+                 clients: Callable[[str], Any] | None = None) -> None:
         self.sqs, self.queues = sqs, queues
+        self.clients = clients  # lambda and dynamodbstreams, for the trace failure queue
         self.dry_run, self.limit, self.include_invalid = dry_run, limit, include_invalid
         self.progress = progress or (lambda line: None)
         self.run_id = uuid.uuid4().hex
@@ -340,16 +440,23 @@ class Redrive:
                 break
             if dlq == "events":
                 self._drain(dlq, self.queues.events_dlq, partial(plan_event, queue_urls=self.queues.events, run_id=self.run_id))
+            elif dlq == TRACES:
+                self._drain(dlq, self.queues.traces_dlq, partial(plan_trace, streams=partial(self._client, "dynamodbstreams")))
             else:
                 self._drain(dlq, self.queues.ingest_dlq, partial(plan_ingest, ingest_url=self.queues.ingest, run_id=self.run_id,
                                                                  include_invalid=self.include_invalid))
         report = self.report
         for dlq in which:
-            depth = report.remaining[dlq] = self._depth(self.queues.events_dlq if dlq == "events" else self.queues.ingest_dlq)
+            depth = report.remaining[dlq] = self._depth(self.queues.dlq(dlq))
             still_there = report.received.get(dlq, 0) - report.deleted.get(dlq, 0)
             if depth is not None:
                 report.unreceived[dlq] = max(0, depth - still_there)
         return report
+
+    def _client(self, service: str) -> Any:
+        if self.clients is None:
+            raise UsageError(f"no {service} client: Redrive(clients=...) is needed for the trace failure queue")
+        return self.clients(service)
 
     def _limit_reached(self) -> bool:
         return self.limit is not None and self.report.moved_total >= self.limit
@@ -412,6 +519,14 @@ class Redrive:
             return
         if self.dry_run:
             held[message["MessageId"]] = message["ReceiptHandle"]
+        elif plan.exports:  # a trace failure: the messages' current traces go out again, through the exporter
+            why = invoke_export(self._client("lambda"), self.queues.trace_function, plan.exports)
+            if why is not None:
+                report.keep(dlq, SEND_FAILED, why)
+                held[message["MessageId"]] = message["ReceiptHandle"]
+                return
+            done.append(message)
+            sent.add(message["MessageId"])
         else:
             for send in plan.sends:
                 try:
@@ -426,6 +541,9 @@ class Redrive:
             sent.add(message["MessageId"])
         for send in plan.sends:
             name = queue_name(send["QueueUrl"])
+            report.moved[name] = report.moved.get(name, 0) + 1
+        if plan.exports:
+            name = self.queues.trace_function or "TraceExportFunction"
             report.moved[name] = report.moved.get(name, 0) + 1
 
     def _delete(self, dlq: str, url: str, done: list[dict[str, Any]], sent: set[str]) -> None:
@@ -552,11 +670,13 @@ def _positive(text: str) -> int:
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
-    which = DLQS if args.queue == "all" else (args.queue,)
+    which: tuple[str, ...] = DLQS if args.queue == "all" else (args.queue,)
     try:
-        sqs, queues = connect(args, which)
-        run = Redrive(sqs, queues, dry_run=args.dry_run, limit=args.limit, include_invalid=args.include_invalid,
-                      progress=lambda line: print(line, file=sys.stderr, flush=True))
+        clients, queues = connect_clients(args, which)
+        if args.queue == "all" and queues.traces_dlq:  # a stack that exports traces has a third queue
+            which = (*DLQS, TRACES)
+        run = Redrive(clients("sqs"), queues, dry_run=args.dry_run, limit=args.limit, include_invalid=args.include_invalid,
+                      progress=lambda line: print(line, file=sys.stderr, flush=True), clients=clients)
         report = run.run(which)
     except UsageError as exc:
         print(f"mars redrive: {exc}", file=sys.stderr)
@@ -584,8 +704,9 @@ def register(subparsers: Any, stack_args: Callable[[argparse.ArgumentParser], No
                     "FIFO queue of their shard (each message group in order), failed producer messages to the ingest "
                     "queue. Messages that are not valid stay where they are and are reported. Exit codes: 0 done, "
                     "1 some messages could not be moved, 2 no stack or bad usage.")
-    p.add_argument("--queue", choices=["events", "ingest", "all"], default="all",
-                   help="which dead-letter queue: the events queues' (FIFO), the producers' (ingest), or both (default)")
+    p.add_argument("--queue", choices=["events", "ingest", TRACES, "all"], default="all",
+                   help="which dead-letter queue: the events queues' (FIFO), the producers' (ingest), the trace exporter's "
+                        "(traces: re-exports those messages' current traces), or all of them (default)")
     p.add_argument("--dry-run", action="store_true",
                    help="report what would move where; change nothing (received messages are made visible again)")
     p.add_argument("--limit", type=_positive, metavar="N", help="move at most N messages")

@@ -47,7 +47,7 @@ from mars_common.store import (
     to_timeline,
 )
 from mars_common.timeline import MAX_RETENTION_DAYS, STATUSES, Lifecycle
-from mars_common.traces import MAX_SPANS, timeline_trace
+from mars_common.traces import read_trace
 
 app = Chalice(app_name="mars")
 logger = Logger(service="mars-api")
@@ -344,18 +344,10 @@ def get_message_trace(message_id: str) -> Response:
     auth.require_apps(principal, [app_id])
     cfg = settings()
     lifecycle = get_lifecycle(cfg.apps_table, app_id)
-    timeline = read_timeline(cfg.messages_table, cfg.events_table, app_id, message_id, lifecycle, limit=MAX_PAGE_LIMIT)
-    if timeline is None:
+    trace = read_trace(cfg.messages_table, cfg.events_table, app_id, message_id, lifecycle)
+    if trace is None:
         raise ApiError(404, "NOT_FOUND", f"no events for message_id {message_id!r} in app {app_id!r}")
-    events = list(timeline["events"])
-    cursor = timeline.get("cursor")
-    while cursor and len(events) < MAX_SPANS:  # a long timeline: every page, up to the cap
-        page = read_timeline(cfg.messages_table, cfg.events_table, app_id, message_id, lifecycle,
-                             limit=min(MAX_PAGE_LIMIT, MAX_SPANS - len(events)),
-                             cursor=decode_event_cursor(cursor, app_id, message_id))
-        events.extend(page["events"] if page else [])
-        cursor = page.get("cursor") if page else None
-    return _json(200, timeline_trace(timeline, events[:MAX_SPANS], lifecycle, int(timeline["event_count"])))
+    return _json(200, trace)
 
 
 def _event_page(message_id: str, app_id: str | None) -> tuple[int | None, str | None]:

@@ -15,7 +15,16 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import live
 from mars_common.config import settings
-from mars_common.store import EVENT_PREFIX, STUCK_AT, event_count, get_lifecycle, is_paged, last_commit_events, to_timeline
+from mars_common.store import (
+    EVENT_PREFIX,
+    STUCK_AT,
+    event_count,
+    get_lifecycle,
+    is_paged,
+    last_commit_events,
+    timeline_changed,
+    to_timeline,
+)
 from mars_common.timeline import Lifecycle
 
 logger = Logger(service="mars-broadcast")
@@ -51,11 +60,11 @@ def record_handler(record: DynamoDBRecord) -> None:
         return
     new = ddb.new_image or {}
     old = ddb.old_image or {}
+    if not timeline_changed(new, old):
+        return  # a duplicate delivery touched updated_at only: nothing a subscriber has not seen
     went_stuck = STUCK_AT in new and STUCK_AT not in old
     committed = is_paged(new) and new.get("seq") != old.get("seq")
     new_ids = {k[len(EVENT_PREFIX):] for k in new if k.startswith(EVENT_PREFIX) and k not in old}
-    if not new_ids and not went_stuck and not committed:
-        return  # a duplicate delivery touched updated_at only: nothing a subscriber has not seen
     cfg = settings()
     app_id, message_id = new["app_id"], new["message_id"]
     targets = _subscribers(app_id, message_id)

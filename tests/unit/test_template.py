@@ -133,7 +133,7 @@ def test_events_table_holds_long_timelines_and_only_its_users_reach_it(template:
     reach = {lid for lid, res in resources.items() if res["Type"] == "AWS::Serverless::Function"
              and any(r == "EventsTable" for _a, r in grants(res.get("Properties", {})))}
     # WebSocketFunction sends a long timeline's summary: it never reads pages (the actions: test_template_iam)
-    assert reach == {"StoreFunction", "ApiFunction", "BroadcastFunction"}
+    assert reach == {"StoreFunction", "ApiFunction", "BroadcastFunction", "TraceExportFunction"}
 
 
 def test_an_apps_retention_is_bounded_by_the_stacks(template: dict[str, Any]) -> None:

@@ -64,6 +64,11 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
                       ("dynamodb:UpdateItem", "MessagesTable"), ("sns:Publish", "AlertsTopic")},
     "AggregatorFunction": {("lambda:InvokeFunction", "StoreFunction")},
     "RouterFunction": {*{("sqs:SendMessage", q) for q in QUEUES | {"IngestDeadLetterQueue"}}},
+    # read_trace (the item, a long timeline's pages, the lifecycle); a refused batch to its queue
+    "TraceExportFunction": {("dynamodb:GetItem", "MessagesTable"), ("dynamodb:GetItem", "AppsTable"),
+                            ("dynamodb:Query", "EventsTable"),
+                            ("sqs:SendMessage*", "TraceExportFailureQueue"),
+                            ("sqs:ChangeMessageVisibility*", "TraceExportFailureQueue")},
 }
 
 

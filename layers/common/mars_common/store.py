@@ -595,6 +595,14 @@ def _paged_summary(item: dict[str, Any], lifecycle: Lifecycle | None, now: datet
     return out
 
 
+def timeline_changed(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether a stream record (images as dicts) changed what a reader of the timeline sees: a new event,
+    a long timeline's commit, or the stuck sweep's mark. A duplicate delivery only touches updated_at."""
+    return (any(k.startswith(EVENT_PREFIX) and k not in old for k in new)
+            or (STUCK_AT in new and STUCK_AT not in old)
+            or (is_paged(new) and new.get("seq") != old.get("seq")))
+
+
 def is_paged(item: dict[str, Any]) -> bool:
     return bool(item.get(PAGED))
 

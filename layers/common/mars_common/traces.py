@@ -17,6 +17,7 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
+from .store import MAX_PAGE_LIMIT, decode_event_cursor, read_timeline
 from .timeline import COMPLETE, STUCK, Lifecycle
 
 MAX_SPANS = 10_000  # child spans in one answer; the rest are counted in mars.spans_dropped
@@ -110,3 +111,21 @@ def timeline_trace(timeline: dict[str, Any], events: list[dict[str, Any]], lifec
         "resource": {"attributes": attributes({"service.name": "mars", "mars.app_id": app_id})},
         "scopeSpans": [{"scope": {"name": "mars"}, "spans": spans}],
     }]}
+
+
+def read_trace(messages_table: str, events_table: str, app_id: str, message_id: str,
+               lifecycle: Lifecycle | None) -> dict[str, Any] | None:
+    """The trace of one app's timeline as stored now (None when it has none), read the way the API reads
+    a timeline: a long one page by page, up to MAX_SPANS events."""
+    timeline = read_timeline(messages_table, events_table, app_id, message_id, lifecycle, limit=MAX_PAGE_LIMIT)
+    if timeline is None:
+        return None
+    events = list(timeline["events"])
+    cursor = timeline.get("cursor")
+    while cursor and len(events) < MAX_SPANS:
+        page = read_timeline(messages_table, events_table, app_id, message_id, lifecycle,
+                             limit=min(MAX_PAGE_LIMIT, MAX_SPANS - len(events)),
+                             cursor=decode_event_cursor(cursor, app_id, message_id))
+        events.extend(page["events"] if page else [])
+        cursor = page.get("cursor") if page else None
+    return timeline_trace(timeline, events[:MAX_SPANS], lifecycle, int(timeline["event_count"]))
