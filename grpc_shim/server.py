@@ -248,8 +248,14 @@ class OtlpTraceService:
         principal = await self.mars._principal(context)
         cfg = settings()
         # to_events may read AppsTable (a mapping, once a minute per app): off the event loop
-        result = await asyncio.to_thread(otlp.to_events, request, principal,
-                                         lambda app: otlp.cached_mapping(cfg.apps_table, app), utc_now())
+        try:
+            result = await asyncio.to_thread(otlp.to_events, request, principal,
+                                             lambda app: otlp.cached_mapping(cfg.apps_table, app), utc_now())
+        except Exception as exc:  # AppsTable unreachable: retryable, never UNKNOWN
+            log.exception("otlp mapping failed")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not read the apps' OTLP mappings, retry: "
+                                f"{type(exc).__name__}")
+            raise
         if result.events:
             failures = await self.mars.batcher.enqueue(result.events)
             if failures:

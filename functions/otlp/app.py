@@ -86,6 +86,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     except auth.AuthError as err:
         logger.warning("otlp request refused", extra={"status": err.status, "error": err.message})
         return _status(OtlpError(err.status, err.message), reply_type)
+    except Exception:  # AWS unreachable (a key or a mapping not readable): retryable, and in the logs
+        logger.exception("otlp request failed")
+        return _status(OtlpError(503, "Mars could not process the request now; retry it (the request id is in "
+                                      "the logs)", {"Retry-After": "1"}), reply_type)
 
 
 def _export(headers: dict[str, str], raw: bytes, content_type: str) -> dict[str, Any]:

@@ -448,3 +448,33 @@ def test_grpc_export_needs_a_key_for_the_spans_app(auth_on: Any) -> None:
 
     with_shim(check)
     assert queued() == []
+
+
+def test_an_unreadable_mapping_is_a_retryable_503_and_logged(otlp_fn: Otlp, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    def broken(table: str, app: str) -> otlp.Mapping:
+        raise RuntimeError("AppsTable unreachable")
+
+    monkeypatch.setattr(otlp, "get_mapping", broken)
+    status, _, raw = otlp_fn.post(request([span(1, attrs=msg(1))]).SerializeToString(), error_ok=True)
+    assert status == 503 and "retry" in status_pb2.Status.FromString(raw).message
+    assert any(r.getMessage() == "otlp request failed" and r.exc_info for r in caplog.records)
+    assert queued() == []
+
+
+def test_grpc_export_with_an_unreadable_mapping_is_unavailable(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.security.test_grpc_security import with_shim
+
+    otlp.clear_cache()
+    monkeypatch.setenv("APPS_TABLE", "")  # as the shim had before it was given AppsTable's name
+    from mars_common import config
+
+    config.settings.cache_clear()
+
+    async def check(target: str) -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await trace_service_pb2_grpc.TraceServiceStub(channel).Export(request([span(1, attrs=msg(1))]))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    with_shim(check)
