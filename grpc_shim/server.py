@@ -1,4 +1,5 @@
-"""The gRPC shim: MarsGrpc (+ health and reflection) → the layer's validation → the FIFO queues.
+"""The gRPC shim: MarsGrpc and OTLP's TraceService (+ health and reflection) → the layer's validation
+→ the FIFO queues.
 
 A call is answered only after its events are durably enqueued. Events of concurrent calls bound for
 the same queue are sent together (micro-batching: up to 10 per SendMessageBatch, one batch in flight
@@ -22,16 +23,18 @@ from grpc_reflection.v1alpha import reflection
 
 # The layer's package (pyproject.toml maps mars_common to layers/common/mars_common; the image copies it
 # beside grpc_shim) and the generated code, a module of this package.
-from mars_common import auth
+from mars_common import auth, otlp
 from mars_common.config import settings
 from mars_common.events import MAX_BULK, Event, FieldError, ValidationError, parse_event, utc_now
 from mars_common.queues import EnqueueFailure, send_batch
 from mars_common.sharding import shard
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from grpc_shim import event_pb2, event_pb2_grpc
 
 log = logging.getLogger("mars.grpc")
 SERVICE = "MarsWeb.GrpcService.MarsGrpc"
+TRACE_SERVICE = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name
 REFLECTION_PREFIX = "/grpc.reflection."  # v1alpha and v1: both are stream-stream ServerReflectionInfo
 # A stream's summary lists at most this many accepted ids (`accepted` counts them all): a long
 # stream must not hold every id in memory, nor outgrow gRPC's 4 MB default message size.
@@ -231,6 +234,39 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
         return event_pb2.StreamSummary(success=True, received=received, accepted=accepted, event_ids=ids)
 
 
+class OtlpTraceService:
+    """OTLP's `TraceService/Export`: the same key, mapping (mars_common.otlp), batcher and queues as
+    `collectEvents`. Invalid spans are answered in `partial_success`, as on `POST /v1/traces`; only a
+    failed enqueue fails the call (UNAVAILABLE, which OTLP exporters retry: the span ids make the
+    retry store each event once)."""
+
+    def __init__(self, mars: MarsGrpc) -> None:
+        self.mars = mars
+
+    async def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,  # noqa: N802 - OTLP's rpc name
+                     context: grpc.aio.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
+        principal = await self.mars._principal(context)
+        cfg = settings()
+        # to_events may read AppsTable (a mapping, once a minute per app): off the event loop
+        try:
+            result = await asyncio.to_thread(otlp.to_events, request, principal,
+                                             lambda app: otlp.cached_mapping(cfg.apps_table, app), utc_now())
+        except Exception as exc:  # AppsTable unreachable: retryable, never UNKNOWN
+            log.exception("otlp mapping failed")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not read the apps' OTLP mappings, retry: "
+                                f"{type(exc).__name__}")
+            raise
+        if result.events:
+            failures = await self.mars.batcher.enqueue(result.events)
+            if failures:
+                log.error("otlp enqueue failed", extra={**result.log_fields(), "failed": len(failures)})
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{len(failures)} of {len(result.events)} event(s) "
+                                    f"not enqueued, resend them: {failures[0].code}")
+        if result.rejected_spans or result.skipped_spans:
+            log.info("otlp spans skipped or rejected", extra={**result.log_fields(), "reasons": result.reasons})
+        return otlp.response(result)
+
+
 class ReflectionNeedsKey(grpc.aio.ServerInterceptor):
     """With auth on, server reflection (which lists and describes the services) wants a valid key in
     `x-api-key`, like every Mars rpc; health checks stay open for load balancers and `grpc_health_probe`."""
@@ -296,6 +332,11 @@ def register(servicer: MarsGrpc, server: grpc.aio.Server) -> None:
             response_serializer=event_pb2.StreamSummary.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    traces = OtlpTraceService(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TRACE_SERVICE, {
+        "Export": grpc.unary_unary_rpc_method_handler(
+            unary(traces.Export, trace_service_pb2.ExportTraceServiceRequest),
+            response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString)}),))
 
 
 async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -> None:
@@ -305,15 +346,15 @@ async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -
     register(MarsGrpc(batcher, strict_created_at=strict), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    names = (SERVICE, TRACE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    for name in ("", SERVICE):
+    for name in ("", SERVICE, TRACE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("grpc shim listening", extra={"host": host, "port": bound})
     await stop.wait()
-    for name in ("", SERVICE):
+    for name in ("", SERVICE, TRACE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace)  # in-flight calls finish; new ones are refused
     log.info("grpc shim stopped", extra={"batches_sent": batcher.batches_sent, "events_sent": batcher.events_sent,

@@ -124,7 +124,7 @@ def _start_grpc_shim(args: argparse.Namespace, stack: Any) -> Any:
     from samlocal.stack import endpoint_variable
 
     env = {**os.environ, "PYTHONPATH": str(root), "EVENTS_QUEUE_URLS": outputs["EventsQueueUrls"],
-           "KEYS_TABLE": outputs.get("KeysTableName", ""),
+           "KEYS_TABLE": outputs.get("KeysTableName", ""), "APPS_TABLE": outputs.get("AppsTableName", ""),
            "AUTH_REQUIRED": str(stack.stack.parameters.get("AuthRequired", "false")),
            **{endpoint_variable(svc): url for svc, url in stack.service_endpoints.items()},
            "AWS_ENDPOINT_URL": stack.endpoint, "AWS_REGION": stack.stack.region,

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
 from chalice.app import Request
-from mars_common import auth, aws, live
+from mars_common import auth, aws, live, otlp
 from mars_common.config import settings
 from mars_common.events import (
     APP_ID_RE,
@@ -419,6 +419,29 @@ def get_app_lifecycle(app_id: str) -> Response:
     return _json(200, {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
                        "updated_at": lifecycle.updated_at,
                        **({"retention_days": lifecycle.retention_days} if lifecycle.retention_days else {})})
+
+
+@app.route("/api/apps/{app_id}/otlp", methods=["PUT"], content_types=BODY_TYPES)
+@_handles_errors
+def put_app_otlp(app_id: str) -> Response:
+    """How this app's OTLP spans become events (docs/OBSERVABILITY.md); applies within a minute."""
+    _same_site_only()
+    principal = _principal()
+    _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
+    mapping = otlp.put_mapping(settings().apps_table, app_id, otlp.parse_mapping(_body()), utc_now())
+    return _json(200, {"app_id": app_id, **mapping.as_dict()})
+
+
+@app.route("/api/apps/{app_id}/otlp", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def get_app_otlp(app_id: str) -> Response:
+    """The app's mapping, or the default one (`"default": true`) when it stored none."""
+    principal = _principal()
+    _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
+    mapping = otlp.get_mapping(settings().apps_table, app_id)
+    return _json(200, {"app_id": app_id, **(mapping or otlp.DEFAULT_MAPPING).as_dict(), "default": mapping is None})
 
 
 def _parse_lifecycle(body: Any) -> Lifecycle:

@@ -189,8 +189,9 @@ def test_post_bulk_202_and_400(mars: RunningStack) -> None:
 
 
 @pytest.mark.parametrize("method,template,path", [("POST", "/api/event", {}), ("POST", "/api/event/bulk", {}),
-                                                  ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "big"})],
-                         ids=["event", "bulk", "lifecycle"])
+                                                  ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "big"}),
+                                                  ("PUT", "/api/apps/{app_id}/otlp", {"app_id": "big"})],
+                         ids=["event", "bulk", "lifecycle", "otlp"])
 def test_body_over_2_mib_is_413(mars: RunningStack, method: str, template: str, path: dict[str, str]) -> None:
     raw = json.dumps({"app_id": "a", "message_id": uid("c413"), "event": "E", "meta": {"pad": "x" * TWO_MIB}})
     assert len(raw) > TWO_MIB
@@ -309,15 +310,71 @@ def test_lifecycle_put_get_200_404_400(mars: RunningStack, stored: dict[str, str
     expect(mars, 400, "PUT", template, path={"app_id": "bad app"}, body={"events": ["A"]})
 
 
+# --- OpenTelemetry in: the mapping routes and POST /v1/traces (OtlpFunction) ----------------------
+
+def otlp_body(app_id: str, message_id: str, *, trace_id: str = "0af7651916cd43dd8448eb211c80319c") -> dict[str, Any]:
+    """An OTLP/JSON request with one producer span of `message_id` (ids in hex, as OTLP/JSON writes them)."""
+    attrs = [{"key": "messaging.message.id", "value": {"stringValue": message_id}},
+             {"key": "messaging.operation.type", "value": {"stringValue": "send"}}]
+    return {"resourceSpans": [{"resource": {"attributes": [{"key": "mars.app_id", "value": {"stringValue": app_id}}]},
+                               "scopeSpans": [{"spans": [{"traceId": trace_id, "spanId": uuid.uuid4().hex[:16],
+                                                          "name": "send", "startTimeUnixNano": "1764496800000000000",
+                                                          "attributes": attrs}]}]}]}
+
+
+def test_otlp_mapping_put_get_200_400(mars: RunningStack) -> None:
+    template, app = "/api/apps/{app_id}/otlp", uid("ootlp")
+    got = expect(mars, 200, "GET", template, path={"app_id": app})
+    assert got["default"] is True and got["message_id_attribute"] == "messaging.message.id"
+    body = {"message_id_attribute": "order.id", "event_name": "attribute:step"}
+    assert request_schema_errors("PUT", template, body) == []
+    assert expect(mars, 200, "PUT", template, path={"app_id": app}, body=body)["event_name"] == "attribute:step"
+    assert expect(mars, 200, "GET", template, path={"app_id": app})["default"] is False
+    for bad in ({"event_name": "nope"}, {"message_id_attribute": ""}, {"colour": "red"}, ["x"]):
+        assert request_schema_errors("PUT", template, bad) != []
+        expect(mars, 400, "PUT", template, path={"app_id": app}, body=bad)
+    expect(mars, 400, "GET", template, path={"app_id": "bad app"})
+
+
+def test_v1_traces_200_400_413_415(mars: RunningStack) -> None:
+    template, app, mid = "/v1/traces", uid("otraces"), uid("otlpmsg")
+    body = otlp_body(app, mid)
+    assert request_schema_errors("POST", template, body) == []
+    assert expect(mars, 200, "POST", template, body=body) == {}
+    wait_timeline(mars, mid, events=1)
+    bad = otlp_body(app, uid("otlpmsg"), trace_id="00" * 16)
+    assert expect(mars, 200, "POST", template, body=bad)["partialSuccess"]["rejectedSpans"] == "1"
+    protobuf = {"Content-Type": "application/x-protobuf", "Accept": "application/x-protobuf"}
+    expect(mars, 200, "POST", template, raw=b"", headers=protobuf)  # an empty request: nothing to do
+    expect(mars, 400, "POST", template, raw=b"\xff\xff\xff", headers=protobuf)
+    assert expect(mars, 400, "POST", template, raw=b"{")["code"] == 3
+    expect(mars, 400, "POST", template, raw=b"not gzip", headers={"Content-Encoding": "gzip"})
+    expect(mars, 413, "POST", template, raw=b"\0" * (4 * 1024 * 1024 + 1), headers=protobuf)
+    expect(mars, 415, "POST", template, raw=b"{}", headers={"Content-Type": "text/plain"})
+
+
+def test_v1_traces_401_without_a_key_and_another_apps_spans_rejected(mars_auth: RunningStack) -> None:
+    body = otlp_body("bank", uid("otlpauth"))
+    for key in (None, "mk_AAAAAAAA_" + "A" * 43):
+        assert expect(mars_auth, 401, "POST", "/v1/traces", body=body,
+                      headers={"x-api-key": key} if key else {})["code"] == 16
+    got = expect(mars_auth, 200, "POST", "/v1/traces", body=body, headers={"x-api-key": mars_auth.keys["shop"]})
+    assert got["partialSuccess"]["rejectedSpans"] == "1" and "bank" in got["partialSuccess"]["errorMessage"]
+    assert expect(mars_auth, 200, "POST", "/v1/traces", body=body, headers={"x-api-key": mars_auth.keys["bank"]}) == {}
+
+
 # --- content types and ids at the edges ----------------------------------------------------------
 
 @pytest.mark.parametrize("method,template,path", [("POST", "/api/event", {}), ("POST", "/api/event/bulk", {}),
-                                                  ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "ctype"})],
-                         ids=["event", "bulk", "lifecycle"])
+                                                  ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "ctype"}),
+                                                  ("PUT", "/api/apps/{app_id}/otlp", {"app_id": "ctype"})],
+                         ids=["event", "bulk", "lifecycle", "otlp"])
 def test_an_unsupported_content_type_is_415(mars: RunningStack, method: str, template: str,
                                             path: dict[str, str]) -> None:
     path = {name: uid(value) for name, value in path.items()}
     body = {"events": ["A"]} if method == "PUT" else event("a", uid("c415"), "E")
+    if template.endswith("otlp"):
+        body = {"event_name": "span_name"}
     if template.endswith("bulk"):
         body = {"events": [body]}
     err = expect(mars, 415, method, template, path=path, body=body, headers={"Content-Type": "application/xml"})
@@ -420,6 +477,8 @@ def test_enqueue_failures_207_503_and_unhealthy_resources(private: dict[str, Run
     none = expect(stack, 503, "GET", "/api/create_event", params={"count": 3})
     assert none["event_ids"] == [] and len(none["error"]["details"]) == 3
     expect(stack, 503, "POST", "/api/event/bulk", body={"events": [kept, lost]})
+    failed = expect(stack, 503, "POST", "/v1/traces", body=otlp_body("shop", kept["message_id"]))
+    assert failed["code"] == 14  # UNAVAILABLE: exporters retry it
 
 
 def test_an_event_before_year_1000_is_stored_fixed_width(private: dict[str, RunningStack]) -> None:
@@ -478,6 +537,8 @@ AUTH_CASES = [  # (method, template, path params, query, body, app the request i
     ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, {"events": ["A"]}, "bank"),
     ("GET", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, None, "bank"),
     ("GET", "/api/test_socket", {}, {"message_id": "m", "app_id": "bank"}, None, "bank"),
+    ("PUT", "/api/apps/{app_id}/otlp", {"app_id": "bank"}, None, {}, "bank"),
+    ("GET", "/api/apps/{app_id}/otlp", {"app_id": "bank"}, None, None, "bank"),
 ]
 
 

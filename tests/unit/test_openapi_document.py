@@ -21,6 +21,8 @@ import yaml
 from jsonschema import ValidationError as SchemaValidationError
 from jsonschema import validators
 from mars_common import events as ev
+from mars_common import otlp
+from mars_common.auth import ANONYMOUS_ADMIN
 from mars_common.timeline import STATUSES
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
@@ -129,13 +131,14 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 
 def test_operations_are_the_api_events_of_api_function() -> None:
     documented = {(method, path) for method, path, _ in operations()}
-    assert documented == template_api_routes()
+    assert documented == template_api_routes() | template_api_routes("OtlpFunction")
 
 
 def test_operations_are_the_chalice_routes() -> None:
+    """Every operation but OtlpFunction's (a plain handler, OTLP/HTTP) is a route of the Chalice app."""
     app = api_module().app
     routes = {(method.lower(), path) for path, methods in app.routes.items() for method in methods}
-    assert {(method, path) for method, path, _ in operations()} == routes
+    assert {(method, path) for method, path, _ in operations()} - template_api_routes("OtlpFunction") == routes
 
 
 def test_servers_are_the_local_stack_and_the_deployed_stage() -> None:
@@ -163,7 +166,10 @@ def test_every_operation_is_documented_with_json_responses_and_examples() -> Non
                 assert set(content) <= PAGE_TYPES, (method, path, status)
                 examples += sum(1 for media in content.values() if "example" in media)
                 continue
-            assert set(content) == {"application/json"}, (method, path, status)
+            if "otlp" in op.get("tags", []) and path == "/v1/traces":  # OTLP answers in the request's encoding
+                assert set(content) <= {"application/json", "application/x-protobuf"}, (method, path, status)
+            else:
+                assert set(content) == {"application/json"}, (method, path, status)
             examples += len(content["application/json"].get("examples", {}))
         assert examples >= 2, f"{method} {path} has too few examples"
         for param in op.get("parameters", []) + document()["paths"][path].get("parameters", []):
@@ -227,6 +233,12 @@ def test_request_examples_match_the_schema_and_the_code_accepts_them(method: str
         ev.parse_event(value)
     elif path == "/api/event/bulk":
         ev.parse_events(value)
+    elif path == "/v1/traces":
+        request = otlp.decode_request(json.dumps(value).encode(), otlp.JSON)
+        result = otlp.to_events(request, ANONYMOUS_ADMIN, lambda app: otlp.DEFAULT_MAPPING, ev.utc_now())
+        assert result.events and not result.rejected_spans
+    elif path == "/api/apps/{app_id}/otlp":
+        otlp.parse_mapping(value)
     else:
         api_module()._parse_lifecycle(value)
 

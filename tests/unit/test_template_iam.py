@@ -35,7 +35,7 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
         ("cloudwatch:GetMetricData", "*"),
         *{(a, r) for r in ("MessagesTable", "MessagesTable" + INDEX)
           for a in ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:DescribeTable")},
-        ("dynamodb:GetItem", "AppsTable"), ("dynamodb:PutItem", "AppsTable"), ("dynamodb:DescribeTable", "AppsTable"),
+        ("dynamodb:GetItem", "AppsTable"), ("dynamodb:UpdateItem", "AppsTable"), ("dynamodb:DescribeTable", "AppsTable"),
         *{(a, r) for r in ("ConnectionsTable", "ConnectionsTable" + INDEX)
           for a in ("dynamodb:Query", "dynamodb:BatchWriteItem")},
         ("dynamodb:GetItem", "KeysTable"),
@@ -60,6 +60,8 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
                                                      "dynamodb:Query")},
                       ("dynamodb:GetItem", "AppsTable")},
     "AuthorizerFunction": {("dynamodb:GetItem", "KeysTable")},
+    "OtlpFunction": {*{("sqs:SendMessage", q) for q in QUEUES}, ("dynamodb:GetItem", "AppsTable"),
+                     ("dynamodb:GetItem", "KeysTable")},
     "StuckFunction": {("dynamodb:Scan", "AppsTable"), ("dynamodb:Query", "MessagesTable" + INDEX),
                       ("dynamodb:UpdateItem", "MessagesTable"), ("sns:Publish", "AlertsTopic")},
     "AggregatorFunction": {("lambda:InvokeFunction", "StoreFunction")},

@@ -802,7 +802,8 @@ def list_messages(table_name: str, app_id: str, lifecycle: Lifecycle | None, *, 
 
 def get_lifecycle(table_name: str, app_id: str) -> Lifecycle | None:
     item = aws.table(table_name).get_item(Key={"app_id": app_id}).get("Item")
-    return _lifecycle(item) if item else None
+    # an item without `events` holds only other settings of the app (its OTLP mapping): no lifecycle
+    return _lifecycle(item) if item and "events" in item else None
 
 
 def _lifecycle(item: dict[str, Any]) -> Lifecycle:
@@ -812,11 +813,22 @@ def _lifecycle(item: dict[str, Any]) -> Lifecycle:
 
 
 def put_lifecycle(table_name: str, app_id: str, lifecycle: Lifecycle) -> dict[str, Any]:
+    """Replaces the lifecycle's attributes only (an UpdateItem, not a PutItem): the app's item also
+    holds its OTLP mapping (mars_common.otlp), which a new lifecycle must not erase."""
     item: dict[str, Any] = {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
                             "updated_at": utc_now()}
     if lifecycle.retention_days:
         item["retention_days"] = lifecycle.retention_days
-    aws.table(table_name).put_item(Item=item)
+    names = {"#e": "events", "#s": "sla_seconds", "#u": "updated_at", "#r": "retention_days"}
+    values: dict[str, Any] = {":e": item["events"], ":s": item["sla_seconds"], ":u": item["updated_at"]}
+    update = "SET #e = :e, #s = :s, #u = :u"
+    if lifecycle.retention_days:
+        values[":r"] = lifecycle.retention_days
+        update += ", #r = :r"
+    else:
+        update += " REMOVE #r"
+    aws.table(table_name).update_item(Key={"app_id": app_id}, UpdateExpression=update,
+                                      ExpressionAttributeNames=names, ExpressionAttributeValues=values)
     return item
 
 
@@ -854,4 +866,4 @@ def mark_stuck(table_name: str, item: dict[str, Any], now: str) -> bool:
 
 def lifecycles(table_name: str) -> dict[str, Lifecycle]:
     """Every app's lifecycle (AppsTable holds one small item per app)."""
-    return {item["app_id"]: _lifecycle(item) for item in aws.items(table_name, "scan")}
+    return {item["app_id"]: _lifecycle(item) for item in aws.items(table_name, "scan") if "events" in item}
