@@ -18,7 +18,9 @@ from mars import stacks
 
 # Locally Mars's load-test route is on (DESIGN §2); everything else is the template's defaults.
 # Auth is off unless asked for (`--auth`, `make up AUTH=1`): every local server binds loopback only.
-LOCAL_PARAMETERS = {"AllowTestRoutes": "true", "Stage": "dev", "AuthRequired": "false"}
+LOCAL_PARAMETERS = {"AllowTestRoutes": "true", "Stage": "dev", "AuthRequired": "false",
+                    # webhook receivers on loopback; retries over minutes, not a day (docs/DESTINATIONS.md)
+                    "AllowLoopbackDestinations": "true", "DeliveryRetrySeconds": "300", "DeliveryBackoffSeconds": "2"}
 
 log = logging.getLogger("mars")
 
