@@ -1,6 +1,6 @@
 """`mars redrive`: dead-lettered messages back into the pipeline, each message group in order.
 
-    mars redrive [--queue events|ingest|all] [--dry-run] [--json] [--limit N] [--include-invalid]
+    mars redrive [--queue events|ingest|delivery|all] [--dry-run] [--json] [--limit N] [--include-invalid]
                  [--stack-name NAME --state-dir DIR | --stack-outputs FILE]
 
 The two dead-letter queues, and what happens to each message in them
@@ -34,6 +34,14 @@ message attributes tell them apart, checked in this order:
   original send time (the SNS record's `Timestamp`; the DLQ message's `SentTimestamp`, which SQS
   keeps when it dead-letters a message): events enqueued before the failure are not duplicated.
   That is the only change made to a body.
+
+**Delivery DLQ** (`AlertDeliveryDeadLetterQueueUrl`, standard; a stack without it is skipped by
+`--queue all`). DeliveryFunction puts there an alert delivery whose retry window ended (attributes
+`ErrorMessage`, `DestinationId`, `Attempts`), and AlertDeliveryQueue's redrive policy one whose handling
+crashed 100 times. Each body is one delivery (`mars_common.delivery.fan_out`'s message): it is sent back
+to `AlertDeliveryQueueUrl` with `first_attempt_at` set to now — a fresh retry window — and without those
+attributes; its `webhook_id` is kept, so a receiver that got it after all can dedupe. A body that is not
+a delivery is **kept** ("invalid").
 
 Order and safety
 ----------------
@@ -85,7 +93,9 @@ PROGRESS_EVERY = 100
 RUN_ATTRIBUTE = "MarsRedriveRun"
 MAX_ATTRIBUTES = 10  # SQS's limit of message attributes per message
 
-DLQS = ("events", "ingest")
+DLQS = ("events", "ingest", "delivery")
+# DeliveryFunction's markers on a dead-lettered delivery (functions/delivery/app.py `_dead_letter`).
+DELIVERY_ATTRIBUTES = ("ErrorMessage", "DestinationId", "Attempts")
 INVALID = "invalid"
 SEND_FAILED = "send_failed"
 BLOCKED = "blocked"
@@ -102,16 +112,23 @@ class Queues:
     events: tuple[str, ...]
     ingest_dlq: str
     ingest: str
+    delivery_dlq: str = ""
+    delivery: str = ""
+
+    def dlq(self, which: str) -> str:
+        return {"events": self.events_dlq, "ingest": self.ingest_dlq, "delivery": self.delivery_dlq}[which]
 
 
 def queues_from_outputs(outputs: dict[str, Any], which: Iterable[str]) -> Queues:
-    needed = {"events": ("DeadLetterQueueUrl", "EventsQueueUrls"), "ingest": ("IngestDeadLetterQueueUrl", "IngestQueueUrl")}
+    needed = {"events": ("DeadLetterQueueUrl", "EventsQueueUrls"), "ingest": ("IngestDeadLetterQueueUrl", "IngestQueueUrl"),
+              "delivery": ("AlertDeliveryDeadLetterQueueUrl", "AlertDeliveryQueueUrl")}
     missing = [name for dlq in which for name in needed[dlq] if not outputs.get(name)]
     if missing:
         raise UsageError(f"the stack's outputs have no {', '.join(missing)}: is this a Mars stack?")
     events = tuple(u.strip() for u in str(outputs.get("EventsQueueUrls", "")).split(",") if u.strip())
     return Queues(str(outputs.get("DeadLetterQueueUrl", "")), events, str(outputs.get("IngestDeadLetterQueueUrl", "")),
-                  str(outputs.get("IngestQueueUrl", "")))
+                  str(outputs.get("IngestQueueUrl", "")), str(outputs.get("AlertDeliveryDeadLetterQueueUrl", "")),
+                  str(outputs.get("AlertDeliveryQueueUrl", "")))
 
 
 def _region_of(url: str) -> str | None:
@@ -279,6 +296,24 @@ def plan_ingest(message: dict[str, Any], ingest_url: str, run_id: str, include_i
                         "MessageAttributes": copy_attributes(message, run_id)}])
 
 
+def plan_delivery(message: dict[str, Any], delivery_url: str, run_id: str, now: float | None = None) -> Plan:
+    """A dead-lettered alert delivery back on AlertDeliveryQueue with a fresh retry window."""
+    import time
+
+    body = message.get("Body", "")
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict) or not isinstance(data.get("alert"), dict) \
+                or not all(isinstance(data.get(k), str) and data[k] for k in ("app_id", "destination_id", "webhook_id")):
+            raise ValueError("not an alert delivery (alert, app_id, destination_id, webhook_id)")
+    except ValueError as exc:
+        return keep(INVALID, f"not an alert delivery: {exc}")
+    data["first_attempt_at"] = time.time() if now is None else now
+    return Plan(sends=[{"QueueUrl": delivery_url,
+                        "MessageBody": json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+                        "MessageAttributes": copy_attributes(message, run_id, drop=DELIVERY_ATTRIBUTES)}])
+
+
 # --- the run -----------------------------------------------------------------------------------------
 @dataclass
 class Kept:
@@ -340,12 +375,15 @@ class Redrive:
                 break
             if dlq == "events":
                 self._drain(dlq, self.queues.events_dlq, partial(plan_event, queue_urls=self.queues.events, run_id=self.run_id))
+            elif dlq == "delivery":
+                self._drain(dlq, self.queues.delivery_dlq, partial(plan_delivery, delivery_url=self.queues.delivery,
+                                                                   run_id=self.run_id))
             else:
                 self._drain(dlq, self.queues.ingest_dlq, partial(plan_ingest, ingest_url=self.queues.ingest, run_id=self.run_id,
                                                                  include_invalid=self.include_invalid))
         report = self.report
         for dlq in which:
-            depth = report.remaining[dlq] = self._depth(self.queues.events_dlq if dlq == "events" else self.queues.ingest_dlq)
+            depth = report.remaining[dlq] = self._depth(self.queues.dlq(dlq))
             still_there = report.received.get(dlq, 0) - report.deleted.get(dlq, 0)
             if depth is not None:
                 report.unreceived[dlq] = max(0, depth - still_there)
@@ -552,9 +590,12 @@ def _positive(text: str) -> int:
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
-    which = DLQS if args.queue == "all" else (args.queue,)
+    # `all`: the delivery DLQ only where the stack has one (a stack made before it existed has not)
+    which = DLQS[:2] if args.queue == "all" else (args.queue,)
     try:
         sqs, queues = connect(args, which)
+        if args.queue == "all" and queues.delivery_dlq and queues.delivery:
+            which = DLQS
         run = Redrive(sqs, queues, dry_run=args.dry_run, limit=args.limit, include_invalid=args.include_invalid,
                       progress=lambda line: print(line, file=sys.stderr, flush=True))
         report = run.run(which)
@@ -582,10 +623,12 @@ def register(subparsers: Any, stack_args: Callable[[argparse.ArgumentParser], No
         "redrive", help="send dead-lettered messages back to be processed again, in order",
         description="Moves the messages of the dead-letter queues back to the queues they came from: events to the "
                     "FIFO queue of their shard (each message group in order), failed producer messages to the ingest "
-                    "queue. Messages that are not valid stay where they are and are reported. Exit codes: 0 done, "
+                    "queue, failed alert deliveries to the delivery queue (with a fresh retry window). "
+                    "Messages that are not valid stay where they are and are reported. Exit codes: 0 done, "
                     "1 some messages could not be moved, 2 no stack or bad usage.")
-    p.add_argument("--queue", choices=["events", "ingest", "all"], default="all",
-                   help="which dead-letter queue: the events queues' (FIFO), the producers' (ingest), or both (default)")
+    p.add_argument("--queue", choices=[*DLQS, "all"], default="all",
+                   help="which dead-letter queue: the events queues' (FIFO), the producers' (ingest), the alert "
+                        "deliveries' (delivery), or every one the stack has (default)")
     p.add_argument("--dry-run", action="store_true",
                    help="report what would move where; change nothing (received messages are made visible again)")
     p.add_argument("--limit", type=_positive, metavar="N", help="move at most N messages")
