@@ -591,7 +591,7 @@ def _positive(text: str) -> int:
 
 def cmd_redrive(args: argparse.Namespace) -> int:
     # `all`: the delivery DLQ only where the stack has one (a stack made before it existed has not)
-    which = DLQS[:2] if args.queue == "all" else (args.queue,)
+    which: tuple[str, ...] = DLQS[:2] if args.queue == "all" else (args.queue,)
     try:
         sqs, queues = connect(args, which)
         if args.queue == "all" and queues.delivery_dlq and queues.delivery:
