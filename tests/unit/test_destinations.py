@@ -82,7 +82,9 @@ def _nx(host: str) -> list[str]:
     ("https://93.184.216.34:8443/x?y=1", False, True),
     ("https://v6.example.com/", False, True),
     ("http://hooks.example.com/mars", False, False),  # https only deployed
-    ("http://hooks.example.com/mars", True, False),  # http only to loopback, even locally
+    ("http://hooks.example.com/mars", True, False),  # the local stack: loopback only, nothing resolved
+    ("https://hooks.example.com/mars", True, False),
+    ("https://93.184.216.34/", True, False),
     ("https://internal.example.com/", False, False),  # resolves to a private address
     ("https://mixed.example.com/", False, False),  # any private address refuses the host
     ("https://rebind.example.com/", False, False),  # cloud metadata (link-local)
@@ -110,11 +112,19 @@ def _nx(host: str) -> list[str]:
     (None, False, False),
 ])
 def test_the_url_policy(url: Any, loopback: bool, ok: bool) -> None:
+    if loopback:
+        resolver = _no_dns  # the local stack never resolves a name (no DNS query leaves the machine)
+    else:
+        resolver = public_dns
     if ok:
-        assert destinations.check_url(url, allow_loopback=loopback, resolver=public_dns)
+        assert destinations.check_url(url, allow_loopback=loopback, resolver=resolver)
     else:
         with pytest.raises(destinations.UrlRefusedError):
-            destinations.check_url(url, allow_loopback=loopback, resolver=public_dns)
+            destinations.check_url(url, allow_loopback=loopback, resolver=resolver)
+
+
+def _no_dns(host: str, port: int) -> list[str]:
+    raise AssertionError(f"resolved {host} on the local stack")
 
 
 def test_delivery_checks_the_address_again_and_never_connects_to_a_refused_one(receiver: Receiver) -> None:
@@ -434,3 +444,18 @@ def test_redrive_puts_a_dead_lettered_delivery_back_with_a_fresh_window() -> Non
     assert json.loads(send["MessageBody"]) == {**json.loads(body), "first_attempt_at": 1000.0}
     assert redrive.plan_delivery({"MessageId": "m2", "Body": "nope"}, "https://q", "run1").kept == redrive.INVALID
     assert redrive.plan_delivery({"MessageId": "m3", "Body": '{"alert": 1}'}, "https://q", "run1").kept == redrive.INVALID
+
+
+def test_loopback_receivers_are_off_in_the_template_and_on_in_the_local_stack() -> None:
+    from mars.cli import LOCAL_PARAMETERS
+    from samlocal.template import load
+    from tests.conftest import ROOT
+
+    template = load(ROOT / "template.yaml")
+    params = template["Parameters"]
+    assert params["AllowLoopbackDestinations"]["Default"] == "false"
+    assert params["DeliveryRetrySeconds"]["Default"] >= 86400  # at least 24 h deployed
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["ALLOW_LOOPBACK_DESTINATIONS"] == {"Ref": "AllowLoopbackDestinations"}
+    assert LOCAL_PARAMETERS["AllowLoopbackDestinations"] == "true"
+    assert 60 <= int(LOCAL_PARAMETERS["DeliveryRetrySeconds"]) <= 3600  # minutes locally

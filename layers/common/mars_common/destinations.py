@@ -58,14 +58,15 @@ def resolve(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def address_allowed(address: str, allow_loopback: bool) -> bool:
-    """Public unicast only; loopback too where the stack allows it (the local stack). Private, link-local
-    (cloud metadata 169.254.169.254), shared (100.64/10), reserved, multicast and unspecified: never."""
+def address_allowed(address: str, loopback_only: bool) -> bool:
+    """Deployed: public unicast only — private, loopback, link-local (cloud metadata 169.254.169.254),
+    shared (100.64/10), reserved, multicast and unspecified never. The local stack: loopback only (it has
+    no network, and a test must never reach past the machine)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return allow_loopback
+    if loopback_only:
+        return ip.is_loopback
     return ip.is_global and not ip.is_multicast
 
 
@@ -76,8 +77,9 @@ def _is_loopback_name(host: str) -> bool:
 def check_url(url: Any, *, allow_loopback: bool, resolver: Resolver = resolve) -> list[str]:
     """The addresses a webhook URL may be delivered to; raises UrlRefusedError with the reason.
 
-    https only; http only to a loopback host where `allow_loopback` (the local stack). No user:password@
-    (credentials belong in the secret), no fragment, a host whose every address is allowed."""
+    Deployed: https only, to a host whose every address is public. Where `allow_loopback` (the local
+    stack): loopback receivers only, http or https, and no name but localhost (nothing is resolved). No
+    user:password@ (credentials belong in the secret), no fragment."""
     if not isinstance(url, str) or not url:
         raise UrlRefusedError("must be a non-empty string")
     if len(url) > MAX_URL or not url.isprintable() or any(c.isspace() for c in url):
@@ -103,6 +105,9 @@ def check_url(url: Any, *, allow_loopback: bool, resolver: Resolver = resolve) -
         literal = None
     if literal is not None or _is_loopback_name(host):
         addresses = [str(literal)] if literal is not None else ["127.0.0.1"]
+    elif allow_loopback:
+        raise UrlRefusedError(f"host {host!r}: this stack delivers to loopback receivers only (127.0.0.1, localhost, "
+                              "[::1]; parameter AllowLoopbackDestinations)")
     else:
         try:
             addresses = resolver(host, port)
@@ -112,14 +117,14 @@ def check_url(url: Any, *, allow_loopback: bool, resolver: Resolver = resolve) -
             raise UrlRefusedError(f"host {host!r} does not resolve")
     refused = [a for a in addresses if not address_allowed(a, allow_loopback)]
     if refused:
+        if allow_loopback:
+            raise UrlRefusedError(f"host {host!r} is not a loopback address: this stack delivers to loopback receivers "
+                                  "only (parameter AllowLoopbackDestinations)")
         raise UrlRefusedError(f"host {host!r} is (or resolves to) {', '.join(refused)}: private, loopback, link-local "
-                         "and reserved addresses are refused" + ("" if allow_loopback else
-                                                                 " (loopback only where the stack allows it: "
-                                                                 "parameter AllowLoopbackDestinations)"))
-    loopback = all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addresses)
-    if parts.scheme == "http" and not (allow_loopback and loopback):
-        raise UrlRefusedError("must be an https:// URL" + (" (http:// only to 127.0.0.1 / localhost on the local stack)"
-                                                      if allow_loopback else ""))
+                              "and reserved addresses are refused (loopback only where the stack allows it: "
+                              "parameter AllowLoopbackDestinations)")
+    if parts.scheme == "http" and not allow_loopback:
+        raise UrlRefusedError("must be an https:// URL")
     return addresses
 
 
