@@ -140,6 +140,30 @@ def test_delivery_checks_the_address_again_and_never_connects_to_a_refused_one(r
     assert not out.ok and out.status is None and receiver.requests == []
 
 
+def test_https_deliveries_verify_the_certificate_for_the_urls_host_name(tmp_path: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection goes to the checked address, but TLS is checked against the URL's name (SNI too)."""
+    import ssl
+
+    from samlocal.tls import make_ca
+
+    ca = make_ca(tmp_path, hosts=("localhost",))
+    receiver = Receiver()
+    receiver.server.socket = ca.server_context().wrap_socket(receiver.server.socket, server_side=True)
+    port = receiver.server.server_address[1]
+    try:
+        untrusted = delivery.post(f"https://localhost:{port}/hook", "{}", {}, timeout=5, allow_loopback=True)
+        assert not untrusted.ok and "CERTIFICATE_VERIFY_FAILED" in untrusted.error
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca.bundle))  # trust the local CA (ssl's default paths)
+        assert ssl.get_default_verify_paths().cafile == str(ca.bundle)
+        wrong_name = delivery.post(f"https://127.0.0.1:{port}/hook", "{}", {}, timeout=5, allow_loopback=True)
+        assert not wrong_name.ok and "127.0.0.1" in wrong_name.error  # the certificate names localhost only
+        trusted = delivery.post(f"https://localhost:{port}/hook", "{}", {}, timeout=5, allow_loopback=True)
+        assert trusted.ok and trusted.status == 200 and len(receiver.requests) == 1
+    finally:
+        receiver.close()
+
+
 def test_listings_show_urls_redacted() -> None:
     assert destinations.redact("https://hooks.slack.com/services/T0/B0/secret") == "https://hooks.slack.com/services/…"
     assert destinations.redact("https://h.example/hook?token=x") == "https://h.example/hook/…"
