@@ -16,9 +16,12 @@ from mars import stacks
 # The runtime is imported inside the commands: worker processes re-import this module as their
 # __main__, and a cold start should not pay for the template loader.
 
-# Locally Mars's load-test route is on (DESIGN §2); everything else is the template's defaults.
+# Locally Mars's load-test route is on (DESIGN §2), webhook receivers may be on loopback and deliveries
+# retry for minutes; everything else is the template's defaults.
 # Auth is off unless asked for (`--auth`, `make up AUTH=1`): every local server binds loopback only.
-LOCAL_PARAMETERS = {"AllowTestRoutes": "true", "Stage": "dev", "AuthRequired": "false"}
+LOCAL_PARAMETERS = {"AllowTestRoutes": "true", "Stage": "dev", "AuthRequired": "false",
+                    # webhook receivers on loopback; retries over minutes, not a day (docs/DESTINATIONS.md)
+                    "AllowLoopbackDestinations": "true", "DeliveryRetrySeconds": "300", "DeliveryBackoffSeconds": "2"}
 
 log = logging.getLogger("mars")
 

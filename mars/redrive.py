@@ -1,6 +1,6 @@
 """`mars redrive`: dead-lettered messages back into the pipeline, each message group in order.
 
-    mars redrive [--queue events|ingest|traces|all] [--dry-run] [--json] [--limit N] [--include-invalid]
+    mars redrive [--queue events|ingest|delivery|traces|all] [--dry-run] [--json] [--limit N] [--include-invalid]
                  [--stack-name NAME --state-dir DIR | --stack-outputs FILE]
 
 The dead-letter queues, and what happens to each message in them
@@ -44,6 +44,14 @@ messages a record names are exported again by invoking `TraceExportFunction` (ou
     numbers): the batch's records are read back from the stream; once the stream no longer holds them
     (24 h) the record is **kept** ("expired").
   A failed invocation, or a collector that refuses again, keeps the record ("send_failed").
+
+**Delivery DLQ** (`AlertDeliveryDeadLetterQueueUrl`, standard; a stack without it is skipped by
+`--queue all`). DeliveryFunction puts there an alert delivery whose retry window ended (attributes
+`ErrorMessage`, `DestinationId`, `Attempts`), and AlertDeliveryQueue's redrive policy one whose handling
+crashed 100 times. Each body is one delivery (`mars_common.delivery.fan_out`'s message): it is sent back
+to `AlertDeliveryQueueUrl` with `first_attempt_at` set to now — a fresh retry window — and without those
+attributes; its `webhook_id` is kept, so a receiver that got it after all can dedupe. A body that is not
+a delivery is **kept** ("invalid").
 
 Order and safety
 ----------------
@@ -95,7 +103,10 @@ PROGRESS_EVERY = 100
 RUN_ATTRIBUTE = "MarsRedriveRun"
 MAX_ATTRIBUTES = 10  # SQS's limit of message attributes per message
 
-DLQS = ("events", "ingest")
+DLQS = ("events", "ingest")  # every Mars stack has these two; `all` adds the optional ones the stack has
+DELIVERY = "delivery"  # AlertDeliveryDeadLetterQueue (a stack made before alert destinations has none)
+# DeliveryFunction's markers on a dead-lettered delivery (functions/delivery/app.py `_dead_letter`).
+DELIVERY_ATTRIBUTES = ("ErrorMessage", "DestinationId", "Attempts")
 TRACES = "traces"  # TraceExportFailureQueue: only on a stack that exports traces (OtlpExportEndpoint)
 EXPIRED = "expired"
 INVALID = "invalid"
@@ -116,9 +127,12 @@ class Queues:
     ingest: str
     traces_dlq: str = ""
     trace_function: str = ""
+    delivery_dlq: str = ""
+    delivery: str = ""
 
     def dlq(self, which: str) -> str:
-        return {"events": self.events_dlq, "ingest": self.ingest_dlq, TRACES: self.traces_dlq}[which]
+        return {"events": self.events_dlq, "ingest": self.ingest_dlq, TRACES: self.traces_dlq,
+                DELIVERY: self.delivery_dlq}[which]
 
 
 def queues_from_outputs(outputs: dict[str, Any], which: Iterable[str]) -> Queues:
@@ -126,14 +140,17 @@ def queues_from_outputs(outputs: dict[str, Any], which: Iterable[str]) -> Queues
     if TRACES in which and not outputs.get("TraceExportFailureQueueUrl"):
         raise UsageError("the stack exports no traces (its OtlpExportEndpoint is empty): there is no trace failure queue")
     needed = {"events": ("DeadLetterQueueUrl", "EventsQueueUrls"), "ingest": ("IngestDeadLetterQueueUrl", "IngestQueueUrl"),
-              TRACES: ("TraceExportFailureQueueUrl", "TraceExportFunctionName")}
+              TRACES: ("TraceExportFailureQueueUrl", "TraceExportFunctionName"),
+              DELIVERY: ("AlertDeliveryDeadLetterQueueUrl", "AlertDeliveryQueueUrl")}
     missing = [name for dlq in which for name in needed[dlq] if not outputs.get(name)]
     if missing:
         raise UsageError(f"the stack's outputs have no {', '.join(missing)}: is this a Mars stack?")
     events = tuple(u.strip() for u in str(outputs.get("EventsQueueUrls", "")).split(",") if u.strip())
     return Queues(str(outputs.get("DeadLetterQueueUrl", "")), events, str(outputs.get("IngestDeadLetterQueueUrl", "")),
                   str(outputs.get("IngestQueueUrl", "")), str(outputs.get("TraceExportFailureQueueUrl", "")),
-                  str(outputs.get("TraceExportFunctionName", "")))
+                  str(outputs.get("TraceExportFunctionName", "")),
+                  delivery_dlq=str(outputs.get("AlertDeliveryDeadLetterQueueUrl", "")),
+                  delivery=str(outputs.get("AlertDeliveryQueueUrl", "")))
 
 
 def _region_of(url: str) -> str | None:
@@ -310,6 +327,24 @@ def plan_ingest(message: dict[str, Any], ingest_url: str, run_id: str, include_i
                         "MessageAttributes": copy_attributes(message, run_id)}])
 
 
+def plan_delivery(message: dict[str, Any], delivery_url: str, run_id: str, now: float | None = None) -> Plan:
+    """A dead-lettered alert delivery back on AlertDeliveryQueue with a fresh retry window."""
+    import time
+
+    body = message.get("Body", "")
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict) or not isinstance(data.get("alert"), dict) \
+                or not all(isinstance(data.get(k), str) and data[k] for k in ("app_id", "destination_id", "webhook_id")):
+            raise ValueError("not an alert delivery (alert, app_id, destination_id, webhook_id)")
+    except ValueError as exc:
+        return keep(INVALID, f"not an alert delivery: {exc}")
+    data["first_attempt_at"] = time.time() if now is None else now
+    return Plan(sends=[{"QueueUrl": delivery_url,
+                        "MessageBody": json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+                        "MessageAttributes": copy_attributes(message, run_id, drop=DELIVERY_ATTRIBUTES)}])
+
+
 # --- the run -----------------------------------------------------------------------------------------
 @dataclass
 class Kept:
@@ -440,6 +475,9 @@ class Redrive:
                 break
             if dlq == "events":
                 self._drain(dlq, self.queues.events_dlq, partial(plan_event, queue_urls=self.queues.events, run_id=self.run_id))
+            elif dlq == DELIVERY:
+                self._drain(dlq, self.queues.delivery_dlq, partial(plan_delivery, delivery_url=self.queues.delivery,
+                                                                   run_id=self.run_id))
             elif dlq == TRACES:
                 self._drain(dlq, self.queues.traces_dlq, partial(plan_trace, streams=partial(self._client, "dynamodbstreams")))
             else:
@@ -673,8 +711,9 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     which: tuple[str, ...] = DLQS if args.queue == "all" else (args.queue,)
     try:
         clients, queues = connect_clients(args, which)
-        if args.queue == "all" and queues.traces_dlq:  # a stack that exports traces has a third queue
-            which = (*DLQS, TRACES)
+        if args.queue == "all":  # and the optional queues this stack has
+            which = (*DLQS, *((DELIVERY,) if queues.delivery_dlq and queues.delivery else ()),
+                     *((TRACES,) if queues.traces_dlq else ()))
         run = Redrive(clients("sqs"), queues, dry_run=args.dry_run, limit=args.limit, include_invalid=args.include_invalid,
                       progress=lambda line: print(line, file=sys.stderr, flush=True), clients=clients)
         report = run.run(which)
@@ -702,11 +741,13 @@ def register(subparsers: Any, stack_args: Callable[[argparse.ArgumentParser], No
         "redrive", help="send dead-lettered messages back to be processed again, in order",
         description="Moves the messages of the dead-letter queues back to the queues they came from: events to the "
                     "FIFO queue of their shard (each message group in order), failed producer messages to the ingest "
-                    "queue. Messages that are not valid stay where they are and are reported. Exit codes: 0 done, "
+                    "queue, failed alert deliveries to the delivery queue (with a fresh retry window), failed trace "
+                    "exports again. Messages that are not valid stay where they are and are reported. Exit codes: 0 done, "
                     "1 some messages could not be moved, 2 no stack or bad usage.")
-    p.add_argument("--queue", choices=["events", "ingest", TRACES, "all"], default="all",
-                   help="which dead-letter queue: the events queues' (FIFO), the producers' (ingest), the trace exporter's "
-                        "(traces: re-exports those messages' current traces), or all of them (default)")
+    p.add_argument("--queue", choices=[*DLQS, DELIVERY, TRACES, "all"], default="all",
+                   help="which dead-letter queue: the events queues' (FIFO), the producers' (ingest), the alert "
+                        "deliveries' (delivery, with a fresh retry window), the trace exporter's (traces: re-exports "
+                        "those messages' current traces), or every one the stack has (default)")
     p.add_argument("--dry-run", action="store_true",
                    help="report what would move where; change nothing (received messages are made visible again)")
     p.add_argument("--limit", type=_positive, metavar="N", help="move at most N messages")

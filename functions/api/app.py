@@ -14,12 +14,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
 from chalice.app import Request
-from mars_common import auth, aws, live, otlp
+from mars_common import auth, aws, delivery, destinations, live, otlp
 from mars_common.config import settings
 from mars_common.events import (
     APP_ID_RE,
@@ -442,6 +442,86 @@ def get_app_otlp(app_id: str) -> Response:
     auth.require_apps(principal, [app_id])
     mapping = otlp.get_mapping(settings().apps_table, app_id)
     return _json(200, {"app_id": app_id, **(mapping or otlp.DEFAULT_MAPPING).as_dict(), "default": mapping is None})
+
+
+# --- alert destinations (docs/DESTINATIONS.md; logic in mars_common.destinations and .delivery) ---------
+def _destination_app(app_id: str, *, writes: bool) -> None:
+    if writes:
+        _same_site_only()
+    principal = _principal()
+    _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
+
+
+def _destination_id(destination_id: str) -> str:
+    if not destinations.DESTINATION_ID_RE.fullmatch(destination_id):
+        raise ValidationError([FieldError("destination_id", "must be dst_ and 16 hex digits (the id POST returned)")])
+    return destination_id
+
+
+@app.route("/api/apps/{app_id}/destinations", methods=["POST"], content_types=BODY_TYPES)
+@_handles_errors
+def create_destination(app_id: str) -> Response:
+    """201 with the webhook's signing secret: the only answer that ever holds it."""
+    _destination_app(app_id, writes=True)
+    cfg = settings()
+    new = destinations.parse(_body(), allow_loopback=cfg.allow_loopback_destinations)
+    try:
+        created = destinations.create(cfg.destinations_table, cfg.destination_secrets_table, app_id, new)
+    except destinations.TooManyError as exc:
+        raise ApiError(409, "TOO_MANY_DESTINATIONS", str(exc)) from exc
+    logger.info("destination created", extra={"app_id": app_id, "destination_id": created["id"], "type": new.type})
+    return _json(201, {"app_id": app_id, **created})
+
+
+@app.route("/api/apps/{app_id}/destinations", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def list_destinations(app_id: str) -> Response:
+    _destination_app(app_id, writes=False)
+    _only_params()
+    items = destinations.list_for(settings().destinations_table, app_id)
+    return _json(200, {"app_id": app_id, "items": [destinations.public(i) for i in items]})
+
+
+@app.route("/api/apps/{app_id}/destinations/{destination_id}", methods=["DELETE"], content_types=BODY_TYPES)
+@_handles_errors
+def delete_destination(app_id: str, destination_id: str) -> Response:
+    _destination_app(app_id, writes=True)
+    cfg = settings()
+    if not destinations.delete(cfg.destinations_table, cfg.destination_secrets_table, app_id,
+                               _destination_id(destination_id)):
+        raise ApiError(404, "NOT_FOUND", f"app {app_id!r} has no destination {destination_id!r}")
+    logger.info("destination deleted", extra={"app_id": app_id, "destination_id": destination_id})
+    return _json(200, {"success": True, "app_id": app_id, "id": destination_id})
+
+
+@app.route("/api/apps/{app_id}/destinations/{destination_id}/test", methods=["POST"], content_types=BODY_TYPES)
+@_handles_errors
+def test_destination(app_id: str, destination_id: str) -> Response:
+    """Enqueues a test alert (rule.kind "test") for this one destination; 202: delivery is asynchronous."""
+    _destination_app(app_id, writes=True)
+    cfg = settings()
+    if destinations.get(cfg.destinations_table, app_id, _destination_id(destination_id)) is None:
+        raise ApiError(404, "NOT_FOUND", f"app {app_id!r} has no destination {destination_id!r}")
+    alert = delivery.test_alert(app_id, _timeline_url(app_id, "mars-destination-test"))
+    try:
+        delivery.fan_out(alert, only=destination_id)
+    except delivery.FanOutError as exc:
+        logger.error("test alert not enqueued", extra={"app_id": app_id, "destination_id": destination_id,
+                                                       "error": str(exc)})
+        raise ApiError(503, "ENQUEUE_FAILED", "the test alert could not be enqueued; try again") from exc
+    return _json(202, {"success": True, "id": destination_id, "webhook_id": delivery.webhook_id(alert),
+                       "alert": alert})
+
+
+def _timeline_url(app_id: str, message_id: str) -> str:
+    """The dashboard's page of a message, on the host and stage this request came through."""
+    request = _request()
+    context_path = str(request.context.get("path") or request.path)
+    base = context_path[: len(context_path) - len(request.path)] if context_path.endswith(request.path) else ""
+    proto = (request.headers.get("x-forwarded-proto") or "https").split(",")[0].strip()
+    return (f"{proto}://{request.headers.get('host', 'localhost')}{base}/search/event?"
+            f"{urlencode({'message_id': message_id, 'app_id': app_id})}")
 
 
 def _parse_lifecycle(body: Any) -> Lifecycle:

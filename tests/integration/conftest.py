@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MARS = [sys.executable, "-m", "mars.cli"]
 # Fast redelivery for tests (the SQS-triggered functions time out first: Lambda refuses a visibility
 # timeout shorter than the function timeout); everything else is template.yaml's defaults.
-TEST_PARAMETERS = ["QueueVisibilityTimeout=5", "QueueFunctionTimeout=5", "MaxReceiveCount=3"]
+TEST_PARAMETERS = ["QueueVisibilityTimeout=5", "QueueFunctionTimeout=5", "MaxReceiveCount=3",
+                   # alert deliveries: a retry window of seconds (tests/integration/test_destinations.py)
+                   "DeliveryRetrySeconds=20", "DeliveryBackoffSeconds=1"]
 
 
 def port_block(environ: Mapping[str, str] = os.environ, ephemeral_low: int | None = None) -> range:

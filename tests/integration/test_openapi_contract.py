@@ -34,6 +34,7 @@ NOT_DRIVEN = {  # (method, status) a test need not reach, and why
     ("get", "500"): "only on an unexpected exception (driven for GET /api/q/stats, with a deleted queue)",
     ("post", "500"): "only on an unexpected exception",
     ("put", "500"): "only on an unexpected exception",
+    ("delete", "500"): "only on an unexpected exception",
 }
 
 
@@ -190,8 +191,9 @@ def test_post_bulk_202_and_400(mars: RunningStack) -> None:
 
 @pytest.mark.parametrize("method,template,path", [("POST", "/api/event", {}), ("POST", "/api/event/bulk", {}),
                                                   ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "big"}),
-                                                  ("PUT", "/api/apps/{app_id}/otlp", {"app_id": "big"})],
-                         ids=["event", "bulk", "lifecycle", "otlp"])
+                                                  ("PUT", "/api/apps/{app_id}/otlp", {"app_id": "big"}),
+                                                  ("POST", "/api/apps/{app_id}/destinations", {"app_id": "big"})],
+                         ids=["event", "bulk", "lifecycle", "otlp", "destinations"])
 def test_body_over_2_mib_is_413(mars: RunningStack, method: str, template: str, path: dict[str, str]) -> None:
     raw = json.dumps({"app_id": "a", "message_id": uid("c413"), "event": "E", "meta": {"pad": "x" * TWO_MIB}})
     assert len(raw) > TWO_MIB
@@ -363,12 +365,49 @@ def test_v1_traces_401_without_a_key_and_another_apps_spans_rejected(mars_auth: 
     assert expect(mars_auth, 200, "POST", "/v1/traces", body=body, headers={"x-api-key": mars_auth.keys["bank"]}) == {}
 
 
+# --- alert destinations --------------------------------------------------------------------------
+SNS_ARN = "arn:aws:sns:us-east-1:123456789012:contract-alerts"
+DESTINATIONS = "/api/apps/{app_id}/destinations"
+DESTINATION = "/api/apps/{app_id}/destinations/{destination_id}"
+
+
+def test_destinations_create_list_delete_test(mars: RunningStack) -> None:
+    app = {"app_id": uid("cdest")}
+    webhook = {"type": "webhook", "url": "http://127.0.0.1:9/hook", "format": "slack"}
+    for body in (webhook, {"type": "sns", "topic_arn": SNS_ARN}):
+        assert request_schema_errors("POST", DESTINATIONS, body) == []
+    made = expect(mars, 201, "POST", DESTINATIONS, path=app, body=webhook)
+    expect(mars, 201, "POST", DESTINATIONS, path=app, body={"type": "sns", "topic_arn": SNS_ARN})
+    listed = expect(mars, 200, "GET", DESTINATIONS, path=app)
+    assert len(listed["items"]) == 2 and made["secret"] not in json.dumps(listed)
+    for bad in ({"type": "email"}, {"type": "webhook", "url": "https://10.0.0.1/"}, {"type": "sns", "topic_arn": "x"}):
+        expect(mars, 400, "POST", DESTINATIONS, path=app, body=bad)
+    expect(mars, 400, "GET", DESTINATIONS, path={"app_id": "bad app"})
+    one = {**app, "destination_id": made["id"]}
+    queued = expect(mars, 202, "POST", DESTINATION + "/test", path=one)
+    assert queued["alert"]["rule"]["kind"] == "test"
+    expect(mars, 400, "POST", DESTINATION + "/test", path={**app, "destination_id": "nope"})
+    expect(mars, 200, "DELETE", DESTINATION, path=one)
+    expect(mars, 404, "DELETE", DESTINATION, path=one)
+    expect(mars, 404, "POST", DESTINATION + "/test", path=one)
+    expect(mars, 400, "DELETE", DESTINATION, path={**app, "destination_id": "nope"})
+
+
+def test_destinations_past_the_limit_are_409(mars: RunningStack) -> None:
+    app = {"app_id": uid("cdest409")}
+    for _ in range(20):
+        expect(mars, 201, "POST", DESTINATIONS, path=app, body={"type": "sns", "topic_arn": SNS_ARN})
+    body = expect(mars, 409, "POST", DESTINATIONS, path=app, body={"type": "sns", "topic_arn": SNS_ARN})
+    assert body["error"]["code"] == "TOO_MANY_DESTINATIONS"
+
+
 # --- content types and ids at the edges ----------------------------------------------------------
 
 @pytest.mark.parametrize("method,template,path", [("POST", "/api/event", {}), ("POST", "/api/event/bulk", {}),
                                                   ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "ctype"}),
-                                                  ("PUT", "/api/apps/{app_id}/otlp", {"app_id": "ctype"})],
-                         ids=["event", "bulk", "lifecycle", "otlp"])
+                                                  ("PUT", "/api/apps/{app_id}/otlp", {"app_id": "ctype"}),
+                                                  ("POST", "/api/apps/{app_id}/destinations", {"app_id": "ctype"})],
+                         ids=["event", "bulk", "lifecycle", "otlp", "destinations"])
 def test_an_unsupported_content_type_is_415(mars: RunningStack, method: str, template: str,
                                             path: dict[str, str]) -> None:
     path = {name: uid(value) for name, value in path.items()}
@@ -377,10 +416,12 @@ def test_an_unsupported_content_type_is_415(mars: RunningStack, method: str, tem
         body = {"event_name": "span_name"}
     if template.endswith("bulk"):
         body = {"events": [body]}
+    if template.endswith("destinations"):
+        body = {"type": "sns", "topic_arn": SNS_ARN}
     err = expect(mars, 415, method, template, path=path, body=body, headers={"Content-Type": "application/xml"})
     assert err["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
-    expect(mars, 202 if method == "POST" else 200, method, template, path=path, body=body,
-           headers={"Content-Type": "application/json; charset=utf-8"})
+    expect(mars, 201 if template.endswith("destinations") else 202 if method == "POST" else 200, method, template,
+           path=path, body=body, headers={"Content-Type": "application/json; charset=utf-8"})
 
 
 def test_get_ignores_the_content_type(mars: RunningStack) -> None:
@@ -481,6 +522,15 @@ def test_enqueue_failures_207_503_and_unhealthy_resources(private: dict[str, Run
     assert failed["code"] == 14  # UNAVAILABLE: exporters retry it
 
 
+def test_a_test_alert_that_cannot_be_queued_is_503(private: dict[str, RunningStack]) -> None:
+    stack = private["broken"]
+    app = {"app_id": uid("cdest503")}
+    made = expect(stack, 201, "POST", DESTINATIONS, path=app, body={"type": "sns", "topic_arn": SNS_ARN})
+    stack.client("sqs").delete_queue(QueueUrl=stack.outputs["AlertDeliveryQueueUrl"])
+    body = expect(stack, 503, "POST", DESTINATION + "/test", path={**app, "destination_id": made["id"]})
+    assert body["error"]["code"] == "ENQUEUE_FAILED"
+
+
 def test_an_event_before_year_1000_is_stored_fixed_width(private: dict[str, RunningStack]) -> None:
     """On a private stack: were the year not zero-padded, the queue body would not parse back and the event
     would be retried into the dead-letter queue, which no shared test should see."""
@@ -537,6 +587,10 @@ AUTH_CASES = [  # (method, template, path params, query, body, app the request i
     ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, {"events": ["A"]}, "bank"),
     ("GET", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, None, "bank"),
     ("GET", "/api/test_socket", {}, {"message_id": "m", "app_id": "bank"}, None, "bank"),
+    ("POST", DESTINATIONS, {"app_id": "bank"}, None, {"type": "sns", "topic_arn": SNS_ARN}, "bank"),
+    ("GET", DESTINATIONS, {"app_id": "bank"}, None, None, "bank"),
+    ("DELETE", DESTINATION, {"app_id": "bank", "destination_id": "dst_0123456789abcdef"}, None, None, "bank"),
+    ("POST", DESTINATION + "/test", {"app_id": "bank", "destination_id": "dst_0123456789abcdef"}, None, None, "bank"),
     ("PUT", "/api/apps/{app_id}/otlp", {"app_id": "bank"}, None, {}, "bank"),
     ("GET", "/api/apps/{app_id}/otlp", {"app_id": "bank"}, None, None, "bank"),
 ]

@@ -100,6 +100,14 @@ STATE_CHANGING = [
                                          "body": {"events": ["CREATED"]}}),
     ("GET", "/api/create_event", {"query": {"count": "1"}}),
     ("GET", "/api/test_socket", {"query": {"message_id": "m1"}}),
+    ("POST", "/api/apps/shop/destinations", {"resource": "/api/apps/{app_id}/destinations", "params": {"app_id": "shop"},
+                                             "body": {"type": "sns", "topic_arn": "arn:aws:sns:us-east-1:123456789012:t"}}),
+    ("DELETE", "/api/apps/shop/destinations/dst_0123456789abcdef", {
+        "resource": "/api/apps/{app_id}/destinations/{destination_id}",
+        "params": {"app_id": "shop", "destination_id": "dst_0123456789abcdef"}}),
+    ("POST", "/api/apps/shop/destinations/dst_0123456789abcdef/test", {
+        "resource": "/api/apps/{app_id}/destinations/{destination_id}/test",
+        "params": {"app_id": "shop", "destination_id": "dst_0123456789abcdef"}}),
 ]
 
 

@@ -273,7 +273,7 @@ def test_table_lists_targets_and_kept_reasons(stack: dict[str, Any], capsys: pyt
     assert redrive.main(["--stack-outputs", stack["file"], "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "Dry run: 9 of 10 dead letters received would be redriven; nothing was changed."
-    assert out[-1] == "In the dead-letter queues now: events 20 (10 not inspected), ingest 0"
+    assert out[-1] == "In the dead-letter queues now: events 20 (10 not inspected), ingest 0, delivery 0"
     assert out[2].split() == ["TARGET", "QUEUE", "WOULD", "MOVE"]
     kept = next(i for i, line in enumerate(out) if line.startswith("KEPT IN"))
     assert out[kept + 1].split()[:3] == ["events", "invalid", "1"]
@@ -285,7 +285,7 @@ def test_json_shape(stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -
     assert code == 0
     assert set(report) == {"moved", "kept", "dry_run", "received", "remaining", "unreceived", "errors"}
     assert report["kept"]["events"]["invalid"]["sample"].startswith("not a valid event")
-    assert report["moved"] == {} and report["errors"] == [] and report["received"] == {"events": 1, "ingest": 0}
+    assert report["moved"] == {} and report["errors"] == [] and report["received"] == {"events": 1, "ingest": 0, "delivery": 0}
 
 
 def test_no_running_stack_and_bad_usage_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -379,3 +379,30 @@ def test_long_runs_show_progress_on_stderr(stack: dict[str, Any], capsys: pytest
     assert code == 0 and report["moved"] == {redrive.queue_name(stack["outputs"]["IngestQueueUrl"]): 230}
     lines = [line for line in err.splitlines() if line.startswith("redrive ingest:")]
     assert lines == ["redrive ingest: 100 received, 100 moved, 0 kept", "redrive ingest: 200 received, 200 moved, 0 kept"]
+
+
+def test_dead_lettered_alert_deliveries_go_back_with_a_fresh_window(stack: dict[str, Any],
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    outputs, sqs = stack["outputs"], stack["sqs"]
+    body = {"v": 1, "app_id": "shop", "destination_id": "dst_0123456789abcdef", "webhook_id": "msg_1",
+            "first_attempt_at": 5.0, "alert": {"alert_id": "a1", "app_id": "shop", "state": "firing"}}
+    sqs.send_message(QueueUrl=outputs["AlertDeliveryDeadLetterQueueUrl"], MessageBody=json.dumps(body),
+                     MessageAttributes={"ErrorMessage": {"DataType": "String", "StringValue": "HTTP 500: no"}})
+    sqs.send_message(QueueUrl=outputs["AlertDeliveryDeadLetterQueueUrl"], MessageBody="junk")
+    before = time.time()
+    code, report, _ = run(stack, capsys, "--queue", "delivery")
+    assert code == 0 and report["moved"] == {redrive.queue_name(outputs["AlertDeliveryQueueUrl"]): 1}
+    assert report["kept"]["delivery"]["invalid"]["count"] == 1
+    (back,) = drain(stack, outputs["AlertDeliveryQueueUrl"])
+    resent = json.loads(back["Body"])
+    assert resent["first_attempt_at"] >= before and {**resent, "first_attempt_at": 5.0} == body
+    assert "ErrorMessage" not in back.get("MessageAttributes", {})
+    # `all` (the default) includes it; a stack made before the delivery queue existed is skipped, not refused
+    assert run(stack, capsys)[1]["received"]["delivery"] == 1  # the junk one, kept
+    old = {k: v for k, v in outputs.items() if not k.startswith("AlertDelivery")}
+    (Path(stack["file"]).parent / "old.json").write_text(json.dumps(old))
+    code, report, _ = run(stack, capsys, outputs=str(Path(stack["file"]).parent / "old.json"))
+    assert code == 0 and set(report["received"]) == {"events", "ingest"}
+    assert redrive.main(["--stack-outputs", str(Path(stack["file"]).parent / "old.json"), "--queue", "delivery"]) == 2

@@ -41,6 +41,15 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetItem", "KeysTable"),
         ("dynamodb:GetItem", "EventsTable"), ("dynamodb:Query", "EventsTable"),
         ("execute-api:ManageConnections", "WebSocketApi"),
+        *{(a, "DestinationsTable") for a in ("dynamodb:Query", "dynamodb:GetItem", "dynamodb:PutItem",
+                                             "dynamodb:DeleteItem")},
+        ("dynamodb:PutItem", "DestinationSecretsTable"), ("dynamodb:DeleteItem", "DestinationSecretsTable"),
+        ("sqs:SendMessage", "AlertDeliveryQueue"),
+    },
+    "DeliveryFunction": {
+        ("dynamodb:GetItem", "DestinationsTable"), ("dynamodb:GetItem", "DestinationSecretsTable"),
+        ("sqs:ChangeMessageVisibility", "AlertDeliveryQueue"), ("sqs:SendMessage", "AlertDeliveryDeadLetterQueue"),
+        ("sns:Publish", "arn:${AWS::Partition}:sns:*:${AWS::AccountId}:*"),
     },
     "WebSocketFunction": {
         *{(a, "ConnectionsTable") for a in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem",
@@ -132,6 +141,8 @@ def test_the_review_findings_stay_fixed(functions: dict[str, dict[str, Any]]) ->
     api, ws = grants(functions["ApiFunction"]), grants(functions["WebSocketFunction"])
     assert not {r for a, r in api if a.startswith("sqs:SendMessage") and "DeadLetter" in r}
     assert ("dynamodb:Scan", "KeysTable") not in api | ws
+    # webhook URLs and signing secrets: written by the API, read only by the delivery
+    assert not {a for a, r in api if r == "DestinationSecretsTable"} - {"dynamodb:PutItem", "dynamodb:DeleteItem"}
     for function in ("StoreFunction", "StuckFunction"):
         actions = {a for a, r in grants(functions[function]) if r.startswith("MessagesTable")}
         assert not actions & {"dynamodb:DeleteItem", "dynamodb:Scan", "dynamodb:BatchWriteItem"}

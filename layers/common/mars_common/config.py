@@ -25,6 +25,14 @@ class Settings:
     auth_required: bool = True
     events_table: str = ""
     dashboard_url: str = ""  # the REST API's URL: the only Origin a browser may open the websocket from
+    # alert destinations (mars_common.destinations / .delivery)
+    destinations_table: str = ""
+    destination_secrets_table: str = ""
+    alert_delivery_queue_url: str = ""
+    alert_delivery_dead_letter_queue_url: str = ""
+    allow_loopback_destinations: bool = False
+    delivery_retry_seconds: int = 86400
+    delivery_backoff_seconds: int = 30
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
@@ -62,4 +70,11 @@ def settings() -> Settings:
         auth_required=auth_required(env.get("AUTH_REQUIRED")),
         events_table=env.get("EVENTS_TABLE", ""),
         dashboard_url=env.get("DASHBOARD_URL", ""),
+        destinations_table=env.get("DESTINATIONS_TABLE", ""),
+        destination_secrets_table=env.get("DESTINATION_SECRETS_TABLE", ""),
+        alert_delivery_queue_url=env.get("ALERT_DELIVERY_QUEUE_URL", ""),
+        alert_delivery_dead_letter_queue_url=env.get("ALERT_DELIVERY_DEAD_LETTER_QUEUE_URL", ""),
+        allow_loopback_destinations=_flag(env.get("ALLOW_LOOPBACK_DESTINATIONS")),
+        delivery_retry_seconds=int(env.get("DELIVERY_RETRY_SECONDS", "86400")),
+        delivery_backoff_seconds=int(env.get("DELIVERY_BACKOFF_SECONDS", "30")),
     )
