@@ -25,6 +25,7 @@ class Settings:
     auth_required: bool = True
     events_table: str = ""
     dashboard_url: str = ""  # the REST API's URL: the only Origin a browser may open the websocket from
+    alerts_table: str = ""  # AlertsTable: one record per (message, rule), mars_common.alerts
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
@@ -62,4 +63,5 @@ def settings() -> Settings:
         auth_required=auth_required(env.get("AUTH_REQUIRED")),
         events_table=env.get("EVENTS_TABLE", ""),
         dashboard_url=env.get("DASHBOARD_URL", ""),
+        alerts_table=env.get("ALERTS_TABLE", ""),
     )
