@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from boto3.dynamodb.conditions import Attr, Key
+from boto3.dynamodb.conditions import Attr, ConditionBase, Key
 from botocore.exceptions import ClientError
 
 from . import aws
@@ -212,14 +212,14 @@ def list_alerts(table: str, app_id: str, *, state: str | None, frm: str | None, 
                 max_pages: int = 10) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """An app's alerts that fired (newest first), optionally one message's, one state's, fired in [from, to].
     Like list_messages, a filter is applied after the read: up to `max_pages` pages fill a page."""
-    key = Key("app_id").eq(app_id)
+    key: ConditionBase = Key("app_id").eq(app_id)
     if frm and to:
         key = key & Key("fired_at").between(frm, to)
     elif frm:
         key = key & Key("fired_at").gte(frm)
     elif to:
         key = key & Key("fired_at").lte(to)
-    filt = None
+    filt: ConditionBase | None = None
     if state is not None:
         filt = Attr("state").eq(state)
     if message_id is not None:
