@@ -97,13 +97,14 @@ def arm_deadline(table: str, app_id: str, message_id: str, deadline: Deadline, a
 
 
 def step_arrived(table: str, app_id: str, message_id: str, deadline: Deadline, now: str) -> str | None:
-    """The deadline's step arrived: a firing alert resolves, a pending one is met. Returns the new state."""
-    if _write(table, app_id, message_id, DEADLINE, deadline.step, deadline.after, sets={"state": RESOLVED, "resolved_at": now},
-              condition="#st = :firing", cond_values={":firing": FIRING}):
-        return RESOLVED
+    """The deadline's step arrived: a pending one is met, a firing alert resolves. Returns the new state.
+    Met is tried first: a step in time (the common case) costs one write, a late one two."""
     if _write(table, app_id, message_id, DEADLINE, deadline.step, deadline.after, sets={"state": MET}, removes=("due_at",),
               condition="#st = :pending", cond_values={":pending": PENDING}):
         return MET
+    if _write(table, app_id, message_id, DEADLINE, deadline.step, deadline.after, sets={"state": RESOLVED, "resolved_at": now},
+              condition="#st = :firing", cond_values={":firing": FIRING}):
+        return RESOLVED
     return None  # not armed (the step came before `after`), or already resolved/met: nothing to do
 
 
