@@ -19,12 +19,11 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.browser.conftest import PHONE, ROOT, screenshot
+from tests.browser.conftest import PHONE, screenshot
 from tests.integration.conftest import wait_timeline
 
 T0 = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 XSS = '<img src=x onerror="window.__xss=1">'
-ROOT_DOCS = ROOT / "docs"  # a screenshot of each new view (issue 14)
 
 
 def ts(seconds: float, base: datetime = T0) -> str:
@@ -735,5 +734,4 @@ def test_stack_an_alert_appears_live_in_the_app_view(mars: Any, new_page: Any) -
     expect(page.get_by_test_id("alert-badge")).to_have_text("1 firing")
     expect(page.get_by_test_id("app-lifecycle")).to_contain_text("failure FAILED · deadlines SHIPPED within")
     expect(page.locator('[data-testid="message-row"][data-message-id="order-1"]')).to_have_attribute("data-status", "failed")
-    path = screenshot(page, "stack-app-view-alerts")
-    (ROOT_DOCS / "alerts-app-view.png").write_bytes(path.read_bytes())
+    screenshot(page, "stack-app-view-alerts")  # docs/alerts-app-view.png is a copy of it

@@ -237,6 +237,29 @@ def test_a_deadline_fires_once_then_resolves_when_the_late_step_arrives(stack: A
     assert record("late", "deadline", "DELIVERED", "SHIPPED")["state"] == "pending"  # the next deadline is armed
 
 
+def test_a_sweep_handles_a_bounded_number_of_deadlines_oldest_first_and_the_next_run_the_rest(
+        stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(alerts, "MAX_DUE_PER_RUN", 2)
+    for i, age in enumerate((90, 100, 80)):
+        stack.send(f"m{i}", ("PAID", age))
+    first = stack.sweep()
+    assert (first["deadlines_due"], first["deadlines_fired"]) == (2, 2)
+    assert sorted(a["message_id"] for a in stack.deliver()) == ["m0", "m1"]  # the two oldest
+    assert record("m2", "deadline", "SHIPPED", "PAID")["state"] == "pending"  # the newest waits a minute
+    second = stack.sweep()
+    assert (second["deadlines_due"], second["deadlines_fired"]) == (1, 1)
+    assert record("m2", "deadline", "SHIPPED", "PAID")["state"] == "firing"
+
+
+def test_an_earlier_after_event_arriving_late_moves_the_deadline_earlier(stack: Any) -> None:
+    stack.send("m", ("PAID", 10))  # due in 20 s
+    due = record("m", "deadline", "SHIPPED", "PAID")["due_at"]
+    stack.send("m", ("PAID", 100))  # an earlier PAID, delivered late: due 70 s ago
+    assert record("m", "deadline", "SHIPPED", "PAID")["due_at"] < due
+    stack.send("m", ("PAID", 5))  # a later one changes nothing
+    assert stack.sweep()["deadlines_fired"] == 1
+
+
 def test_a_step_that_came_before_its_after_step_never_fires(stack: Any) -> None:
     stack.send("odd", ("SHIPPED", 100))
     stack.send("odd", ("PAID", 90))  # arms SHIPPED-after-PAID: the sweep finds SHIPPED there

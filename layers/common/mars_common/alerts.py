@@ -160,9 +160,9 @@ def on_stored(table: str, app_id: str, message_id: str, events: list[dict[str, A
     return writes
 
 
-def due_deadlines(table: str, app_id: str, now: datetime, limit: int = MAX_DUE_PER_RUN) -> list[dict[str, Any]]:
-    """Pending deadlines of an app due by `now`, oldest first, at most `limit` (one Query)."""
-    resp = aws.table(table).query(IndexName=BY_DUE_INDEX, Limit=limit,
+def due_deadlines(table: str, app_id: str, now: datetime, limit: int | None = None) -> list[dict[str, Any]]:
+    """Pending deadlines of an app due by `now`, oldest first, at most `limit` (MAX_DUE_PER_RUN; one Query)."""
+    resp = aws.table(table).query(IndexName=BY_DUE_INDEX, Limit=limit or MAX_DUE_PER_RUN,
                                   KeyConditionExpression=Key("app_id").eq(app_id) & Key("due_at").lte(format_ts(now)))
     return list(resp.get("Items", []))
 
