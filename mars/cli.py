@@ -188,7 +188,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     # the HTTP API pages what a long timeline's frames leave out: the stack's, unless --url names another
     api_url = args.api_url or (None if args.url else stacks.output(args, "ApiUrl", "--api-url http://…"))
     try:
-        return tail.run(url, args.app, args.message, as_json=args.json, api_key=args.api_key, api_url=api_url)
+        return tail.run(url, args.app, args.message, as_json=args.json, api_key=args.api_key, api_url=api_url,
+                        alerts_only=args.alerts)
     except KeyboardInterrupt:
         return 0
 
@@ -346,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail_cmd.add_argument("--api-url", help="the HTTP API's base URL, to read what a long timeline's frames leave out "
                                             "(default: the running stack's ApiUrl when --url is not given)")
     tail_cmd.add_argument("--api-key", help="API key, when the stack requires one")
-    tail_cmd.add_argument("--json", action="store_true", help="one JSON object per event")
+    tail_cmd.add_argument("--json", action="store_true", help="one JSON object per event (or alert)")
+    tail_cmd.add_argument("--alerts", action="store_true",
+                          help="only alerts: a rule firing or resolving (docs/ALERTS.md), one line each")
     stack_args(tail_cmd)
     tail_cmd.set_defaults(func=cmd_tail)
 

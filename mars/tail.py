@@ -8,6 +8,8 @@ A long timeline's frames carry its summary and only the events a change added (`
 total, `truncated` what was left out): tail reads what a frame did not carry from the HTTP API
 (`--api-url`, default the stack's ApiUrl) page by page, following each `cursor` until the last, so
 every event prints once, in order. Without the API it says how many events it could not show.
+
+Alert frames (docs/ALERTS.md: a rule firing or resolving) print as `⚑` lines; `--alerts` prints only them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ class Printer:
         self.counts: dict[tuple[str, str], int] = {}              # a long timeline's event_count, as last known
         self.resume: dict[tuple[str, str], str | None] = {}       # the cursor of the last page read
         self.last: dict[tuple[str, str], str] = {}                # created_at of the last event printed
+
+    def alert(self, alert: dict[str, Any]) -> None:
+        """One line per alert transition (a redelivered one prints again: its alert_id and state say so)."""
+        if self.as_json:
+            self.out.write(json.dumps(alert) + "\n")
+        else:
+            rule = alert.get("rule") or {}
+            what = {"deadline": f"{rule.get('step')} not within its deadline after {rule.get('after')}",
+                    "sla": "no event for longer than the SLA", "failure": f"failure step {rule.get('step')}"}
+            at = (alert.get("resolved_at") if alert.get("state") == "resolved" else alert.get("fired_at")) or ""
+            self.out.write(f"⚑ {at[11:23]}  {alert.get('app_id')}  {alert.get('message_id')}  "
+                           f"{str(alert.get('state')).upper()}  {rule.get('kind')}: "
+                           f"{what.get(str(rule.get('kind')), '')}  {alert.get('timeline_url', '')}\n")
+        self.out.flush()
 
     def frame(self, frame: dict[str, Any], *, history: bool = False) -> None:
         key = (frame["app_id"], frame["message_id"])
@@ -151,7 +167,7 @@ def api_pages(api_url: str, api_key: str | None = None) -> PageReader:
 
 def run(url: str, app_id: str, message_id: str | None, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
         as_json: bool = False, stop: Callable[[], bool] = lambda: False, max_backoff: float = 30.0,
-        api_key: str | None = None, api_url: str | None = None) -> int:
+        api_key: str | None = None, api_url: str | None = None, alerts_only: bool = False) -> int:
     """Tails until `stop()` or Ctrl-C; returns an exit code (1: the server refused the subscription, or
     the HTTP API refused a read)."""
     from mars.client import MarsError
@@ -175,10 +191,13 @@ def run(url: str, app_id: str, message_id: str | None, *, out: TextIO = sys.stdo
                     if kind == "subscribed":
                         backoff = 1.0
                         what = f"message {message_id} of app {app_id}" if message_id else f"every message of app {app_id}"
+                        what = f"the alerts of {what}" if alerts_only else what
                         err.write(f"mars tail: live on {url} - {what} (Ctrl-C stops)\n")
-                    elif kind == "timeline":
+                    elif kind == "timeline" and not alerts_only:
                         printer.frame(frame, history=first and message_id is not None)
                         first = False
+                    elif kind == "alert":
+                        printer.alert(frame)
                     elif kind == "error":
                         raise SubscriptionError(f"{frame.get('code')}: {frame.get('message')} {frame.get('details') or ''}")
         except SubscriptionError as exc:

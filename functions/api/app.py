@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit
 from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
 from chalice.app import Request
-from mars_common import auth, aws, delivery, destinations, live, otlp
+from mars_common import alerts, auth, aws, delivery, destinations, live, otlp
 from mars_common.config import settings
 from mars_common.events import (
     APP_ID_RE,
@@ -46,7 +46,7 @@ from mars_common.store import (
     read_timeline,
     to_timeline,
 )
-from mars_common.timeline import MAX_RETENTION_DAYS, STATUSES, Lifecycle
+from mars_common.timeline import MAX_RETENTION_DAYS, STATUSES, Lifecycle, parse_rules
 from mars_common.traces import read_trace
 
 app = Chalice(app_name="mars")
@@ -403,8 +403,50 @@ def put_app_lifecycle(app_id: str) -> Response:
     lifecycle = _parse_lifecycle(body)
     item = put_lifecycle(settings().apps_table, app_id, lifecycle)
     return _json(200, {"app_id": app_id, "events": item["events"], "sla_seconds": item["sla_seconds"],
-                       "updated_at": item["updated_at"],
+                       **lifecycle.rules_dict(), "updated_at": item["updated_at"],
                        **({"retention_days": item["retention_days"]} if "retention_days" in item else {})})
+
+
+@app.route("/api/alerts", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def list_app_alerts() -> Response:
+    """An app's alerts that fired (firing or resolved), newest first; paged like GET /api/messages."""
+    principal = _principal()
+    _only_params("app_id", "message_id", "state", "from", "to", "limit", "cursor")
+    query = _query()
+    app_id = query.get("app_id")
+    if not app_id:
+        raise ValidationError([FieldError("app_id", "is required")])
+    _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
+    errors: list[FieldError] = []
+    state = query.get("state")
+    if state is not None and state not in alerts.STATES:
+        errors.append(FieldError("state", "must be one of " + ", ".join(alerts.STATES)))
+    bounds: dict[str, str | None] = {}
+    for name in ("from", "to"):
+        try:
+            bounds[name] = alerts.parse_time(name, query.get(name))
+        except ValueError as exc:
+            errors.append(FieldError(name, str(exc)))
+    message_id = query.get("message_id")
+    if message_id is not None and not (0 < len(message_id) <= MAX_MESSAGE_ID and message_id.isprintable()):
+        errors.append(FieldError("message_id", f"must be 1-{MAX_MESSAGE_ID} printable characters"))
+    cursor = None
+    if query.get("cursor"):
+        try:
+            cursor = alerts.decode_cursor(query["cursor"], app_id)
+        except ValueError as exc:
+            errors.append(FieldError("cursor", str(exc)))
+    if errors:
+        raise ValidationError(errors)
+    limit = _int_param("limit", default=20, low=1, high=100)
+    cfg = settings()
+    items, last = alerts.list_alerts(cfg.alerts_table, app_id, state=state, frm=bounds["from"], to=bounds["to"],
+                                     message_id=message_id, limit=limit, cursor=cursor)
+    # timeline_url: absolute where the stack knows its dashboard's URL, else relative to the dashboard's base
+    return _json(200, {"items": [alerts.public(i, cfg.dashboard_url) for i in items],
+                       "cursor": alerts.encode_cursor(last)})
 
 
 @app.route("/api/apps/{app_id}/lifecycle", methods=["GET"], content_types=BODY_TYPES)
@@ -417,7 +459,7 @@ def get_app_lifecycle(app_id: str) -> Response:
     if lifecycle is None:
         raise ApiError(404, "NOT_FOUND", f"app {app_id!r} declares no lifecycle; PUT one first")
     return _json(200, {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
-                       "updated_at": lifecycle.updated_at,
+                       **lifecycle.rules_dict(), "updated_at": lifecycle.updated_at,
                        **({"retention_days": lifecycle.retention_days} if lifecycle.retention_days else {})})
 
 
@@ -528,8 +570,9 @@ def _parse_lifecycle(body: Any) -> Lifecycle:
     errors: list[FieldError] = []
     if not isinstance(body, dict):
         raise ValidationError([FieldError("body", "must be a JSON object")])
-    for k in sorted(set(body) - {"events", "sla_seconds", "retention_days"}):
-        errors.append(FieldError(k, "is not a known field (allowed: events, sla_seconds, retention_days)"))
+    allowed = ("events", "sla_seconds", "retention_days", "optional", "failure", "deadlines")
+    for k in sorted(set(body) - set(allowed)):
+        errors.append(FieldError(k, f"is not a known field (allowed: {', '.join(allowed)})"))
     events = body.get("events")
     if not isinstance(events, list) or not events:
         errors.append(FieldError("events", "must be a non-empty list of event names"))
@@ -550,9 +593,12 @@ def _parse_lifecycle(body: Any) -> Lifecycle:
     if "retention_days" in body and (isinstance(retention, bool) or not isinstance(retention, int)
                                      or not 1 <= retention <= MAX_RETENTION_DAYS):
         errors.append(FieldError("retention_days", f"must be an integer from 1 to {MAX_RETENTION_DAYS}"))
+    valid_events = tuple(str(e) for e in events) if isinstance(events, list) and not any(
+        e.field == "events" for e in errors) else ()
+    rules = parse_rules(body, valid_events, errors)  # optional, failure, deadlines (mars_common.timeline)
     if errors:
         raise ValidationError(errors)
-    return Lifecycle(events=tuple(str(e) for e in events or ()), sla_seconds=sla, retention_days=retention)
+    return Lifecycle(events=tuple(str(e) for e in events or ()), sla_seconds=sla, retention_days=retention, **rules)
 
 
 def _check_app_id(app_id: str) -> None:

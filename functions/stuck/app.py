@@ -1,20 +1,31 @@
-"""StuckFunction (every minute): a message whose app declares an SLA and that saw no event for longer
-than it, still incomplete, is marked once (`stuck_at`, which the stream turns into a live push) and
-announced on AlertsTopic. A new event clears the mark, so a message can alert again later."""
+"""StuckFunction (every minute): the sweep behind the time-based alert rules (docs/ALERTS.md).
+
+- `sla`: a message whose app declares an SLA and that saw no event for longer than it, still
+  incomplete, gets a firing sla alert record, then is marked (`stuck_at`, which the MessagesTable
+  stream turns into a live push); a new event clears the mark and resolves the alert (the store).
+  The record is written before the mark: a crash between them leaves an unmarked message that the next
+  run picks again (the record's conditional write is then a no-op); a mark refused because the message
+  was written since it was read resolves the alert at once (the spell ended).
+- `deadline`: the pending deadline records of each app with deadlines that are due (the ByDue index:
+  one Query per app, at most alerts.MAX_DUE_PER_RUN records per run, oldest first); each reads its
+  message once: the step there → met, the message failed → met (its failure alert says it), else firing.
+
+Alerts reach people from the AlertsTable stream (AlertsFunction → mars_common.alerts.notify), not from here.
+"""
 
 from __future__ import annotations
 
-import json
-import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from mars_common import aws
+from mars_common import alerts, aws
 from mars_common.config import settings
 from mars_common.events import format_ts
 from mars_common.store import lifecycles, mark_stuck, stuck_candidates, to_timeline
+from mars_common.timeline import FAILED, Lifecycle
 
 logger = Logger(service="mars-stuck")
 # How far behind the SLA cut-off a sweep looks: runs are a minute apart, so an hour leaves room for
@@ -22,27 +33,61 @@ logger = Logger(service="mars-stuck")
 LOOKBACK_SECONDS = 3600
 
 
-def alert(topic_arn: str, timeline: dict[str, Any], sla_seconds: int, stuck_at: str) -> None:
-    message = {"type": "stuck", "app_id": timeline["app_id"], "message_id": timeline["message_id"],
-               "missing": timeline["missing"], "last_seen": timeline["last_seen"], "sla_seconds": sla_seconds,
-               "stuck_at": stuck_at}
-    aws.client("sns").publish(TopicArn=topic_arn, Subject="Mars: a message is stuck"[:100],
-                              Message=json.dumps(message),
-                              MessageAttributes={"app_id": {"DataType": "String", "StringValue": timeline["app_id"]}})
+def _expires(lifecycle: Lifecycle) -> int:
+    return int(time.time()) + lifecycle.retention(settings().retention_days) * 86400
+
+
+def sweep_sla(app_id: str, lifecycle: Lifecycle, now: datetime) -> tuple[int, int]:
+    cfg = settings()
+    marked = candidates = 0
+    for item in stuck_candidates(cfg.messages_table, app_id, lifecycle, now, LOOKBACK_SECONDS):
+        candidates += 1
+        stuck_at = format_ts(now)
+        alerts.fire_sla(cfg.alerts_table, app_id, item["message_id"], stuck_at, _expires(lifecycle))
+        if mark_stuck(cfg.messages_table, item, stuck_at):  # one mark per stuck spell, even if runs overlap
+            marked += 1
+        else:  # written since it was read: not stuck any more (or marked by an overlapping run: then a no-op)
+            fresh = aws.table(cfg.messages_table).get_item(
+                Key={"app_id": app_id, "message_id": item["message_id"]}, ConsistentRead=True).get("Item") or {}
+            if "stuck_at" not in fresh:
+                alerts.resolve_sla(cfg.alerts_table, app_id, item["message_id"], format_ts(datetime.now(UTC)))
+    return candidates, marked
+
+
+def sweep_deadlines(app_id: str, lifecycle: Lifecycle, now: datetime) -> tuple[int, int]:
+    cfg = settings()
+    due = alerts.due_deadlines(cfg.alerts_table, app_id, now)
+    fired = 0
+    for record in due:
+        rule = record["rule"]
+        item = aws.table(cfg.messages_table).get_item(
+            Key={"app_id": app_id, "message_id": record["message_id"]}, ConsistentRead=True).get("Item")
+        timeline = to_timeline(item, lifecycle, with_events=False, now=now) if item else None
+        seen = set(item.get("steps") or ()) | {v["event"] for k, v in item.items() if k.startswith("e:")} if item else set()
+        if timeline is None or rule["step"] in seen or timeline["status"] == FAILED:
+            alerts.meet_deadline(cfg.alerts_table, app_id, record["message_id"], rule["step"], rule["after"])
+        elif alerts.fire_deadline(cfg.alerts_table, app_id, record["message_id"], rule["step"], rule["after"],
+                                  format_ts(now)):
+            fired += 1
+    if len(due) == alerts.MAX_DUE_PER_RUN:
+        logger.warning("more deadlines due than one run handles; the rest wait for the next run",
+                       extra={"app_id": app_id, "handled": len(due)})
+    return len(due), fired
 
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
-    cfg = settings()
-    topic = os.environ["ALERTS_TOPIC_ARN"]
+    if not settings().alerts_table:
+        raise RuntimeError("ALERTS_TABLE is not set: the sweep cannot record alerts")
     now = datetime.now(UTC)
-    marked = candidates = 0
-    for app_id, lifecycle in lifecycles(cfg.apps_table).items():
-        for item in stuck_candidates(cfg.messages_table, app_id, lifecycle, now, LOOKBACK_SECONDS):
-            candidates += 1
-            stuck_at = format_ts(now)
-            if mark_stuck(cfg.messages_table, item, stuck_at):  # one alert per stuck spell, even if runs overlap
-                marked += 1
-                alert(topic, to_timeline(item, lifecycle, with_events=False, now=now), lifecycle.sla_seconds, stuck_at)
-    logger.info("swept", extra={"candidates": candidates, "marked": marked})
-    return {"candidates": candidates, "marked": marked}
+    totals = {"candidates": 0, "marked": 0, "deadlines_due": 0, "deadlines_fired": 0}
+    for app_id, lifecycle in lifecycles(settings().apps_table).items():
+        candidates, marked = sweep_sla(app_id, lifecycle, now)
+        totals["candidates"] += candidates
+        totals["marked"] += marked
+        if lifecycle.deadlines:
+            due, fired = sweep_deadlines(app_id, lifecycle, now)
+            totals["deadlines_due"] += due
+            totals["deadlines_fired"] += fired
+    logger.info("swept", extra=totals)
+    return totals

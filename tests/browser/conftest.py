@@ -91,6 +91,7 @@ class FakeMars:
         self.messages: dict[str, list[dict[str, Any]]] = {}     # message_id -> timelines
         self.lifecycles: dict[str, dict[str, Any]] = {}         # app_id -> lifecycle
         self.app_items: dict[str, list[dict[str, Any]]] = {}    # app_id -> items, newest first
+        self.alerts: dict[str, list[dict[str, Any]]] = {}       # app_id -> alerts, newest first
         self.stats: dict[str, Any] = {
             "queues": [{"name": f"mars-EventsQueue{i}-X1.fifo", "visible": 0, "in_flight": 0, "oldest_age_seconds": None}
                        for i in range(10)],
@@ -159,6 +160,8 @@ class FakeMars:
             if q("cursor") and not q("app_id"):
                 return 400, _error("VALIDATION_ERROR", "cursor needs app_id (a cursor pages one app's timeline)")
             return 200, {"message_id": message_id, "timelines": [self._page(t, q("limit"), q("cursor")) for t in timelines]}
+        if rel == "api/alerts":
+            return 200, {"items": self.alerts.get(q("app_id") or "", [])[:int(q("limit") or 20)], "cursor": None}
         if rel == "api/messages":
             items = self.app_items.get(q("app_id") or "", [])
             start, limit = int(q("cursor") or 0), int(q("limit") or 20)

@@ -682,3 +682,56 @@ def test_stack_live_indicator_says_connected(mars: Any, new_page: Any) -> None:
     expect(page.get_by_test_id("live-indicator")).to_contain_text("connected")
     expect(page.get_by_test_id("queue-total")).to_contain_text("in 10 queues")
     screenshot(page, "stack-home")
+
+
+def test_app_view_lists_alerts_and_takes_alert_frames_live(fake_mars: Any) -> None:
+    page, fake = fake_mars()
+    fake.lifecycles["shop"] = {**LIFECYCLE, "failure": ["FAILED"]}
+    fake.app_items["shop"] = [timeline("shop", "m1", [event("CREATED", 0)], ["ACKED"], "in_progress")]
+    old = {"type": "alert", "alert_id": "a-old", "app_id": "shop", "message_id": "m0",
+           "rule": {"kind": "deadline", "step": "SENT", "after": "QUEUED"}, "state": "resolved",
+           "fired_at": ts(10), "resolved_at": ts(20), "timeline_url": "search/event?message_id=m0&app_id=shop"}
+    fake.alerts["shop"] = [old]
+    page.goto(fake.url("apps/shop"))
+    alert_rows = page.get_by_test_id("alert-row")
+    expect(alert_rows).to_have_count(1)
+    expect(page.get_by_test_id("alert-badge")).to_have_attribute("data-firing", "0")
+    _poll(page, "document.querySelector('[data-testid=app-live]').textContent.includes('Live')")
+    firing = {**old, "alert_id": "a-new", "message_id": "m1", "rule": {"kind": "failure", "step": "FAILED", "after": None},
+              "state": "firing", "fired_at": ts(30), "resolved_at": None}
+    fake.push(firing)
+    expect(alert_rows).to_have_count(2)
+    expect(alert_rows.first).to_have_attribute("data-alert-id", "a-new")
+    expect(alert_rows.first).to_contain_text("failure step FAILED")
+    expect(alert_rows.first).to_have_class(re.compile(r"\bis-new\b"))
+    expect(page.get_by_test_id("alert-badge")).to_have_attribute("data-firing", "1")
+    fake.push({**firing, "type": "timeline", "status": "failed", "missing": ["ACKED"], "events": [], "new_events": []})
+    expect(page.get_by_test_id("chip-failed")).to_have_attribute("data-count", "1")
+    fake.push({**old, "state": "firing", "resolved_at": None, "alert_id": "a-old"})  # the same alert: its row changes
+    expect(alert_rows).to_have_count(2)
+    expect(page.get_by_test_id("alert-badge")).to_have_attribute("data-firing", "2")
+    no_horizontal_scroll(page)
+    assert not page.evaluate("window.__xss")
+
+
+def test_stack_an_alert_appears_live_in_the_app_view(mars: Any, new_page: Any) -> None:
+    app_id = f"web-{uuid.uuid4().hex[:8]}"
+    resp = requests.put(mars.url(f"/api/apps/{app_id}/lifecycle"), timeout=10, json={
+        "events": ["CREATED", "PAID", "SHIPPED"], "sla_seconds": 0, "failure": ["FAILED"],
+        "deadlines": [{"step": "SHIPPED", "after": "PAID", "within_seconds": 60}]})
+    assert resp.status_code == 200, resp.text
+    page = new_page()
+    page.goto(mars.url(f"/apps/{app_id}"))
+    _wait_live(page)
+    expect(page.get_by_test_id("app-live")).to_contain_text("Live")
+    expect(page.get_by_test_id("alerts-empty")).to_be_visible()
+    _post(mars, app_id, "order-1", "CREATED", _now(-2))
+    _post(mars, app_id, "order-1", "FAILED", _now(-1))   # a failure step: the alert fires when it is stored
+    row = page.get_by_test_id("alert-row")
+    expect(row).to_have_count(1, timeout=30_000)
+    expect(row.first).to_have_attribute("data-state", "firing")
+    expect(row.first).to_contain_text("failure step FAILED")
+    expect(page.get_by_test_id("alert-badge")).to_have_text("1 firing")
+    expect(page.get_by_test_id("app-lifecycle")).to_contain_text("failure FAILED · deadlines SHIPPED within")
+    expect(page.locator('[data-testid="message-row"][data-message-id="order-1"]')).to_have_attribute("data-status", "failed")
+    screenshot(page, "stack-app-view-alerts")  # docs/alerts-app-view.png is a copy of it

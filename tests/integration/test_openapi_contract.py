@@ -289,13 +289,37 @@ def test_a_cursor_of_another_app_is_400(mars: RunningStack, stored: dict[str, st
     expect(mars, 400, "GET", "/api/messages", params={"app_id": stored["app_b"], "cursor": page["cursor"]})
 
 
+# --- alerts -------------------------------------------------------------------------------------
+
+def test_list_alerts_200_and_400(mars: RunningStack) -> None:
+    template = "/api/alerts"
+    app = uid("oalert")
+    expect(mars, 200, "PUT", "/api/apps/{app_id}/lifecycle", path={"app_id": app},
+           body={"events": ["A"], "failure": ["X", "Y"]})
+    for mid in ("m1", "m2"):
+        expect(mars, 202, "POST", "/api/event", body=event(app, mid, "X"))
+    expect(mars, 202, "POST", "/api/event", body=event(app, "m1", "Y"))
+    wait_timeline(mars, "m1", app_id=app, events=2)
+    wait_timeline(mars, "m2", app_id=app, events=1)  # the store writes the records in the call that stores the events
+    first = expect(mars, 200, "GET", template, params={"app_id": app, "limit": 2})
+    assert len(first["items"]) == 2 and first["cursor"]
+    rest = expect(mars, 200, "GET", template, params={"app_id": app, "limit": 2, "cursor": first["cursor"]})
+    assert len(rest["items"]) == 1 and rest["cursor"] is None
+    one = expect(mars, 200, "GET", template, params={"app_id": app, "message_id": "m2", "state": "firing",
+                                                      "from": "2000-01-01T00:00:00Z", "to": "2999-01-01T00:00:00Z"})
+    assert [(a["message_id"], a["rule"]["kind"]) for a in one["items"]] == [("m2", "failure")]
+    for params in ({}, {"app_id": "bad app"}, {"app_id": app, "state": "pending"}, {"app_id": app, "to": "soon"},
+                   {"app_id": app, "cursor": "!!!"}, {"app_id": app, "limit": "0"}, {"app_id": app, "colour": "red"}):
+        expect(mars, 400, "GET", template, params=params)
+
+
 # --- lifecycles ---------------------------------------------------------------------------------
 
 def test_lifecycle_put_get_200_404_400(mars: RunningStack, stored: dict[str, str]) -> None:
     template = "/api/apps/{app_id}/lifecycle"
     got = expect(mars, 200, "GET", template, path={"app_id": stored["app_a"]})
     assert got == {"app_id": stored["app_a"], "events": ["CREATED", "SENT", "ACKED"], "sla_seconds": 300,
-                   "updated_at": got["updated_at"]}
+                   "updated_at": got["updated_at"], "optional": [], "failure": [], "deadlines": []}
     app = uid("olife")
     put = expect(mars, 200, "PUT", template, path={"app_id": app}, body={"events": ["A"]})
     assert put["sla_seconds"] == 0 and put["updated_at"]
@@ -304,8 +328,15 @@ def test_lifecycle_put_get_200_404_400(mars: RunningStack, stored: dict[str, str
     assert expect(mars, 200, "GET", template, path={"app_id": app})["events"] == ["A", "B"]
     expect(mars, 404, "GET", template, path={"app_id": uid("nolife")})
     expect(mars, 400, "GET", template, path={"app_id": "bad app"})
+    rules = {"events": ["A", "B"], "optional": ["B"], "failure": ["X"],
+             "deadlines": [{"step": "B", "after": "A", "within_seconds": 60}]}
+    assert request_schema_errors("PUT", template, rules) == []
+    assert {k: v for k, v in expect(mars, 200, "PUT", template, path={"app_id": app}, body=rules).items()
+            if k in rules} == rules
     for body in ({"events": [], "sla_seconds": -1}, {"events": ["A", "A"]}, {"events": ["A"], "colour": "red"},
-                 {"events": ["A"], "sla_seconds": "60"}, ["A"]):
+                 {"events": ["A"], "sla_seconds": "60"}, ["A"],
+                 {"events": ["A"], "deadlines": [{"step": "A", "after": "A", "within_seconds": 5, "x": 1}]},
+                 {"events": ["A"], "optional": "A"}):
         assert request_schema_errors("PUT", template, body) != []
         expect(mars, 400, "PUT", template, path={"app_id": app}, body=body)
     assert expect(mars, 400, "PUT", template, path={"app_id": app}, raw=b"")["error"]["code"] == "INVALID_JSON"
@@ -586,6 +617,7 @@ AUTH_CASES = [  # (method, template, path params, query, body, app the request i
     ("GET", "/api/messages/{message_id}/trace", {"message_id": "m"}, {"app_id": "bank"}, None, "bank"),
     ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, {"events": ["A"]}, "bank"),
     ("GET", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, None, "bank"),
+    ("GET", "/api/alerts", {}, {"app_id": "bank"}, None, "bank"),
     ("GET", "/api/test_socket", {}, {"message_id": "m", "app_id": "bank"}, None, "bank"),
     ("POST", DESTINATIONS, {"app_id": "bank"}, None, {"type": "sns", "topic_arn": SNS_ARN}, "bank"),
     ("GET", DESTINATIONS, {"app_id": "bank"}, None, None, "bank"),

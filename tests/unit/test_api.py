@@ -478,7 +478,8 @@ def test_lifecycle_put_get_round_trip(api: Api) -> None:
     got = api.call("GET", "/api/apps/checkout/lifecycle", resource="/api/apps/{app_id}/lifecycle",
                    params={"app_id": "checkout"})
     assert got.status == 200
-    assert got.body == {"app_id": "checkout", "events": LIFECYCLE, "sla_seconds": 300, "updated_at": put.body["updated_at"]}
+    assert got.body == {"app_id": "checkout", "events": LIFECYCLE, "sla_seconds": 300, "updated_at": put.body["updated_at"],
+                        "optional": [], "failure": [], "deadlines": []}  # a body without rules: none
     replaced = api.call("PUT", "/api/apps/checkout/lifecycle", resource="/api/apps/{app_id}/lifecycle",
                         params={"app_id": "checkout"}, body={"events": ["A", "B"]})
     assert replaced.status == 200 and replaced.body["sla_seconds"] == 0

@@ -359,7 +359,7 @@ def test_summarize_complete() -> None:
     events = [_ev("CREATED", 1), _ev("QUEUED", 2), _ev("SENT", 3), _ev("ACKED", 4)]
     out = summarize(events, LIFECYCLE, "2024-05-01T11:04:00.000000Z", NOW + timedelta(days=1))
     assert out == {"missing": [], "status": COMPLETE, "first_seen": "2024-05-01T11:01:00.000000Z",
-                   "last_seen": "2024-05-01T11:04:00.000000Z"}
+                   "last_seen": "2024-05-01T11:04:00.000000Z", "out_of_order": [], "unexpected_count": 0}
 
 
 def test_summarize_in_progress_lists_missing_in_lifecycle_order() -> None:
@@ -383,9 +383,9 @@ def test_summarize_unknown_without_lifecycle() -> None:
     for lifecycle in (None, Lifecycle(events=(), sla_seconds=60)):
         out = summarize(events, lifecycle, None, NOW)
         assert out == {"missing": [], "status": UNKNOWN, "first_seen": "2024-05-01T11:01:00.000000Z",
-                       "last_seen": "2024-05-01T11:02:00.000000Z"}
+                       "last_seen": "2024-05-01T11:02:00.000000Z", "out_of_order": [], "unexpected_count": 0}
     assert summarize([], None, None, NOW) == {"missing": [], "status": UNKNOWN, "first_seen": None,
-                                               "last_seen": None}
+                                               "last_seen": None, "out_of_order": [], "unexpected_count": 0}
 
 
 def test_events_outside_the_lifecycle_do_not_break_it() -> None:

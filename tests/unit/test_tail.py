@@ -119,3 +119,27 @@ def test_run_prints_a_long_timeline_whole_then_fails_clearly_when_the_api_refuse
     out, err = io.StringIO(), io.StringIO()
     code = tail.run(url, "shop", "m", out=out, err=err, api_url=f"http://127.0.0.1:{srv.port}")
     assert code == 1 and "reading the timeline from http://127.0.0.1" in err.getvalue() and "HTTP 403" in err.getvalue()
+
+
+ALERT = {"type": "alert", "alert_id": "a1", "app_id": "shop", "message_id": "m",
+         "rule": {"kind": "deadline", "step": "SHIPPED", "after": "PAID"}, "state": "firing",
+         "fired_at": "2026-11-30T10:00:05.000000Z", "resolved_at": None,
+         "timeline_url": "http://127.0.0.1:4000/search/event?message_id=m&app_id=shop"}
+
+
+def test_tail_alerts_prints_only_the_alert_frames(socket_url: tuple[str, list[dict[str, Any]]]) -> None:
+    url, frames = socket_url
+    event = {"event_id": "e1", "event": "PAID", "created_at": "2026-11-30T10:00:00.000000Z"}
+    frames.extend([{"type": "timeline", "app_id": "shop", "message_id": "m", "events": [event], "new_events": [event],
+                    "missing": ["SHIPPED"], "status": "in_progress"},
+                   ALERT, {**ALERT, "state": "resolved", "resolved_at": "2026-11-30T10:00:09.000000Z"}])
+    out, err = io.StringIO(), io.StringIO()
+    code = tail.run(url, "shop", "m", out=out, err=err, alerts_only=True, stop=lambda: len(out.getvalue().splitlines()) >= 2)
+    lines = out.getvalue().splitlines()
+    assert code == 0 and len(lines) == 2 and "the alerts of message m" in err.getvalue()
+    assert "FIRING  deadline: SHIPPED not within its deadline after PAID" in lines[0] and "10:00:05.000" in lines[0]
+    assert "RESOLVED" in lines[1] and "10:00:09.000" in lines[1] and "PAID" not in lines[1].split("deadline:")[0]
+    out = io.StringIO()
+    tail.run(url, "shop", "m", out=out, err=io.StringIO(), as_json=True,  # without --alerts: events and alerts
+             stop=lambda: len(out.getvalue().splitlines()) >= 3)
+    assert [json.loads(line).get("type", "event") for line in out.getvalue().splitlines()] == ["event", "alert", "alert"]

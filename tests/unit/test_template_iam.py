@@ -38,7 +38,7 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetItem", "AppsTable"), ("dynamodb:UpdateItem", "AppsTable"), ("dynamodb:DescribeTable", "AppsTable"),
         *{(a, r) for r in ("ConnectionsTable", "ConnectionsTable" + INDEX)
           for a in ("dynamodb:Query", "dynamodb:BatchWriteItem")},
-        ("dynamodb:GetItem", "KeysTable"),
+        ("dynamodb:GetItem", "KeysTable"), ("dynamodb:Query", "AlertsTable" + INDEX),
         ("dynamodb:GetItem", "EventsTable"), ("dynamodb:Query", "EventsTable"),
         ("execute-api:ManageConnections", "WebSocketApi"),
         *{(a, "DestinationsTable") for a in ("dynamodb:Query", "dynamodb:GetItem", "dynamodb:PutItem",
@@ -67,12 +67,21 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "StoreFunction": {*{(a, "MessagesTable") for a in ("dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem")},
                       *{(a, "EventsTable") for a in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                                                      "dynamodb:Query")},
-                      ("dynamodb:GetItem", "AppsTable")},
+                      ("dynamodb:GetItem", "AppsTable"), ("dynamodb:UpdateItem", "AlertsTable")},
     "AuthorizerFunction": {("dynamodb:GetItem", "KeysTable")},
     "OtlpFunction": {*{("sqs:SendMessage", q) for q in QUEUES}, ("dynamodb:GetItem", "AppsTable"),
                      ("dynamodb:GetItem", "KeysTable")},
     "StuckFunction": {("dynamodb:Scan", "AppsTable"), ("dynamodb:Query", "MessagesTable" + INDEX),
-                      ("dynamodb:UpdateItem", "MessagesTable"), ("sns:Publish", "AlertsTopic")},
+                      ("dynamodb:UpdateItem", "MessagesTable"), ("dynamodb:GetItem", "MessagesTable"),
+                      *{(a, r) for r in ("AlertsTable", "AlertsTable" + INDEX)
+                        for a in ("dynamodb:UpdateItem", "dynamodb:Query")}},
+    "AlertsFunction": {("sns:Publish", "AlertsTopic"),
+                       ("sqs:SendMessage*", "AlertsFailureQueue"), ("sqs:ChangeMessageVisibility*", "AlertsFailureQueue"),
+                       ("sqs:SendMessage*", "AlertDeliveryQueue"), ("sqs:ChangeMessageVisibility*", "AlertDeliveryQueue"),
+                       ("dynamodb:Query", "DestinationsTable"),
+                       *{(a, r) for r in ("ConnectionsTable", "ConnectionsTable" + INDEX)
+                         for a in ("dynamodb:Query", "dynamodb:BatchWriteItem")},
+                       ("execute-api:ManageConnections", "WebSocketApi")},
     "AggregatorFunction": {("lambda:InvokeFunction", "StoreFunction")},
     "RouterFunction": {*{("sqs:SendMessage", q) for q in QUEUES | {"IngestDeadLetterQueue"}}},
     # read_trace (the item, a long timeline's pages, the lifecycle); a refused batch to its queue

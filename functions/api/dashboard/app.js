@@ -7,8 +7,8 @@
 (function () {
   "use strict";
 
-  const STATUSES = ["complete", "in_progress", "stuck", "unknown"];
-  const STATUS_TEXT = { complete: "complete", in_progress: "in progress", stuck: "stuck", unknown: "unknown" };
+  const STATUSES = ["complete", "in_progress", "stuck", "unknown", "failed"];
+  const STATUS_TEXT = { complete: "complete", in_progress: "in progress", stuck: "stuck", unknown: "unknown", failed: "failed" };
   const QUEUE_REFRESH_MS = 5000;
   const PING_MS = 5 * 60 * 1000;           // API Gateway closes sockets idle for 10 minutes
   const BACKOFF_MIN_MS = 1000;
@@ -59,6 +59,7 @@
     in_progress: [["circle", { cx: 8, cy: 8, r: 6.5 }], ["path", { d: "M8 4.5V8l2.4 1.6" }]],
     stuck: [["path", { d: "M8 1.8l6.6 12H1.4z" }], ["path", { d: "M8 6.2v3.6M8 11.6v.2" }]],
     unknown: [["circle", { cx: 8, cy: 8, r: 6.5 }], ["path", { d: "M6.2 6.3a1.9 1.9 0 1 1 2.6 1.7c-.6.3-.8.6-.8 1.3M8 11.3v.2" }]],
+    failed: [["circle", { cx: 8, cy: 8, r: 6.5 }], ["path", { d: "M5.6 5.6l4.8 4.8M10.4 5.6l-4.8 4.8" }]],
     missing: [["circle", { cx: 8, cy: 8, r: 5.5, "stroke-dasharray": "2.2 1.6" }]],
     warning: [["path", { d: "M8 1.8l6.6 12H1.4z" }], ["path", { d: "M8 6.2v3.6M8 11.6v.2" }]],
     connected: [["circle", { cx: 8, cy: 8, r: 4.5, fill: "currentColor" }]],
@@ -1005,11 +1006,13 @@
     const errorSlot = el("div");
     const more = el("button", { type: "button", class: "button", "data-testid": "load-more", hidden: true, onclick: () => load(false) }, "Load more");
     const liveNote = el("p", { class: "muted small", "data-testid": "app-live" });
+    const alerts = appAlerts(appId);
 
     fill(view,
       el("section", { class: "card" },
         el("h1", { tabindex: "-1", class: "view-title" }, "App ", el("span", { class: "mono", "data-testid": "app-title" }, appId)),
         lifecycleLine,
+        alerts.node,
         el("div", { class: "card__head" }, el("h2", null, "Recent messages"), liveNote),
         chips, scope, errorSlot, table, empty, el("div", { class: "more" }, more)));
 
@@ -1021,7 +1024,10 @@
       }
       fill(lifecycleLine, "Lifecycle: ",
         el("span", { class: "lifecycle-steps" }, lc.events.map((e, i) => [i ? el("span", { "aria-hidden": "true", class: "arrow" }, " → ") : null, el("span", { class: "mono" }, e)])),
-        ` · SLA ${fmtSeconds(lc.sla_seconds || 0)}`);
+        ` · SLA ${fmtSeconds(lc.sla_seconds || 0)}`,
+        (lc.optional || []).length ? ` · optional ${lc.optional.join(", ")}` : null,
+        (lc.failure || []).length ? ` · failure ${lc.failure.join(", ")}` : null,
+        (lc.deadlines || []).length ? " · deadlines " + lc.deadlines.map((d) => `${d.step} within ${fmtSeconds(d.within_seconds)} of ${d.after}`).join(", ") : null);
     }, (err) => { if (alive) lifecycleLine.textContent = "Lifecycle unavailable: " + err.message; });
 
     function counts() {
@@ -1125,10 +1131,11 @@
       if (!alive) return;
       if (frame.type === "subscribed") {
         liveNote.textContent = "Live: new messages appear at the top.";
-        if (subscribedOnce) load(true);   // a reconnect: catch up with what changed meanwhile
+        if (subscribedOnce) { load(true); alerts.load(); }   // a reconnect: catch up with what changed meanwhile
         subscribedOnce = true;
         return;
       }
+      if (frame.type === "alert") { alerts.take(frame); return; }
       if (frame.type !== "timeline" || !frame.message_id) return;
       upsertTop(strip(frame));
       fresh.add(frame.message_id);
@@ -1141,7 +1148,73 @@
 
     renderChips();
     load(true);
-    return () => { alive = false; unsub(); };
+    alerts.load();
+    return () => { alive = false; alerts.stop(); unsub(); };
+  }
+
+  /** The app's alerts (docs/ALERTS.md): a badge with the firing count and the latest alerts, newest
+   *  first; GET api/alerts at load, then each `alert` frame updates its row (one row per alert_id). */
+  function appAlerts(appId) {
+    let alive = true;
+    let rows = [];
+    const fresh = new Set();   // rows to highlight once
+    const arrived = new Set(); // alerts that came over the websocket
+    const badge = el("span", { class: "badge badge--ok", "data-testid": "alert-badge", "data-firing": "0" }, "0 firing");
+    const list = el("ul", { class: "alerts", "data-testid": "alert-list", "aria-label": `Alerts of ${appId}` });
+    const note = el("p", { class: "muted small", "data-testid": "alerts-empty" }, "No alerts.");
+    const node = el("div", { class: "alerts-box", "data-testid": "alerts" },
+      el("div", { class: "card__head" }, el("h2", null, "Alerts"), badge), list, note);
+
+    function describe(a) {
+      const rule = a.rule || {};
+      if (rule.kind === "deadline") return `${rule.step} not within its deadline after ${rule.after}`;
+      if (rule.kind === "failure") return `failure step ${rule.step}`;
+      if (rule.kind === "sla") return "no event for longer than the SLA";
+      return String(rule.kind || "alert");
+    }
+
+    function render() {
+      const firing = rows.filter((a) => a.state === "firing").length;
+      badge.textContent = `${firing} firing`;
+      badge.dataset.firing = String(firing);
+      badge.className = "badge " + (firing ? "badge--stuck" : "badge--complete");
+      note.hidden = !!rows.length;
+      fill(list, ...rows.slice(0, 20).map((a) => {
+        const li = el("li", { class: "alert alert--" + a.state, "data-testid": "alert-row", "data-alert-id": a.alert_id,
+          "data-state": a.state, "data-kind": (a.rule || {}).kind },
+        tag(a.state, a.state === "firing" ? "missing" : "info", "alert-state"), " ",
+        navLink(messageHref(a.message_id, appId), { class: "mono strong" }, a.message_id), " ",
+        el("span", null, describe(a)), " ",
+        timeEl(a.state === "resolved" ? a.resolved_at : a.fired_at, true));
+        if (fresh.has(a.alert_id)) { highlight(li); fresh.delete(a.alert_id); }
+        return li;
+      }));
+    }
+
+    function take(a) {
+      if (!alive || !a.alert_id) return;
+      rows = [a].concat(rows.filter((x) => x.alert_id !== a.alert_id));
+      fresh.add(a.alert_id);
+      arrived.add(a.alert_id);
+      render();
+      announce(`Alert ${a.state}: ${a.message_id}, ${describe(a)}.`);
+    }
+
+    async function load() {
+      try {
+        const body = await api(`api/alerts?app_id=${seg(appId)}&limit=20`);
+        if (!alive) return;
+        const known = new Set(((body && body.items) || []).map((x) => x.alert_id));
+        // what arrived live stays above the first page (it is newer)
+        rows = rows.filter((x) => arrived.has(x.alert_id) && !known.has(x.alert_id)).concat((body && body.items) || []);
+        render();
+      } catch (err) {
+        if (alive) note.textContent = "Alerts unavailable: " + err.message;
+      }
+    }
+
+    render();
+    return { node, take, load, stop: () => { alive = false; } };
   }
 
   // ---------------------------------------------------------------- queue panel

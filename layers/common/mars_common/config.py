@@ -33,6 +33,7 @@ class Settings:
     allow_loopback_destinations: bool = False
     delivery_retry_seconds: int = 86400
     delivery_backoff_seconds: int = 30
+    alerts_table: str = ""  # AlertsTable: one record per (message, rule), mars_common.alerts
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
@@ -77,4 +78,5 @@ def settings() -> Settings:
         allow_loopback_destinations=_flag(env.get("ALLOW_LOOPBACK_DESTINATIONS")),
         delivery_retry_seconds=int(env.get("DELIVERY_RETRY_SECONDS", "86400")),
         delivery_backoff_seconds=int(env.get("DELIVERY_BACKOFF_SECONDS", "30")),
+        alerts_table=env.get("ALERTS_TABLE", ""),
     )

@@ -32,7 +32,7 @@ from botocore.exceptions import ClientError
 from . import aws
 from .config import settings
 from .events import Event, derive_event_id, format_ts, utc_now
-from .timeline import Lifecycle, summarize
+from .timeline import Deadline, Lifecycle, step_stats, summarize, summarize_steps
 
 EVENT_PREFIX = "e:"
 BY_MESSAGE_INDEX = "ByMessage"
@@ -40,6 +40,7 @@ BY_APP_INDEX = "ByAppUpdated"
 MAX_EVENTS_PER_UPDATE = 50  # keeps an UpdateExpression far below DynamoDB's 4 KB limit
 STUCK_AT = "stuck_at"  # set by the stuck sweep (an alert was sent), removed by the next event
 PAGED = "paged"  # a summary whose events live in EventsTable
+STEP_STATS = "step_stats"  # a summary's {step: {"t": first created_at, "n": events}}: bounded by its distinct steps
 # A timeline stays in its one item while the item stays under this (a 5-10 event timeline: 1-4 WRU a
 # write, as before); past it, the events move to EventsTable pages.
 INLINE_MAX_BYTES = 4 * 1024
@@ -63,6 +64,7 @@ _known_paged: OrderedDict[tuple[str, str], None] = OrderedDict()
 class UpsertResult:
     stored: int
     duplicates: int
+    unstuck: bool = False  # the message was marked stuck and this write cleared the mark (an SLA alert resolves)
 
 
 # --- item sizes, as DynamoDB counts them (write units, the inline and page budgets) ----------------
@@ -182,14 +184,14 @@ def upsert_message(table_name: str, app_id: str, message_id: str, events: list[E
         return UpsertResult(0, in_call)
     if not events_table:  # no pages to move to: the one-item model, no read
         result = _upsert_inline(table_name, app_id, message_id, batch, retention_days)
-        return UpsertResult(result.stored, result.duplicates + in_call)
+        return UpsertResult(result.stored, result.duplicates + in_call, result.unstuck)
     adding = sum(_entry_bytes(ev.event_id, _entry(ev)) for ev in batch)
     room = INLINE_MAX_BYTES - _inline_overhead(app_id, message_id) - adding
     summary: dict[str, Any] | None = None
     if (app_id, message_id) not in _known_paged and len(batch) <= MAX_EVENTS_PER_UPDATE and room >= 0:
         try:  # the common case, a short timeline: written without reading it first (bench (b): 1 call a message)
             result = _upsert_inline(table_name, app_id, message_id, batch, retention_days, room=room)
-            return UpsertResult(result.stored, result.duplicates + in_call)
+            return UpsertResult(result.stored, result.duplicates + in_call, result.unstuck)
         except _RefusedError as refused:  # paged, too big for the guard, or an item without one: decide from it
             summary = refused.item
     if summary is None:
@@ -202,10 +204,10 @@ def upsert_message(table_name: str, app_id: str, message_id: str, events: list[E
                                          if ev.event_id not in present)
         if grown <= INLINE_MAX_BYTES:
             result = _upsert_inline(table_name, app_id, message_id, batch, retention_days, base=base)
-            return UpsertResult(result.stored, result.duplicates + in_call)
+            return UpsertResult(result.stored, result.duplicates + in_call, result.unstuck)
     result = _upsert_paged(table_name, events_table, summary, app_id, message_id, batch, retention_days)
     _remember_paged(app_id, message_id)
-    return UpsertResult(result.stored, result.duplicates + in_call)
+    return UpsertResult(result.stored, result.duplicates + in_call, result.unstuck)
 
 
 class _RefusedError(Exception):
@@ -224,6 +226,7 @@ def _upsert_inline(table_name: str, app_id: str, message_id: str, batch: list[Ev
     read first, and a refusal (_RefusedError) returns the item instead of a GetItem. `base`: the event bytes
     of an item written before the guard existed."""
     duplicates = stored = 0
+    unstuck = False
     for start in range(0, len(batch), MAX_EVENTS_PER_UPDATE):
         chunk = batch[start:start + MAX_EVENTS_PER_UPDATE]
         names = {"#u": "updated_at", "#x": "expires_at", "#s": STUCK_AT, "#p": PAGED, "#b": INLINE_BYTES}
@@ -259,11 +262,12 @@ def _upsert_inline(table_name: str, app_id: str, message_id: str, batch: list[Ev
         # An event attribute already in the old item was a duplicate. (ALL_OLD, not UPDATED_OLD: emulators
         # differ on whether an if_not_exists that kept the old value counts as "updated".)
         before = resp.get("Attributes", {})
+        unstuck = unstuck or STUCK_AT in before
         old = sum(1 for i in range(len(chunk)) if names[f"#e{i}"] in before)
         duplicates += old
         stored += len(chunk) - old
         base = 0  # the first chunk set it
-    return UpsertResult(stored=stored, duplicates=duplicates)
+    return UpsertResult(stored=stored, duplicates=duplicates, unstuck=unstuck)
 
 
 def _deserialize(item: dict[str, Any]) -> dict[str, Any]:
@@ -357,12 +361,14 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
     groups = _load_groups(events_table, pk, keys) or [(_Group(FIRST_LO), keys)]
     by_key = {c[0]: c for c in ordered}
     counted = 0  # entries this commit adds to event_count
+    added: list[dict[str, Any]] = []  # those entries, for the per-step stats (first time, count)
     seen: list[dict[str, Any]] = []  # the stored version of every candidate, for first/last seen and steps
     planned: list[tuple[_Group, dict[str, dict[str, Any]], list[tuple[str, str, dict[str, Any]]]]] = []
     for group, group_keys in groups:
         present = group.entries()
         if not paged:
             counted += len(present)  # nothing was committed to pages yet: all of it is counted now
+            added.extend(present.values())
         new: list[tuple[str, str, dict[str, Any]]] = []
         for key in group_keys:
             _, event_id, entry, client = by_key[key]
@@ -373,6 +379,7 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
             else:
                 new.append((key, event_id, entry))
         seen.extend(entry for _, _, entry in new)
+        added.extend(entry for _, _, entry in new)
         counted += len(new)
         planned.append((group, present, new))
     puts, appends = _place(pk, planned, expires)
@@ -391,6 +398,7 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
     late, late_pages = _uncommitted(events_table, pk, seq, [*loaded.values(), *others] if paged else others)
     counted += len(late)
     seen.extend(late)
+    added.extend(late)
     touched: list[str] = []
     for item in puts:
         try:
@@ -405,8 +413,8 @@ def _upsert_paged(messages_table: str, events_table: str, summary: dict[str, Any
     stored = max(counted if paged else counted - len(_entries(summary)), 0)
     if paged and not counted:
         return UpsertResult(stored=0, duplicates=len(batch))  # nothing new: no commit, no stream record
-    _commit(messages_table, summary, app_id, message_id, attempt, counted, seen, touched, expires)
-    return UpsertResult(stored=stored, duplicates=max(len(batch) - stored, 0))
+    _commit(messages_table, summary, app_id, message_id, attempt, counted, seen, touched, expires, added)
+    return UpsertResult(stored=stored, duplicates=max(len(batch) - stored, 0), unstuck=STUCK_AT in summary)
 
 
 def _place(pk: str, planned: list[tuple[_Group, dict[str, dict[str, Any]], list[tuple[str, str, dict[str, Any]]]]],
@@ -520,8 +528,10 @@ def _conflict(exc: ClientError, message: str) -> Exception:
 
 
 def _commit(table: str, summary: dict[str, Any], app_id: str, message_id: str, attempt: int, counted: int,
-            seen: list[dict[str, Any]], touched: list[str], expires: int) -> None:
-    """The summary: only the batch's effect (min/max/set union are idempotent; the count is guarded by seq)."""
+            seen: list[dict[str, Any]], touched: list[str], expires: int, added: list[dict[str, Any]]) -> None:
+    """The summary: only the batch's effect (min/max/set union are idempotent; the count and the per-step
+    stats, merged from the summary read, are guarded by seq). A summary written before step_stats existed
+    keeps none (a partial map would be wrong): its timeline reports unexpected_count null."""
     created = [e["created_at"] for e in seen]
     received = [e["received_at"] for e in seen if e.get("received_at")]
     first = min([*created, *([summary["first_seen"]] if summary.get("first_seen") else [])], default=None)
@@ -540,6 +550,15 @@ def _commit(table: str, summary: dict[str, Any], app_id: str, message_id: str, a
             sets.append(f"{name} = :{name[1:]}")
     removes = ["#s"]
     adds = []
+    stats: dict[str, dict[str, Any]] | None = None
+    if not summary.get(PAGED) or STEP_STATS in summary:
+        stats = {k: {"t": v["t"], "n": int(v["n"])} for k, v in (summary.get(STEP_STATS) or {}).items()}
+        for name, got in step_stats(added).items():
+            old = stats.setdefault(name, {"t": got["t"], "n": 0})
+            old["t"], old["n"] = min(old["t"], got["t"]), old["n"] + got["n"]
+        names["#ss"] = STEP_STATS
+        values[":ss"] = stats
+        sets.append("#ss = :ss")
     steps = {e["event"] for e in seen}
     if steps:
         names["#st"] = "steps"
@@ -554,6 +573,8 @@ def _commit(table: str, summary: dict[str, Any], app_id: str, message_id: str, a
                      if attr in ("first_seen", "last_seen", "last_received")})
         if steps:
             item["steps"] = steps
+        if stats is not None:
+            item[STEP_STATS] = stats
         condition = "attribute_not_exists(#p) AND " + ("#u = :u0" if "updated_at" in summary else "attribute_not_exists(#u)")
         try:
             aws.table(table).put_item(Item=item, ConditionExpression=condition,
@@ -584,15 +605,11 @@ def item_events(item: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _paged_summary(item: dict[str, Any], lifecycle: Lifecycle | None, now: datetime) -> dict[str, Any]:
-    """summarize() from the summary's fields: the steps seen stand for the events, the newest receive for the clock."""
-    stand_in = [{"event": name} for name in sorted(item.get("steps") or ())]
-    if stand_in:
-        stand_in[0]["created_at"] = item.get("first_seen")
-        stand_in[-1]["created_at"] = item.get("last_seen")
-        stand_in[-1]["received_at"] = item.get("last_received")
-    out = summarize(stand_in, lifecycle, item.get("updated_at"), now)
-    out["first_seen"], out["last_seen"] = item.get("first_seen"), item.get("last_seen")
-    return out
+    """summarize() from the summary's fields: its per-step stats (or, written before them, its steps) stand
+    for the events, the newest receive for the clock."""
+    return summarize_steps(item.get(STEP_STATS), lifecycle, item.get("updated_at"), now,
+                           first_seen=item.get("first_seen"), last_seen=item.get("last_seen"),
+                           last_received=item.get("last_received"), steps=set(item.get("steps") or ()))
 
 
 def timeline_changed(new: dict[str, Any], old: dict[str, Any]) -> bool:
@@ -809,7 +826,10 @@ def get_lifecycle(table_name: str, app_id: str) -> Lifecycle | None:
 def _lifecycle(item: dict[str, Any]) -> Lifecycle:
     retention = item.get("retention_days")
     return Lifecycle(events=tuple(item.get("events", [])), sla_seconds=int(item.get("sla_seconds", 0)),
-                     updated_at=item.get("updated_at"), retention_days=int(retention) if retention else None)
+                     updated_at=item.get("updated_at"), retention_days=int(retention) if retention else None,
+                     optional=tuple(item.get("optional") or ()), failure=tuple(item.get("failure") or ()),
+                     deadlines=tuple(Deadline(d["step"], d["after"], int(d["within_seconds"]))
+                                     for d in item.get("deadlines") or ()))
 
 
 def put_lifecycle(table_name: str, app_id: str, lifecycle: Lifecycle) -> dict[str, Any]:
@@ -819,14 +839,25 @@ def put_lifecycle(table_name: str, app_id: str, lifecycle: Lifecycle) -> dict[st
                             "updated_at": utc_now()}
     if lifecycle.retention_days:
         item["retention_days"] = lifecycle.retention_days
+    rules = lifecycle.rules_dict()
+    item.update({k: v for k, v in rules.items() if v})  # a lifecycle without rules: as before
     names = {"#e": "events", "#s": "sla_seconds", "#u": "updated_at", "#r": "retention_days"}
     values: dict[str, Any] = {":e": item["events"], ":s": item["sla_seconds"], ":u": item["updated_at"]}
-    update = "SET #e = :e, #s = :s, #u = :u"
+    sets = ["#e = :e", "#s = :s", "#u = :u"]
+    removes = []
     if lifecycle.retention_days:
         values[":r"] = lifecycle.retention_days
-        update += ", #r = :r"
+        sets.append("#r = :r")
     else:
-        update += " REMOVE #r"
+        removes.append("#r")
+    for n, (attr, value) in enumerate(sorted(rules.items())):
+        names[f"#k{n}"] = attr
+        if value:
+            values[f":k{n}"] = value
+            sets.append(f"#k{n} = :k{n}")
+        else:
+            removes.append(f"#k{n}")
+    update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
     aws.table(table_name).update_item(Key={"app_id": app_id}, UpdateExpression=update,
                                       ExpressionAttributeNames=names, ExpressionAttributeValues=values)
     return item

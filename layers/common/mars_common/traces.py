@@ -8,7 +8,8 @@ body: ids in hex, times as strings of Unix nanoseconds, enums as numbers).
   complete.
 - Each event is a child span from the previous event to it (the step's duration), named after the
   event, with its meta as attributes and span events for what the lifecycle did not expect: a step
-  outside the lifecycle (`unexpected`) and one that arrived after a later step (`out_of_order`).
+  outside the lifecycle (`unexpected`) and one created before an earlier step's first event (`out_of_order`:
+  it arrived before its predecessor; timeline.event_flags, the one definition the timeline uses too).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from .store import MAX_PAGE_LIMIT, decode_event_cursor, read_timeline
-from .timeline import COMPLETE, STUCK, Lifecycle
+from .timeline import COMPLETE, FAILED, STUCK, Lifecycle, event_flags
 
 MAX_SPANS = 10_000  # child spans in one answer; the rest are counted in mars.spans_dropped
 SPAN_KIND_INTERNAL = 1
@@ -54,23 +55,6 @@ def attributes(values: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"key": key, "value": _value(value)} for key, value in values.items() if value is not None]
 
 
-def _lifecycle_flags(events: list[dict[str, Any]], lifecycle: Lifecycle | None) -> list[list[str]]:
-    """Per event: `unexpected` (not a lifecycle step) and `out_of_order` (a later step came first)."""
-    if lifecycle is None or not lifecycle.events:
-        return [[] for _ in events]
-    position = {name: i for i, name in enumerate(lifecycle.events)}
-    furthest = -1
-    flags: list[list[str]] = []
-    for event in events:
-        at = position.get(event["event"])
-        if at is None:
-            flags.append(["unexpected"])
-            continue
-        flags.append(["out_of_order"] if at < furthest else [])
-        furthest = max(furthest, at)
-    return flags
-
-
 def timeline_trace(timeline: dict[str, Any], events: list[dict[str, Any]], lifecycle: Lifecycle | None,
                    event_count: int) -> dict[str, Any]:
     """The OTLP/JSON `TracesData` of one app's timeline; `events` are its events in order (at most
@@ -85,6 +69,8 @@ def timeline_trace(timeline: dict[str, Any], events: list[dict[str, Any]], lifec
         root_status = {"code": STATUS_OK}
     elif status == STUCK:
         root_status = {"code": STATUS_ERROR, "message": "stuck; missing " + ", ".join(missing)}
+    elif status == FAILED:
+        root_status = {"code": STATUS_ERROR, "message": "failed"}
     spans: list[dict[str, Any]] = [{
         "traceId": trace, "spanId": root, "name": f"message {message_id}", "kind": SPAN_KIND_INTERNAL,
         "startTimeUnixNano": nanos(timeline["first_seen"]), "endTimeUnixNano": nanos(timeline["last_seen"]),
@@ -94,7 +80,7 @@ def timeline_trace(timeline: dict[str, Any], events: list[dict[str, Any]], lifec
         "status": root_status,
     }]
     previous = timeline["first_seen"]
-    for event, flags in zip(events, _lifecycle_flags(events, lifecycle), strict=True):
+    for event, flags in zip(events, event_flags(events, lifecycle), strict=True):
         at = nanos(event["created_at"])
         spans.append({
             "traceId": trace, "spanId": span_id(trace, event["event_id"]), "parentSpanId": root,
