@@ -244,7 +244,7 @@ def _metrics_stats(args: argparse.Namespace) -> int:
     if args.log:
         path = Path(args.log)
     else:
-        state = stacks.find(args, "--log FILE")
+        state = stacks.find(args, "--log FILE", err=sys.stderr)
         if state is None:
             return 2
         if not state.get("log"):
