@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from aws_lambda_powertools import Metrics
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 # The layer's package (pyproject.toml maps mars_common to layers/common/mars_common; the image copies it
 # beside grpc_shim) and the generated code, a module of this package.
-from aws_lambda_powertools import Metrics
 from mars_common import auth
 from mars_common import metrics as m
 from mars_common.config import settings

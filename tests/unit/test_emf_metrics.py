@@ -218,9 +218,10 @@ def test_broadcast_counts_pushes_gone_connections_and_batch(fake_connections: Fa
 
 
 def test_the_grpc_shim_sums_its_counts_into_one_emf_line_per_interval(capsys: pytest.CaptureFixture[str]) -> None:
-    from grpc_shim import server
     from mars_common.events import parse_event
     from mars_common.queues import EnqueueFailure
+
+    from grpc_shim import server
 
     sent: list[int] = []
 
