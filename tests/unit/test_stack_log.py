@@ -96,3 +96,29 @@ def test_cloudwatch_resources_are_not_created_and_one_info_line_says_why(aws_cre
                     "AWS::Logs::LogGroup": ["Logs"]}
     warned = [r.logical_id for r in caplog.records if r.levelno == logging.WARNING]  # type: ignore[attr-defined]
     assert warned == ["Odd"]  # a type the runtime does not know is still a warning
+
+
+def test_an_sns_subscription_is_created_and_a_queue_subscriber_receives(aws_credentials: None,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from moto import mock_aws
+
+    template = {"Parameters": {"Email": {"Type": "String", "Default": "ops@example.com"}},
+                "Resources": {
+                    "Topic": {"Type": "AWS::SNS::Topic", "Properties": {}},
+                    "Inbox": {"Type": "AWS::SQS::Queue", "Properties": {}},
+                    "ToInbox": {"Type": "AWS::SNS::Subscription", "Properties": {
+                        "TopicArn": {"Ref": "Topic"}, "Protocol": "sqs", "Endpoint": {"Fn::GetAtt": ["Inbox", "Arn"]},
+                        "RawMessageDelivery": True}},
+                    "ToMail": {"Type": "AWS::SNS::Subscription", "Properties": {
+                        "TopicArn": {"Ref": "Topic"}, "Protocol": "email", "Endpoint": {"Ref": "Email"}}}}}
+    with mock_aws(), caplog.at_level(logging.INFO, logger="samlocal.resources"):
+        stack = Stack(template, root=Path("."), name="subs")
+        assert provision(stack, functools.cache(lambda service: boto3.client(service, region_name="us-east-1"))) == []
+        sns, sqs = boto3.client("sns", region_name="us-east-1"), boto3.client("sqs", region_name="us-east-1")
+        subs = sns.list_subscriptions_by_topic(TopicArn=stack.ref("Topic"))["Subscriptions"]
+        assert sorted(s["Protocol"] for s in subs) == ["email", "sqs"]
+        sns.publish(TopicArn=stack.ref("Topic"), Message="hello")
+        got = sqs.receive_message(QueueUrl=stack.ref("Inbox"), WaitTimeSeconds=1)["Messages"]
+        assert [m["Body"] for m in got] == ["hello"]  # raw delivery, as the template asked
+    said = [r for r in caplog.records if r.getMessage() == "subscription not delivered locally"]
+    assert [r.logical_id for r in said] == ["ToMail"]  # type: ignore[attr-defined]
