@@ -115,8 +115,8 @@ _SUBSCRIPTION_ATTRIBUTES = ("DeliveryPolicy", "FilterPolicy", "FilterPolicyScope
 
 
 def create_subscription(stack: Stack, lid: str, props: dict[str, Any], clients: Callable[[str], Any]) -> dict[str, Any]:
-    """An SNS subscription: an sqs, lambda or http(s) endpoint receives the topic's messages through the
-    emulator as in AWS; e-mail and SMS ones exist (pending confirmation) but nothing is sent."""
+    """An SNS subscription: an sqs endpoint receives the topic's messages through the emulator as in AWS
+    (other protocols are the emulator's); e-mail and SMS ones exist (pending confirmation), nothing is sent."""
     attributes = {k: json.dumps(props[k]) if isinstance(props[k], (dict, list)) else _str(props[k])
                   for k in _SUBSCRIPTION_ATTRIBUTES if k in props}
     arn = clients("sns").subscribe(TopicArn=props["TopicArn"], Protocol=props["Protocol"], Endpoint=props["Endpoint"],
