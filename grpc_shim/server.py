@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from aws_lambda_powertools import Metrics
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -24,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 # The layer's package (pyproject.toml maps mars_common to layers/common/mars_common; the image copies it
 # beside grpc_shim) and the generated code, a module of this package.
 from mars_common import auth, otlp
+from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import MAX_BULK, Event, FieldError, ValidationError, parse_event, utc_now
 from mars_common.queues import EnqueueFailure, send_batch
@@ -41,6 +43,44 @@ REFLECTION_PREFIX = "/grpc.reflection."  # v1alpha and v1: both are stream-strea
 MAX_STREAM_IDS = 10_000
 
 
+class ShimMetrics:
+    """The shim's counts (namespace Mars, service mars-grpc), summed in memory and written as EMF lines
+    on stdout every `interval` seconds: a container has no invocation to flush after, and one line
+    per interval costs nothing whatever the load. In AWS the task's awslogs group turns them into
+    metrics; locally they are in the stack's log (`mars stats --metrics`)."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics(namespace=m.NAMESPACE, service="mars-grpc")
+        self.counts: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.batches = 0
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+
+    def flush(self) -> None:
+        counts, rejected, batches = self.counts, self.rejected, self.batches
+        self.counts, self.rejected, self.batches = Counter(), Counter(), 0
+        for reason, n in sorted(rejected.items()):
+            m.count_by(self.metrics, m.INGEST_REJECTED, "reason", reason, n)
+        if not counts:
+            return
+        for name, n in sorted(counts.items()):
+            m.count(self.metrics, name, n)
+        if batches:  # the interval's mean: one value, where one per batch would be a line per 100 batches
+            m.count(self.metrics, m.BATCH_SIZE, round(counts[m.EVENTS_ACCEPTED] / batches, 2))
+        self.metrics.flush_metrics()
+
+
+async def flush_every(shim_metrics: ShimMetrics, interval: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except TimeoutError:
+            pass
+        shim_metrics.flush()
+
+
 class Batcher:
     """Sends each queue's events in batches of up to 10, one SendMessageBatch in flight per queue.
 
@@ -50,8 +90,9 @@ class Batcher:
     queue sends at once (no timer), and one message's events reach its FIFO queue in the order
     the calls arrived (two batches of one queue never race)."""
 
-    def __init__(self, queue_urls: tuple[str, ...]) -> None:
+    def __init__(self, queue_urls: tuple[str, ...], shim_metrics: ShimMetrics | None = None) -> None:
         self.queue_urls = queue_urls
+        self.shim_metrics = shim_metrics or ShimMetrics()
         self._buffers: dict[int, list[tuple[Event, asyncio.Future[EnqueueFailure | None]]]] = defaultdict(list)
         self._in_flight: set[int] = set()
         # botocore blocks: a thread per queue, so no queue waits for another's send
@@ -93,6 +134,10 @@ class Batcher:
             self._start(q)  # what arrived meanwhile
         self.batches_sent += 1
         self.events_sent += len(batch)
+        self.shim_metrics.batches += 1
+        self.shim_metrics.counts[m.EVENTS_ACCEPTED] += len(batch) - len(failures)
+        if failures:
+            self.shim_metrics.counts[m.ENQUEUE_FAILED] += len(failures)
         by_index = {f.index: f for f in failures}
         for i, (_ev, fut) in enumerate(batch):
             if not fut.done():
@@ -157,6 +202,7 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
         try:
             return await asyncio.to_thread(auth.authenticate, cfg.keys_table, cfg.auth_required, key)
         except auth.AuthError as err:
+            self.batcher.shim_metrics.reject("UNAUTHENTICATED")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, err.message)
             raise  # abort raises; this line is for the type checker
 
@@ -164,12 +210,14 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
                          context: grpc.aio.ServicerContext) -> None:
         denied = principal.denied(e.app_id for e in events)
         if denied:
+            self.batcher.shim_metrics.reject("PERMISSION_DENIED")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"app_id: this API key may not write to app(s) {', '.join(denied)}")
 
     async def _accept(self, events: list[Event], context: grpc.aio.ServicerContext) -> list[str]:
         failures = await self.batcher.enqueue(events)
         if failures:
+            self.batcher.shim_metrics.reject("UNAVAILABLE")
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"{len(failures)} event(s) not enqueued, resend them: {failures[0].code}")
         return [e.event_id for e in events]
@@ -188,6 +236,7 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
                 else:
                     events.append(event)
         if errors:
+            self.batcher.shim_metrics.reject("INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, describe(errors))
         return events
 
@@ -203,6 +252,7 @@ class MarsGrpc(event_pb2_grpc.MarsGrpcServicer):
                             context: grpc.aio.ServicerContext) -> event_pb2.EventsResponse:
         principal = await self._principal(context)
         if not request.events or len(request.events) > MAX_BULK:
+            self.batcher.shim_metrics.reject("INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"events: send 1 to {MAX_BULK} events")
         events = await self._validate(list(request.events), context, indexed=True)
         await self._authorize(principal, events, context)
@@ -342,7 +392,9 @@ def register(servicer: MarsGrpc, server: grpc.aio.Server) -> None:
 async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -> None:
     server = grpc.aio.server(interceptors=[ReflectionNeedsKey()])
     strict = os.environ.get("GRPC_STRICT_CREATED_AT", "").strip().lower() in ("1", "true", "yes", "on")
-    batcher = Batcher(settings().events_queue_urls)
+    shim_metrics = ShimMetrics()
+    batcher = Batcher(settings().events_queue_urls, shim_metrics)
+    interval = float(os.environ.get("METRICS_INTERVAL_SECONDS") or 60)
     register(MarsGrpc(batcher, strict_created_at=strict), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -353,9 +405,12 @@ async def serve(host: str, port: int, stop: asyncio.Event, grace: float = 5.0) -
     for name in ("", SERVICE, TRACE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("grpc shim listening", extra={"host": host, "port": bound})
+    flusher = asyncio.get_running_loop().create_task(flush_every(shim_metrics, interval, stop))
     await stop.wait()
     for name in ("", SERVICE, TRACE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace)  # in-flight calls finish; new ones are refused
+    await flusher
+    shim_metrics.flush()  # what the last calls added
     log.info("grpc shim stopped", extra={"batches_sent": batcher.batches_sent, "events_sent": batcher.events_sent,
                                          "events_per_batch": round(batcher.events_sent / max(1, batcher.batches_sent), 2)})

@@ -133,9 +133,15 @@ def _start_grpc_shim(args: argparse.Namespace, stack: Any) -> Any:
            "AWS_ENDPOINT_URL": stack.endpoint, "AWS_REGION": stack.stack.region,
            "AWS_DEFAULT_REGION": stack.stack.region, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing"}
+    env["METRICS_INTERVAL_SECONDS"] = "10"  # its EMF lines reach the stack's log within 10 s (AWS: a minute)
     process = subprocess.Popen([sys.executable, "-m", "grpc_shim", "--host", args.host, "--port", str(args.grpc_port),
                                 "--parent-pid", str(os.getpid())],
-                               env=env, cwd=root, start_new_session=True)
+                               env=env, cwd=root, start_new_session=True, stdout=subprocess.PIPE)
+    from samlocal.logs import copy_lines
+
+    # the shim is a container in AWS, its stdout in CloudWatch Logs; locally it joins the functions' in the stack's log
+    threading.Thread(target=copy_lines, args=(process.stdout, stack.log_file), name="grpc-shim-stdout",
+                     daemon=True).start()
     wait_for_port(args.host, args.grpc_port, 30)
     return process
 
@@ -197,6 +203,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     import requests
 
+    if args.metrics or args.log:
+        return _metrics_stats(args)
     state = None if args.url else stacks.find(args, "--url")
     if state is None and not args.url:
         return 2
@@ -229,6 +237,39 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if dead:
         print(f"warning: {dead} message(s) in dead-letter queues; see them with the AWS CLI, move them back with "
               "`mars redrive --dry-run` then `mars redrive`", file=sys.stderr)
+    return 0
+
+
+def _metrics_stats(args: argparse.Namespace) -> int:
+    """The EMF lines of the running stack's log (or of --log FILE, e.g. a CloudWatch Logs export),
+    summed per metric and dimension set."""
+    from mars import emf
+
+    if args.log:
+        path = Path(args.log)
+    else:
+        state = stacks.find(args, "--log FILE", err=sys.stderr)
+        if state is None:
+            return 2
+        if not state.get("log"):
+            print(f"mars: the local stack {args.stack_name!r} records no log file (started by an older mars); "
+                  "restart it, or pass --log FILE", file=sys.stderr)
+            return 2
+        path = Path(state["log"])
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            rows = emf.summarize(lines)
+    except OSError as exc:
+        print(f"mars: cannot read the log {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([s.as_dict() for s in rows]))
+        return 0
+    if not rows:
+        print(f"mars: no metrics (EMF lines) in {path} yet: they appear once a function has run", file=sys.stderr)
+        return 0
+    for line in emf.table(rows):
+        print(line)
     return 0
 
 
@@ -358,9 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys.register(sub, stack_args)
     redrive.register(sub, stack_args)
 
-    stats = sub.add_parser("stats", help="depth, in-flight and oldest age of every queue and dead-letter queue")
+    stats = sub.add_parser("stats", help="depth, in-flight and oldest age of every queue and dead-letter queue; "
+                                         "--metrics: the functions' metrics (EMF) summed from the stack's log")
     stats.add_argument("--url", help="the API's base URL (default: the running stack's ApiUrl)")
     stats.add_argument("--api-key")
+    stats.add_argument("--metrics", action="store_true",
+                       help="sum the EMF metric lines of the running stack's log, per metric and dimensions")
+    stats.add_argument("--log", metavar="FILE", help="with --metrics: read this log instead (any file of EMF lines)")
     stats.add_argument("--json", action="store_true")
     stack_args(stats)
     stats.set_defaults(func=cmd_stats)

@@ -59,6 +59,9 @@ class FunctionSpec:
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
     # retries and failure destinations of asynchronous invokes (DeadLetterQueue, EventInvokeConfig)
     async_config: AsyncConfig = field(default_factory=AsyncConfig)
+    # where the environment also appends its stdout and stderr, line by line (the stack's log: what
+    # CloudWatch Logs keeps of a deployed function); None: the terminal only
+    log_file: str | None = None
 
     # top-level modules of the distributions the function may import (computed once; see importable_modules)
     _importable: list[str] | None = field(default=None, repr=False, compare=False)
@@ -68,7 +71,8 @@ class FunctionSpec:
             self._importable = importable_modules([self.code_dir, *self.layer_dirs])
         return {"name": self.name, "arn": self.arn, "handler": self.handler, "code_dir": str(self.code_dir),
                 "layer_dirs": [str(p) for p in self.layer_dirs], "memory_mb": self.memory_mb,
-                "timeout": self.timeout, "environment": self.environment, "importable": self._importable}
+                "timeout": self.timeout, "environment": self.environment, "importable": self._importable,
+                "log_file": self.log_file}
 
 
 # What the Python Lambda runtime ships besides the standard library: the AWS SDK (and what it needs).

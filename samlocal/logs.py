@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
 
@@ -23,6 +25,19 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+def copy_lines(stream: IO[bytes], path: Path) -> None:
+    """Copies a child process's output, line by line, to this process's stdout and appends it to `path`
+    (one write per line, O_APPEND: lines never interleave with other writers'); returns at its end."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        for line in iter(stream.readline, b""):
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+            os.write(fd, line if line.endswith(b"\n") else line + b"\n")
+    finally:
+        os.close(fd)
 
 
 def setup(level: str = "INFO") -> None:

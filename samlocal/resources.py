@@ -111,6 +111,22 @@ def create_topic(stack: Stack, lid: str, props: dict[str, Any], clients: Callabl
     return {"Ref": arn, "TopicArn": arn, "TopicName": name}
 
 
+_SUBSCRIPTION_ATTRIBUTES = ("DeliveryPolicy", "FilterPolicy", "FilterPolicyScope", "RawMessageDelivery", "RedrivePolicy")
+
+
+def create_subscription(stack: Stack, lid: str, props: dict[str, Any], clients: Callable[[str], Any]) -> dict[str, Any]:
+    """An SNS subscription: an sqs endpoint receives the topic's messages through the emulator as in AWS
+    (other protocols are the emulator's); e-mail and SMS ones exist (pending confirmation), nothing is sent."""
+    attributes = {k: json.dumps(props[k]) if isinstance(props[k], (dict, list)) else _str(props[k])
+                  for k in _SUBSCRIPTION_ATTRIBUTES if k in props}
+    arn = clients("sns").subscribe(TopicArn=props["TopicArn"], Protocol=props["Protocol"], Endpoint=props["Endpoint"],
+                                   Attributes=attributes, ReturnSubscriptionArn=True)["SubscriptionArn"]
+    if str(props["Protocol"]).lower() in ("email", "email-json", "sms"):
+        log.info("subscription not delivered locally", extra={"logical_id": lid, "protocol": props["Protocol"],
+                                                               "reason": "the emulator sends no e-mail or SMS"})
+    return {"Ref": arn}
+
+
 def local_api_id(stack: Stack, lid: str) -> str:
     """A stable 10-character id, shaped like API Gateway's."""
     return hashlib.sha256(f"{stack.name}/{lid}".encode()).hexdigest()[:10]
@@ -147,6 +163,7 @@ CREATORS: dict[str, Callable[[Stack, str, dict[str, Any], Callable[[str], Any]],
     "AWS::SQS::Queue": create_queue,
     "AWS::DynamoDB::Table": create_table,
     "AWS::SNS::Topic": create_topic,
+    "AWS::SNS::Subscription": create_subscription,
     "AWS::Serverless::Api": _api,
     "AWS::ApiGatewayV2::Api": _api_v2,
     **{t: _local_id for t in ("AWS::ApiGatewayV2::Integration", "AWS::ApiGatewayV2::Route",
@@ -157,10 +174,26 @@ CREATORS: dict[str, Callable[[Stack, str, dict[str, Any], Callable[[str], Any]],
 }
 
 
+# CloudWatch configuration that watches, shows or keeps what AWS's own services publish: the local stack
+# publishes none of it (no Lambda, SQS or API Gateway metrics, no EMF extraction), so creating these
+# would only make alarms that never fire. Not created, said once per type at INFO (not a WARNING: the
+# template is fine). A function's output is the stack's log file instead (LocalRuntime.log_file).
+NOT_LOCAL = {
+    "AWS::CloudWatch::Alarm": "alarms watch the metrics AWS publishes; nothing publishes them locally",
+    "AWS::CloudWatch::CompositeAlarm": "alarms watch the metrics AWS publishes; nothing publishes them locally",
+    "AWS::CloudWatch::Dashboard": "dashboards show the metrics AWS publishes; nothing publishes them locally",
+    "AWS::Logs::LogGroup": "the functions' stdout and stderr go to the stack's log file (<state dir>/<stack>.log)",
+}
+
+
 def provision(stack: Stack, clients: Callable[[str], Any]) -> list[str]:
     """Creates every supported resource in dependency order; returns the logical ids it skipped."""
     supported = [lid for lid, spec in stack.resources.items() if spec.get("Type") in CREATORS]
     skipped = [lid for lid in stack.resources if lid not in supported]
+    for kind, why in NOT_LOCAL.items():
+        ids = [lid for lid in skipped if stack.resources[lid].get("Type") == kind]
+        if ids:
+            log.info("not created locally", extra={"type": kind, "logical_ids": ids, "reason": why})
     # Functions and layers only need names, and functions reference queues in their Events:
     # name them first so a queue policy or output that references a function resolves.
     first = [lid for lid in supported if stack.resources[lid]["Type"] in (*FUNCTION_TYPES, *LAYER_TYPES,
@@ -176,7 +209,7 @@ def provision(stack: Stack, clients: Callable[[str], Any]) -> list[str]:
         props = stack.resolve(spec.get("Properties", {}))
         stack.physical[lid] = CREATORS[spec["Type"]](stack, lid, props, clients)
         log.info("created", extra={"logical_id": lid, "type": spec["Type"], "physical_id": stack.physical[lid]["Ref"]})
-    for lid in skipped:
+    for lid in (lid for lid in skipped if stack.resources[lid].get("Type") not in NOT_LOCAL):
         log.warning("not emulated", extra={"logical_id": lid, "type": stack.resources[lid].get("Type")})
     return skipped
 

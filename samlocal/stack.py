@@ -292,12 +292,18 @@ class LocalRuntime:
 
     def _start_functions(self, lambda_endpoint: str) -> None:
         base = self._base_env(lambda_endpoint)
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.write_bytes(b"")
         for lid in self.stack.of_type(*FUNCTION_TYPES):
             spec = build_spec(self.stack, lid, base)
             spec.environment.update({"AWS_LAMBDA_FUNCTION_NAME": spec.name,
                                      "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
                                      "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
-                                     "LAMBDA_TASK_ROOT": str(spec.code_dir), "_HANDLER": spec.handler})
+                                     "LAMBDA_TASK_ROOT": str(spec.code_dir), "_HANDLER": spec.handler,
+                                     # what `sam local` sets: libraries that need AWS's own services
+                                     # (Powertools' Tracer: the X-Ray daemon) turn themselves off
+                                     "AWS_SAM_LOCAL": "true"})
+            spec.log_file = str(self.log_file)
             fault = self.config.faults.get(lid) or self.config.faults.get(spec.name)
             self.invoker.add(FunctionPool(spec, fault, self.config.fault_seed))
         unknown = set(self.config.faults) - {a for p in self.invoker.pools.values() for a in (p.spec.logical_id, p.spec.name)}
@@ -434,13 +440,19 @@ class LocalRuntime:
     def state_file(self) -> Path:
         return self.config.state_dir / f"{self.stack.name}.json"
 
+    @property
+    def log_file(self) -> Path:
+        """Every function's stdout and stderr, line by line (what CloudWatch Logs keeps in AWS), begun
+        anew by each start; the terminal gets them too."""
+        return self.config.state_dir / f"{self.stack.name}.log"
+
     def _write_state(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         state = {"pid": os.getpid(), "stack": self.stack.name, "template": str(self.config.template.resolve()),
                  "endpoint": self.endpoint, "service_endpoints": self.service_endpoints,
                  "lambda_endpoint": self.lambda_endpoint,
                  "apis": self.api_urls, "websockets": self.websocket_urls, "outputs": self.outputs(),
-                 "region": self.stack.region, "account_id": self.stack.account_id,
+                 "region": self.stack.region, "account_id": self.stack.account_id, "log": str(self.log_file.resolve()),
                  # every queue of the template, so `mars stats` can show any SAM app's queues
                  "queues": {lid: a["QueueUrl"] for lid, a in self.stack.physical.items() if "QueueUrl" in a}}
         tmp = self.state_file.with_suffix(".tmp")

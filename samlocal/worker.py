@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -71,8 +72,34 @@ class DeclaredOnly(importlib.abc.MetaPathFinder):
         raise ModuleNotFoundError(f"No module named '{fullname}'", name=fullname)
 
 
+class LogCopy:
+    """A stream that also appends each complete line to the stack's log. One os.write per batch of
+    whole lines on an O_APPEND descriptor: the lines of concurrent environments never interleave."""
+
+    def __init__(self, stream: Any, path: str) -> None:
+        self.stream = stream
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.pending = ""
+        self.lock = threading.Lock()  # handlers may print from their own threads
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        with self.lock:
+            self.pending += text
+            if "\n" in self.pending:
+                lines, _, self.pending = self.pending.rpartition("\n")
+                os.write(self.fd, (lines + "\n").encode("utf-8", "replace"))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, encoding, isatty… are the stream's
+        return getattr(self.stream, name)
+
+
 def _load(spec: dict[str, Any]) -> Any:
     awscalls.install()
+    if spec.get("log_file"):  # before the handler's module makes its loggers (they keep sys.stdout)
+        sys.stdout = LogCopy(sys.stdout, spec["log_file"])
+        sys.stderr = LogCopy(sys.stderr, spec["log_file"])
     os.environ.clear()
     os.environ.update(spec["environment"])
     own_dirs = [spec["code_dir"], *spec["layer_dirs"]]

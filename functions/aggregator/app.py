@@ -12,12 +12,16 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import aws
+from mars_common import metrics as m
 from mars_common.aggregate import batch_item_failures, group_records
 from mars_common.config import settings
 
 logger = Logger(service="mars-aggregator")
+metrics, tracer = m.for_service("mars-aggregator")
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     batch = group_records(event.get("Records", []))
@@ -27,6 +31,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if batch.groups:
         failed = _store(batch)
     failures = batch_item_failures(batch, failed)
+    m.count(metrics, m.BATCH_SIZE, len(event.get("Records", [])))
+    m.count(metrics, m.POISON_RECORDS, len(batch.poison))
+    m.count(metrics, m.STORE_FAILED, len(failed))
     logger.info("batch aggregated", extra={"records": len(event.get("Records", [])),
                                            "messages": len(batch.groups), "failed_records": len(failures)})
     return {"batchItemFailures": failures}

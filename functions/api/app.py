@@ -17,9 +17,10 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from aws_lambda_powertools import Logger
-from chalice import Chalice, Response
+from chalice import Chalice, ConvertToMiddleware, Response
 from chalice.app import Request
 from mars_common import alerts, auth, aws, delivery, destinations, live, otlp
+from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import (
     APP_ID_RE,
@@ -51,6 +52,10 @@ from mars_common.traces import read_trace
 
 app = Chalice(app_name="mars")
 logger = Logger(service="mars-api")
+# Chalice is the handler (`app.app`): Powertools' handler decorators wrap each request as middleware.
+metrics, tracer = m.for_service("mars-api")
+app.register_middleware(ConvertToMiddleware(metrics.log_metrics(capture_cold_start_metric=True)), "http")
+app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler), "http")
 
 # curl and wrk send form or text content types by default; the body is parsed as JSON regardless.
 # Chalice is told to accept anything so that an unsupported type gets Mars's error format (415).
@@ -105,6 +110,23 @@ def _handles_errors(view: Any) -> Any:
         except Exception:
             logger.exception("unhandled error")
             return _error(ApiError(500, "INTERNAL", "internal error; the request id is in the logs"))
+    wrapper.__name__ = view.__name__
+    wrapper.__doc__ = view.__doc__
+    return wrapper
+
+
+def _counts_rejections(view: Any) -> Any:
+    """An ingest route's refusal counted by its error code (IngestRejected, dimension reason), then
+    answered by _handles_errors as before."""
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except (ApiError, auth.AuthError) as err:
+            m.count_by(metrics, m.INGEST_REJECTED, "reason", err.code)
+            raise
+        except ValidationError:
+            m.count_by(metrics, m.INGEST_REJECTED, "reason", "VALIDATION_ERROR")
+            raise
     wrapper.__name__ = view.__name__
     wrapper.__doc__ = view.__doc__
     return wrapper
@@ -184,6 +206,10 @@ def _accept(events: list[Event]) -> Response:
     failures = enqueue(events, settings().events_queue_urls)
     failed_idx = {f.index for f in failures}
     accepted = [e.event_id for i, e in enumerate(events) if i not in failed_idx]
+    m.count(metrics, m.BATCH_SIZE, len(events))
+    m.count(metrics, m.EVENTS_ACCEPTED, len(accepted))
+    if failures:
+        m.count(metrics, m.ENQUEUE_FAILED, len(failures))
     if not failures:
         return _json(202, {"success": True, "event_ids": accepted})
     logger.error("enqueue failed", extra={"failed": len(failures), "accepted": len(accepted)})
@@ -196,6 +222,7 @@ def _accept(events: list[Event]) -> Response:
 
 @app.route("/api/event", methods=["POST"], content_types=BODY_TYPES)
 @_handles_errors
+@_counts_rejections
 def post_event() -> Response:
     _same_site_only()
     principal = _principal()
@@ -210,6 +237,7 @@ def post_event() -> Response:
 
 @app.route("/api/event/bulk", methods=["POST"], content_types=BODY_TYPES)
 @_handles_errors
+@_counts_rejections
 def post_bulk() -> Response:
     _same_site_only()
     principal = _principal()
@@ -224,6 +252,7 @@ def post_bulk() -> Response:
 
 @app.route("/api/create_event", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
+@_counts_rejections
 def create_event() -> Response:
     """Mars's load-test route: N random lifecycle events (only where the stage allows test routes)."""
     _same_site_only()  # a link on another site must not make a browser enqueue (GET, so no preflight)

@@ -13,9 +13,11 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import auth
+from mars_common import metrics as m
 from mars_common.config import settings
 
 logger = Logger(service="mars-authorizer")
+metrics, tracer = m.for_service("mars-authorizer")
 
 
 class UnauthorizedError(Exception):
@@ -32,6 +34,8 @@ def _api_arn(method_arn: str) -> str:
     return f"{arn}/{stage}/*"
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
@@ -39,7 +43,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     principal = auth.lookup(settings().keys_table, key) if key else None
     if principal is None:
         logger.info("key refused", extra={"method_arn": event.get("methodArn")})
+        m.count_by(metrics, m.AUTHORIZER_DECISIONS, "decision", "deny")
         raise UnauthorizedError()
+    m.count_by(metrics, m.AUTHORIZER_DECISIONS, "decision", "allow")
     return {
         "principalId": principal.key_id,
         "usageIdentifierKey": auth.usage_key_value(principal.key_id),

@@ -7,6 +7,7 @@ pages the commit names) and the summary, never the whole history (`truncated` sa
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -14,6 +15,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import live
+from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.store import (
     EVENT_PREFIX,
@@ -28,11 +30,14 @@ from mars_common.store import (
 from mars_common.timeline import Lifecycle
 
 logger = Logger(service="mars-broadcast")
+metrics, tracer = m.for_service("mars-broadcast")
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 _lifecycles: dict[str, Lifecycle | None] = {}
 # Subscribers read once per stream batch: a batch often holds many changes of one message (or app).
 _app_subscribers: dict[str, set[str]] = {}
 _message_subscribers: dict[tuple[str, str], set[str]] = {}
+# this invocation's push outcomes, summed: one value per metric per batch, not one per record
+_pushes: Counter[str] = Counter()
 
 
 class PushFailedError(Exception):
@@ -83,6 +88,7 @@ def record_handler(record: DynamoDBRecord) -> None:
     if went_stuck:
         frame["alert"] = {"type": "stuck", "since": new[STUCK_AT]}
     result = live.push(cfg.websocket_management_url, cfg.connections_table, targets, frame)
+    _pushes.update({m.WEBSOCKET_PUSHES: result.delivered, m.GONE_CONNECTIONS: result.stale, m.PUSH_FAILED: result.failed})
     logger.info("pushed", extra={"app_id": app_id, "message_id": message_id, "new_events": len(new_ids),
                                  "delivered": result.delivered, "stale_removed": result.stale,
                                  "failed": result.failed, "truncated": "truncated" in frame})
@@ -90,6 +96,8 @@ def record_handler(record: DynamoDBRecord) -> None:
         raise PushFailedError(f"{result.failed} of {len(targets)} push(es) failed")
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     # a lifecycle or a subscription may change between invocations; within one batch each is read once
@@ -97,5 +105,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     _lifecycles.clear()
     _app_subscribers.clear()
     _message_subscribers.clear()
-    return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                         context=context))
+    _pushes.clear()
+    try:
+        return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                             context=context))
+    finally:
+        m.count(metrics, m.BATCH_SIZE, len(event.get("Records") or []))
+        for name in (m.WEBSOCKET_PUSHES, m.GONE_CONNECTIONS, m.PUSH_FAILED):
+            m.count(metrics, name, _pushes[name])

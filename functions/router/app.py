@@ -15,17 +15,21 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import aws
+from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import ValidationError, format_ts, parse_events, parse_timestamp, utc_now
 from mars_common.queues import enqueue
 
 logger = Logger(service="mars-router")
+metrics, tracer = m.for_service("mars-router")
 
 
 class EnqueueFailedError(Exception):
     """Some events of an SNS notification were not enqueued: fail so that Lambda retries."""
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any] | None:
     records = event.get("Records", [])
@@ -37,15 +41,21 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             events = parse_events(json.loads(body), received_at=received_at)
         except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
             counts["invalid"] += 1
+            m.count_by(metrics, m.INGEST_REJECTED, "reason",
+                       "VALIDATION_ERROR" if isinstance(exc, ValidationError) else "INVALID_JSON")
             _dead_letter(body, exc, source)
             continue
-        if enqueue(events, settings().events_queue_urls):
+        failed = enqueue(events, settings().events_queue_urls)
+        if failed:
             counts["retry"] += 1
+            m.count(metrics, m.ENQUEUE_FAILED, len(failed))
             if source == "sns":
                 raise EnqueueFailedError("events of an SNS notification were not enqueued")
             failures.append({"itemIdentifier": record["messageId"]})
             continue
         counts["events"] += len(events)
+    m.count(metrics, m.BATCH_SIZE, len(records))
+    m.count(metrics, m.EVENTS_ACCEPTED, counts["events"])
     logger.info("routed", extra={"records": len(records), **counts})
     return {"batchItemFailures": failures} if records and "Sns" not in records[0] else None
 

@@ -12,12 +12,14 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import alerts
+from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import Event
 from mars_common.store import get_lifecycle, upsert_message
 from mars_common.timeline import Lifecycle
 
 logger = Logger(service="mars-store")
+metrics, tracer = m.for_service("mars-store")
 # An app's lifecycle (its retention, its rules), kept by a warm environment for LIFECYCLE_TTL_SECONDS:
 # reading AppsTable once per invocation was one GetItem per stored message in a busy pipeline (bench (b)).
 # A changed retention or rule applies within this long (docs/ARCHITECTURE.md, "Retention").
@@ -41,6 +43,8 @@ def retention_days(app_id: str) -> int:
     return lifecycle.retention(cfg.retention_days) if lifecycle else cfg.retention_days
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     cfg = settings()
@@ -51,7 +55,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             events = [Event.from_dict(raw) for raw in message["events"]]
             app_id = message["app_id"]
             days = retention_days(app_id)
-            res = upsert_message(cfg.messages_table, app_id, message["message_id"], events, days, cfg.events_table)
+            with m.timed(metrics, m.STORE_LATENCY):
+                res = upsert_message(cfg.messages_table, app_id, message["message_id"], events, days, cfg.events_table)
             lifecycle = lifecycle_of(app_id)
             if cfg.alerts_table and lifecycle is not None and (lifecycle.has_rules or res.unstuck):
                 alert_writes += alerts.on_stored(cfg.alerts_table, app_id, message["message_id"],
@@ -65,6 +70,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         stored += res.stored
         duplicates += res.duplicates
         results.append({"ok": True, "stored": res.stored, "duplicates": res.duplicates})
+    failed = sum(1 for r in results if not r["ok"])
+    m.count(metrics, m.BATCH_SIZE, len(results))
+    m.count(metrics, m.EVENTS_STORED, stored)
+    m.count(metrics, m.DUPLICATES_DROPPED, duplicates)
+    m.count(metrics, m.STORE_FAILED, failed)
     logger.info("stored", extra={"messages": len(results), "events_stored": stored, "duplicates_dropped": duplicates,
-                                 "failed": sum(1 for r in results if not r["ok"]), "alert_writes": alert_writes})
+                                 "failed": failed, "alert_writes": alert_writes})
     return {"results": results}

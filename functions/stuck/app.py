@@ -16,18 +16,21 @@ Alerts reach people from the AlertsTable stream (AlertsFunction → mars_common.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import alerts, aws
+from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import format_ts
 from mars_common.store import lifecycles, mark_stuck, stuck_candidates, to_timeline
 from mars_common.timeline import FAILED, Lifecycle
 
 logger = Logger(service="mars-stuck")
+metrics, tracer = m.for_service("mars-stuck")
 # How far behind the SLA cut-off a sweep looks: runs are a minute apart, so an hour leaves room for
 # missed runs without re-reading an app's whole history each minute.
 LOOKBACK_SECONDS = 3600
@@ -75,19 +78,28 @@ def sweep_deadlines(app_id: str, lifecycle: Lifecycle, now: datetime) -> tuple[i
     return len(due), fired
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     if not settings().alerts_table:
         raise RuntimeError("ALERTS_TABLE is not set: the sweep cannot record alerts")
     now = datetime.now(UTC)
     totals = {"candidates": 0, "marked": 0, "deadlines_due": 0, "deadlines_fired": 0}
+    fired: Counter[str] = Counter()  # sla and deadline alerts this sweep fired, per app
     for app_id, lifecycle in lifecycles(settings().apps_table).items():
         candidates, marked = sweep_sla(app_id, lifecycle, now)
         totals["candidates"] += candidates
         totals["marked"] += marked
+        fired[app_id] += marked
         if lifecycle.deadlines:
-            due, fired = sweep_deadlines(app_id, lifecycle, now)
+            due, deadlines_fired = sweep_deadlines(app_id, lifecycle, now)
             totals["deadlines_due"] += due
-            totals["deadlines_fired"] += fired
+            totals["deadlines_fired"] += deadlines_fired
+            fired[app_id] += deadlines_fired
+    for app_id, n in sorted(fired.items()):  # app_id is bounded here: only apps that declared rules alert
+        if n:
+            m.count_by(metrics, m.ALERTS_FIRED, "app_id", app_id, n)
+    m.count(metrics, m.ALERTS_FIRED, sum(fired.values()))
     logger.info("swept", extra=totals)
     return totals

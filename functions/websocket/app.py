@@ -10,22 +10,26 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import auth, live
+from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import ValidationError
 from mars_common.origins import is_own_origin
 from mars_common.store import event_count, get_items, get_lifecycle, is_paged, to_timeline
 
 logger = Logger(service="mars-websocket")
+metrics, tracer = m.for_service("mars-websocket")
 OK = {"statusCode": 200}
 
 
 def _reply(connection_id: str, frame: dict[str, Any]) -> None:
-    live.post(settings().websocket_management_url, connection_id, frame)
+    delivered = live.post(settings().websocket_management_url, connection_id, frame)
+    m.count(metrics, m.WEBSOCKET_PUSHES if delivered else m.GONE_CONNECTIONS)
 
 
 def _error(connection_id: str, code: str, message: str, details: list[dict[str, Any]] | None = None,
            action: str | None = None) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message, "details": details or []}
+    m.count_by(metrics, m.WEBSOCKET_ERRORS, "reason", code)
     if action:
         frame["action"] = action
     _reply(connection_id, frame)
@@ -57,12 +61,14 @@ def connect(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
     if origin is not None and not is_own_origin(origin, cfg.dashboard_url):
         logger.info("connection refused", extra={"connection_id": connection_id, "reason": "CROSS_SITE",
                                                   "origin": origin[:100]})
+        m.count_by(metrics, m.CONNECTIONS_REFUSED, "reason", "CROSS_SITE")
         return {"statusCode": 403}
     key = (event.get("queryStringParameters") or {}).get("api_key")
     try:
         principal = auth.authenticate(cfg.keys_table, cfg.auth_required, key)
     except auth.AuthError as err:
         logger.info("connection refused", extra={"connection_id": connection_id, "reason": err.code})
+        m.count_by(metrics, m.CONNECTIONS_REFUSED, "reason", err.code)
         return {"statusCode": err.status}  # API Gateway refuses the handshake with this status
     identity = event.get("requestContext", {}).get("identity", {})
     # The key's hash (never the key) is kept, so every subscribe can ask whether it was revoked since.
@@ -70,6 +76,7 @@ def connect(event: dict[str, Any], connection_id: str) -> dict[str, Any]:
                         source_ip=identity.get("sourceIp") or "", user_agent=(identity.get("userAgent") or "")[:256],
                         key_id=principal.key_id, apps=sorted(principal.apps), admin=principal.admin,
                         **({"key_hash": auth.key_hash(key)} if cfg.auth_required and key else {}))
+    m.count(metrics, m.CONNECTIONS_OPENED)
     return OK
 
 
@@ -184,6 +191,8 @@ ROUTES: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
 }
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     ctx = event.get("requestContext", {})

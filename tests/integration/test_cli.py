@@ -55,3 +55,30 @@ def test_stats_without_a_stack_says_what_to_do(tmp_path: Path) -> None:
     got = subprocess.run([*MARS, "stats", "--stack-name", "nope", "--state-dir", str(tmp_path)], capture_output=True,
                          text=True, cwd=ROOT)
     assert got.returncode == 2 and "make up" in got.stderr
+
+
+def test_stats_metrics_sums_the_emf_lines_the_functions_and_the_shim_wrote_to_the_stacks_log(mars: RunningStack) -> None:
+    """Every function's stdout (and the shim's) is in the stack's log; `mars stats --metrics` sums its EMF lines."""
+    import time
+
+    mid = f"cli-metrics-{uuid.uuid4().hex[:8]}"
+    for transport in ("http", "grpc"):
+        sent = mars_cli(mars, "send", "--app", "cli", "--message", mid, "--event", transport.upper(),
+                        "--transport", transport)
+        assert sent.returncode == 0, sent.stderr
+    wait_timeline(mars, mid, app_id="cli", events=2)
+    assert Path(mars.state["log"]).parent == mars.state_dir
+    deadline = time.monotonic() + 40  # the shim writes its sums every 10 s locally
+    while True:
+        got = mars_cli(mars, "stats", "--metrics", "--json")
+        assert got.returncode == 0, got.stderr
+        sums = {(r["metric"], r["dimensions"].get("service")): r["sum"] for r in json.loads(got.stdout)
+                if len(r["dimensions"]) == 1}
+        wanted = [("EventsAccepted", "mars-api"), ("EventsAccepted", "mars-grpc"), ("EventsStored", "mars-store"),
+                  ("BatchSize", "mars-aggregator"), ("BatchSize", "mars-broadcast")]
+        if all(sums.get(k, 0) >= 1 for k in wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert all(sums.get(k, 0) >= 1 for k in wanted), sums
+    table = mars_cli(mars, "stats", "--metrics")
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:3] == ["NAMESPACE", "METRIC", "DIMENSIONS"]
