@@ -16,9 +16,11 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mars_common import alerts, live
+from mars_common import metrics as m
 from mars_common.config import settings
 
 logger = Logger(service="mars-alerts")
+metrics, tracer = m.for_service("mars-alerts")
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 
@@ -38,6 +40,7 @@ def record_handler(record: DynamoDBRecord) -> None:
     if alert is None:
         return
     alerts.notify(alert)  # raises: the record is retried
+    m.count_by(metrics, m.ALERT_TRANSITIONS, "state", alert["state"])
     cfg = settings()
     pushed = live.PushResult()
     try:
@@ -45,12 +48,17 @@ def record_handler(record: DynamoDBRecord) -> None:
         pushed = live.push(cfg.websocket_management_url, cfg.connections_table, targets, alert)
     except Exception:  # best effort (see the module's doc): logged, not retried
         logger.exception("alert push failed", extra={"alert_id": alert["alert_id"]})
+    m.count(metrics, m.WEBSOCKET_PUSHES, pushed.delivered)
+    m.count(metrics, m.GONE_CONNECTIONS, pushed.stale)
     logger.info("alert", extra={"alert_id": alert["alert_id"], "app_id": alert["app_id"],
                                 "message_id": alert["message_id"], "rule": alert["rule"], "state": alert["state"],
                                 "delivered": pushed.delivered, "stale_removed": pushed.stale, "failed": pushed.failed})
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    m.count(metrics, m.BATCH_SIZE, len(event.get("Records") or []))
     return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor,
                                          context=context))

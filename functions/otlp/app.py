@@ -18,11 +18,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from mars_common import auth, otlp
+from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import utc_now
 from mars_common.queues import enqueue
 
 logger = Logger(service="mars-otlp")
+metrics, tracer = m.for_service("mars-otlp")
 # HTTP status → the google.rpc code OTLP's Status body carries
 CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
          404: code_pb2.NOT_FOUND, 405: code_pb2.UNIMPLEMENTED, 413: code_pb2.RESOURCE_EXHAUSTED,
@@ -71,6 +73,8 @@ def _content_type(headers: dict[str, str]) -> str:
     return media
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     headers = _headers(event)
@@ -82,9 +86,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return _export(headers, _body(event), reply_type)
     except OtlpError as err:
         logger.warning("otlp request refused", extra={"status": err.status, "error": err.message[:300]})
+        m.count_by(metrics, m.INGEST_REJECTED, "reason", f"HTTP_{err.status}")
         return _status(err, reply_type)
     except auth.AuthError as err:
         logger.warning("otlp request refused", extra={"status": err.status, "error": err.message})
+        m.count_by(metrics, m.INGEST_REJECTED, "reason", f"HTTP_{err.status}")
         return _status(OtlpError(err.status, err.message), reply_type)
     except Exception:  # AWS unreachable (a key or a mapping not readable): retryable, and in the logs
         logger.exception("otlp request failed")
@@ -110,6 +116,11 @@ def _export(headers: dict[str, str], raw: bytes, content_type: str) -> dict[str,
                                                    "first_error": failures[0].code})
         raise OtlpError(503, f"{len(failures)} of {len(result.events)} event(s) were not enqueued; retry the request",
                         {"Retry-After": "1"})
+    m.count(metrics, m.EVENTS_ACCEPTED, len(result.events))
+    for outcome, n in (("accepted", result.spans - result.skipped_spans - result.rejected_spans),
+                       ("skipped", result.skipped_spans), ("rejected", result.rejected_spans)):
+        if n:
+            m.count_by(metrics, m.OTLP_SPANS, "outcome", outcome, n)
     if result.rejected_spans or result.skipped_spans:
         logger.info("otlp spans skipped or rejected", extra={**result.log_fields(),
                                                              "reasons": result.reasons})

@@ -36,6 +36,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from google.protobuf import json_format
 from mars_common import aws
+from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.store import get_lifecycle, timeline_changed
 from mars_common.timeline import Lifecycle
@@ -46,6 +47,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 logger = Logger(service="mars-trace-export")
+metrics, tracer = m.for_service("mars-trace-export")
 
 TRACES_PATH = "/v1/traces"
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})  # OTLP/HTTP: these, and no answer at all; nothing else
@@ -295,6 +297,8 @@ def read_traces(messages: list[tuple[str, str]]) -> list[dict[str, Any]]:
     return out
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
@@ -318,8 +322,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if outcome.delivered:
         logger.info("traces exported", extra={"endpoint": cfg.shown_endpoint, "traces": len(traces), "spans": spans,
                                                "attempts": outcome.attempts, "rejected_spans": outcome.rejected_spans})
+        m.count(metrics, m.TRACES_EXPORTED, len(traces))
         return {"exported": len(traces)}
     failure = _failure(cfg, outcome.answer, messages, outcome.attempts)
+    m.count_by(metrics, m.TRACE_EXPORTS_FAILED, "outcome", "refused" if outcome.refused else "retrying")
     if outcome.refused and RETRY_MESSAGES_KEY in event:  # `mars redrive`: its dead letter stays where it is
         logger.error("trace export refused by the collector (redrive)", extra=failure)
         return {"exported": 0, "refused": len(traces), "status": outcome.answer.status}

@@ -411,3 +411,21 @@ def test_every_transition_reaches_the_apps_destinations_through_the_delivery_que
     (resolution,) = queued()
     assert resolution["alert"] == resolved and resolved["state"] == "resolved"
     assert resolution["webhook_id"] != firing["webhook_id"]  # another transition, another id
+
+
+def test_alert_transitions_and_their_pushes_are_counted_in_emf(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from mars_common import metrics as m
+
+    from tests.unit.test_emf_metrics import metrics_of, total
+
+    stack.send("late", ("CREATED", 100), ("PAID", 90))
+    stack.sweep()
+    capsys.readouterr()
+    stack.deliver()
+    lines = [line for line in metrics_of(capsys) if line.get("service") == "mars-alerts"]
+    assert total(lines, m.ALERT_TRANSITIONS, state="firing") == 1
+    assert total(lines, m.WEBSOCKET_PUSHES) == 1  # the app's one subscriber (c1)
+    stack.send("late", ("SHIPPED", 0))
+    stack.deliver()
+    lines = [line for line in metrics_of(capsys) if line.get("service") == "mars-alerts"]
+    assert total(lines, m.ALERT_TRANSITIONS, state="resolved") == 1

@@ -483,3 +483,27 @@ def test_loopback_receivers_are_off_in_the_template_and_on_in_the_local_stack() 
     assert env["ALLOW_LOOPBACK_DESTINATIONS"] == {"Ref": "AllowLoopbackDestinations"}
     assert LOCAL_PARAMETERS["AllowLoopbackDestinations"] == "true"
     assert 60 <= int(LOCAL_PARAMETERS["DeliveryRetrySeconds"]) <= 3600  # minutes locally
+
+
+def test_delivery_outcomes_are_counted_in_emf(deliveries: Any, lambda_context: Any, receiver: Receiver,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from mars_common import metrics as m
+
+    from tests.unit.test_emf_metrics import metrics_of, services, total
+
+    failing = Receiver([500] * 10)
+    try:
+        _webhook(receiver.url)
+        _webhook(failing.url)
+        delivery.fan_out(ALERT)
+        capsys.readouterr()
+        records = _receive(settings().alert_delivery_queue_url)
+        out = deliveries.lambda_handler({"Records": records}, lambda_context)
+        assert len(out["batchItemFailures"]) == 1
+        lines = metrics_of(capsys)
+        assert services(lines) == {"mars-delivery"}
+        assert total(lines, m.ALERT_DELIVERIES, outcome="delivered") == 1
+        assert total(lines, m.ALERT_DELIVERIES, outcome="retried") == 1
+        assert total(lines, m.BATCH_SIZE) == 2
+    finally:
+        failing.close()

@@ -488,3 +488,23 @@ def test_grpc_export_with_an_unreadable_mapping_is_unavailable(mocked_stack: Any
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
     with_shim(check)
+
+
+def test_spans_by_outcome_accepted_events_and_refusals_are_counted_in_emf(otlp_fn: Otlp,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from mars_common import metrics as m
+
+    from tests.unit.test_emf_metrics import metrics_of, services, total
+
+    capsys.readouterr()
+    req = request([span(1, attrs=msg(1)), span(2, attrs=msg(2)), span(3, attrs={"http.route": "/"}),
+                   span(4, attrs=msg(4), trace=b"\0" * 16)])
+    otlp_fn.post(req.SerializeToString())
+    otlp_fn.post(b"not protobuf")
+    lines = metrics_of(capsys)
+    assert services(lines) == {"mars-otlp"}
+    assert total(lines, m.OTLP_SPANS, outcome="accepted") == 2
+    assert total(lines, m.OTLP_SPANS, outcome="skipped") == 1
+    assert total(lines, m.OTLP_SPANS, outcome="rejected") == 1
+    assert total(lines, m.EVENTS_ACCEPTED) == 2
+    assert total(lines, m.INGEST_REJECTED, reason="HTTP_400") == 1

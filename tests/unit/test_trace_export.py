@@ -358,3 +358,22 @@ def test_redrive_invokes_the_exporter_and_keeps_what_still_fails(
 
     monkeypatch.setattr(exporter, "post", Collector(exporter, exporter.Answer(503)))
     assert "503 after" in (redrive.invoke_export(Lambda(), "fn", [("shop", "r-4")]) or "")
+
+
+def test_exported_traces_and_refused_batches_are_counted_in_emf(
+        exporter: Any, monkeypatch: pytest.MonkeyPatch, lambda_context: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from mars_common import metrics as m
+
+    from tests.unit.test_emf_metrics import metrics_of, services, total
+
+    store("shop", "order-8", "CREATED")
+    store("bank", "tx-8", "OPENED")
+    monkeypatch.setattr(exporter, "post", Collector(exporter))
+    capsys.readouterr()
+    assert exporter.lambda_handler(stream_event(), lambda_context) == {"exported": 2}
+    lines = metrics_of(capsys)
+    assert services(lines) == {"mars-trace-export"} and total(lines, m.TRACES_EXPORTED) == 2
+    monkeypatch.setattr(exporter, "post", Collector(exporter, exporter.Answer(400, b"no")))
+    exporter.lambda_handler(stream_event(), lambda_context)
+    lines = metrics_of(capsys)
+    assert total(lines, m.TRACE_EXPORTS_FAILED, outcome="refused") == 1 and total(lines, m.TRACES_EXPORTED) == 0

@@ -43,6 +43,11 @@ CONNECTIONS_OPENED = "ConnectionsOpened"
 CONNECTIONS_REFUSED = "ConnectionsRefused"  # dimension `reason`
 WEBSOCKET_ERRORS = "WebsocketErrors"  # error frames answered to a client, dimension `reason`
 AUTHORIZER_DECISIONS = "AuthorizerDecisions"  # dimension `decision`: allow / deny
+ALERT_TRANSITIONS = "AlertTransitions"  # alert records notified (AlertsFunction), dimension `state`: firing / resolved
+ALERT_DELIVERIES = "AlertDeliveries"  # delivery attempts (DeliveryFunction), dimension `outcome`
+OTLP_SPANS = "OtlpSpans"  # spans received on /v1/traces (OtlpFunction), dimension `outcome`: accepted / skipped / rejected
+TRACES_EXPORTED = "TracesExported"  # timelines pushed to the collector (TraceExportFunction)
+TRACE_EXPORTS_FAILED = "TraceExportsFailed"  # export batches that failed, dimension `outcome`: refused / retrying
 
 # A handler that records nothing this time (a ping) is not an error: Powertools would warn on each.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
