@@ -584,6 +584,29 @@ def test_queries_answer_as_stock_moto_reading_only_their_partition(server: emula
         dynamodb_patches._query_local.scope = None
 
 
+def test_dynamo_values_compare_as_moto_compares_them(server: emulator_mod.Emulator) -> None:
+    """The direct comparison of strings and binaries answers what moto's own (cast_value) does, for
+    every pair of types a key or a condition can hold (mixed types fall through to moto's)."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    eq, lt = patches.ORIGINALS["DynamoType.__eq__"], patches.ORIGINALS["DynamoType.__lt__"]
+    values = [{"S": ""}, {"S": "a"}, {"S": "p#2026#e1"}, {"S": "p#2026#e10"}, {"S": "ä"}, {"B": "YQ=="}, {"B": "Yg=="},
+              {"N": "1"}, {"N": "1.0"}, {"N": "-2"}, {"N": "10"}, {"SS": ["a", "b"]}, {"NULL": True}]
+    for a in values:
+        for b in values:
+            x, y = DynamoType(a), DynamoType(b)
+            assert (x == y) == eq(x, y), (a, b)
+            try:
+                expected: Any = lt(x, y)
+            except TypeError as exc:
+                expected = type(exc)
+            try:
+                got: Any = x < y
+            except TypeError as exc:
+                got = type(exc)
+            assert got == expected, (a, b)
+
+
 def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: emulator_mod.Emulator) -> None:
     table, arn = _streamed_table(server.endpoint_url, "streamed", "NEW_IMAGE")
 

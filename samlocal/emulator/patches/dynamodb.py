@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import StreamShard, Table
 from moto.dynamodb.responses import DynamoHandler
 
@@ -209,6 +210,31 @@ def _make_all_items(original: Any) -> Any:
     return _all_items
 
 
+# A Query then compares every candidate's hash key (``==``) and sorts them (``<``): DynamoType builds
+# both sides' ``cast_value`` per comparison (~3-10 µs; a 2,000-page partition: ~45 ms a Query). For two
+# strings or two binaries ``cast_value`` is the raw value, so comparing those directly gives the same
+# answer ~10× faster; every other pair (numbers, sets, mixed types) goes to moto's own method.
+_RAW_TYPES = frozenset({"S", "B"})
+
+
+def _make_dynamo_eq(original: Any) -> Any:
+    def __eq__(self: DynamoType, other: Any) -> bool:  # noqa: N807 - the replaced dunder
+        if type(other) is DynamoType and self.type == other.type and self.type in _RAW_TYPES:
+            return bool(self.value == other.value)
+        return bool(original(self, other))
+
+    return __eq__
+
+
+def _make_dynamo_lt(original: Any) -> Any:
+    def __lt__(self: DynamoType, other: Any) -> bool:  # noqa: N807
+        if type(other) is DynamoType and self.type == other.type and self.type in _RAW_TYPES:
+            return bool(self.value < other.value)
+        return bool(original(self, other))
+
+    return __lt__
+
+
 REQUEST_LOCK = Patch(
     "dynamodb.request_lock",
     "one request at a time per backend: moto mutates items in place while others read them",
@@ -224,10 +250,12 @@ STREAM_RECORDS = Patch(
 )
 QUERY_PARTITION = Patch(
     "dynamodb.query_partition",
-    "a Query reads its partition (DynamoDB's cost), not every item of the table sorted",
+    "a Query reads its partition (DynamoDB's cost), not every item of the table sorted; string and binary keys compare directly",
     (
         Replacement(Table, "query", "method", _make_query),
         Replacement(Table, "all_items", "method", _make_all_items),
+        Replacement(DynamoType, "__eq__", "method", _make_dynamo_eq),
+        Replacement(DynamoType, "__lt__", "method", _make_dynamo_lt),
     ),
 )
 PATCHES = (REQUEST_LOCK, STREAM_RECORDS, QUERY_PARTITION)
