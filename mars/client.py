@@ -21,6 +21,7 @@ timeline comes in pages of at most 1,000 events (`event_count`, `cursor`); `get_
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -37,6 +38,7 @@ MAX_BULK = 500
 MAX_MESSAGE_BYTES = 250 * 1024  # SNS and SQS allow 256 KiB; leave room for attributes
 T = TypeVar("T")
 RETRYABLE_HTTP = {429, 500, 502, 503, 504}
+EXPORT_CURSOR_HEADER = "Mars-Cursor"  # the next export page's cursor (absent on the last page)
 RETRYABLE_AWS = {"Throttling", "ThrottlingException", "RequestThrottled", "ServiceUnavailable", "InternalError",
                  "InternalFailure", "KMS.ThrottlingException", "SlowDown"}
 
@@ -131,15 +133,22 @@ class HttpTransport(Transport):
 
     def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         """One GET of the API; raises RetryableError, MarsNotFoundError, MarsValidationError or MarsError."""
+        return _json_or_empty(self._get(path, params))
+
+    def get_text(self, path: str, params: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """One GET of a non-JSON answer (an export page): its text and headers; errors as get_json."""
+        resp = self._get(path, params)
+        return resp.text, dict(resp.headers)
+
+    def _get(self, path: str, params: dict[str, str]) -> requests.Response:
         headers = {k: v for k, v in self.headers.items() if k != "Content-Type"}
         try:
             resp = self.session.get(self.base + path, params=params, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
             raise RetryableError(f"HTTP request failed: {exc}") from exc
-        body = _json_or_empty(resp)
         if resp.status_code == 200:
-            return body
-        error = body.get("error") or {}
+            return resp
+        error = _json_or_empty(resp).get("error") or {}
         message = f"HTTP {resp.status_code}: {error.get('message', resp.text[:200])}"
         if resp.status_code == 404:
             raise MarsNotFoundError(message)
@@ -148,107 +157,6 @@ class HttpTransport(Transport):
         if resp.status_code in RETRYABLE_HTTP:
             raise RetryableError(message)
         raise MarsError(message)
-
-
-class _AwsTransport(Transport):
-    """Events packed into messages of up to 500 events and 250 KiB (SNS and SQS cap a message, and a
-    batch call's total, at 256 KiB), one message per call."""
-
-    max_batch = MAX_BULK * 10
-
-    @staticmethod
-    def _pack(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        packs: list[list[dict[str, Any]]] = [[]]
-        size = 0
-        for ev in events:
-            n = len(json.dumps(ev).encode()) + 2
-            if packs[-1] and (size + n > MAX_MESSAGE_BYTES or len(packs[-1]) >= MAX_BULK):
-                packs.append([])
-                size = 0
-            packs[-1].append(ev)
-            size += n
-        return packs
-
-    def send_batch(self, events: list[dict[str, Any]]) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        pending: list[dict[str, Any]] = []
-        last = ""
-        for pack in self._pack(events):
-            body = json.dumps(pack[0] if len(pack) == 1 else {"events": pack})
-            try:
-                self._send(body)
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if code not in RETRYABLE_AWS and status < 500:
-                    raise MarsError(f"{code}: {exc}") from exc
-                pending += pack
-                last = f"{code}: {exc}"
-            except BotoCoreError as exc:
-                pending += pack
-                last = str(exc)
-        if pending:
-            raise RetryableError(f"{len(pending)} events not accepted ({last})", pending)
-
-    def _send(self, body: str) -> None:
-        raise NotImplementedError
-
-
-class SqsTransport(_AwsTransport):
-    def __init__(self, queue_url: str, client: Any = None, **client_kwargs: Any) -> None:
-        import boto3
-
-        self.queue_url = queue_url
-        self.client = client or boto3.client("sqs", **client_kwargs)
-
-    def _send(self, body: str) -> None:
-        self.client.send_message(QueueUrl=self.queue_url, MessageBody=body)
-
-
-class SnsTransport(_AwsTransport):
-    def __init__(self, topic_arn: str, client: Any = None, **client_kwargs: Any) -> None:
-        import boto3
-
-        self.topic_arn = topic_arn
-        self.client = client or boto3.client("sns", **client_kwargs)
-
-    def _send(self, body: str) -> None:
-        self.client.publish(TopicArn=self.topic_arn, Message=body)
-
-
-class GrpcTransport(Transport):
-    """collectEvents (up to 500 per call) on the gRPC shim."""
-
-    RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED")
-
-    def __init__(self, target: str, api_key: str | None = None, timeout: float = 30, channel: Any = None) -> None:
-        import grpc
-
-        from mars.proto import stubs
-
-        self.pb2, pb2_grpc = stubs()
-        self.channel = channel or grpc.insecure_channel(target)
-        self.stub = pb2_grpc.MarsGrpcStub(self.channel)
-        self.metadata = (("x-api-key", api_key),) if api_key else ()
-        self.timeout = timeout
-
-    def send_batch(self, events: list[dict[str, Any]]) -> None:
-        import grpc
-
-        requests_ = [self.pb2.EventRequest(app_id=e.get("app_id", ""), message_id=e.get("message_id", ""),
-                                           event=e.get("event", ""), created_at=e.get("created_at", ""),
-                                           event_id=e["event_id"], meta=e.get("meta") or {}) for e in events]
-        try:
-            self.stub.collectEvents(self.pb2.EventsRequest(events=requests_), timeout=self.timeout,
-                                    metadata=self.metadata)
-        except grpc.RpcError as exc:
-            code = exc.code().name if exc.code() else "UNKNOWN"
-            if code == "INVALID_ARGUMENT":
-                raise MarsValidationError(exc.details() or "invalid events", [{"message": exc.details()}]) from exc
-            if code in self.RETRYABLE:
-                raise RetryableError(f"{code}: {exc.details()}") from exc
-            raise MarsError(f"{code}: {exc.details()}") from exc
 
 
 class MarsClient:
@@ -302,6 +210,28 @@ class MarsClient:
                 return
             if cursor in seen:  # a server bug must not turn into an endless loop
                 raise MarsError(f"the API gave cursor {cursor!r} twice for {message_id!r} in {app_id!r}")
+            seen.add(cursor)
+
+    def iter_export(self, app_id: str, *, frm: str | None = None, to: str | None = None, fmt: str = "ndjson",
+                    events: bool = False, cursor: str | None = None) -> Iterator[str]:
+        """`GET /api/apps/{app}/export`, each page's body in turn (NDJSON lines, or CSV with the header in the
+        first page only: the pages concatenate into one file), following the Mars-Cursor header to the end."""
+        params = {k: v for k, v in (("from", frm), ("to", to), ("format", fmt), ("events", "1" if events else None))
+                  if v is not None}
+        if self.reader is None:
+            raise MarsError("export needs Mars's HTTP API: use MarsClient.http(url), or pass api_url=")
+        reader = self.reader
+        path = f"/api/apps/{quote(app_id, safe='')}/export"
+        seen: set[str] = set()
+        while True:
+            page = {**params, **({"cursor": cursor} if cursor else {})}
+            body, headers = self._retrying(functools.partial(reader.get_text, path, page))
+            yield body
+            cursor = {k.lower(): v for k, v in headers.items()}.get(EXPORT_CURSOR_HEADER.lower()) or None
+            if cursor is None:
+                return
+            if cursor in seen:  # a server bug must not turn into an endless loop
+                raise MarsError(f"the API gave export cursor {cursor!r} twice for {app_id!r}")
             seen.add(cursor)
 
     def get_message(self, message_id: str, app_id: str | None = None) -> dict[str, Any]:

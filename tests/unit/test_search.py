@@ -6,15 +6,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import requests
+from requests.structures import CaseInsensitiveDict
 from mars_common import alerts, auth, search
 from mars_common.config import settings
 from mars_common.events import parse_event, utc_now
 from mars_common.store import INLINE_MAX_BYTES, get_items, is_paged, upsert_message
 
+from mars.client import HttpTransport, MarsClient
 from tests.conftest import load_function
 from tests.unit.test_api import Api, Reply, assert_error, each_case, fields
 
@@ -295,3 +300,56 @@ def test_search_and_export_are_scoped_to_the_keys_apps(auth_on: Any, lambda_cont
     assert_error(call("/api/messages", shop_key, query={"app_id": "bank", "event": "CREATED"}), 403)
     own = call("/api/apps/shop/export", shop_key, resource="/api/apps/{app_id}/export", params={"app_id": "shop"})
     assert own.status == 200 and own.body == ""
+
+
+# --- mars.client.iter_export and `mars export`, through the Chalice app ------------------------------------
+class ChaliceSession:
+    """A requests.Session whose GETs are API Gateway events to the Chalice app (no socket)."""
+
+    def __init__(self, api: RawApi) -> None:
+        self.api, self.calls = api, 0
+
+    def get(self, url: str, params: dict[str, str], headers: dict[str, str], timeout: float) -> requests.Response:
+        self.calls += 1
+        path = urlsplit(url).path
+        event = self.api.event("GET", path, resource="/api/apps/{app_id}/export",
+                               params={"app_id": path.split("/")[3]}, query=params or None)
+        out = self.api.module.app(event, self.api.context)
+        resp = requests.Response()
+        resp.status_code = out["statusCode"]
+        resp._content = (out.get("body") or "").encode()
+        resp.headers = CaseInsensitiveDict(out.get("headers") or {})
+        return resp
+
+
+def mars_client(api: RawApi) -> MarsClient:
+    return MarsClient(HttpTransport("http://127.0.0.1:9", session=ChaliceSession(api)))  # type: ignore[arg-type]
+
+
+def test_iter_export_follows_the_cursor_to_the_end(api: RawApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    gt = truth(api, 12)
+    monkeypatch.setattr(search, "EXPORT_TARGET_BYTES", 400)
+    client = mars_client(api)
+    pages = list(client.iter_export(APP, fmt="csv"))
+    assert len(pages) > 2 and client.transport.session.calls == len(pages)  # type: ignore[attr-defined]
+    rows = list(csv.DictReader(io.StringIO("".join(pages))))
+    assert [r["message_id"] for r in rows] == sorted(gt, reverse=True)
+
+
+def test_mars_export_writes_every_page_and_fails_loudly(api: RawApi, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from mars import cli
+
+    gt = truth(api, 6)
+    monkeypatch.setattr(search, "EXPORT_TARGET_BYTES", 300)
+    monkeypatch.setattr(MarsClient, "http", classmethod(lambda cls, url, api_key=None, retry=None: mars_client(api)))
+    assert cli.main(["export", "--app", APP, "--url", "http://127.0.0.1:9", "--events"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == sum(len(t["steps"]) for t in gt.values()) and err == ""  # no TTY: no progress
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli.main(["export", "--app", APP, "--url", "http://127.0.0.1:9"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 6 and "6 line(s)" in err and err.endswith("\n")
+    assert cli.main(["export", "--app", APP, "--url", "http://127.0.0.1:9", "--from", "never"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "export of 'shop' failed" in err and "HTTP 400" in err
