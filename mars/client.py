@@ -159,6 +159,107 @@ class HttpTransport(Transport):
         raise MarsError(message)
 
 
+class _AwsTransport(Transport):
+    """Events packed into messages of up to 500 events and 250 KiB (SNS and SQS cap a message, and a
+    batch call's total, at 256 KiB), one message per call."""
+
+    max_batch = MAX_BULK * 10
+
+    @staticmethod
+    def _pack(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        packs: list[list[dict[str, Any]]] = [[]]
+        size = 0
+        for ev in events:
+            n = len(json.dumps(ev).encode()) + 2
+            if packs[-1] and (size + n > MAX_MESSAGE_BYTES or len(packs[-1]) >= MAX_BULK):
+                packs.append([])
+                size = 0
+            packs[-1].append(ev)
+            size += n
+        return packs
+
+    def send_batch(self, events: list[dict[str, Any]]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        pending: list[dict[str, Any]] = []
+        last = ""
+        for pack in self._pack(events):
+            body = json.dumps(pack[0] if len(pack) == 1 else {"events": pack})
+            try:
+                self._send(body)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code not in RETRYABLE_AWS and status < 500:
+                    raise MarsError(f"{code}: {exc}") from exc
+                pending += pack
+                last = f"{code}: {exc}"
+            except BotoCoreError as exc:
+                pending += pack
+                last = str(exc)
+        if pending:
+            raise RetryableError(f"{len(pending)} events not accepted ({last})", pending)
+
+    def _send(self, body: str) -> None:
+        raise NotImplementedError
+
+
+class SqsTransport(_AwsTransport):
+    def __init__(self, queue_url: str, client: Any = None, **client_kwargs: Any) -> None:
+        import boto3
+
+        self.queue_url = queue_url
+        self.client = client or boto3.client("sqs", **client_kwargs)
+
+    def _send(self, body: str) -> None:
+        self.client.send_message(QueueUrl=self.queue_url, MessageBody=body)
+
+
+class SnsTransport(_AwsTransport):
+    def __init__(self, topic_arn: str, client: Any = None, **client_kwargs: Any) -> None:
+        import boto3
+
+        self.topic_arn = topic_arn
+        self.client = client or boto3.client("sns", **client_kwargs)
+
+    def _send(self, body: str) -> None:
+        self.client.publish(TopicArn=self.topic_arn, Message=body)
+
+
+class GrpcTransport(Transport):
+    """collectEvents (up to 500 per call) on the gRPC shim."""
+
+    RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED")
+
+    def __init__(self, target: str, api_key: str | None = None, timeout: float = 30, channel: Any = None) -> None:
+        import grpc
+
+        from mars.proto import stubs
+
+        self.pb2, pb2_grpc = stubs()
+        self.channel = channel or grpc.insecure_channel(target)
+        self.stub = pb2_grpc.MarsGrpcStub(self.channel)
+        self.metadata = (("x-api-key", api_key),) if api_key else ()
+        self.timeout = timeout
+
+    def send_batch(self, events: list[dict[str, Any]]) -> None:
+        import grpc
+
+        requests_ = [self.pb2.EventRequest(app_id=e.get("app_id", ""), message_id=e.get("message_id", ""),
+                                           event=e.get("event", ""), created_at=e.get("created_at", ""),
+                                           event_id=e["event_id"], meta=e.get("meta") or {}) for e in events]
+        try:
+            self.stub.collectEvents(self.pb2.EventsRequest(events=requests_), timeout=self.timeout,
+                                    metadata=self.metadata)
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() else "UNKNOWN"
+            if code == "INVALID_ARGUMENT":
+                raise MarsValidationError(exc.details() or "invalid events", [{"message": exc.details()}]) from exc
+            if code in self.RETRYABLE:
+                raise RetryableError(f"{code}: {exc.details()}") from exc
+            raise MarsError(f"{code}: {exc.details()}") from exc
+
+
 class MarsClient:
     def __init__(self, transport: Transport, retry: Retry | None = None, reader: HttpTransport | None = None) -> None:
         """`reader`: the HTTP API reads go through (an HttpTransport sends and reads through itself)."""

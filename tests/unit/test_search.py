@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from requests.structures import CaseInsensitiveDict
 from mars_common import alerts, auth, search
 from mars_common.config import settings
 from mars_common.events import parse_event, utc_now
 from mars_common.store import INLINE_MAX_BYTES, get_items, is_paged, upsert_message
+from requests.structures import CaseInsensitiveDict
 
 from mars.client import HttpTransport, MarsClient
 from tests.conftest import load_function

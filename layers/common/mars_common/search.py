@@ -33,7 +33,7 @@ from .timeline import Lifecycle
 META_PREFIX = "meta."
 MAX_META_FILTERS = 5
 MAX_META_VALUE = 256
-META_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,%d}$" % MAX_META_KEY)
+META_KEY_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{MAX_META_KEY}}}$")
 META_MAX_EVENTS = 20_000  # a paged message's events a meta filter reads at most (20 reads of 1,000)
 FILTER_PARAMS = ("from", "to", "event", "missing", "alert")
 ALERT_VALUES = ("firing",)
