@@ -473,7 +473,9 @@ def export_app(app_id: str) -> Response:
         logger.warning("export refused", extra={"app_id": app_id, "error": str(exc)})
         raise ApiError(422, "MESSAGE_TOO_LONG", str(exc)) from exc
     next_cursor = encode_cursor(last)
-    headers = {"Content-Type": search.FORMATS[fmt], **({EXPORT_CURSOR_HEADER: next_cursor} if next_cursor else {})}
+    headers: dict[str, str | list[str]] = {"Content-Type": search.FORMATS[fmt]}
+    if next_cursor:
+        headers[EXPORT_CURSOR_HEADER] = next_cursor
     return Response(body=body, status_code=200, headers=headers)
 
 

@@ -353,3 +353,11 @@ def test_mars_export_writes_every_page_and_fails_loudly(api: RawApi, monkeypatch
     assert cli.main(["export", "--app", APP, "--url", "http://127.0.0.1:9", "--from", "never"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and "export of 'shop' failed" in err and "HTTP 400" in err
+
+
+def test_export_refuses_a_message_too_big_for_one_response(api: RawApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    store("big", ["CREATED", "PAID", "SHIPPED"], {"carrier": "dhl"})
+    monkeypatch.setattr(search, "EXPORT_MAX_BYTES", 100)
+    reply = export(api, events="1")
+    assert_error(reply, 422, "MESSAGE_TOO_LONG")
+    assert "big" in reply.body["error"]["message"]
