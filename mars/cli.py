@@ -340,6 +340,44 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Every export page of an app to stdout (a progress line on stderr when it is a terminal)."""
+    from mars.client import MarsClient, MarsError
+
+    base = args.url or stacks.output(args, "ApiUrl", "--url http://…")
+    if not base:
+        return 2
+    client = MarsClient.http(base, api_key=args.api_key)
+    progress = sys.stderr.isatty()
+    pages = lines = size = 0
+    try:
+        for body in client.iter_export(args.app, frm=args.frm, to=args.to, fmt=args.format, events=args.events):
+            sys.stdout.write(body)
+            pages, lines, size = pages + 1, lines + body.count("\n"), size + len(body.encode())
+            if progress:
+                sys.stderr.write(f"\r{_bar(pages)} {pages} page(s), {lines} line(s), {size / 1e6:.1f} MB")
+                sys.stderr.flush()
+        sys.stdout.flush()
+    except MarsError as err:
+        if progress:
+            sys.stderr.write("\n")
+        print(f"mars: export of {args.app!r} failed after {pages} page(s) ({lines} line(s) written): {err}",
+              file=sys.stderr)
+        return 1
+    if progress:
+        sys.stderr.write(f"\r{_bar(pages, done=True)} {pages} page(s), {lines} line(s), {size / 1e6:.1f} MB\n")
+    return 0
+
+
+def _bar(pages: int, *, done: bool = False) -> str:
+    """The total is unknown until the last page (the cursor says only "more"): a moving bar, full at the end."""
+    width = 20
+    if done:
+        return "[" + "#" * width + "]"
+    at = pages % width
+    return "[" + "." * at + "#" + "." * (width - at - 1) + "]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mars", description="Mars: message lifecycle and acknowledgement tracing.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -423,6 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--api-key")
     stack_args(send)
     send.set_defaults(func=cmd_send)
+
+    export = sub.add_parser("export", help="an app's messages (or events) as NDJSON or CSV on stdout, every page "
+                                           "(GET /api/apps/{app}/export); a progress line on stderr at a terminal")
+    export.add_argument("--app", required=True)
+    export.add_argument("--from", dest="frm", metavar="TIME", help="last update at or after (RFC 3339)")
+    export.add_argument("--to", metavar="TIME", help="last update at or before (RFC 3339)")
+    export.add_argument("--events", action="store_true", help="one line per event instead of per message")
+    export.add_argument("--format", choices=["ndjson", "csv"], default="ndjson")
+    export.add_argument("--url", help="the API's base URL (default: the running stack's ApiUrl)")
+    export.add_argument("--api-key")
+    stack_args(export)
+    export.set_defaults(func=cmd_export)
 
     running = sub.add_parser("stacks", help="list the local stacks running (any folder), with their template and API")
     running.add_argument("--json", action="store_true")

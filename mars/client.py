@@ -21,6 +21,7 @@ timeline comes in pages of at most 1,000 events (`event_count`, `cursor`); `get_
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -37,6 +38,7 @@ MAX_BULK = 500
 MAX_MESSAGE_BYTES = 250 * 1024  # SNS and SQS allow 256 KiB; leave room for attributes
 T = TypeVar("T")
 RETRYABLE_HTTP = {429, 500, 502, 503, 504}
+EXPORT_CURSOR_HEADER = "Mars-Cursor"  # the next export page's cursor (absent on the last page)
 RETRYABLE_AWS = {"Throttling", "ThrottlingException", "RequestThrottled", "ServiceUnavailable", "InternalError",
                  "InternalFailure", "KMS.ThrottlingException", "SlowDown"}
 
@@ -131,15 +133,22 @@ class HttpTransport(Transport):
 
     def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         """One GET of the API; raises RetryableError, MarsNotFoundError, MarsValidationError or MarsError."""
+        return _json_or_empty(self._get(path, params))
+
+    def get_text(self, path: str, params: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """One GET of a non-JSON answer (an export page): its text and headers; errors as get_json."""
+        resp = self._get(path, params)
+        return resp.text, dict(resp.headers)
+
+    def _get(self, path: str, params: dict[str, str]) -> requests.Response:
         headers = {k: v for k, v in self.headers.items() if k != "Content-Type"}
         try:
             resp = self.session.get(self.base + path, params=params, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
             raise RetryableError(f"HTTP request failed: {exc}") from exc
-        body = _json_or_empty(resp)
         if resp.status_code == 200:
-            return body
-        error = body.get("error") or {}
+            return resp
+        error = _json_or_empty(resp).get("error") or {}
         message = f"HTTP {resp.status_code}: {error.get('message', resp.text[:200])}"
         if resp.status_code == 404:
             raise MarsNotFoundError(message)
@@ -302,6 +311,28 @@ class MarsClient:
                 return
             if cursor in seen:  # a server bug must not turn into an endless loop
                 raise MarsError(f"the API gave cursor {cursor!r} twice for {message_id!r} in {app_id!r}")
+            seen.add(cursor)
+
+    def iter_export(self, app_id: str, *, frm: str | None = None, to: str | None = None, fmt: str = "ndjson",
+                    events: bool = False, cursor: str | None = None) -> Iterator[str]:
+        """`GET /api/apps/{app}/export`, each page's body in turn (NDJSON lines, or CSV with the header in the
+        first page only: the pages concatenate into one file), following the Mars-Cursor header to the end."""
+        params = {k: v for k, v in (("from", frm), ("to", to), ("format", fmt), ("events", "1" if events else None))
+                  if v is not None}
+        if self.reader is None:
+            raise MarsError("export needs Mars's HTTP API: use MarsClient.http(url), or pass api_url=")
+        reader = self.reader
+        path = f"/api/apps/{quote(app_id, safe='')}/export"
+        seen: set[str] = set()
+        while True:
+            page = {**params, **({"cursor": cursor} if cursor else {})}
+            body, headers = self._retrying(functools.partial(reader.get_text, path, page))
+            yield body
+            cursor = {k.lower(): v for k, v in headers.items()}.get(EXPORT_CURSOR_HEADER.lower()) or None
+            if cursor is None:
+                return
+            if cursor in seen:  # a server bug must not turn into an endless loop
+                raise MarsError(f"the API gave export cursor {cursor!r} twice for {app_id!r}")
             seen.add(cursor)
 
     def get_message(self, message_id: str, app_id: str | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit
 from aws_lambda_powertools import Logger
 from chalice import Chalice, ConvertToMiddleware, Response
 from chalice.app import Request
-from mars_common import alerts, auth, aws, delivery, destinations, live, otlp
+from mars_common import alerts, auth, aws, delivery, destinations, live, otlp, search
 from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import (
@@ -396,9 +396,10 @@ def _event_page(message_id: str, app_id: str | None) -> tuple[int | None, str | 
 @app.route("/api/messages", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def list_app_messages() -> Response:
+    """An app's messages, newest first; search filters (mars_common.search, docs/SEARCH.md) keep cursor paging."""
     principal = _principal()
     query = _query()
-    _only_params("app_id", "status", "limit", "cursor")
+    _only_params("app_id", "status", "limit", "cursor", *(k for k in query if search.is_filter_param(k)))
     app_id = query.get("app_id")
     if not app_id:
         raise ApiError(400, "VALIDATION_ERROR", "app_id is required", [{"field": "app_id", "message": "is required"}])
@@ -409,16 +410,73 @@ def list_app_messages() -> Response:
         raise ApiError(400, "VALIDATION_ERROR", "unknown status",
                        [{"field": "status", "message": "must be one of " + ", ".join(STATUSES)}])
     limit = _int_param("limit", default=20, low=1, high=100)
-    cursor = None
-    if query.get("cursor"):
-        try:
-            cursor = decode_cursor(query["cursor"], app_id)
-        except ValueError as exc:
-            raise ApiError(400, "VALIDATION_ERROR", str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
+    cursor = _list_cursor(app_id)
     cfg = settings()
-    items, last = list_messages(cfg.messages_table, app_id, get_lifecycle(cfg.apps_table, app_id),
-                                status=status_filter, limit=limit, cursor=cursor)
+    lifecycle = get_lifecycle(cfg.apps_table, app_id)
+    filters = search.parse_filters(query, lifecycle)
+    keep = search.keep_for(filters, messages_table=cfg.messages_table, events_table=cfg.events_table,
+                           alerts_table=cfg.alerts_table)
+    try:
+        items, last = list_messages(cfg.messages_table, app_id, lifecycle, status=status_filter, limit=limit,
+                                    cursor=cursor, frm=filters.frm, to=filters.to, keep=keep)
+    except search.TooLongError as exc:
+        logger.warning("search refused", extra={"app_id": app_id, "error": str(exc)})
+        raise ApiError(422, "MESSAGE_TOO_LONG", str(exc)) from exc
     return _json(200, {"items": items, "cursor": encode_cursor(last)})
+
+
+def _list_cursor(app_id: str) -> dict[str, Any] | None:
+    raw = _query().get("cursor")
+    if not raw:
+        return None
+    try:
+        return decode_cursor(raw, app_id)
+    except ValueError as exc:
+        raise ApiError(400, "VALIDATION_ERROR", str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
+
+
+EXPORT_CURSOR_HEADER = "Mars-Cursor"
+
+
+@app.route("/api/apps/{app_id}/export", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def export_app(app_id: str) -> Response:
+    """One page of an app's messages (or their events with events=1) as NDJSON or CSV, newest update first,
+    at most ~1 MB; the next page's cursor is in the Mars-Cursor header (absent on the last page)."""
+    principal = _principal()
+    _only_params("from", "to", "format", "events", "cursor")
+    _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
+    query = _query()
+    errors: list[FieldError] = []
+    fmt = query.get("format", "ndjson")
+    if fmt not in search.FORMATS:
+        errors.append(FieldError("format", "must be one of " + ", ".join(search.FORMATS)))
+    events = query.get("events", "0")
+    if events not in ("0", "1"):
+        errors.append(FieldError("events", "must be 0 (a line per message) or 1 (a line per event)"))
+    if errors:
+        raise ValidationError(errors)
+    cfg = settings()
+    lifecycle = get_lifecycle(cfg.apps_table, app_id)
+    bounds = search.parse_filters({k: v for k, v in query.items() if k in ("from", "to")}, lifecycle)
+    cursor = _list_cursor(app_id)
+
+    def list_page(start: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        return list_messages(cfg.messages_table, app_id, lifecycle, status=None, limit=100, cursor=start,
+                             frm=bounds.frm, to=bounds.to, with_events=events == "1")
+
+    try:
+        body, last = search.export_page(list_page, cfg.messages_table, cfg.events_table, fmt=fmt,
+                                        events=events == "1", cursor=cursor, header=cursor is None)
+    except search.TooLongError as exc:
+        logger.warning("export refused", extra={"app_id": app_id, "error": str(exc)})
+        raise ApiError(422, "MESSAGE_TOO_LONG", str(exc)) from exc
+    next_cursor = encode_cursor(last)
+    headers: dict[str, str | list[str]] = {"Content-Type": search.FORMATS[fmt]}
+    if next_cursor:
+        headers[EXPORT_CURSOR_HEADER] = next_cursor
+    return Response(body=body, status_code=200, headers=headers)
 
 
 @app.route("/api/apps/{app_id}/lifecycle", methods=["PUT"], content_types=BODY_TYPES)

@@ -164,6 +164,10 @@ class FakeMars:
             return 200, {"items": self.alerts.get(q("app_id") or "", [])[:int(q("limit") or 20)], "cursor": None}
         if rel == "api/messages":
             items = self.app_items.get(q("app_id") or "", [])
+            if q("event"):  # the search filters the app view sends (docs/SEARCH.md), on the fake's own data
+                items = [t for t in items if any(e["event"] == q("event") for e in t.get("events", []))]
+            if q("missing"):
+                items = [t for t in items if q("missing") in t.get("missing", [])]
             start, limit = int(q("cursor") or 0), int(q("limit") or 20)
             page = [{k: v for k, v in t.items() if k != "events"} for t in items[start:start + limit]]
             cursor = str(start + limit) if start + limit < len(items) else None

@@ -9,6 +9,8 @@ test routes (404 of /api/create_event) or a broken queue (207/503 of the ingest 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 import uuid
@@ -36,6 +38,10 @@ NOT_DRIVEN = {  # (method, status) a test need not reach, and why
     ("put", "500"): "only on an unexpected exception",
     ("delete", "500"): "only on an unexpected exception",
 }
+
+# (method, template, status) reached only by a message too long for one request (20,000 events): driven in
+# tests/unit/test_search.py with the limit lowered, not by writing 20,000 events to the shared stack
+NOT_DRIVEN_HERE = {("get", "/api/messages", "422"), ("get", "/api/apps/{app_id}/export", "422")}
 
 
 def uid(prefix: str) -> str:
@@ -287,6 +293,44 @@ def test_list_messages_400(mars: RunningStack, params: dict[str, str], field: st
 def test_a_cursor_of_another_app_is_400(mars: RunningStack, stored: dict[str, str]) -> None:
     page = expect(mars, 200, "GET", "/api/messages", params={"app_id": stored["app_a"], "limit": 1})
     expect(mars, 400, "GET", "/api/messages", params={"app_id": stored["app_b"], "cursor": page["cursor"]})
+
+
+# --- search and export (docs/SEARCH.md) ---------------------------------------------------------------
+
+def test_search_filters_and_export_200_400(mars: RunningStack) -> None:
+    app = uid("osearch")
+    expect(mars, 200, "PUT", "/api/apps/{app_id}/lifecycle", path={"app_id": app},
+           body={"events": ["CREATED", "SENT"], "failure": ["FAILED"]})
+    expect(mars, 202, "POST", "/api/event/bulk", body={"events": [
+        event(app, "m1", "CREATED", meta={"carrier": "dhl"}), event(app, "m1", "SENT"),
+        event(app, "m2", "CREATED", meta={"carrier": "ups, \"express\""}), event(app, "m3", "FAILED")]})
+    for mid, n in (("m1", 2), ("m2", 1), ("m3", 1)):
+        wait_timeline(mars, mid, app_id=app, events=n)
+    template = "/api/messages"
+
+    def ids(**params: Any) -> set[str]:
+        return {i["message_id"] for i in expect(mars, 200, "GET", template, params={"app_id": app, **params})["items"]}
+
+    assert ids(event="SENT") == {"m1"}
+    assert ids(missing="SENT") == {"m2", "m3"}
+    assert ids(**{"meta.carrier": "dhl"}) == {"m1"}
+    assert ids(**{"meta.carrier": 'ups, "express"'}) == {"m2"}
+    assert ids(alert="firing") == {"m3"}
+    assert ids(**{"from": "2000-01-01T00:00:00Z", "to": "2000-01-02T00:00:00Z"}) == set()
+    for params in ({"from": "soon"}, {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+                   {"missing": "NOPE"}, {"alert": "resolved"}, {"meta.bad key": "x"}):
+        expect(mars, 400, "GET", template, params={"app_id": app, **params})
+    export = "/api/apps/{app_id}/export"
+    ndjson = call(mars, "GET", export, path={"app_id": app})
+    assert ndjson.status_code == 200 and check(ndjson, "GET", export)
+    assert ndjson.headers["Content-Type"] == "application/x-ndjson" and "Mars-Cursor" not in ndjson.headers
+    assert {json.loads(line)["message_id"] for line in ndjson.text.splitlines()} == {"m1", "m2", "m3"}
+    events_csv = call(mars, "GET", export, path={"app_id": app}, params={"format": "csv", "events": "1"})
+    assert events_csv.status_code == 200 and events_csv.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(check(events_csv, "GET", export))))
+    assert len(rows) == 4 and {json.loads(r["meta"])["carrier"] for r in rows if r["meta"]} == {"dhl", 'ups, "express"'}
+    for params in ({"format": "xml"}, {"events": "2"}, {"cursor": "!!!"}, {"from": "soon"}):
+        expect(mars, 400, "GET", export, path={"app_id": app}, params=params)
 
 
 # --- alerts -------------------------------------------------------------------------------------
@@ -618,6 +662,7 @@ AUTH_CASES = [  # (method, template, path params, query, body, app the request i
     ("PUT", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, {"events": ["A"]}, "bank"),
     ("GET", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, None, "bank"),
     ("GET", "/api/alerts", {}, {"app_id": "bank"}, None, "bank"),
+    ("GET", "/api/apps/{app_id}/export", {"app_id": "bank"}, None, None, "bank"),
     ("GET", "/api/test_socket", {}, {"message_id": "m", "app_id": "bank"}, None, "bank"),
     ("POST", DESTINATIONS, {"app_id": "bank"}, None, {"type": "sns", "topic_arn": SNS_ARN}, "bank"),
     ("GET", DESTINATIONS, {"app_id": "bank"}, None, None, "bank"),
@@ -655,4 +700,4 @@ def test_every_declared_response_was_driven(request: pytest.FixtureRequest) -> N
         pytest.skip("only part of this module was selected")
     required = {(method, path, status) for method, path, op in oas.operations() for status in op["responses"]
                 if (method, status) not in NOT_DRIVEN}
-    assert required - SEEN == set()
+    assert required - SEEN - NOT_DRIVEN_HERE == set()

@@ -166,6 +166,10 @@ def test_every_operation_is_documented_with_json_responses_and_examples() -> Non
                 assert set(content) <= PAGE_TYPES, (method, path, status)
                 examples += sum(1 for media in content.values() if "example" in media)
                 continue
+            if "export" in op.get("tags", []) and status.startswith("2"):  # NDJSON or CSV pages
+                assert set(content) == {"application/x-ndjson", "text/csv"}, (method, path, status)
+                examples += sum(1 for media in content.values() if "example" in media)
+                continue
             if "otlp" in op.get("tags", []) and path == "/v1/traces":  # OTLP answers in the request's encoding
                 assert set(content) <= {"application/json", "application/x-protobuf"}, (method, path, status)
             else:

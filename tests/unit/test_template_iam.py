@@ -39,6 +39,7 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
         *{(a, r) for r in ("ConnectionsTable", "ConnectionsTable" + INDEX)
           for a in ("dynamodb:Query", "dynamodb:BatchWriteItem")},
         ("dynamodb:GetItem", "KeysTable"), ("dynamodb:Query", "AlertsTable" + INDEX),
+        ("dynamodb:Query", "AlertsTable"),  # GET /api/messages?alert=firing: a message's alert records
         ("dynamodb:GetItem", "EventsTable"), ("dynamodb:Query", "EventsTable"),
         ("execute-api:ManageConnections", "WebSocketApi"),
         *{(a, "DestinationsTable") for a in ("dynamodb:Query", "dynamodb:GetItem", "dynamodb:PutItem",

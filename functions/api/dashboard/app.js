@@ -218,8 +218,60 @@
     return rel;
   }
 
-  function appHref(appId, status) {
-    return "apps/" + encodeURIComponent(appId) + (status && status !== "all" ? "?status=" + encodeURIComponent(status) : "");
+  function appHref(appId, status, search) {
+    const q = new URLSearchParams();
+    if (status && status !== "all") q.set("status", status);
+    for (const [k, v] of Object.entries(search || {})) q.set(k, v);
+    const text = q.toString();
+    return "apps/" + encodeURIComponent(appId) + (text ? "?" + text : "");
+  }
+
+  // The app view's search filters (docs/SEARCH.md): the page's query string holds them, so a reload or a
+  // shared link keeps them; GET api/messages applies them on the server (with its cursor).
+  const SEARCH_KEYS = ["from", "to", "event", "missing", "alert"];
+
+  function searchOf(params) {
+    const out = {};
+    for (const k of SEARCH_KEYS) { const v = params.get(k); if (v) out[k] = v; }
+    for (const [k, v] of params) if (k.startsWith("meta.") && k.length > 5 && v) out[k] = v;
+    return out;
+  }
+
+  /** "carrier=dhl region=eu" (spaces or commas between pairs) → {"meta.carrier": "dhl", "meta.region": "eu"} */
+  function parseMeta(text) {
+    const out = {};
+    for (const pair of text.split(/[\s,]+/)) {
+      const at = pair.indexOf("=");
+      if (at > 0 && at < pair.length - 1) out["meta." + pair.slice(0, at)] = pair.slice(at + 1);
+    }
+    return out;
+  }
+
+  function searchForm(search, onApply) {
+    const metaText = Object.entries(search).filter(([k]) => k.startsWith("meta.")).map(([k, v]) => `${k.slice(5)}=${v}`).join(" ");
+    const field = (name, label, attrs) => el("label", { class: "filter" }, el("span", { class: "small muted" }, label),
+      el("input", Object.assign({ name, type: "text", value: search[name] || "", "data-testid": "filter-" + name, spellcheck: "false" }, attrs || {})));
+    const form = el("form", { class: "filters", "data-testid": "search-filters", role: "search", "aria-label": "Search messages",
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        const next = {};
+        for (const k of ["from", "to", "event", "missing"]) { const v = form.elements[k].value.trim(); if (v) next[k] = v; }
+        if (form.elements.alert.checked) next.alert = "firing";
+        Object.assign(next, parseMeta(form.elements.meta.value.trim()));
+        onApply(next);
+      } },
+    field("from", "Updated from", { placeholder: "2026-11-30T00:00:00Z" }),
+    field("to", "Updated to", { placeholder: "2026-11-30T23:59:59Z" }),
+    field("event", "Has step", { placeholder: "PAID" }),
+    field("missing", "Lacks step", { placeholder: "SHIPPED" }),
+    el("label", { class: "filter" }, el("span", { class: "small muted" }, "Meta (key=value …)"),
+      el("input", { name: "meta", type: "text", value: metaText, "data-testid": "filter-meta", placeholder: "carrier=dhl", spellcheck: "false" })),
+    el("label", { class: "filter filter--check" },
+      el("input", { name: "alert", type: "checkbox", "data-testid": "filter-alert", checked: search.alert === "firing" }), " Firing alert"),
+    el("div", { class: "filter filter--buttons" },
+      el("button", { type: "submit", class: "button", "data-testid": "filter-apply" }, "Search"),
+      el("button", { type: "button", class: "button button--quiet", "data-testid": "filter-clear", onclick: () => onApply({}) }, "Clear")));
+    return form;
   }
 
   function navLink(rel, attrs, ...kids) {
@@ -992,6 +1044,8 @@
     let loading = false;
     let subscribedOnce = false;
     let filter = STATUSES.includes(params.get("status")) ? params.get("status") : "all";
+    let search = searchOf(params);
+    const searching = () => Object.keys(search).length > 0;
     const fresh = new Set();
 
     const lifecycleLine = el("p", { class: "muted", "data-testid": "app-lifecycle" }, "Loading lifecycle…");
@@ -1007,6 +1061,7 @@
     const more = el("button", { type: "button", class: "button", "data-testid": "load-more", hidden: true, onclick: () => load(false) }, "Load more");
     const liveNote = el("p", { class: "muted small", "data-testid": "app-live" });
     const alerts = appAlerts(appId);
+    const filtersSlot = el("div", { "data-testid": "filters-slot" });
 
     fill(view,
       el("section", { class: "card" },
@@ -1014,7 +1069,23 @@
         lifecycleLine,
         alerts.node,
         el("div", { class: "card__head" }, el("h2", null, "Recent messages"), liveNote),
-        chips, scope, errorSlot, table, empty, el("div", { class: "more" }, more)));
+        filtersSlot, chips, scope, errorSlot, table, empty, el("div", { class: "more" }, more)));
+
+    function renderSearch() {
+      fill(filtersSlot, searchForm(search, (next) => {
+        search = next;
+        history.replaceState(null, "", abs(appHref(appId, filter, search)));
+        items = [];
+        cursor = null;
+        renderSearch();
+        renderLiveNote();
+        load(true);
+      }));
+    }
+
+    function renderLiveNote() {
+      if (subscribedOnce) liveNote.textContent = searching() ? "Live updates paused while searching (Clear to resume)." : "Live: new messages appear at the top.";
+    }
 
     lifecycleOf(appId).then((lc) => {
       if (!alive) return;
@@ -1050,7 +1121,7 @@
 
     function setFilter(s) {
       filter = s;
-      history.replaceState(null, "", abs(appHref(appId, s)));
+      history.replaceState(null, "", abs(appHref(appId, s, search)));
       renderChips();
       renderRows();
       const btn = chips.querySelector(`[data-testid="chip-${s}"]`);
@@ -1102,6 +1173,7 @@
       more.textContent = "Loading…";
       try {
         let rel = `api/messages?app_id=${seg(appId)}&limit=${PAGE_SIZE}`;
+        for (const [k, v] of Object.entries(search)) rel += `&${encodeURIComponent(k)}=${encodeURIComponent(v)}`;
         if (!first && cursor) rel += `&cursor=${seg(cursor)}`;
         const body = await api(rel);
         if (!alive) return;
@@ -1130,13 +1202,14 @@
     const unsub = live.subscribe(appId, null, (frame) => {
       if (!alive) return;
       if (frame.type === "subscribed") {
-        liveNote.textContent = "Live: new messages appear at the top.";
         if (subscribedOnce) { load(true); alerts.load(); }   // a reconnect: catch up with what changed meanwhile
         subscribedOnce = true;
+        renderLiveNote();
         return;
       }
       if (frame.type === "alert") { alerts.take(frame); return; }
       if (frame.type !== "timeline" || !frame.message_id) return;
+      if (searching()) return;   // a frame cannot be checked against every filter here: the server's search decides
       upsertTop(strip(frame));
       fresh.add(frame.message_id);
       renderChips();
@@ -1146,6 +1219,7 @@
       }
     });
 
+    renderSearch();
     renderChips();
     load(true);
     alerts.load();

@@ -19,13 +19,13 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import ConditionBase, Key
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
@@ -789,23 +789,42 @@ def decode_cursor(cursor: str, app_id: str) -> dict[str, Any]:
     return key
 
 
+# An index page read for a filtered list holds this many items (fewer reads when filters skip most).
+FILTERED_PAGE_ITEMS = 100
+# What a keep() predicate sees: the item as read from the index (ALL projection) and its summary.
+Keep = Callable[[dict[str, Any], dict[str, Any]], bool]
+
+
 def list_messages(table_name: str, app_id: str, lifecycle: Lifecycle | None, *, status: str | None,
-                  limit: int, cursor: dict[str, Any] | None, max_pages: int = 10) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Newest first. A status filter is applied after the read (status depends on time), so
-    up to `max_pages` index pages are read to fill a page; the cursor resumes exactly after the last item."""
+                  limit: int, cursor: dict[str, Any] | None, max_pages: int = 10, frm: str | None = None,
+                  to: str | None = None, keep: Keep | None = None,
+                  with_events: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Newest first (by updated_at). `frm`/`to` bound updated_at in the index's key condition (only that
+    range is read). A status filter and `keep` (mars_common.search's filters) are applied after the read
+    (status depends on time), so up to `max_pages` index pages are read to fill a page — a page may hold
+    fewer than `limit` items; the cursor resumes exactly after the last item returned (or the last one
+    read). `with_events`: inline timelines keep their events (a paged one's are [], read with read_timeline)."""
     table = aws.table(table_name)
     out: list[dict[str, Any]] = []
     start = cursor
     now = datetime.now(UTC)
+    key: ConditionBase = Key("app_id").eq(app_id)
+    if frm is not None and to is not None:
+        key = key & Key("updated_at").between(frm, to)
+    elif frm is not None:
+        key = key & Key("updated_at").gte(frm)
+    elif to is not None:
+        key = key & Key("updated_at").lte(to)
+    page_items = max(limit, FILTERED_PAGE_ITEMS) if (status or keep) else limit
     for _ in range(max_pages):
-        kwargs: dict[str, Any] = {"IndexName": BY_APP_INDEX, "KeyConditionExpression": Key("app_id").eq(app_id),
-                                  "ScanIndexForward": False, "Limit": limit}
+        kwargs: dict[str, Any] = {"IndexName": BY_APP_INDEX, "KeyConditionExpression": key,
+                                  "ScanIndexForward": False, "Limit": page_items}
         if start:
             kwargs["ExclusiveStartKey"] = start
         resp = table.query(**kwargs)
         for item in resp.get("Items", []):
-            summary = to_timeline(item, lifecycle, with_events=False, now=now)
-            if status is None or summary["status"] == status:
+            summary = to_timeline(item, lifecycle, with_events=with_events, now=now)
+            if (status is None or summary["status"] == status) and (keep is None or keep(item, summary)):
                 out.append(summary)
                 if len(out) == limit:
                     last = {"app_id": item["app_id"], "message_id": item["message_id"],
