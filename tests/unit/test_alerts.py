@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from mars_common import alerts, auth, aws, live, store
 from mars_common.config import settings
 from mars_common.events import format_ts, parse_event
@@ -298,10 +299,16 @@ def test_a_failed_notify_is_retried_not_lost(stack: Any, lambda_context: Any, mo
     stack.send("bad", ("FAILED", 1))
     records = stack.new_records()
     monkeypatch.setattr(alerts, "notify", lambda alert: (_ for _ in ()).throw(RuntimeError("SNS throttled")))
-    failed = stack.consumer.lambda_handler({"Records": records}, lambda_context)
     firing = [r["dynamodb"]["SequenceNumber"] for r in records
               if r["dynamodb"].get("NewImage", {}).get("state", {}).get("S") == "firing"]
-    assert firing and [f["itemIdentifier"] for f in failed["batchItemFailures"]] == firing
+    try:
+        failed = stack.consumer.lambda_handler({"Records": records}, lambda_context)
+        retried = [f["itemIdentifier"] for f in failed["batchItemFailures"]]
+    except BatchProcessingError:  # every record of the batch failed: the invocation fails, all come back
+        retried = [r["dynamodb"]["SequenceNumber"] for r in records]
+        # (stock moto adds a keys-only INSERT before the real one, which succeeds; the emulator's patch,
+        # installed by an earlier test in the same process, does not: the batch is then the firing alone)
+    assert firing and set(firing) <= set(retried) and (len(records) == len(firing) or retried == firing)
     assert stack.frames.get("c1", []) == [f for f in stack.frames.get("c1", []) if f["type"] != "alert"]  # no frame either
 
 
