@@ -202,18 +202,15 @@ def test_a_collector_down_for_the_whole_budget_fails_the_invocation(
     assert dead_letters() == []  # the stream retries it, then its OnFailure destination has it
 
 
-def test_the_budget_stays_under_the_function_timeout(exporter: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_budget_stays_under_the_function_timeout(exporter: Any, monkeypatch: pytest.MonkeyPatch,
+                                                     lambda_context: Any) -> None:
     store("shop", "order-5", "CREATED")
     seen: list[float] = []
     monkeypatch.setattr(exporter, "send", lambda cfg, request, messages, budget: seen.append(budget) or
                         exporter.Outcome(True, 1, exporter.Answer(200)))
-
-    class Context:
-        def get_remaining_time_in_millis(self) -> int:
-            return 6_500
-
+    monkeypatch.setattr(lambda_context, "get_remaining_time_in_millis", lambda: 6_500)
     monkeypatch.setenv("OTLP_EXPORT_RETRY_SECONDS", "20")
-    exporter.lambda_handler.__wrapped__(stream_event(), Context())
+    exporter.lambda_handler(stream_event(), lambda_context)
     assert seen == [1.5]  # 6.5 s left - the 5 s margin, not the 20 s asked for
 
 
