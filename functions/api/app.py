@@ -479,13 +479,19 @@ def export_app(app_id: str) -> Response:
     return Response(body=body, status_code=200, headers=headers)
 
 
-@app.route("/api/apps/{app_id}/lifecycle", methods=["PUT"], content_types=BODY_TYPES)
-@_handles_errors
-def put_app_lifecycle(app_id: str) -> Response:
-    _same_site_only()
+def _app_access(app_id: str, *, writes: bool) -> None:
+    """The checks of every /api/apps/{app_id}/... route: same site for a write, a valid app id, a key for it."""
+    if writes:
+        _same_site_only()
     principal = _principal()
     _check_app_id(app_id)
     auth.require_apps(principal, [app_id])
+
+
+@app.route("/api/apps/{app_id}/lifecycle", methods=["PUT"], content_types=BODY_TYPES)
+@_handles_errors
+def put_app_lifecycle(app_id: str) -> Response:
+    _app_access(app_id, writes=True)
     body = _body()
     lifecycle = _parse_lifecycle(body)
     item = put_lifecycle(settings().apps_table, app_id, lifecycle)
@@ -510,19 +516,14 @@ def list_app_alerts() -> Response:
     state = query.get("state")
     if state is not None and state not in alerts.STATES:
         errors.append(FieldError("state", "must be one of " + ", ".join(alerts.STATES)))
-    bounds: dict[str, str | None] = {}
-    for name in ("from", "to"):
-        try:
-            bounds[name] = alerts.parse_time(name, query.get(name))
-        except ValueError as exc:
-            errors.append(FieldError(name, str(exc)))
+    bounds = alerts.parse_bounds(query, errors)
     message_id = query.get("message_id")
     if message_id is not None and not (0 < len(message_id) <= MAX_MESSAGE_ID and message_id.isprintable()):
         errors.append(FieldError("message_id", f"must be 1-{MAX_MESSAGE_ID} printable characters"))
     cursor = None
     if query.get("cursor"):
         try:
-            cursor = alerts.decode_cursor(query["cursor"], app_id)
+            cursor = decode_cursor(query["cursor"], app_id, alerts.CURSOR_FIELDS)
         except ValueError as exc:
             errors.append(FieldError("cursor", str(exc)))
     if errors:
@@ -533,15 +534,13 @@ def list_app_alerts() -> Response:
                                      message_id=message_id, limit=limit, cursor=cursor)
     # timeline_url: absolute where the stack knows its dashboard's URL, else relative to the dashboard's base
     return _json(200, {"items": [alerts.public(i, cfg.dashboard_url) for i in items],
-                       "cursor": alerts.encode_cursor(last)})
+                       "cursor": encode_cursor(last)})
 
 
 @app.route("/api/apps/{app_id}/lifecycle", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def get_app_lifecycle(app_id: str) -> Response:
-    principal = _principal()
-    _check_app_id(app_id)
-    auth.require_apps(principal, [app_id])
+    _app_access(app_id, writes=False)
     lifecycle = get_lifecycle(settings().apps_table, app_id)
     if lifecycle is None:
         raise ApiError(404, "NOT_FOUND", f"app {app_id!r} declares no lifecycle; PUT one first")
@@ -554,10 +553,7 @@ def get_app_lifecycle(app_id: str) -> Response:
 @_handles_errors
 def put_app_otlp(app_id: str) -> Response:
     """How this app's OTLP spans become events (docs/OBSERVABILITY.md); applies within a minute."""
-    _same_site_only()
-    principal = _principal()
-    _check_app_id(app_id)
-    auth.require_apps(principal, [app_id])
+    _app_access(app_id, writes=True)
     mapping = otlp.put_mapping(settings().apps_table, app_id, otlp.parse_mapping(_body()), utc_now())
     return _json(200, {"app_id": app_id, **mapping.as_dict()})
 
@@ -566,22 +562,12 @@ def put_app_otlp(app_id: str) -> Response:
 @_handles_errors
 def get_app_otlp(app_id: str) -> Response:
     """The app's mapping, or the default one (`"default": true`) when it stored none."""
-    principal = _principal()
-    _check_app_id(app_id)
-    auth.require_apps(principal, [app_id])
+    _app_access(app_id, writes=False)
     mapping = otlp.get_mapping(settings().apps_table, app_id)
     return _json(200, {"app_id": app_id, **(mapping or otlp.DEFAULT_MAPPING).as_dict(), "default": mapping is None})
 
 
 # --- alert destinations (docs/DESTINATIONS.md; logic in mars_common.destinations and .delivery) ---------
-def _destination_app(app_id: str, *, writes: bool) -> None:
-    if writes:
-        _same_site_only()
-    principal = _principal()
-    _check_app_id(app_id)
-    auth.require_apps(principal, [app_id])
-
-
 def _destination_id(destination_id: str) -> str:
     if not destinations.DESTINATION_ID_RE.fullmatch(destination_id):
         raise ValidationError([FieldError("destination_id", "must be dst_ and 16 hex digits (the id POST returned)")])
@@ -592,7 +578,7 @@ def _destination_id(destination_id: str) -> str:
 @_handles_errors
 def create_destination(app_id: str) -> Response:
     """201 with the webhook's signing secret: the only answer that ever holds it."""
-    _destination_app(app_id, writes=True)
+    _app_access(app_id, writes=True)
     cfg = settings()
     new = destinations.parse(_body(), allow_loopback=cfg.allow_loopback_destinations)
     try:
@@ -606,7 +592,7 @@ def create_destination(app_id: str) -> Response:
 @app.route("/api/apps/{app_id}/destinations", methods=["GET"], content_types=BODY_TYPES)
 @_handles_errors
 def list_destinations(app_id: str) -> Response:
-    _destination_app(app_id, writes=False)
+    _app_access(app_id, writes=False)
     _only_params()
     items = destinations.list_for(settings().destinations_table, app_id)
     return _json(200, {"app_id": app_id, "items": [destinations.public(i) for i in items]})
@@ -615,7 +601,7 @@ def list_destinations(app_id: str) -> Response:
 @app.route("/api/apps/{app_id}/destinations/{destination_id}", methods=["DELETE"], content_types=BODY_TYPES)
 @_handles_errors
 def delete_destination(app_id: str, destination_id: str) -> Response:
-    _destination_app(app_id, writes=True)
+    _app_access(app_id, writes=True)
     cfg = settings()
     if not destinations.delete(cfg.destinations_table, cfg.destination_secrets_table, app_id,
                                _destination_id(destination_id)):
@@ -628,7 +614,7 @@ def delete_destination(app_id: str, destination_id: str) -> Response:
 @_handles_errors
 def test_destination(app_id: str, destination_id: str) -> Response:
     """Enqueues a test alert (rule.kind "test") for this one destination; 202: delivery is asynchronous."""
-    _destination_app(app_id, writes=True)
+    _app_access(app_id, writes=True)
     cfg = settings()
     if destinations.get(cfg.destinations_table, app_id, _destination_id(destination_id)) is None:
         raise ApiError(404, "NOT_FOUND", f"app {app_id!r} has no destination {destination_id!r}")

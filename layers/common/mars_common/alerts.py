@@ -19,8 +19,6 @@ which calls notify() once per transition record (at least once: a failed notify 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import os
@@ -32,7 +30,7 @@ from boto3.dynamodb.conditions import Attr, ConditionBase, Key
 from botocore.exceptions import ClientError
 
 from . import aws, delivery
-from .events import format_ts, parse_timestamp
+from .events import FieldError, format_ts, parse_timestamp
 from .timeline import Deadline, Lifecycle
 
 DEADLINE, SLA, FAILURE = "deadline", "sla", "failure"
@@ -190,22 +188,18 @@ def parse_time(name: str, value: str | None) -> str | None:
         raise ValueError(f"{name} must be an RFC 3339 time, e.g. 2026-11-30T10:00:00Z") from exc
 
 
-def encode_cursor(key: dict[str, Any] | None) -> str | None:
-    if not key:
-        return None
-    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
+def parse_bounds(query: dict[str, str], errors: list[FieldError]) -> dict[str, str | None]:
+    """A query's `from` and `to` (parse_time), each bad one added to `errors`."""
+    bounds: dict[str, str | None] = {}
+    for name in ("from", "to"):
+        try:
+            bounds[name] = parse_time(name, query.get(name))
+        except ValueError as exc:
+            errors.append(FieldError(name, str(exc)))
+    return bounds
 
 
-def decode_cursor(cursor: str, app_id: str) -> dict[str, Any]:
-    """Raises ValueError on a cursor not made by list_alerts for this app."""
-    try:
-        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("cursor is not valid") from exc
-    if (not isinstance(key, dict) or set(key) != {"app_id", "sk", "fired_at"} or key.get("app_id") != app_id
-            or not all(isinstance(v, str) for v in key.values())):
-        raise ValueError("cursor is not valid for this app")
-    return key
+CURSOR_FIELDS = frozenset({"app_id", "sk", "fired_at"})  # a ByAppFired key: store.encode_cursor / decode_cursor
 
 
 def list_alerts(table: str, app_id: str, *, state: str | None, frm: str | None, to: str | None,

@@ -73,12 +73,7 @@ def _step(query: dict[str, str], name: str, errors: list[FieldError]) -> str | N
 def parse_filters(query: dict[str, str], lifecycle: Lifecycle | None) -> Filters:
     """The filters of a query string; ValidationError names every bad parameter (unknown ones are the caller's)."""
     errors: list[FieldError] = []
-    bounds: dict[str, str | None] = {}
-    for name in ("from", "to"):
-        try:
-            bounds[name] = alerts.parse_time(name, query.get(name))
-        except ValueError as exc:
-            errors.append(FieldError(name, str(exc)))
+    bounds = alerts.parse_bounds(query, errors)
     if bounds.get("from") and bounds.get("to") and str(bounds["from"]) > str(bounds["to"]):
         errors.append(FieldError("from", "must not be after to"))
     event = _step(query, "event", errors)

@@ -776,14 +776,17 @@ def encode_cursor(key: dict[str, Any] | None) -> str | None:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, app_id: str) -> dict[str, Any]:
-    """Raises ValueError on a cursor that was not made by encode_cursor for this app."""
+MESSAGE_CURSOR_FIELDS = frozenset({"app_id", "message_id", "updated_at"})  # a ByAppUpdated key
+
+
+def decode_cursor(cursor: str, app_id: str, fields: frozenset[str] = MESSAGE_CURSOR_FIELDS) -> dict[str, Any]:
+    """Raises ValueError on a cursor that was not made by encode_cursor for this app (a key of `fields`)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         key = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise ValueError("cursor is not valid") from exc
-    if (not isinstance(key, dict) or set(key) != {"app_id", "message_id", "updated_at"}
+    if (not isinstance(key, dict) or set(key) != fields
             or key.get("app_id") != app_id or not all(isinstance(v, str) for v in key.values())):
         raise ValueError("cursor is not valid for this app")
     return key
