@@ -74,6 +74,14 @@ def test_an_instance_attribute_init_no_longer_assigns_is_a_mismatch() -> None:
                       f"{Renamed.__qualname__}.__init__")]
 
 
+def test_an_attribute_a_patch_adds_that_moto_now_defines_is_a_mismatch() -> None:
+    result = _start_with("import moto.dynamodb.models.table as t\nt.Table.__deepcopy__ = lambda self, memo: self")
+    assert result.returncode == 2, result.stderr
+    error = _error_line(result.stderr)
+    assert error["patches"] == ["dynamodb.transactions"]
+    assert "moto.dynamodb.models.table.Table.__deepcopy__ is now defined by moto" in error["error"]
+
+
 def test_a_mismatch_installs_nothing() -> None:
     program = """
 import moto

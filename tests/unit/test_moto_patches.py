@@ -607,6 +607,102 @@ def test_dynamo_values_compare_as_moto_compares_them(server: emulator_mod.Emulat
             assert got == expected, (a, b)
 
 
+def _records(streams: Any, iterator: str) -> tuple[list[tuple[str, str]], str]:
+    resp = streams.get_records(ShardIterator=iterator)
+    return [(r["eventName"], r["dynamodb"]["Keys"]["pk"]["S"]) for r in resp["Records"]], resp["NextShardIterator"]
+
+
+def _cancelled_transaction(url: str) -> dict[str, Any]:
+    """A streamed table with items a and d and a consumer reading its stream; a transaction that puts b,
+    updates a and deletes d is cancelled by its condition check on x; then c is put, and a transaction
+    that puts e and updates a succeeds. What the open iterator read after each step, the items, the
+    cancellation's error."""
+    ddb, streams = _client("dynamodb", url), _client("dynamodbstreams", url)
+    table, arn = _streamed_table(url, "tx", "NEW_AND_OLD_IMAGES")
+    for key in ("a", "d"):
+        ddb.put_item(TableName=table, Item={"pk": {"S": key}, "v": {"N": "1"}})
+    (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"],
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    before, iterator = _records(streams, iterator)
+    with pytest.raises(ClientError) as cancelled:
+        ddb.transact_write_items(TransactItems=[
+            {"Put": {"TableName": table, "Item": {"pk": {"S": "b"}}}},
+            {"Update": {"TableName": table, "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET v = :v",
+                        "ExpressionAttributeValues": {":v": {"N": "2"}}}},
+            {"Delete": {"TableName": table, "Key": {"pk": {"S": "d"}}}},
+            {"ConditionCheck": {"TableName": table, "Key": {"pk": {"S": "x"}}, "ConditionExpression": "attribute_exists(pk)"}},
+        ])
+    items_after_cancel = sorted((i["pk"]["S"], i.get("v", {}).get("N")) for i in ddb.scan(TableName=table)["Items"])
+    ddb.put_item(TableName=table, Item={"pk": {"S": "c"}})
+    after_cancel, iterator = _records(streams, iterator)
+    ddb.transact_write_items(TransactItems=[
+        {"Put": {"TableName": table, "Item": {"pk": {"S": "e"}}}},
+        {"Update": {"TableName": table, "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET v = :v",
+                    "ExpressionAttributeValues": {":v": {"N": "3"}}}},
+    ])
+    after_commit, _ = _records(streams, iterator)
+    return {"before": before, "error": cancelled.value.response["Error"]["Code"],
+            "reasons": [r["Code"] for r in cancelled.value.response.get("CancellationReasons", [])],
+            "items_after_cancel": items_after_cancel, "after_cancel": after_cancel, "after_commit": after_commit,
+            "items": sorted((i["pk"]["S"], i.get("v", {}).get("N")) for i in ddb.scan(TableName=table)["Items"])}
+
+
+def test_a_cancelled_transaction_leaves_the_table_and_its_open_stream_iterators_as_they_were(
+        server: emulator_mod.Emulator, unpatched_url: str) -> None:
+    """dynamodb.transactions: the cancelled transaction's writes are undone and no consumer ever sees
+    them; the writes after it reach the consumer that was already reading; answers as stock moto's."""
+    got, stock = _cancelled_transaction(server.endpoint_url), _cancelled_transaction(unpatched_url)
+    assert got["before"] == [("INSERT", "a"), ("INSERT", "d")]
+    assert got["error"] == stock["error"] == "TransactionCanceledException"
+    assert got["reasons"] == stock["reasons"] == ["None", "None", "None", "ConditionalCheckFailed"]
+    assert got["items_after_cancel"] == stock["items_after_cancel"] == [("a", "1"), ("d", "1")]
+    assert got["after_cancel"] == [("INSERT", "c")]
+    assert got["after_commit"] == [("INSERT", "e"), ("MODIFY", "a")]
+    assert got["items"] == stock["items"] == [("a", "3"), ("c", None), ("d", "1"), ("e", None)]
+
+
+def test_stock_moto_shows_a_cancelled_transaction_to_open_iterators_and_then_stalls_them(unpatched_url: str) -> None:
+    # The fault the patch fixes: the consumer reads writes that never happened, then nothing more.
+    stock = _cancelled_transaction(unpatched_url)
+    assert stock["after_cancel"] == [("INSERT", "b"), ("MODIFY", "a"), ("REMOVE", "d")]
+    assert stock["after_commit"] == []
+
+
+def test_a_transaction_copies_the_items_it_names_not_the_tables(server: emulator_mod.Emulator,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto deep-copied each named table per transaction (O(table)); the patch copies the named items.
+    A backup still copies the whole table (Table.__deepcopy__ outside a transaction)."""
+    from moto.dynamodb.models.dynamo_type import Item
+
+    ddb = _client("dynamodb", server.endpoint_url)
+    table, _ = _streamed_table(server.endpoint_url, "txcopy", "NEW_IMAGE")
+    for n in range(300):
+        ddb.put_item(TableName=table, Item={"pk": {"S": f"k{n}"}, "v": {"N": "0"}})
+    copies = []
+    original = Item.__deepcopy__
+
+    def counting(self: Item, memo: dict[int, Any]) -> Item:
+        copies.append(self.hash_key.value)
+        return original(self, memo)
+
+    monkeypatch.setattr(Item, "__deepcopy__", counting)
+    ddb.transact_write_items(TransactItems=[
+        {"Update": {"TableName": table, "Key": {"pk": {"S": "k1"}}, "UpdateExpression": "ADD v :one",
+                    "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+        {"Put": {"TableName": table, "Item": {"pk": {"S": "new"}}}},
+    ])
+    assert set(copies) <= {"k1", "new"} and len(copies) <= 4, copies
+    backup = ddb.create_backup(TableName=table, BackupName="before-delete")["BackupDetails"]["BackupArn"]
+    assert len(copies) >= 301  # the backup copied every item
+    ddb.delete_item(TableName=table, Key={"pk": {"S": "k2"}})
+    restored = f"{table}-restored"
+    ddb.restore_table_from_backup(TargetTableName=restored, BackupArn=backup)
+    assert ddb.get_item(TableName=restored, Key={"pk": {"S": "k2"}})["Item"] == {"pk": {"S": "k2"}, "v": {"N": "0"}}
+    assert ddb.get_item(TableName=restored, Key={"pk": {"S": "k1"}})["Item"]["v"] == {"N": "1"}
+    assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "k2"}})
+
+
 def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: emulator_mod.Emulator) -> None:
     table, arn = _streamed_table(server.endpoint_url, "streamed", "NEW_IMAGE")
 

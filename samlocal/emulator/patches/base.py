@@ -21,7 +21,8 @@ MOTO_VERSION = "5.2.5"
 # "method": defined in the class's own body (replaced; the original is kept for ``revert``).
 # "inherited": not in the class's body but reachable through a base class (shadowed).
 # "instance": an instance attribute the class's ``__init__`` assigns (a class-level property takes over).
-Kind = Literal["method", "inherited", "instance"]
+# "added": defined by neither the class nor its bases (the patch adds it; ``revert`` deletes it).
+Kind = Literal["method", "inherited", "instance", "added"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ def _attribute_problem(replacement: Replacement) -> str | None:
             return f"{replacement.label} is now defined by the class itself (was inherited)"
         if not hasattr(owner, name):
             return f"{replacement.label} no longer exists"
+    elif replacement.kind == "added":
+        if hasattr(owner, name):
+            return f"{replacement.label} is now defined by moto (the patch would replace it unseen)"
     else:
         init = owner.__dict__.get("__init__")
         code = getattr(init, "__code__", None)
