@@ -7,8 +7,11 @@ FunnelTable (pk, sk):
   counted (`t`), the message's cohort day (`b`) and a version (`v`). It is how a step is counted once:
   the store's on_stored reads it, and counts only the steps it lacks.
 - a (cohort day, step) counter, pk `<app_id>#<YYYY-MM-DD>`, sk the step: `r` messages that reached it,
-  `s` messages whose last reached step it is, and the DDSketch bins of the time from the previous step,
-  one attribute `k<key>` per bin (`z` below 1 ms). App ids have neither '!' nor '#': no pk is ambiguous.
+  `s` messages whose last reached step it is;
+- a (cohort day, step, bin) count `n`, same pk, sk `<step>\x1f<bin>`: one bin of the DDSketch of the time
+  from the previous step (`k<key>` of the library's mapping, `z` below 1 ms). One small item per bin
+  keeps every write at the 1 KB minimum however many bins a day fills. \x1f is in no step name, and app
+  ids have neither '!' nor '#': no key is ambiguous.
 The counters and the marker change in one TransactWriteItems conditional on the marker's version, so a
 redelivered batch (or a store that failed after it) adds nothing twice, and a crash adds nothing half.
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
@@ -31,6 +33,7 @@ from .timeline import Lifecycle
 RELATIVE_ACCURACY = 0.01  # DDSketch alpha: a quantile is within 1 % of the true value at its rank
 ZERO_SECONDS = 0.001  # durations below this (and out-of-order steps: negative) count in the zero bin
 MARKER_SK = "m"
+SEP = "\x1f"  # between a step and its bin in a bin item's sk
 MAX_RANGE_DAYS = 92  # one Query per day: a range reads at most this many buckets
 DEFAULT_RANGE_DAYS = 7
 MAX_ALERTS_COUNTED = 20_000  # alert records read per answer; beyond, `alerts_truncated` says so
@@ -54,7 +57,7 @@ def bin_attr(seconds: float) -> str:
 
 
 def sketch_of(item: dict[str, Any]) -> DDSketch:
-    """A bucket's sketch rebuilt from its bins (each bin's representative value, its count)."""
+    """A day's sketch rebuilt from its bins {attr: count} (each bin's representative value, its count)."""
     sketch = _sketch()
     mapping = sketch._mapping
     for attr, count in item.items():
@@ -127,7 +130,9 @@ def on_stored(table: str, app_id: str, message_id: str, events: Iterable[dict[st
               expires_at: int) -> int:
     """Counts the lifecycle steps of a stored batch that its message had not counted yet. Costs nothing
     for a batch without lifecycle steps; else one GetItem of the marker and, when a step is new, one
-    transaction (the marker and one counter item per step touched). Returns the items written."""
+    transaction: the marker, the counters of the steps touched (the new ones and the previous last step)
+    and one bin item per duration completed — at most 100 items for a lifecycle of 50 steps. Returns the
+    items written."""
     steps = set(lifecycle.events)
     firsts: dict[str, str] = {}
     for e in events:
@@ -151,7 +156,14 @@ def on_stored(table: str, app_id: str, message_id: str, events: Iterable[dict[st
         "ExpressionAttributeValues": _values({":t": {**counted, **new}, ":b": day, ":v1": version + 1,
                                               ":x": expires_at, **({":v": version} if marker else {})}),
     }}]
-    for step, deltas in sorted(plan(lifecycle, counted, new).items()):
+    items: dict[str, dict[str, int]] = {}  # sk -> attribute deltas: the step's counters, one item per bin
+    for step, deltas in plan(lifecycle, counted, new).items():
+        for attr, n in deltas.items():
+            if attr in ("r", "s"):
+                items.setdefault(step, {})[attr] = n
+            else:
+                items[f"{step}{SEP}{attr}"] = {"n": n}
+    for sk, deltas in sorted(items.items()):
         names = {"#x": "expires_at"}
         values: dict[str, Any] = {":x": expires_at}
         adds = []
@@ -160,7 +172,7 @@ def on_stored(table: str, app_id: str, message_id: str, events: Iterable[dict[st
             values[f":a{i}"] = n
             adds.append(f"#a{i} :a{i}")
         writes.append({"Update": {
-            "TableName": table, "Key": _key(bucket_pk(app_id, day), step),
+            "TableName": table, "Key": _key(bucket_pk(app_id, day), sk),
             "UpdateExpression": "SET #x = :x ADD " + ", ".join(adds),
             "ExpressionAttributeNames": names, "ExpressionAttributeValues": _values(values)}})
     try:
@@ -204,13 +216,18 @@ def read_funnel(table: str, alerts_table: str, app_id: str, lifecycle: Lifecycle
     stalled: dict[str, int] = dict.fromkeys(lifecycle.events, 0)
     sketches: dict[str, DDSketch] = {step: _sketch() for step in lifecycle.events}
     for day in days(frm, to):
+        bins: dict[str, dict[str, int]] = {}
         for item in aws.items(table, KeyConditionExpression=Key("pk").eq(bucket_pk(app_id, day))):
-            step = item["sk"]
+            step, _, attr = str(item["sk"]).partition(SEP)
             if step not in reached:
                 continue  # a step the lifecycle no longer has
-            reached[step] += int(item.get("r", 0))
-            stalled[step] += int(item.get("s", 0))
-            sketches[step].merge(sketch_of({k: int(v) for k, v in item.items() if isinstance(v, Decimal | int)}))
+            if attr:
+                bins.setdefault(step, {})[attr] = int(item.get("n", 0))
+            else:
+                reached[step] += int(item.get("r", 0))
+                stalled[step] += int(item.get("s", 0))
+        for step, counts in bins.items():  # this day's sketch of the step, merged into the range's
+            sketches[step].merge(sketch_of(counts))
     fired, truncated = _alerts_by_step(alerts_table, app_id, frm, to) if alerts_table else ({}, False)
     previous = predecessors(lifecycle)
     steps = []
