@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -19,7 +20,7 @@ from urllib.parse import urlencode, urlsplit
 from aws_lambda_powertools import Logger
 from chalice import Chalice, ConvertToMiddleware, Response
 from chalice.app import Request
-from mars_common import alerts, auth, aws, delivery, destinations, live, otlp, search
+from mars_common import alerts, auth, aws, delivery, destinations, funnel, live, otlp, search
 from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import (
@@ -547,6 +548,40 @@ def get_app_lifecycle(app_id: str) -> Response:
     return _json(200, {"app_id": app_id, "events": list(lifecycle.events), "sla_seconds": lifecycle.sla_seconds,
                        **lifecycle.rules_dict(), "updated_at": lifecycle.updated_at,
                        **({"retention_days": lifecycle.retention_days} if lifecycle.retention_days else {})})
+
+
+@app.route("/api/apps/{app_id}/funnel", methods=["GET"], content_types=BODY_TYPES)
+@_handles_errors
+def get_app_funnel(app_id: str) -> Response:
+    """The app's funnel over the messages whose first lifecycle event fell in [from, to] (whole UTC days;
+    default: the last 7), merged from its day buckets (docs/FUNNEL.md)."""
+    principal = _principal()
+    _check_app_id(app_id)
+    auth.require_apps(principal, [app_id])
+    _only_params("from", "to")
+    query = _query()
+    errors: list[FieldError] = []
+    bounds: dict[str, datetime | None] = {}
+    for name in ("from", "to"):
+        try:
+            parsed = alerts.parse_time(name, query.get(name))
+            bounds[name] = datetime.fromisoformat(parsed.replace("Z", "+00:00")) if parsed else None
+        except ValueError as exc:
+            errors.append(FieldError(name, str(exc)))
+    if errors:
+        raise ValidationError(errors)
+    default_from, default_to = funnel.default_range()
+    to = bounds["to"] or default_to
+    frm = bounds["from"] or (to - (default_to - default_from))
+    if frm > to:
+        raise ValidationError([FieldError("from", "must not be after to")])
+    if (to.date() - frm.date()).days >= funnel.MAX_RANGE_DAYS:
+        raise ValidationError([FieldError("from", f"the range may span at most {funnel.MAX_RANGE_DAYS} days")])
+    cfg = settings()
+    lifecycle = get_lifecycle(cfg.apps_table, app_id)
+    if lifecycle is None or not lifecycle.events:
+        raise ApiError(404, "NOT_FOUND", f"app {app_id!r} declares no lifecycle, so it has no funnel; PUT one first")
+    return _json(200, funnel.read_funnel(cfg.funnel_table, cfg.alerts_table, app_id, lifecycle, frm, to))
 
 
 @app.route("/api/apps/{app_id}/otlp", methods=["PUT"], content_types=BODY_TYPES)

@@ -2,7 +2,9 @@
 summary); reports which messages failed, so the aggregator has them redelivered. For an app with rules
 (failure steps, deadlines) or a message whose stuck spell this write ended, the alert records follow
 (mars_common.alerts.on_stored): after the events, so a failure there redelivers the batch and the
-conditional writes make the second pass change nothing twice. Apps without rules pay nothing more."""
+conditional writes make the second pass change nothing twice. Apps without rules pay nothing more.
+For an app with a lifecycle, the funnel counts the batch's lifecycle steps its message had not counted
+(mars_common.funnel.on_stored, docs/FUNNEL.md): also after the events, also safe to run twice."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from mars_common import alerts
+from mars_common import alerts, funnel
 from mars_common import metrics as m
 from mars_common.config import settings
 from mars_common.events import Event
@@ -49,7 +51,7 @@ def retention_days(app_id: str) -> int:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     cfg = settings()
     results: list[dict[str, Any]] = []
-    stored = duplicates = alert_writes = 0
+    stored = duplicates = alert_writes = funnel_writes = 0
     for message in event.get("messages", []):
         try:
             events = [Event.from_dict(raw) for raw in message["events"]]
@@ -62,6 +64,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
                 alert_writes += alerts.on_stored(cfg.alerts_table, app_id, message["message_id"],
                                                  [{"event": e.event, "created_at": e.created_at} for e in events],
                                                  lifecycle, int(time.time()) + days * 86400, unstuck=res.unstuck)
+            if cfg.funnel_table and lifecycle is not None and lifecycle.events:
+                funnel_writes += funnel.on_stored(cfg.funnel_table, app_id, message["message_id"],
+                                                  [{"event": e.event, "created_at": e.created_at} for e in events],
+                                                  lifecycle, int(time.time()) + days * 86400)
         except Exception as exc:  # one message's failure must not fail its neighbours
             logger.exception("upsert failed", extra={"app_id": message.get("app_id"),
                                                      "message_id": message.get("message_id")})
@@ -76,5 +82,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     m.count(metrics, m.DUPLICATES_DROPPED, duplicates)
     m.count(metrics, m.STORE_FAILED, failed)
     logger.info("stored", extra={"messages": len(results), "events_stored": stored, "duplicates_dropped": duplicates,
-                                 "failed": failed, "alert_writes": alert_writes})
+                                 "failed": failed, "alert_writes": alert_writes,
+                                 "funnel_writes": funnel_writes})
     return {"results": results}

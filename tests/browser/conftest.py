@@ -92,6 +92,7 @@ class FakeMars:
         self.lifecycles: dict[str, dict[str, Any]] = {}         # app_id -> lifecycle
         self.app_items: dict[str, list[dict[str, Any]]] = {}    # app_id -> items, newest first
         self.alerts: dict[str, list[dict[str, Any]]] = {}       # app_id -> alerts, newest first
+        self.funnels: dict[str, dict[str, Any]] = {}            # app_id -> GET api/apps/{app}/funnel's body
         self.stats: dict[str, Any] = {
             "queues": [{"name": f"mars-EventsQueue{i}-X1.fifo", "visible": 0, "in_flight": 0, "oldest_age_seconds": None}
                        for i in range(10)],
@@ -152,6 +153,11 @@ class FakeMars:
             if app_id in self.lifecycles:
                 return 200, {"app_id": app_id, **self.lifecycles[app_id]}
             return 404, _error("NOT_FOUND", f"app {app_id!r} declares no lifecycle; PUT one first")
+        if m := re.fullmatch(r"api/apps/([^/]+)/funnel", rel):
+            app_id = unquote(m.group(1))
+            if app_id in self.funnels:
+                return 200, self.funnels[app_id]
+            return 404, _error("NOT_FOUND", f"app {app_id!r} declares no lifecycle, so it has no funnel; PUT one first")
         if m := re.fullmatch(r"api/messages/(.+)", rel):
             message_id = unquote(m.group(1))
             timelines = [t for t in self.messages.get(message_id, []) if q("app_id") in (None, t["app_id"])]

@@ -684,6 +684,43 @@ def test_stack_live_indicator_says_connected(mars: Any, new_page: Any) -> None:
     screenshot(page, "stack-home")
 
 
+def test_app_view_draws_the_funnel(fake_mars: Any) -> None:
+    """Bars per step (width: the share of the first step), conversion, p50/p90/p99 and stalls; a screenshot in docs/."""
+    page, fake = fake_mars()
+    fake.lifecycles["shop"] = LIFECYCLE
+    fake.app_items["shop"] = [timeline("shop", "m1", [event("CREATED", 0)], ["ACKED"], "in_progress")]
+
+    def row(step: str, reached: int, after: str | None, conversion: float | None, p50: float | None, stalled: int,
+            alerts: int = 0) -> dict[str, Any]:
+        return {"step": step, "reached": reached, "conversion": conversion, "p50_seconds": p50,
+                "p90_seconds": p50 and p50 * 4, "p99_seconds": p50 and p50 * 20, "stalled_here": stalled,
+                "alerts": alerts, "after": after, "durations": reached if after else 0}
+
+    steps = LIFECYCLE["events"]
+    fake.funnels["shop"] = {"app_id": "shop", "from": "2026-11-24T00:00:00Z", "to": "2026-11-30T23:59:59Z",
+                            "bucket": "day", "relative_error": 0.01, "alerts_without_step": 0, "alerts_truncated": False,
+                            "steps": [row(steps[0], 2000, None, None, None, 120),
+                                      *(row(s, 1880 - 400 * i, steps[i], round((1880 - 400 * i) / (2000 if i == 0 else 2280 - 400 * i), 4),
+                                            30.0 * (i + 1), 300 if i < len(steps) - 2 else 1880 - 400 * i, alerts=7 if i == 1 else 0)
+                                        for i, s in enumerate(steps[1:]))]}
+    page.set_viewport_size({"width": 1100, "height": 900})
+    page.goto(fake.url("apps/shop"))
+    rows = page.get_by_test_id("funnel-step")
+    expect(rows).to_have_count(len(steps))
+    expect(rows.first).to_have_attribute("data-reached", "2000")
+    expect(rows.first).to_contain_text("120 stalled here")
+    expect(rows.nth(1)).to_contain_text(f"94.0 % of {steps[0]}")
+    expect(rows.nth(1)).to_contain_text("p50 30 s")
+    expect(rows.nth(2)).to_contain_text("7 alerts")
+    widths = page.eval_on_selector_all(".funnel__bar", "bars => bars.map(b => b.getBoundingClientRect().width)")
+    assert widths == sorted(widths, reverse=True) and widths[0] > 2 * widths[-1]
+    screenshot(page, "mocked-app-view-funnel", full_page=False)  # docs/funnel-app-view.png is a copy of it
+    no_horizontal_scroll(page)
+    # an app without a lifecycle says so instead of a funnel
+    page.goto(fake.url("apps/billing"))
+    expect(page.get_by_test_id("funnel-note")).to_have_text("No lifecycle: no funnel.")
+
+
 def test_app_view_lists_alerts_and_takes_alert_frames_live(fake_mars: Any) -> None:
     page, fake = fake_mars()
     fake.lifecycles["shop"] = {**LIFECYCLE, "failure": ["FAILED"]}

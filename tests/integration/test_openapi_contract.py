@@ -357,6 +357,40 @@ def test_list_alerts_200_and_400(mars: RunningStack) -> None:
         expect(mars, 400, "GET", template, params=params)
 
 
+# --- the funnel (docs/FUNNEL.md): a few dozen messages through the whole pipeline -------------------
+
+def test_funnel_200_400_404_matches_the_messages_sent(mars: RunningStack) -> None:
+    template = "/api/apps/{app_id}/funnel"
+    app = uid("ofunnel")
+    steps = ["CREATED", "PAID", "SHIPPED"]
+    expect(mars, 200, "PUT", "/api/apps/{app_id}/lifecycle", path={"app_id": app}, body={"events": steps})
+    day = "2026-11-20"
+    events, last_step = [], {}
+    for i in range(36):  # message i reaches steps[: i % 3 + 1]: 12 stall at each step; PAID 60 s, SHIPPED 600 s later
+        last_step[f"m{i}"] = i % 3
+        for k, step in enumerate(steps[: i % 3 + 1]):
+            second = (0, 60, 660)[k]
+            events.append(event(app, f"m{i}", step, created_at=f"{day}T10:{second // 60:02d}:{second % 60:02d}Z"))
+    expect(mars, 202, "POST", "/api/event/bulk", body={"events": events})
+    for i in range(36):
+        wait_timeline(mars, f"m{i}", app_id=app, events=i % 3 + 1)
+    got = expect(mars, 200, "GET", template, path={"app_id": app}, params={"from": f"{day}T00:00:00Z", "to": f"{day}T23:00:00Z"})
+    rows = {r["step"]: r for r in got["steps"]}
+    assert [r["step"] for r in got["steps"]] == steps
+    assert [(rows[s]["reached"], rows[s]["stalled_here"]) for s in steps] == [(36, 12), (24, 12), (12, 12)]
+    assert (rows["CREATED"]["conversion"], rows["PAID"]["conversion"], rows["SHIPPED"]["conversion"]) == (None, 0.6667, 0.5)
+    assert rows["PAID"]["p50_seconds"] == pytest.approx(60, rel=0.01)
+    assert rows["SHIPPED"]["p99_seconds"] == pytest.approx(600, rel=0.01)
+    other_day = expect(mars, 200, "GET", template, path={"app_id": app}, params={"from": "2026-11-21T00:00:00Z",
+                                                                                  "to": "2026-11-21T00:00:00Z"})
+    assert [r["reached"] for r in other_day["steps"]] == [0, 0, 0]
+    expect(mars, 404, "GET", template, path={"app_id": uid("nofunnel")})
+    for params in ({"from": "soon"}, {"from": "2026-11-21T00:00:00Z", "to": "2026-11-20T00:00:00Z"},
+                   {"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, {"colour": "red"}):
+        expect(mars, 400, "GET", template, path={"app_id": app}, params=params)
+    expect(mars, 400, "GET", template, path={"app_id": "bad app"})
+
+
 # --- lifecycles ---------------------------------------------------------------------------------
 
 def test_lifecycle_put_get_200_404_400(mars: RunningStack, stored: dict[str, str]) -> None:
@@ -663,6 +697,7 @@ AUTH_CASES = [  # (method, template, path params, query, body, app the request i
     ("GET", "/api/apps/{app_id}/lifecycle", {"app_id": "bank"}, None, None, "bank"),
     ("GET", "/api/alerts", {}, {"app_id": "bank"}, None, "bank"),
     ("GET", "/api/apps/{app_id}/export", {"app_id": "bank"}, None, None, "bank"),
+    ("GET", "/api/apps/{app_id}/funnel", {"app_id": "bank"}, None, None, "bank"),
     ("GET", "/api/test_socket", {}, {"message_id": "m", "app_id": "bank"}, None, "bank"),
     ("POST", DESTINATIONS, {"app_id": "bank"}, None, {"type": "sns", "topic_arn": SNS_ARN}, "bank"),
     ("GET", DESTINATIONS, {"app_id": "bank"}, None, None, "bank"),

@@ -46,6 +46,7 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
                                              "dynamodb:DeleteItem")},
         ("dynamodb:PutItem", "DestinationSecretsTable"), ("dynamodb:DeleteItem", "DestinationSecretsTable"),
         ("sqs:SendMessage", "AlertDeliveryQueue"),
+        ("dynamodb:Query", "FunnelTable"),  # GET /api/apps/{app}/funnel
     },
     "DeliveryFunction": {
         ("dynamodb:GetItem", "DestinationsTable"), ("dynamodb:GetItem", "DestinationSecretsTable"),
@@ -68,7 +69,9 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "StoreFunction": {*{(a, "MessagesTable") for a in ("dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem")},
                       *{(a, "EventsTable") for a in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                                                      "dynamodb:Query")},
-                      ("dynamodb:GetItem", "AppsTable"), ("dynamodb:UpdateItem", "AlertsTable")},
+                      ("dynamodb:GetItem", "AppsTable"), ("dynamodb:UpdateItem", "AlertsTable"),
+                      # the funnel: the marker's GetItem; TransactWriteItems needs UpdateItem on each item
+                      ("dynamodb:GetItem", "FunnelTable"), ("dynamodb:UpdateItem", "FunnelTable")},
     "AuthorizerFunction": {("dynamodb:GetItem", "KeysTable")},
     "OtlpFunction": {*{("sqs:SendMessage", q) for q in QUEUES}, ("dynamodb:GetItem", "AppsTable"),
                      ("dynamodb:GetItem", "KeysTable")},

@@ -1062,11 +1062,13 @@
     const liveNote = el("p", { class: "muted small", "data-testid": "app-live" });
     const alerts = appAlerts(appId);
     const filtersSlot = el("div", { "data-testid": "filters-slot" });
+    const funnel = appFunnel(appId);
 
     fill(view,
       el("section", { class: "card" },
         el("h1", { tabindex: "-1", class: "view-title" }, "App ", el("span", { class: "mono", "data-testid": "app-title" }, appId)),
         lifecycleLine,
+        funnel.node,
         alerts.node,
         el("div", { class: "card__head" }, el("h2", null, "Recent messages"), liveNote),
         filtersSlot, chips, scope, errorSlot, table, empty, el("div", { class: "more" }, more)));
@@ -1228,6 +1230,40 @@
 
   /** The app's alerts (docs/ALERTS.md): a badge with the firing count and the latest alerts, newest
    *  first; GET api/alerts at load, then each `alert` frame updates its row (one row per alert_id). */
+  /** The app's funnel (GET api/apps/{app}/funnel, the last 7 days): one bar per lifecycle step, its
+   * width the share of the first step's messages, with conversion, p50/p90/p99 and stalls as text. */
+  function appFunnel(appId) {
+    const rows = el("ol", { class: "funnel", "data-testid": "funnel", "aria-label": `Funnel of ${appId}, last 7 days` });
+    const note = el("p", { class: "muted small", "data-testid": "funnel-note" }, "Loading funnel…");
+    const node = el("div", { class: "funnel-box" }, el("div", { class: "card__head" }, el("h2", null, "Funnel"),
+      el("span", { class: "muted small" }, "last 7 days, by each message's first step")), note, rows);
+    api(`api/apps/${seg(appId)}/funnel`).then((f) => {
+      const top = Math.max(1, ...f.steps.map((r) => r.reached));
+      const pct = (x) => (x === null || x === undefined ? "—" : `${(x * 100).toFixed(1)} %`);
+      const secs = (x) => (x === null || x === undefined ? "—" : fmtSeconds(Math.round(x)));
+      const bar = (share) => { // the CSP forbids style attributes; the CSSOM is allowed
+        const node = el("span", { class: "funnel__bar" });
+        node.style.width = `${(100 * share).toFixed(1)}%`;
+        return node;
+      };
+      note.textContent = f.steps.some((r) => r.reached) ? `Percentiles within ${(f.relative_error * 100).toFixed(0)} % (DDSketch).`
+        : "No message reached a step in the last 7 days.";
+      fill(rows, ...f.steps.map((r) => el("li", { class: "funnel__row", "data-testid": "funnel-step", "data-step": r.step,
+        "data-reached": r.reached, "data-stalled": r.stalled_here },
+        el("span", { class: "mono funnel__name" }, r.step),
+        el("span", { class: "funnel__track" }, bar(r.reached / top)),
+        el("span", { class: "funnel__nums" },
+          el("strong", { "data-testid": "funnel-reached" }, String(r.reached)), " reached · ",
+          r.after ? `${pct(r.conversion)} of ${r.after}` : "entry", " · ",
+          r.after ? `p50 ${secs(r.p50_seconds)} · p90 ${secs(r.p90_seconds)} · p99 ${secs(r.p99_seconds)}` : "", r.after ? " · " : "",
+          el("span", { "data-testid": "funnel-stalled" }, `${r.stalled_here} stalled here`),
+          r.alerts ? [" ", el("span", { class: "tag tag--missing", "data-testid": "funnel-alerts" }, `${r.alerts} alert${r.alerts === 1 ? "" : "s"}`)] : null))));
+    }, (err) => {
+      note.textContent = err && err.status === 404 ? "No lifecycle: no funnel." : "Funnel unavailable: " + (err && err.message);
+    });
+    return { node };
+  }
+
   function appAlerts(appId) {
     let alive = true;
     let rows = [];

@@ -34,6 +34,7 @@ class Settings:
     delivery_retry_seconds: int = 86400
     delivery_backoff_seconds: int = 30
     alerts_table: str = ""  # AlertsTable: one record per (message, rule), mars_common.alerts
+    funnel_table: str = ""  # FunnelTable: per app, day and step counters and sketches, mars_common.funnel
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
@@ -79,4 +80,5 @@ def settings() -> Settings:
         delivery_retry_seconds=int(env.get("DELIVERY_RETRY_SECONDS", "86400")),
         delivery_backoff_seconds=int(env.get("DELIVERY_BACKOFF_SECONDS", "30")),
         alerts_table=env.get("ALERTS_TABLE", ""),
+        funnel_table=env.get("FUNNEL_TABLE", ""),
     )
