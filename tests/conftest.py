@@ -116,6 +116,18 @@ def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition", po
         time.sleep(poll)
 
 
+def table_stream(table_name: str) -> list[dict[str, Any]]:
+    """Every record of a table's stream so far (its first shard), as Lambda hands them to a function —
+    through the local runtime's own conversion (samlocal.triggers.dynamodb.lambda_record)."""
+    from samlocal.triggers.dynamodb import lambda_record
+
+    ddb, streams = boto3.client("dynamodb", region_name="us-east-1"), boto3.client("dynamodbstreams", region_name="us-east-1")
+    arn = ddb.describe_table(TableName=table_name)["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    return [lambda_record(r, arn, "us-east-1") for r in streams.get_records(ShardIterator=iterator)["Records"]]
+
+
 @pytest.fixture
 def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """template.yaml's queues and tables created under moto's mock_aws (by the same code the local

@@ -219,12 +219,12 @@ def test_create_event_202_and_400(mars: RunningStack) -> None:
 
 def test_queue_stats_200(mars: RunningStack) -> None:
     stats = expect(mars, 200, "GET", "/api/q/stats")
-    assert len(stats["queues"]) == 10 and len(stats["dead_letter"]) == 2
+    assert len(stats["queues"]) == 10 and len(stats["dead_letter"]) == 5
 
 
 def test_status_200(mars: RunningStack) -> None:
     health = expect(mars, 200, "GET", "/status")
-    assert health["status"] == "ok" and len(health["checks"]) == 14
+    assert health["status"] == "ok" and len(health["checks"]) == 17
 
 
 # --- timelines ----------------------------------------------------------------------------------

@@ -192,12 +192,12 @@ def test_list_messages_newest_first_paginated_and_filtered(mars: RunningStack) -
 
 def test_queue_stats_and_status(mars: RunningStack) -> None:
     stats = requests.get(mars.url("/api/q/stats"), timeout=10).json()
-    assert len(stats["queues"]) == 10 and len(stats["dead_letter"]) == 2
+    assert len(stats["queues"]) == 10 and len(stats["dead_letter"]) == 5
     assert all({"name", "visible", "in_flight", "oldest_age_seconds"} <= set(q) for q in stats["queues"])
     assert stats["event_collector_q"] == sum(q["visible"] for q in stats["queues"])
     status = requests.get(mars.url("/status"), timeout=10)
     assert status.status_code == 200 and status.json()["status"] == "ok"
-    assert len(status.json()["checks"]) == 14  # 2 tables, 10 queues, 2 DLQs
+    assert len(status.json()["checks"]) == 17  # 2 tables, 10 queues, 2 DLQs, 3 failure queues
 
 
 def test_create_event_load_route(mars: RunningStack) -> None:

@@ -176,6 +176,10 @@ def test_every_change_arrives_even_across_an_outage_and_a_refusal_is_dead_letter
                if {"app_id": APP, "message_id": refused} in e["messages"]]
     assert (line["status"], line["attempt"]) == (400, 1)
     assert receiver.spans(refused) == []
+    # the operator sees it where every failure is counted
+    stats = requests.get(stack.url("/api/q/stats"), timeout=10).json()
+    failed = {q["name"]: q["visible"] + q["in_flight"] for q in stats["dead_letter"]}
+    assert failed[url.rsplit("/", 1)[-1]] >= 1, stats
 
     # the collector is fixed: `mars redrive` exports those messages' current traces again
     receiver.refuse = False

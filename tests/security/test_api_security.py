@@ -157,7 +157,7 @@ def test_anonymous_status_says_only_ok_or_degraded(api: Api, keys: dict[str, str
     scoped = call(api, "GET", "/status", keys["a"])
     assert scoped.body == {"status": "ok"}  # an app's key is not an operator's
     admin = call(api, "GET", "/status", keys["admin"])
-    assert admin.status == 200 and len(admin.body["checks"]) == 14 and admin.body["stage"] == "dev"
+    assert admin.status == 200 and len(admin.body["checks"]) == 17 and admin.body["stage"] == "dev"
     assert call(api, "GET", "/status", "mk_AAAAAAAA_" + "x" * 43).body == {"status": "ok"}  # no 401: a public route
 
 
@@ -170,7 +170,7 @@ def test_anonymous_degraded_status_names_nothing(api: Api, keys: dict[str, str])
 def test_with_auth_off_status_shows_the_detail(api: Api) -> None:
     """Auth off (local default): every caller is admin."""
     reply = call(api, "GET", "/status")
-    assert reply.status == 200 and len(reply.body["checks"]) == 14
+    assert reply.status == 200 and len(reply.body["checks"]) == 17
 
 
 def test_status_checks_are_cached_per_environment(api: Api, keys: dict[str, str]) -> None:

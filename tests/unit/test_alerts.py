@@ -18,7 +18,7 @@ from mars_common.events import format_ts, parse_event
 from mars_common.store import put_lifecycle, to_timeline, upsert_message
 from mars_common.timeline import Deadline, Lifecycle, event_flags, summarize
 
-from tests.conftest import load_function
+from tests.conftest import load_function, table_stream
 from tests.unit.test_api import Api, assert_error, each_case, fields
 from tests.unit.test_live import FakeConnections, ws_event
 
@@ -192,15 +192,7 @@ def stack(mocked_stack: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatc
             return [json.loads(m["Body"]) for m in got]
 
         def new_records(self) -> list[dict[str, Any]]:
-            streams = aws.client("dynamodbstreams")
-            arn = aws.client("dynamodb").describe_table(TableName=settings().alerts_table)["Table"]["LatestStreamArn"]
-            shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-            it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-            out = []
-            for r in streams.get_records(ShardIterator=it)["Records"]:
-                r["dynamodb"]["ApproximateCreationDateTime"] = r["dynamodb"]["ApproximateCreationDateTime"].timestamp()
-                r.pop("ResponseMetadata", None)
-                out.append({**r, "eventSourceARN": arn})
+            out = table_stream(settings().alerts_table)
             seen = self.position
             self.position = out[-1]["dynamodb"]["SequenceNumber"] if out else seen
             return [r for r in out if seen is None or int(r["dynamodb"]["SequenceNumber"]) > int(seen)]

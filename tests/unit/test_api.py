@@ -687,7 +687,11 @@ def test_queue_stats_shape(api: Api) -> None:
     queues, dead = reply.body["queues"], reply.body["dead_letter"]
     assert [q["name"] for q in queues] == [u.rsplit("/", 1)[1] for u in queue_urls()]  # shard order
     assert [d["name"] for d in dead] == [u.rsplit("/", 1)[1] for u in settings().dead_letter_queue_urls]
-    assert len(dead) == 2  # the event queues' DLQ, then the producers' (ingest) DLQ
+    # the event queues' DLQ, the producers' (ingest) DLQ, then where failed alert notifications, live pushes
+    # and alert deliveries end (TraceExportFailureQueue only exists with an OtlpExportEndpoint)
+    assert [d["name"].split("-", 1)[1].removesuffix(".fifo") for d in dead] == [
+        "DeadLetterQueue", "IngestDeadLetterQueue", "AlertsFailureQueue", "BroadcastFailureQueue",
+        "AlertDeliveryDeadLetterQueue"]
     for row in queues + dead:
         assert set(row) == {"name", "visible", "in_flight", "oldest_age_seconds"}
         assert isinstance(row["visible"], int) and isinstance(row["in_flight"], int)
@@ -713,7 +717,8 @@ def test_status_checks_every_table_and_queue(api: Api) -> None:
     assert {(c["kind"], c["name"]) for c in checks} == {
         ("table", cfg.messages_table), ("table", cfg.apps_table),
         *[("queue", u.rsplit("/", 1)[1]) for u in (*cfg.events_queue_urls, *cfg.dead_letter_queue_urls)]}
-    assert len(checks) == 14 and all(c["ok"] and c["latency_ms"] >= 0 for c in checks)
+    # 2 tables, 10 event queues, 2 dead-letter queues, 3 failure queues (alerts, live pushes, deliveries)
+    assert len(checks) == 17 and all(c["ok"] and c["latency_ms"] >= 0 for c in checks)
 
 
 def test_status_is_503_when_a_resource_is_gone(api: Api) -> None:

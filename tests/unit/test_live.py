@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from mars_common import aws, live
+from mars_common import live
 from mars_common.config import settings
 from mars_common.events import parse_event
 from mars_common.store import put_lifecycle, upsert_message
 from mars_common.timeline import Lifecycle
 
-from tests.conftest import event_file, load_function
+from tests.conftest import event_file, load_function, table_stream
 
 
 class FakeConnections:
@@ -82,19 +82,9 @@ def store(app_id: str, message_id: str, *names: str) -> None:
 
 
 def stream_records(app_id: str, message_id: str) -> list[dict[str, Any]]:
-    """The table's stream as Lambda would deliver it (moto keeps the records in memory)."""
-    streams = aws.client("dynamodbstreams")
-    arn = aws.client("dynamodb").describe_table(TableName=settings().messages_table)["Table"]["LatestStreamArn"]
-    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-    out = []
-    for record in streams.get_records(ShardIterator=it)["Records"]:
-        if record["dynamodb"]["Keys"]["message_id"]["S"] != message_id:
-            continue
-        record["dynamodb"]["ApproximateCreationDateTime"] = record["dynamodb"]["ApproximateCreationDateTime"].timestamp()
-        record.pop("ResponseMetadata", None)
-        out.append({**record, "eventSourceARN": arn})
-    return out
+    """One message's records of MessagesTable's stream, as Lambda would deliver them."""
+    return [r for r in table_stream(settings().messages_table)
+            if r["dynamodb"]["Keys"] == {"app_id": {"S": app_id}, "message_id": {"S": message_id}}]
 
 
 # --- websocket routes ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from mars_common.timeline import Lifecycle
 
 from samlocal.invoker import InvokeResult
 from samlocal.triggers.schedule import Schedule, Scheduler, scheduled_event
-from tests.conftest import load_function
+from tests.conftest import load_function, table_stream
 from tests.unit.test_live import FakeConnections, stream_records, ws_event
 
 
@@ -43,16 +43,7 @@ def stuck(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def alert_stream() -> list[dict[str, Any]]:
     """AlertsTable's stream as Lambda would deliver it."""
-    streams = aws.client("dynamodbstreams")
-    arn = aws.client("dynamodb").describe_table(TableName=settings().alerts_table)["Table"]["LatestStreamArn"]
-    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-    out = []
-    for record in streams.get_records(ShardIterator=it)["Records"]:
-        record["dynamodb"]["ApproximateCreationDateTime"] = record["dynamodb"]["ApproximateCreationDateTime"].timestamp()
-        record.pop("ResponseMetadata", None)
-        out.append({**record, "eventSourceARN": arn})
-    return out
+    return table_stream(settings().alerts_table)
 
 
 @pytest.fixture

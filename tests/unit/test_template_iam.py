@@ -32,6 +32,9 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "ApiFunction": {
         *{(a, q) for q in QUEUES for a in ("sqs:SendMessage", "sqs:GetQueueAttributes")},
         ("sqs:GetQueueAttributes", "DeadLetterQueue"), ("sqs:GetQueueAttributes", "IngestDeadLetterQueue"),
+        # /api/q/stats and /status: the failure queues too (TraceExportFailureQueue when it exists)
+        *{("sqs:GetQueueAttributes", q) for q in ("AlertsFailureQueue", "BroadcastFailureQueue",
+                                                  "AlertDeliveryDeadLetterQueue", "TraceExportFailureQueue")},
         ("cloudwatch:GetMetricData", "*"),
         *{(a, r) for r in ("MessagesTable", "MessagesTable" + INDEX)
           for a in ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:DescribeTable")},
@@ -97,9 +100,14 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
 
 
 def _resource(node: Any) -> str:
-    """A policy resource as the logical id it points at (`X`, `X/index/*`), or the literal."""
+    """A policy resource as the logical id it points at (`X`, `X/index/*`), or the literal; a conditional
+    one (`!If [Cond, X, !Ref AWS::NoValue]`) as X, the permission it grants when the condition holds."""
     if isinstance(node, str):
         return node
+    if "Fn::If" in node:
+        _, granted, otherwise = node["Fn::If"]
+        assert otherwise == {"Ref": "AWS::NoValue"}, f"a conditional resource grants something either way: {node!r}"
+        return _resource(granted)
     if "Fn::GetAtt" in node:
         target = node["Fn::GetAtt"]
         return (target if isinstance(target, str) else ".".join(target)).split(".")[0]

@@ -25,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.conftest import load_function
+from tests.conftest import load_function, table_stream
 
 LIFECYCLE = Lifecycle(("CREATED", "SENT", "ACKED"), 300)
 
@@ -67,16 +67,7 @@ def store(app_id: str, message_id: str, *names: str, first: int = 0) -> None:
 
 def stream_event() -> dict[str, Any]:
     """Every record of the table's stream so far, as Lambda delivers a batch."""
-    streams = aws.client("dynamodbstreams")
-    arn = aws.client("dynamodb").describe_table(TableName=settings().messages_table)["Table"]["LatestStreamArn"]
-    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-    records = []
-    for record in streams.get_records(ShardIterator=it)["Records"]:
-        record["dynamodb"]["ApproximateCreationDateTime"] = record["dynamodb"]["ApproximateCreationDateTime"].timestamp()
-        record.pop("ResponseMetadata", None)
-        records.append({**record, "eventSourceARN": arn})
-    return {"Records": records}
+    return {"Records": table_stream(settings().messages_table)}
 
 
 def log_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:

@@ -35,11 +35,15 @@ class Settings:
     delivery_backoff_seconds: int = 30
     alerts_table: str = ""  # AlertsTable: one record per (message, rule), mars_common.alerts
     funnel_table: str = ""  # FunnelTable: per app, day and step counters and sketches, mars_common.funnel
+    # where failed alert notifications, live pushes, alert deliveries and trace exports end (ApiFunction only)
+    failure_queue_urls: tuple[str, ...] = ()
 
     @property
     def dead_letter_queue_urls(self) -> tuple[str, ...]:
-        """Every dead-letter queue Mars counts: the event queues' and the producers' (ingest)."""
-        return tuple(u for u in (self.dead_letter_queue_url, self.ingest_dead_letter_queue_url) if u)
+        """Every dead-letter queue Mars counts: the event queues' and the producers' (ingest) first, then
+        the stream consumers' and the alert delivery's failure queues."""
+        return tuple(u for u in (self.dead_letter_queue_url, self.ingest_dead_letter_queue_url,
+                                 *self.failure_queue_urls) if u)
 
 
 def _flag(value: str | None) -> bool:
@@ -81,4 +85,5 @@ def settings() -> Settings:
         delivery_backoff_seconds=int(env.get("DELIVERY_BACKOFF_SECONDS", "30")),
         alerts_table=env.get("ALERTS_TABLE", ""),
         funnel_table=env.get("FUNNEL_TABLE", ""),
+        failure_queue_urls=tuple(u for u in env.get("FAILURE_QUEUE_URLS", "").split(",") if u),
     )
