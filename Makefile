@@ -134,7 +134,7 @@ bench: install system-deps
 	$(BIN)/python -m bench.table
 	$(BIN)/python -m bench.wru
 	$(BIN)/python bench/sqs_depth.py
-	$(BIN)/python -m bench.transactions
+	$(BIN)/python -m bench.moto_dynamodb
 
 # Generated gRPC code is committed; tests/unit/test_proto.py fails when it is stale.
 proto: install

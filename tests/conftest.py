@@ -83,6 +83,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
 
 
+# Time per test module (setup + call + teardown of its tests; a shared stack's start is charged to the
+# first test that needs it), printed after `--durations`' slowest tests: where a run's minutes go (issue 16).
+_module_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::")[0]
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if len(_module_seconds) < 2:
+        return
+    total = sum(_module_seconds.values())
+    terminalreporter.write_sep("=", f"slowest 15 of {len(_module_seconds)} modules ({total:.0f} s in all)")
+    for module, seconds in sorted(_module_seconds.items(), key=lambda kv: kv[1], reverse=True)[:15]:
+        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f} %  {module}")
+
+
 def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition", poll: float = 0.01) -> Any:
     """Polls `predicate` until it returns something true (returned), or fails the test after `timeout` s."""
     import time

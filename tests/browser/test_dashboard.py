@@ -684,6 +684,38 @@ def test_stack_live_indicator_says_connected(mars: Any, new_page: Any) -> None:
     screenshot(page, "stack-home")
 
 
+def test_stack_app_view_draws_the_funnel_of_stored_events(mars: Any, new_page: Any) -> None:
+    """On the stack: three messages stop at three steps; the funnel the store counted (FunnelTable, not a
+    fake) is what the app view draws — reached, conversion, the time between steps, where each stalled."""
+    app_id = f"web-{uuid.uuid4().hex[:8]}"
+    _lifecycle(mars, app_id, ["CREATED", "PAID", "SHIPPED"], 3600)
+    stops = {"m-all": ["CREATED", "PAID", "SHIPPED"], "m-paid": ["CREATED", "PAID"], "m-created": ["CREATED"]}
+    for message_id, names in stops.items():
+        for i, name in enumerate(names):
+            _post(mars, app_id, message_id, name, _now(-60 + 20 * i))
+    for message_id, names in stops.items():
+        wait_timeline(mars, message_id, app_id=app_id, events=len(names))
+    deadline = time.monotonic() + 20  # the store counts the funnel right after a batch's events
+    while time.monotonic() < deadline:
+        funnel = requests.get(mars.url(f"/api/apps/{app_id}/funnel"), timeout=10).json()
+        if [r["reached"] for r in funnel["steps"]] == [3, 2, 1]:
+            break
+        time.sleep(0.3)
+
+    page = new_page()
+    page.set_viewport_size({"width": 1100, "height": 900})
+    page.goto(mars.url(f"/apps/{app_id}"))
+    rows = page.get_by_test_id("funnel-step")
+    expect(rows).to_have_count(3, timeout=20_000)
+    got = rows.evaluate_all("rs => rs.map(r => [r.dataset.step, r.dataset.reached, r.dataset.stalled])")
+    assert got == [["CREATED", "3", "1"], ["PAID", "2", "1"], ["SHIPPED", "1", "1"]]
+    expect(rows.nth(1)).to_contain_text("66.7 % of CREATED")
+    expect(rows.nth(1)).to_contain_text("p50 20 s")  # every PAID came 20 s after its CREATED
+    expect(rows.nth(2)).to_contain_text("50.0 % of PAID")
+    no_horizontal_scroll(page)
+    screenshot(page, "stack-app-view-funnel", full_page=False)
+
+
 def test_app_view_draws_the_funnel(fake_mars: Any) -> None:
     """Bars per step (width: the share of the first step), conversion, p50/p90/p99 and stalls; a screenshot in docs/."""
     page, fake = fake_mars()

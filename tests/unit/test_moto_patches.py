@@ -707,6 +707,83 @@ def test_a_transaction_copies_the_items_it_names_not_the_tables(server: emulator
     assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "k2"}})
 
 
+# (UpdateExpression, names, values) — valid ones, and each kind of error moto's parser and validators raise.
+UPDATES: list[tuple[str, dict[str, str], dict[str, Any]]] = [
+    ("SET #a = if_not_exists(#a, :z) + :one, #l = list_append(if_not_exists(#l, :empty), :l) REMOVE #r",
+     {"#a": "n", "#l": "log", "#r": "gone"}, {":z": {"N": "0"}, ":one": {"N": "1"}, ":empty": {"L": []}, ":l": {"L": [{"S": "x"}]}}),
+    ("ADD #s :s SET #m.#k = :v", {"#s": "tags", "#m": "m", "#k": "k"}, {":s": {"SS": ["a"]}, ":v": {"S": "v"}}),
+    ("SET #a = :one SET #b = :one", {"#a": "a", "#b": "b"}, {":one": {"N": "1"}}),          # two SET clauses
+    ("SET #a = :one, #a = :one", {"#a": "a"}, {":one": {"N": "1"}}),                          # overlapping paths
+    ("SET #k = :one", {"#k": "pk"}, {":one": {"S": "other"}}),                                # the key attribute
+    ("SET #a = :missing, #b = :one", {"#a": "a", "#b": "b"}, {":one": {"N": "1"}}),         # an undefined value
+    ("SET #a = #b + :one", {"#a": "a", "#b": "nothing"}, {":one": {"N": "1"}}),              # a path not in the item
+    ("SET #a = :one,", {"#a": "a"}, {":one": {"N": "1"}}),                                   # a syntax error
+    ("ADD #t :one", {"#t": "tags"}, {":one": {"N": "1"}}),                                     # ADD a number to a set
+]
+
+
+def _apply_updates(url: str) -> list[Any]:
+    """Each update of UPDATES three times on one item (the 2nd and 3rd: the parsed tree is reused), then
+    the same text with other names; what each answered, and the item at the end."""
+    ddb = _client("dynamodb", url)
+    table, _ = _streamed_table(url, "updates", "NEW_AND_OLD_IMAGES")
+    ddb.put_item(TableName=table, Item={"pk": {"S": "k"}, "gone": {"S": "x"}, "n": {"N": "5"}, "m": {"M": {}},
+                                        "m2": {"M": {}}})
+    out: list[Any] = []
+    for expression, names, values in UPDATES:
+        for names_now in (names, names, names, {k: v + "2" if v != "pk" else v for k, v in names.items()}):
+            try:
+                ddb.update_item(TableName=table, Key={"pk": {"S": "k"}}, UpdateExpression=expression,
+                                ExpressionAttributeNames=names_now, ExpressionAttributeValues=values)
+                out.append("ok")
+            except ClientError as exc:
+                out.append((exc.response["Error"]["Code"], exc.response["Error"]["Message"]))
+    out.append(ddb.get_item(TableName=table, Key={"pk": {"S": "k"}})["Item"])
+    return out
+
+
+def test_update_expressions_answer_as_stock_moto_parsed_once(server: emulator_mod.Emulator, unpatched_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """dynamodb.update_expressions: every update (and every error: two SET clauses, overlapping paths,
+    a key attribute, undefined values, a syntax error, a type mismatch) answers exactly as stock moto,
+    the first time and when its parsed tree is reused; a text is parsed once, not twice per request."""
+    from samlocal.emulator.patches import dynamodb as dynamodb_patches
+
+    parses: list[str] = []
+    original_parse = patches.ORIGINALS["UpdateExpressionParser.make"].__func__
+
+    def counting(cls: type, text: str) -> Any:
+        parses.append(text)
+        return original_parse(cls, text)
+
+    monkeypatch.setattr(dynamodb_patches.UpdateExpressionParser, "make",
+                        dynamodb_patches._make_parse(classmethod(counting)))
+    dynamodb_patches._parsed.clear()
+    got = _apply_updates(server.endpoint_url)
+    assert got == _apply_updates(unpatched_url)
+    firsts = [got[4 * n] for n in range(len(UPDATES))]
+    assert firsts[:2] == ["ok", "ok"] and all(f[0] == "ValidationException" for f in firsts[2:]), firsts
+    assert [f[1].split(":")[-1].strip() if f != "ok" else f for f in firsts][2:4] == [
+        "The \"SET\" section can only be used once in an update expression;", "[a]"]
+    valid = {text for text, _, _ in UPDATES if text != "SET #a = :one,"}
+    assert sorted(parses) == sorted([*valid, *["SET #a = :one,"] * 4])  # a text that does not parse: each time
+
+
+def test_the_parse_cache_is_bounded(server: emulator_mod.Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from samlocal.emulator.patches import dynamodb as dynamodb_patches
+
+    monkeypatch.setattr(dynamodb_patches, "PARSE_CACHE_SIZE", 5)
+    ddb = _client("dynamodb", server.endpoint_url)
+    table, _ = _streamed_table(server.endpoint_url, "bounded", "KEYS_ONLY")
+    for n in range(12):
+        ddb.update_item(TableName=table, Key={"pk": {"S": "k"}}, UpdateExpression=f"SET #a{n} = :v ADD #c :one",
+                        ExpressionAttributeNames={f"#a{n}": f"a{n}", "#c": "c"},
+                        ExpressionAttributeValues={":v": {"N": str(n)}, ":one": {"N": "1"}})
+        assert len(dynamodb_patches._parsed) <= 5 and len(dynamodb_patches._parsed_ids) == len(dynamodb_patches._parsed)
+    item = ddb.get_item(TableName=table, Key={"pk": {"S": "k"}})["Item"]
+    assert item["c"] == {"N": "12"} and all(item[f"a{n}"] == {"N": str(n)} for n in range(12))
+
+
 def test_concurrent_item_creating_updates_get_distinct_sequence_numbers(server: emulator_mod.Emulator) -> None:
     table, arn = _streamed_table(server.endpoint_url, "streamed", "NEW_IMAGE")
 
