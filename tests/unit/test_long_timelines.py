@@ -301,6 +301,33 @@ def test_cursors_belong_to_one_message(tables: tuple[str, str]) -> None:
     assert pages[-1]["cursor"] is None and [len(p["events"]) for p in pages] == [10, 10, 10]
 
 
+def test_a_small_page_of_a_long_timeline_reads_about_as_many_pages_as_it_shows(
+        tables: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll of `limit=1` (what tests/integration/test_long_timeline.py does every second while 20,000
+    events are stored) read 1 MB of pages per Query, ~400 of a long message's; the pages a read takes
+    now follow its limit, and every page of the answer is the same."""
+    for start in range(0, 600, 10):  # in-order traffic: one page per batch of 10
+        put([ev("polled", i) for i in range(start, start + 10)])
+    table_cls = type(aws.table(settings().events_table))
+    real_query = table_cls.query
+    read: list[int] = []
+
+    def query(self: Any, **kw: Any) -> Any:
+        resp = real_query(self, **kw)
+        read.append(len(resp.get("Items", [])))
+        return resp
+
+    monkeypatch.setattr(table_cls, "query", query)
+    first = read_timeline(settings().messages_table, settings().events_table, "checkout", "polled", None, limit=1)
+    assert first is not None and first["event_count"] == 600 and len(first["events"]) == 1
+    assert sum(read) <= 3, read  # two pages: the first group's, and the next one's that ends it (was 60)
+    read.clear()
+    got, pages = read_all("polled", limit=25)
+    assert [e["event_id"] for e in got] == expected_ids([ev("polled", i) for i in range(600)])
+    assert [len(p["events"]) for p in pages] == [25] * 24
+    assert sum(read) <= 24 * 7, read  # per answer: a cursor's Query (one page), ~4 pages (was the rest of the message)
+
+
 # --- GET /api/messages/{id}: pages ------------------------------------------------------------------
 
 def test_the_api_pages_a_long_timeline_and_keeps_a_short_ones_shape(mocked_stack: Any, lambda_context: Any) -> None:

@@ -8,6 +8,7 @@ FIFO redelivery bug the patch fixes.  Timing is not tested here (see
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import subprocess
@@ -23,6 +24,9 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from moto.sqs.models import Queue, SQSBackend, sqs_backends
 
 from samlocal.emulator import faults, metrics, patches, ttl
@@ -1023,3 +1027,83 @@ def test_json_log_line() -> None:
         "port": 4566,
         "patched": True,
     }
+
+
+# --------------------------------------------------------------------------
+# dynamodb.attribute_values: items serialised in one pass
+# --------------------------------------------------------------------------
+
+_SCALARS = st.one_of(
+    st.text(max_size=8).map(lambda s: {"S": s}),
+    st.integers(-10**6, 10**6).map(lambda n: {"N": str(n)}),
+    st.binary(max_size=8).map(lambda b: {"B": b}),
+    st.binary(max_size=8).map(lambda b: {"B": base64.b64encode(b).decode()}),  # moto keeps what the request held
+    st.lists(st.text(max_size=4), min_size=1, max_size=3, unique=True).map(lambda v: {"SS": v}),
+    st.lists(st.integers(0, 99).map(str), min_size=1, max_size=3, unique=True).map(lambda v: {"NS": v}),
+    st.lists(st.binary(max_size=4), min_size=1, max_size=3, unique=True).map(lambda v: {"BS": v}),
+    st.booleans().map(lambda b: {"BOOL": b}),
+    st.just({"NULL": True}),
+    st.sampled_from([{"S": ""}, {"M": {}}, {"L": []}, {"BOOL": False}, {"S": 5}, {"X": "?"}, {"M": {"": {"S": "e"}}},
+                     {"S": "a", "N": "1"}, {"SS": "notalist"}, "not a dict", {"S": None}]),
+)
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.dictionaries(st.text(max_size=5), inner, max_size=4).map(lambda m: {"M": m}),
+    st.lists(inner, max_size=4).map(lambda v: {"L": v})), max_leaves=20)
+
+
+def _serialize_get_item(item: dict[str, Any], structure: Any) -> dict[str, Any]:
+    """GetItem's answer for `item` through moto's JSON serializer, its AttributeValue writer `structure`."""
+    from moto.core.serialize import BaseJSONSerializer, XFormedAttributePicker, get_serializer_class
+    from moto.core.utils import get_service_model
+
+    model = get_service_model("dynamodb")
+    serializer = get_serializer_class("dynamodb", model.protocol)(
+        operation_model=model.operation_model("GetItem"), pretty_print=False, value_picker=XFormedAttributePicker())
+    current = BaseJSONSerializer._serialize_type_structure
+    BaseJSONSerializer._serialize_type_structure = structure  # type: ignore[method-assign]
+    try:
+        return dict(json.loads(serializer.serialize({"Item": item})["body"]))
+    finally:
+        BaseJSONSerializer._serialize_type_structure = current  # type: ignore[method-assign]
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=6), _VALUES, max_size=6))
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_items_serialise_exactly_as_moto_serialises_them(server: emulator_mod.Emulator, item: dict[str, Any]) -> None:
+    """dynamodb.attribute_values: any item (nested maps and lists, binaries as bytes or as base64 text,
+    sets, empty strings, maps and lists, and values moto's own path must take: not dicts, unknown or
+    several members, empty map keys) is written exactly as moto's serializer writes it."""
+    from moto.core.serialize import BaseJSONSerializer
+
+    stock = patches.ORIGINALS["BaseJSONSerializer._serialize_type_structure"]
+    assert stock is not None and BaseJSONSerializer._serialize_type_structure is not stock
+    try:
+        expected: Any = _serialize_get_item(item, stock)
+    except Exception as exc:  # noqa: BLE001 - whatever moto raises, the patched path raises too
+        with pytest.raises(type(exc)):
+            _serialize_get_item(item, BaseJSONSerializer._serialize_type_structure)
+        return
+    assert _serialize_get_item(item, BaseJSONSerializer._serialize_type_structure) == expected
+
+
+def test_a_page_of_events_serialises_several_times_faster_than_stock(server: emulator_mod.Emulator) -> None:
+    """A long timeline's page (10 events with a meta) is what the store reads every batch: moto's
+    serializer took ~1-2 ms per page (docs/BENCHMARKS.md, "A long message's batches")."""
+    from moto.core.serialize import BaseJSONSerializer
+
+    entry = {"M": {"event": {"S": "STEP_1"}, "created_at": {"S": "2026-11-26T10:00:00.001Z"},
+                   "received_at": {"S": "2026-11-26T10:00:01.000Z"}, "q": {"N": "12"},
+                   "meta": {"M": {"payload": {"S": "m" * 150}}}}}
+    page = {"pk": {"S": "chatty#long"}, "sk": {"S": "p#2026#e1#00000"}, "v": {"N": "1"},
+            **{f"e:{n:032x}": entry for n in range(10)}}
+    stock = patches.ORIGINALS["BaseJSONSerializer._serialize_type_structure"]
+
+    def best(structure: Any) -> float:
+        times = []
+        for _ in range(30):
+            start = time.perf_counter()
+            _serialize_get_item(page, structure)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    assert best(stock) > 3 * best(BaseJSONSerializer._serialize_type_structure)

@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -54,6 +54,11 @@ INLINE_BYTES = "inline_bytes"  # an inline item's event bytes so far: its size g
 MARKER_PREFIX = "i#"  # EventsTable `i#<event_id>`: which created_at a client's id was first stored with
 ATTEMPT_PREFIX = "a#"  # EventsTable `a#<commit>` under attempts_pk: every page the attempts at that commit wrote
 PAGES_END = "p#~"  # above every page key (created_at starts with a digit), below nothing else of ours
+# A paged read asks each Query for about the pages its answer still needs, at most PAGES_PER_READ, guessing
+# GUESS_EVENTS_PER_PAGE until it has seen some (in-order traffic writes a page per batch of ~10): a poll of
+# `limit=1` reads 2-3 pages, a page of 1,000 events ~100.
+PAGES_PER_READ = 64
+GUESS_EVENTS_PER_PAGE = 10
 # Messages this process moved to pages (or found paged): their next batch reads the summary instead of
 # trying the guarded inline write, which a summary would refuse at the price of a write. A hint only.
 KNOWN_PAGED_MAX = 10_000
@@ -693,6 +698,17 @@ def read_timeline(messages_table: str, events_table: str, app_id: str, message_i
     return timeline
 
 
+def _pages(table: str, condition: ConditionBase, wanted: Callable[[], int]) -> Iterator[dict[str, Any]]:
+    """The items of a Query, each call asking for `wanted()` of them (DynamoDB's `Limit`)."""
+    kwargs: dict[str, Any] = {"KeyConditionExpression": condition, "Limit": wanted()}
+    while True:
+        resp = aws.table(table).query(**kwargs)
+        yield from resp.get("Items", [])
+        if "LastEvaluatedKey" not in resp:
+            return
+        kwargs.update(ExclusiveStartKey=resp["LastEvaluatedKey"], Limit=wanted())
+
+
 def _read_pages(table: str, pk: str, seq: int, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """Committed events after `cursor`, group by group (a group's pages may overlap, so each is sorted whole)."""
     start = f"{PAGE_PREFIX}"
@@ -711,7 +727,16 @@ def _read_pages(table: str, pk: str, seq: int, limit: int, cursor: str | None) -
         out.extend(kv for kv in group if cursor is None or kv[0] > cursor)
         group.clear()
 
-    for page in aws.items(table, KeyConditionExpression=Key("pk").eq(pk) & Key("sk").between(start, PAGES_END)):
+    pages_read = events_read = 0
+
+    def pages_wanted() -> int:
+        """The next Query's `Limit`: about the pages the rest of the answer needs (1 MB of pages a call,
+        ~400 of a long message's, was what every read took however few events it asked for)."""
+        per_page = events_read / pages_read if pages_read else GUESS_EVENTS_PER_PAGE
+        rest = max(1, limit + 1 - len(out) - len(group))
+        return max(2, min(PAGES_PER_READ, math.ceil(rest / max(per_page, 1.0)) + 1))
+
+    for page in _pages(table, Key("pk").eq(pk) & Key("sk").between(start, PAGES_END), pages_wanted):
         lo = page_lo(page["sk"])
         if lo != current:
             flush()
@@ -719,7 +744,9 @@ def _read_pages(table: str, pk: str, seq: int, limit: int, cursor: str | None) -
                 more = True
                 break
             current = lo
+        pages_read += 1
         for event_id, value in _entries(page).items():
+            events_read += 1
             if int(value.get("q", 0)) <= seq:  # not yet committed (a store in progress, or one that failed): hidden
                 group.append((event_key(value["created_at"], event_id), _public(event_id, value)))
     else:

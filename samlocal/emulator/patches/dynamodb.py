@@ -6,7 +6,8 @@ to one DynamoDB backend are serialised (moto mutates items in place while other 
 expired TTL items are deleted by a sweeper (moto deleted nothing); a Query reads its partition, not
 the whole table sorted (moto's cost grew with every item of the table); a transaction snapshots the
 items it touches, not every table it touches, and a cancelled one leaves no stream record; an
-UpdateExpression is parsed once per distinct text, not twice per request.
+UpdateExpression is parsed once per distinct text, not twice per request; items are serialised in one
+pass (moto's serializer walked every attribute value member by member).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from moto.core.serialize import BaseJSONSerializer
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import StreamShard, Table
@@ -327,6 +329,67 @@ def _table_deepcopy(_: Any) -> Any:
     return __deepcopy__
 
 
+# Moto 5.2.5 serialises every response through its shape-driven serializer, which walks an item's
+# AttributeValues member by member (each member's value looked up through alias providers, the key path
+# kept as a list): a page of 10 events (~70 values) took milliseconds, ~2/3 of the DynamoDB emulator's
+# busy time in a long message's store calls (docs/BENCHMARKS.md, "A long message's batches"). An
+# AttributeValue is written here in one recursive pass with the serializer's own rules: members in
+# the shape's order, None members left out, S and N as strings, B and BS base64, M and L recursed,
+# NULL and BOOL as given. Anything else (a value that is not a dict, an empty key, an unknown member)
+# goes to moto's own path.
+_ATTRIBUTE_VALUE_MEMBERS = ("S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL")
+
+
+class _UnusualValueError(Exception):
+    """A value the fast path does not write exactly as moto would: moto's serializer writes it."""
+
+
+def _json_string(value: Any) -> Any:
+    return str(value) if value not in (None, {}, []) else value  # moto's BaseJSONSerializer._serialize_type_string
+
+
+def _attribute_value(serializer: Any, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value.keys() <= set(_ATTRIBUTE_VALUE_MEMBERS):
+        raise _UnusualValueError
+    out: dict[str, Any] = {}
+    for member in _ATTRIBUTE_VALUE_MEMBERS:
+        got = value.get(member)
+        if got is None:
+            continue
+        if member in ("S", "N"):
+            out[member] = _json_string(got)
+        elif member == "B":
+            out[member] = serializer._base64(got)
+        elif member in ("SS", "NS", "BS"):
+            if not isinstance(got, list | tuple):
+                raise _UnusualValueError
+            out[member] = [serializer._base64(v) if member == "BS" else _json_string(v) for v in got]
+        elif member == "M":
+            if not isinstance(got, dict) or "" in got:
+                raise _UnusualValueError
+            out[member] = {k: _attribute_value(serializer, v) for k, v in got.items()}
+        elif member == "L":
+            if not isinstance(got, list | tuple):
+                raise _UnusualValueError
+            out[member] = [_attribute_value(serializer, v) for v in got]
+        else:
+            out[member] = got
+    return out
+
+
+def _make_serialize_structure(original: Any) -> Any:
+    def _serialize_type_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
+        if key and shape.name == "AttributeValue" and value is not None:
+            try:
+                serialized[self.get_serialized_name(shape, key)] = _attribute_value(self, value)
+                return
+            except _UnusualValueError:
+                pass
+        original(self, serialized, value, shape, key)
+
+    return _serialize_type_structure
+
+
 # Every UpdateItem (and every Update of a transaction) made moto parse its UpdateExpression twice (the
 # request's checks, then the backend) and then walk the tree ~12 times, each walk rebuilding its
 # processors' type map for every node, and ActionCountValidator re-searching every subtree of every
@@ -458,4 +521,9 @@ UPDATE_EXPRESSIONS = Patch(
         Replacement(DepthFirstTraverser, "process", "method", _make_process),
     ),
 )
-PATCHES = (REQUEST_LOCK, STREAM_RECORDS, QUERY_PARTITION, TRANSACTIONS, UPDATE_EXPRESSIONS)
+ATTRIBUTE_VALUES = Patch(
+    "dynamodb.attribute_values",
+    "items (DynamoDB's and its streams' answers) are serialised in one pass, as moto's serializer writes them",
+    (Replacement(BaseJSONSerializer, "_serialize_type_structure", "method", _make_serialize_structure),),
+)
+PATCHES = (REQUEST_LOCK, STREAM_RECORDS, QUERY_PARTITION, TRANSACTIONS, UPDATE_EXPRESSIONS, ATTRIBUTE_VALUES)
