@@ -46,9 +46,12 @@ def test_stats_prints_every_queue_as_a_table_or_json(mars: RunningStack) -> None
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["QUEUE", "VISIBLE", "IN", "FLIGHT", "OLDEST"]
-    assert len(lines) == 1 + 10 + 2  # ten event queues, two dead-letter queues
+    assert len(lines) == 1 + 10 + 5  # ten event queues, two dead-letter queues, three failure queues
+    assert [line.split()[0].split("-", 2)[-1] for line in lines[11:]] == [
+        "DeadLetterQueue.fifo", "IngestDeadLetterQueue", "AlertsFailureQueue", "BroadcastFailureQueue",
+        "AlertDeliveryDeadLetterQueue"]
     as_json = json.loads(mars_cli(mars, "stats", "--json").stdout)
-    assert len(as_json["queues"]) == 10 and "event_collector_q" in as_json
+    assert len(as_json["queues"]) == 10 and len(as_json["dead_letter"]) == 5 and "event_collector_q" in as_json
 
 
 def test_stats_without_a_stack_says_what_to_do(tmp_path: Path) -> None:
