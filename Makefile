@@ -111,10 +111,10 @@ browser: install system-deps
 	$(BIN)/python -m pytest -q tests/browser
 
 # The suite on TEST_WORKERS pytest-xdist workers, one module at a time per worker, the slowest modules first
-# (tests/conftest.py); the 15 slowest tests are listed at the end. TEST_WORKERS=0 (the default) runs it in
-# this process: on 2 cores, 3 workers (each with its own stacks) were ~15 % faster but made the tests that
-# wait on a pipeline miss their deadlines (README, "Tests"); `make test TEST_WORKERS=3` on a bigger machine.
-TEST_WORKERS ?= 0
+# (tests/conftest.py); the 15 slowest tests and modules are listed at the end. 2 workers on 2 cores: the
+# one-process run kept one core idle on average (user+sys 17.7 of 20 min); TEST_WORKERS=0 runs it in this
+# process (README, "Tests"); `make test TEST_WORKERS=4` on a bigger machine.
+TEST_WORKERS ?= 2
 PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # schemathesis gives its per-operation cases one node id, which xdist would run once: that module runs apart.
