@@ -63,8 +63,9 @@ def main() -> int:
     for key, label in (("c_latency_ms", "(c)  "), ("c_after_b_latency_ms", "(c'')"), ("c_draining_latency_ms", "(c') ")):
         lat = res.notes[key]
         print(f"{label} latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  "
-              f"({res.notes['c_connections']} connections, {lat['count']} requests, {lat['errors']} failed, "
-              f"load generator: {lat['load']})")
+              f"({res.notes['c_connections']} connections, {lat['count']} requests, {lat['errors']} failed"
+              + "".join(f", {kind} {n}" for kind, n in lat.get("error_kinds", {}).items())
+              + f", load generator: {lat['load']})")
     e, seed = res.notes["e"], res.notes["seed_wrk"]
     print(f"(e) {e['accepted']} events accepted ({e['front_door_rps']:.0f} req/s, p50 {e['p50']:.1f} ms, p99 "
           f"{e['p99']:.1f} ms), all stored after {e['seconds']} s; AWS calls: "

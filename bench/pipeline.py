@@ -392,11 +392,15 @@ def parse_wrk(out: str) -> tuple[float, dict[str, Any]]:
 
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket.groups())) if socket else 0)
+    # Which kind, not only how many: a timeout (wrk gave up after 2 s) is not an error status.
+    kinds = dict(zip(("connect", "read", "write", "timeout"), map(int, socket.groups()))) if socket else {}
+    kinds["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+    kinds = {kind: n for kind, n in kinds.items() if n}
+    errors = sum(kinds.values())
     if errors:
-        progress(f"{errors} requests failed")
+        progress(f"{errors} requests failed: " + ", ".join(f"{kind} {n}" for kind, n in kinds.items()))
     return float(rps.group(1)), {"p50": percentile(50), "p90": percentile(90), "p99": percentile(99),
-                                 "count": int(count.group(1)), "errors": errors, "load": "wrk"}
+                                 "count": int(count.group(1)), "errors": errors, "error_kinds": kinds, "load": "wrk"}
 
 
 def pct(values: list[float], p: float) -> float:

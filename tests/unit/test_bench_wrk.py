@@ -27,7 +27,7 @@ Transfer/sec:    138.37KB
 def test_figures_and_latency_units() -> None:
     rps, lat = parse_wrk(REPORT.format(errors=""))
     assert rps == 649.94
-    assert lat["count"] == 5238 and lat["errors"] == 0 and lat["load"] == "wrk"
+    assert lat["count"] == 5238 and lat["errors"] == 0 and lat["error_kinds"] == {} and lat["load"] == "wrk"
     assert lat["p50"] == pytest.approx(0.85) and lat["p90"] == pytest.approx(59.26) and lat["p99"] == 1200.0
 
 
@@ -35,6 +35,7 @@ def test_non_2xx_and_socket_errors_count_as_failures() -> None:
     errors = "  Socket errors: connect 0, read 2, write 0, timeout 3\n  Non-2xx or 3xx responses: 7\n"
     _, lat = parse_wrk(REPORT.format(errors=errors))
     assert lat["errors"] == 12
+    assert lat["error_kinds"] == {"read": 2, "timeout": 3, "non_2xx": 7}  # which kind, for the run's notes
 
 
 def test_a_missing_percentile_is_nan_and_garbage_is_an_error() -> None:
