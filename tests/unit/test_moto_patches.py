@@ -758,7 +758,7 @@ def test_update_expressions_answer_as_stock_moto_parsed_once(server: emulator_mo
 
     monkeypatch.setattr(dynamodb_patches.UpdateExpressionParser, "make",
                         dynamodb_patches._make_parse(classmethod(counting)))
-    dynamodb_patches._parsed.clear()
+    dynamodb_patches.forget_parsed_expressions()  # so that each text's first parse happens here
     got = _apply_updates(server.endpoint_url)
     assert got == _apply_updates(unpatched_url)
     firsts = [got[4 * n] for n in range(len(UPDATES))]

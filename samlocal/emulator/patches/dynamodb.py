@@ -407,6 +407,13 @@ _parsed_ids: dict[int, Any] = {}  # id(tree) → tree, for the trees in _parsed
 _counts_checked: set[int] = set()  # ids of cached trees that passed ActionCountValidator
 
 
+def forget_parsed_expressions() -> None:
+    """Empties the parse cache and what is recorded about its trees (they go together: ids outlive trees)."""
+    _parsed.clear()
+    _parsed_ids.clear()
+    _counts_checked.clear()
+
+
 def _make_parse(original: Any) -> Any:
     parse = original.__func__  # a classmethod in moto's class body
 
@@ -416,9 +423,7 @@ def _make_parse(original: Any) -> Any:
         if tree is None:
             tree = parse(cls, expression_str)
             if len(_parsed) >= PARSE_CACHE_SIZE:  # many distinct texts: start over rather than grow
-                _parsed.clear()
-                _parsed_ids.clear()
-                _counts_checked.clear()
+                forget_parsed_expressions()
             _parsed[key] = tree
             _parsed_ids[id(tree)] = tree
         return tree
