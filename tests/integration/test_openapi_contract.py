@@ -25,6 +25,7 @@ import pytest
 import requests
 from mars_common.sharding import shard
 
+from tests.conftest import wait_until
 from tests.unit import test_openapi_document as oas
 
 from .conftest import RunningStack, start_stack, wait_timeline
@@ -344,7 +345,11 @@ def test_list_alerts_200_and_400(mars: RunningStack) -> None:
         expect(mars, 202, "POST", "/api/event", body=event(app, mid, "X"))
     expect(mars, 202, "POST", "/api/event", body=event(app, "m1", "Y"))
     wait_timeline(mars, "m1", app_id=app, events=2)
-    wait_timeline(mars, "m2", app_id=app, events=1)  # the store writes the records in the call that stores the events
+    wait_timeline(mars, "m2", app_id=app, events=1)
+    # the store writes the alert records right after a batch's events, in the same call: a timeline can be
+    # readable a moment before its records are
+    wait_until(lambda: len(requests.get(mars.url(template), params={"app_id": app}, timeout=10).json()["items"]) == 3,
+               timeout=20, what="the three failure alerts")
     first = expect(mars, 200, "GET", template, params={"app_id": app, "limit": 2})
     assert len(first["items"]) == 2 and first["cursor"]
     rest = expect(mars, 200, "GET", template, params={"app_id": app, "limit": 2, "cursor": first["cursor"]})
