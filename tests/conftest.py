@@ -88,21 +88,60 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # Time per test module (setup + call + teardown of its tests; a shared stack's start is charged to the
 # first test that needs it), printed after `--durations`' slowest tests: where a run's minutes go (issue 16).
-_module_seconds: dict[str, float] = {}
+# Beside the wall time, the CPU the test's process tree used (the worker, its stacks and their functions,
+# from /proc): a module with far less CPU than wall time waits (timeouts, retries), one with more burns
+# both cores.
+_module_seconds: dict[str, list[float]] = {}
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_cpu_mark: list[float] = []
+
+
+def _tree_cpu_seconds() -> float:
+    """user + system CPU of this process, its live descendants and the dead ones they reaped (Linux /proc;
+    0 elsewhere)."""
+    total, todo, seen = 0, [os.getpid()], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+            for task in os.listdir(f"/proc/{pid}/task"):
+                todo.extend(int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or no /proc
+    return total / _CLOCK_TICKS
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    now = _tree_cpu_seconds()
+    spent = now - _cpu_mark[0] if _cpu_mark else 0.0  # since the last report: between tests counts too
+    _cpu_mark[:] = [now]
+    outcome.get_result().user_properties.append(("cpu_seconds", spent))  # travels with xdist's reports
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     module = report.nodeid.split("::")[0]
-    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
+    cpu = sum(v for k, v in report.user_properties if k == "cpu_seconds")
+    wall_cpu = _module_seconds.setdefault(module, [0.0, 0.0])
+    wall_cpu[0] += report.duration
+    wall_cpu[1] += cpu
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if len(_module_seconds) < 2:
         return
-    total = sum(_module_seconds.values())
-    terminalreporter.write_sep("=", f"slowest 15 of {len(_module_seconds)} modules ({total:.0f} s in all)")
-    for module, seconds in sorted(_module_seconds.items(), key=lambda kv: kv[1], reverse=True)[:15]:
-        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f} %  {module}")
+    total = sum(w for w, _ in _module_seconds.values())
+    cpu = sum(c for _, c in _module_seconds.values())
+    terminalreporter.write_sep("=", f"slowest 15 of {len(_module_seconds)} modules ({total:.0f} s in all, "
+                                    f"{cpu:.0f} s of CPU)")
+    terminalreporter.write_line("    wall         CPU  module")
+    for module, (seconds, used) in sorted(_module_seconds.items(), key=lambda kv: kv[1][0], reverse=True)[:15]:
+        terminalreporter.write_line(f"{seconds:7.1f}s {100 * seconds / total:4.1f} % {used:7.1f}s  {module}")
 
 
 def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition", poll: float = 0.01) -> Any:
