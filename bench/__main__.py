@@ -68,7 +68,8 @@ def main() -> int:
               + f", load generator: {lat['load']})")
     e, seed = res.notes["e"], res.notes["seed_wrk"]
     print(f"(e) {e['accepted']} events accepted ({e['front_door_rps']:.0f} req/s, p50 {e['p50']:.1f} ms, p99 "
-          f"{e['p99']:.1f} ms), all stored after {e['seconds']} s; AWS calls: "
+          f"{e['p99']:.1f} ms), all stored after {e.get('drained_seconds', e['seconds'])} s and read by the live path "
+          f"after {e['seconds']} s; AWS calls: "
           + ", ".join(f"{k} {v}" for k, v in sorted(e["calls"].items())))
     print(f"seed's wrk command: {res.figures['seed_wrk_rps']:.0f} req/s, latency p50 {seed['p50']:.1f} ms, p90 "
           f"{seed['p90']:.1f} ms, p99 {seed['p99']:.1f} ms, {seed['errors']} failed (Mars's README: 8–11 k req/s "

@@ -100,6 +100,10 @@ class Stack:
                 total[k] = total.get(k, 0) + v
         return total
 
+    def function_aws_calls(self, logical_id: str) -> dict[str, int]:
+        got = requests.get(self.state["lambda_endpoint"] + "/_local/aws-calls", timeout=10).json()
+        return dict(got["functions"].get(logical_id, {}))
+
     def set_triggers(self, enabled: bool) -> None:
         lam = self.lambda_client()
         for m in lam.list_event_source_mappings()["EventSourceMappings"]:

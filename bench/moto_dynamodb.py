@@ -88,17 +88,6 @@ def measure_updates(calls: int, rounds: int = 3) -> dict[str, list[float]]:
     from samlocal.emulator.patches import dynamodb as dynamodb_patches
 
     patches.apply()
-    replacements = dynamodb_patches.UPDATE_EXPRESSIONS.replacements
-
-    def install(on: bool) -> None:
-        for r in replacements:
-            original = patches.ORIGINALS[f"{r.owner.__name__}.{r.name}"]
-            if on:
-                setattr(r.owner, r.name, r.build(original))
-            elif original is None:
-                delattr(r.owner, r.name)
-            else:
-                setattr(r.owner, r.name, original)
 
     out: dict[str, list[float]] = {"patched": [], "stock": []}
     with mock_aws():
@@ -107,15 +96,12 @@ def measure_updates(calls: int, rounds: int = 3) -> dict[str, list[float]]:
             AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("app_id", "message_id")],
             KeySchema=[{"AttributeName": "app_id", "KeyType": "HASH"}, {"AttributeName": "message_id", "KeyType": "RANGE"}])
         backend = dynamodb_backends["123456789012"]["us-east-1"]
-        try:
-            for n in range(rounds):
-                for label in ("patched", "stock"):
-                    install(label == "patched")
+        for n in range(rounds):
+            for label in ("patched", "stock"):
+                with patches.installed(dynamodb_patches.UPDATE_EXPRESSIONS, stock=label == "stock"):
                     # 4 updates per message: items of 40 events (~4 KB), the store's inline limit
                     times = sorted(_store_update(backend, "messages", f"{label}-{n}-{i // 4}") for i in range(calls))
-                    out[label].append(times[len(times) // 2] * 1000)
-        finally:
-            install(True)
+                out[label].append(times[len(times) // 2] * 1000)
     return out
 
 

@@ -32,11 +32,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# path → (mtime, size, the parsed template marshalled): a process that reads one template again (each unit
+# test's mocked stack) gets a fresh copy in ~1 ms instead of a ~150 ms YAML parse.
+_parsed: dict[str, tuple[int, int, bytes]] = {}
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """Parses with cfn-lint's loader, which understands every intrinsic short form (!Ref, !Sub …)."""
+    import marshal
+
     from cfnlint.decode import cfn_yaml  # heavy: imported only by the process that reads templates
 
-    return _plain(cfn_yaml.load(str(path)))
+    key, stat = str(Path(path).resolve()), Path(path).stat()
+    cached = _parsed.get(key)
+    if cached and cached[:2] == (stat.st_mtime_ns, stat.st_size):
+        return marshal.loads(cached[2])
+    template = _plain(cfn_yaml.load(str(path)))
+    try:
+        _parsed[key] = (stat.st_mtime_ns, stat.st_size, marshal.dumps(template))
+    except ValueError:
+        pass  # a value marshal cannot copy (a YAML date, say): this template is parsed each time
+    return template
 
 
 @dataclass

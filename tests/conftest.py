@@ -170,6 +170,15 @@ def table_stream(table_name: str) -> list[dict[str, Any]]:
     return [lambda_record(r, arn, "us-east-1") for r in streams.get_records(ShardIterator=iterator)["Records"]]
 
 
+# One client per service for every mocked stack of this process: a boto3 client costs ~15 ms to make and
+# ~25 ms more for its first calls (provision asks per resource; 380 tests provision a stack). moto 5
+# mocks every client made after moto is imported, whenever a mock is active, and the credentials are the
+# fixtures' dummy ones, so a client made under one test's mock_aws is mocked under the next test's.
+@functools.cache
+def _provision_client(service: str) -> Any:
+    return boto3.client(service, region_name="us-east-1")
+
+
 @pytest.fixture
 def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """template.yaml's queues and tables created under moto's mock_aws (by the same code the local
@@ -183,8 +192,7 @@ def mocked_stack(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iter
     with mock_aws():
         stack = Stack(load(ROOT / "template.yaml"), root=ROOT, name="unit",
                       parameter_overrides={"AllowTestRoutes": "true", "AuthRequired": "false"})
-        # one client per service (a boto3 client costs ~15 ms to make; provision asks per resource)
-        provision(stack, functools.cache(lambda service: boto3.client(service, region_name="us-east-1")))
+        provision(stack, _provision_client)
         env = build_spec(stack, "ApiFunction", {}).environment
         env["STORE_FUNCTION_NAME"] = stack.ref("StoreFunction")
         for key, value in env.items():

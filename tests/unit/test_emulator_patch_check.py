@@ -98,3 +98,44 @@ except patches.PatchMismatchError as exc:
 """
     result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "refused, nothing installed", result.stderr
+
+
+def test_installed_puts_patches_in_for_a_block_and_moto_back_after_and_stock_undoes_apply_for_a_block() -> None:
+    program = """
+from samlocal.emulator import patches
+from samlocal.emulator.patches import dynamodb
+
+chosen = dynamodb.PATCHES
+where = [(r.owner, r.name) for p in chosen for r in p.replacements]
+def now():
+    return [owner.__dict__.get(name) for owner, name in where]
+stock = now()
+assert any(v is None for v in stock)  # an inherited and an added attribute are among them
+with patches.installed(*chosen):
+    inside = now()
+    assert all(v is not None and v is not s for v, s in zip(inside, stock)), "a patch not installed"
+assert now() == stock, "moto not put back"
+
+import moto
+version, moto.__version__ = moto.__version__, "4.0.0"
+try:
+    with patches.installed(dynamodb.TRANSACTIONS):
+        raise AssertionError("installed on a moto it was not written for")
+except patches.PatchMismatchError as exc:
+    assert "dynamodb.transactions" in str(exc) and now() == stock
+moto.__version__ = version
+
+patches.apply()
+applied = now()
+with patches.installed(dynamodb.UPDATE_EXPRESSIONS, stock=True):
+    swapped = now()
+assert now() == applied, "the applied patches not put back"
+n = len(dynamodb.REQUEST_LOCK.replacements + dynamodb.STREAM_RECORDS.replacements + dynamodb.QUERY_PARTITION.replacements
+        + dynamodb.TRANSACTIONS.replacements)
+ue = len(dynamodb.UPDATE_EXPRESSIONS.replacements)
+assert swapped[:n] == applied[:n] and swapped[n:n + ue] == stock[n:n + ue] and swapped[n + ue:] == applied[n + ue:]
+
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -107,20 +107,19 @@ def brute_force(truth: dict[str, dict[str, datetime]], days: set[str]) -> dict[s
     return out
 
 
-def test_the_funnel_of_2000_messages_matches_a_brute_force_computation(store: Any, lambda_context: Any,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_funnel_of_2000_messages_matches_a_brute_force_computation(store: Any, lambda_context: Any) -> None:
     """Counts exactly, p50/p90/p99 within DDSketch's relative error, per day and merged across days.
 
     Stock moto's TransactWriteItems deep-copies every table it touches (2,400 transactions on a table
     of 2,000 markers took minutes); the emulator's patch (docs/LOCAL.md, fix 10) copies only the items a
-    transaction names, so it is installed here as the local stack installs it."""
+    transaction names, so it is installed here with the emulator's other DynamoDB fixes, as the local
+    stack installs them."""
+    from samlocal.emulator import patches
     from samlocal.emulator.patches import dynamodb as dynamodb_patches
 
-    for replacement in dynamodb_patches.TRANSACTIONS.replacements:
-        monkeypatch.setattr(replacement.owner, replacement.name,
-                            replacement.build(replacement.owner.__dict__.get(replacement.name)), raising=False)
     truth, batches = generate(2000)
-    deliver(store, lambda_context, batches)
+    with patches.installed(*dynamodb_patches.PATCHES):
+        deliver(store, lambda_context, batches)
     api = Api(load_function("api"), lambda_context)
     ranges = [("2026-11-20", "2026-11-22"), ("2026-11-21", "2026-11-21"), ("2026-11-21", "2026-11-22")]
     for frm, to in ranges:
