@@ -60,22 +60,22 @@ def auth_on(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 # stacks `mars` and `mars_auth` when its first test needs them), handed out in the order collected. The
 # modules below take longest (`--durations`): they are collected first, so the run does not end waiting
 # on one of them alone.
-SLOWEST_FIRST = (  # the serial `make test` of 2026-11-30 19:00 (its "slowest modules" table)
+SLOWEST_FIRST = (  # the 3-worker `make test` of 2026-11-30 22:01 (its "slowest modules" table)
     "tests/integration/test_long_timeline.py",
     "tests/unit/test_funnel.py",
-    "tests/browser/test_dashboard.py",
-    "tests/unit/test_moto_own_suite.py",
-    "tests/integration/test_otlp.py",
-    "tests/integration/test_faults_and_template.py",
     "tests/unit/test_long_timelines.py",
-    "tests/unit/test_api.py",
-    "tests/localstack/test_on_localstack.py",
-    "tests/integration/test_destinations.py",
-    "tests/integration/test_local_runtime.py",
-    "tests/integration/test_pipeline.py",
-    "tests/security/test_attacks_on_a_stack.py",
-    "tests/faults/test_faults.py",
+    "tests/browser/test_dashboard.py",
+    "tests/integration/test_openapi_contract.py",
     "tests/integration/test_sam_apps.py",
+    "tests/integration/test_faults_and_template.py",
+    "tests/unit/test_moto_own_suite.py",
+    "tests/security/test_attacks_on_a_stack.py",
+    "tests/integration/test_otlp.py",
+    "tests/localstack/test_on_localstack.py",
+    "tests/integration/test_local_runtime.py",
+    "tests/unit/test_alerts.py",
+    "tests/integration/test_startup.py",
+    "tests/fuzz/test_frames.py",
 )
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from bench import table
 
 CELL = re.compile(r"^(—|[\d,.]+( \((\*\*)?\d+\.\d\d(\*\*)?(, \d+ connections|; p99 \d+|; \d+\.\d×)?\))?|"
-                  r"(\d+: [\d,.]+)( / \d+: [\d,.]+)*|\d+ / \d+ / \d+|\d+\.\d|\d\.\d{3} \(minimum \d\.\d{3}\))$")
+                  r"(\d+: [\d,.]+)( / \d+: [\d,.]+)*|\d+ / \d+ / \d+|\d+\.\d|\d\.\d{3} \(minimum \d\.\d{3}\)|"
+                  r"[\d,.]+ \(retracted: [^|]+\))$")
 
 
 def test_the_doc_holds_the_rendering_of_the_recorded_runs() -> None:
@@ -37,3 +38,15 @@ def test_render_and_update_round_trip(tmp_path: Path) -> None:
     assert "garbled" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert table.block(doc) == table.render(table.load(results))
     assert not table.update(doc, results)  # idempotent
+
+
+def test_a_retracted_figure_is_shown_with_its_reason_and_never_counted_for_its_goal() -> None:
+    runs = [r for r in table.load() if "single_stored_eps" in r["figures"]][-1:]
+    assert runs, "no run with (e) recorded"
+    run = json.loads(json.dumps(runs[0]))
+    run["figures"]["single_stored_eps"] = run["figures"]["single_pipeline_ceiling_eps"] * 5  # would meet the goal
+    counted = table.render([run])
+    assert "(e)/(a) ≥ 0.8 ✓" in counted
+    run["notes"]["retracted"] = {"single_stored_eps": "its baseline was wrong"}
+    shown = table.render([run])
+    assert "(retracted: its baseline was wrong)" in shown and "(e)/(a) ≥ 0.8 (no run counts)" in shown
