@@ -92,8 +92,13 @@ class Stack:
     def lambda_client(self) -> Any:
         return client("lambda", self.state["lambda_endpoint"])
 
+    def _aws_calls_by_caller(self) -> dict[str, Any]:
+        """The runtime's count of AWS calls: {"runtime": {op: n}, "functions": {logical id: {op: n}}}."""
+        got: dict[str, Any] = requests.get(self.state["lambda_endpoint"] + "/_local/aws-calls", timeout=10).json()
+        return got
+
     def aws_calls(self) -> dict[str, int]:
-        got = requests.get(self.state["lambda_endpoint"] + "/_local/aws-calls", timeout=10).json()
+        got = self._aws_calls_by_caller()
         total: dict[str, int] = dict(got["runtime"])
         for calls in got["functions"].values():
             for k, v in calls.items():
@@ -101,8 +106,7 @@ class Stack:
         return total
 
     def function_aws_calls(self, logical_id: str) -> dict[str, int]:
-        got = requests.get(self.state["lambda_endpoint"] + "/_local/aws-calls", timeout=10).json()
-        return dict(got["functions"].get(logical_id, {}))
+        return dict(self._aws_calls_by_caller()["functions"].get(logical_id, {}))
 
     def set_triggers(self, enabled: bool) -> None:
         lam = self.lambda_client()

@@ -366,25 +366,15 @@ def single_events_stored(stack: Stack, sizes: Sizes) -> tuple[float, dict[str, A
     if not shutil.which("wrk"):
         raise RuntimeError("(e) needs wrk (apt-get install wrk; `make bench` installs it)")
     calls_before = stack.aws_calls()
-    live_before = stack.function_aws_calls("BroadcastFunction").get("dynamodb.Query", 0)
+    live_before = _live_lookups(stack)
     t0 = time.monotonic()
     rps, lat = _wrk(stack, sizes, uuid.uuid4().hex[:6])
     accepted = lat["count"] - lat["errors"]
     drained = wait_drained(client("sqs", stacks.endpoint(stack.state, "sqs")), stack.queue_urls, timeout=900)
     # each event is a new message: the broadcaster reads its subscribers once (and the app's once a
     # batch), so its Queries reach `accepted` only once it has seen every stored event
-    lookups, last_change, done = 0, drained, drained
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        now_lookups = stack.function_aws_calls("BroadcastFunction").get("dynamodb.Query", 0) - live_before
-        if now_lookups != lookups:
-            lookups, last_change = now_lookups, time.monotonic()
-        elif lookups >= accepted and time.monotonic() - last_change > 2:
-            done = max(drained, last_change)
-            break
-        time.sleep(0.1)
-    else:
-        raise RuntimeError(f"(e): the broadcaster read subscribers {lookups} times for {accepted} stored events")
+    total, last_change = _wait_live_quiet(stack, at_least=live_before + accepted)
+    lookups, done = total - live_before, max(drained, last_change)
     calls = {k: v - calls_before.get(k, 0) for k, v in stack.aws_calls().items() if v - calls_before.get(k, 0)}
     info = {**lat, "accepted": accepted, "front_door_rps": rps, "seconds": round(done - t0, 2),
             "drained_seconds": round(drained - t0, 2), "live_lookups": lookups, "calls": calls}
@@ -473,16 +463,29 @@ def settle(stack: Stack, quiet_seconds: float = 2.0, timeout: float = 900) -> No
     once the queues are empty, and a figure measured meanwhile pays for it — run 2026-11-30-2226's (e)
     counted 15,531 subscriber lookups for 4,133 events."""
     wait_drained(client("sqs", stacks.endpoint(stack.state, "sqs")), stack.queue_urls, timeout=timeout)
+    _wait_live_quiet(stack, quiet_seconds=quiet_seconds, timeout=timeout)
+
+
+def _live_lookups(stack: Stack) -> int:
+    """The broadcaster's subscriber lookups so far (its only Query): one per changed message it has read."""
+    return stack.function_aws_calls("BroadcastFunction").get("dynamodb.Query", 0)
+
+
+def _wait_live_quiet(stack: Stack, *, at_least: int = 0, quiet_seconds: float = 2.0,
+                     timeout: float = 900) -> tuple[int, float]:
+    """Polls the broadcaster's lookups until there are at least `at_least` and none came for
+    `quiet_seconds`; (their count, the monotonic time the last change was seen)."""
     last, changed = -1, time.monotonic()
     deadline = changed + timeout
     while time.monotonic() < deadline:
-        lookups = stack.function_aws_calls("BroadcastFunction").get("dynamodb.Query", 0)
+        lookups = _live_lookups(stack)
         if lookups != last:
             last, changed = lookups, time.monotonic()
-        elif time.monotonic() - changed > quiet_seconds:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"the live path still busy after {timeout}s")
+        elif lookups >= at_least and time.monotonic() - changed > quiet_seconds:
+            return lookups, changed
+        time.sleep(0.1)
+    raise TimeoutError(f"the live path: {last} subscriber lookups (wanted ≥ {at_least}), still changing or short "
+                       f"after {timeout}s")
 
 
 def _paused(stack: Stack, measure: Any) -> Any:

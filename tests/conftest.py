@@ -98,7 +98,8 @@ _cpu_mark: list[float] = []
 
 def _tree_cpu_seconds() -> float:
     """user + system CPU of this process, its live descendants and the dead ones they reaped (Linux /proc;
-    0 elsewhere)."""
+    0 elsewhere). A descendant that dies unreaped by the tree (orphaned when a stack stops) takes its CPU
+    out of the sum: the module that stops a stack can show less CPU than it used, even a negative figure."""
     total, todo, seen = 0, [os.getpid()], set()
     while todo:
         pid = todo.pop()
