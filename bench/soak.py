@@ -261,9 +261,12 @@ class Soak:
         self._stop_sampling = threading.Event()
 
     # --- 1. calibrate -------------------------------------------------------------------------------
-    def calibrate(self, seconds: float, keep: int = 2000, warmup: float = 5.0) -> float:
+    def calibrate(self, seconds: float, keep: int = 2000, warmup: float = 5.0, longest: float = 60.0) -> float:
         """Events stored per second with ~`keep` waiting, measured between two quiet points (no request
-        outstanding, so accepted − backlog is exact) after `warmup` seconds of cold starts."""
+        outstanding, so accepted − backlog is exact) after `warmup` seconds of cold starts. A window in which
+        nothing was stored is no measurement (on a busy machine one store batch can outlast a short window):
+        it is extended, a quiet point a second, until something is stored or `longest` seconds have passed
+        (then the rate is 0, and the caller sees it)."""
         accepted = 0
         lock = threading.Lock()
         pending: list[Future[Request]] = []
@@ -282,16 +285,18 @@ class Soak:
             return time.monotonic(), acc - self.backlog.read()
 
         self.say(f"calibrating {seconds:.0f} s: keeping ~{keep} events waiting, measuring how fast they are stored")
-        start = time.monotonic()
+        start = last_try = time.monotonic()
         points: list[tuple[float, int]] = []
         with ThreadPoolExecutor(4) as pool:
             while True:
                 now = time.monotonic()
                 if not points and now - start >= min(warmup, seconds / 3):
                     points.append(quiet_point())
-                if now - start >= seconds:
-                    points.append(quiet_point())
-                    break
+                if now - start >= seconds and (len(points) < 2 or now - last_try >= 1.0):
+                    points[1:] = [quiet_point()]
+                    last_try = time.monotonic()
+                    if points[1][1] > points[0][1] or now - start >= max(seconds, longest):
+                        break
                 pending[:] = [f for f in pending if not f.done()]
                 need = keep - self.backlog.read() - len(pending) * self.work.batch
                 for _ in range(min(8 - len(pending), math.ceil(max(0, need) / self.work.batch))):

@@ -66,6 +66,11 @@ JSON_LIKE_TYPES = ("application/json", "text/plain", "application/x-www-form-url
 BROWSER_FORM_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_CREATE_COUNT = 500
+# A filtered search page checks messages for at most this long, then answers with what it has and a cursor:
+# alert=firing queries AlertsTable per message (up to 1,000 a page), which on a busy stack outlasted the
+# function's 15 s (a 504). The margin leaves time to answer when the invocation itself has less left.
+SEARCH_BUDGET_SECONDS = 5.0
+SEARCH_ANSWER_MARGIN_SECONDS = 2.0
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 STATIC_NAME_RE = re.compile(r"^[a-z0-9_-]+\.(js|css|svg)$")
 STATIC_TYPES = {"js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-8", "svg": "image/svg+xml"}
@@ -417,13 +422,27 @@ def list_app_messages() -> Response:
     filters = search.parse_filters(query, lifecycle)
     keep = search.keep_for(filters, messages_table=cfg.messages_table, events_table=cfg.events_table,
                            alerts_table=cfg.alerts_table)
+    deadline = _search_deadline()
     try:
         items, last = list_messages(cfg.messages_table, app_id, lifecycle, status=status_filter, limit=limit,
-                                    cursor=cursor, frm=filters.frm, to=filters.to, keep=keep)
+                                    cursor=cursor, frm=filters.frm, to=filters.to, keep=keep, deadline=deadline)
     except search.TooLongError as exc:
         logger.warning("search refused", extra={"app_id": app_id, "error": str(exc)})
         raise ApiError(422, "MESSAGE_TOO_LONG", str(exc)) from exc
+    if last is not None and len(items) < limit and time.monotonic() >= deadline:
+        logger.info("search page cut at its time budget", extra={"app_id": app_id, "items": len(items),
+                                                                  "limit": limit, "filters": sorted(query)})
     return _json(200, {"items": items, "cursor": encode_cursor(last)})
+
+
+def _search_deadline() -> float:
+    """When a filtered page stops checking messages and answers with what it has and a cursor (docs/SEARCH.md):
+    SEARCH_BUDGET_SECONDS, or less when the invocation has less time left (a margin to answer)."""
+    budget = SEARCH_BUDGET_SECONDS
+    context = getattr(app, "lambda_context", None)
+    if context is not None:
+        budget = min(budget, context.get_remaining_time_in_millis() / 1000 - SEARCH_ANSWER_MARGIN_SECONDS)
+    return time.monotonic() + max(budget, 0.0)
 
 
 def _list_cursor(app_id: str) -> dict[str, Any] | None:

@@ -141,6 +141,55 @@ def test_a_page_of_skipped_items_still_resumes_exactly(api: RawApi, monkeypatch:
     assert 0 in pages  # some pages held nothing but still gave a cursor
 
 
+def test_a_slow_filter_answers_within_its_budget_and_the_cursor_finds_every_match(
+        api: RawApi, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """alert=firing queries AlertsTable per message: when those queries are slow (a busy stack: 1,000 of them
+    outlasted the function's 15 s), a page stops at its budget with what it has and a cursor, and following
+    the cursor still finds every firing message exactly once, in order."""
+    gt = truth(api, 12)
+    real = search.has_firing_alert
+
+    def slow(*args: Any) -> bool:
+        time.sleep(0.05)
+        return real(*args)
+
+    monkeypatch.setattr(search, "has_firing_alert", slow)
+    monkeypatch.setattr(api.module, "SEARCH_BUDGET_SECONDS", 0.12)
+    caplog.set_level("INFO")
+    q: dict[str, str] = {"app_id": APP, "limit": "100", "alert": "firing"}
+    seen: list[str] = []
+    pages: list[tuple[int, float]] = []
+    while True:
+        t0 = time.monotonic()
+        reply = api.call("GET", "/api/messages", query=q)
+        pages.append((len(reply.body["items"]), time.monotonic() - t0))
+        assert reply.status == 200, reply.body
+        seen += [i["message_id"] for i in reply.body["items"]]
+        if not reply.body["cursor"]:
+            break
+        q["cursor"] = reply.body["cursor"]
+    assert seen == [m for m in sorted(gt, reverse=True) if gt[m]["firing"]]
+    assert len(pages) >= 3, pages  # 12 messages at 0.05 s each against a 0.12 s budget: cut several times
+    assert all(took < 0.12 + 0.05 + 1.0 for _, took in pages), pages  # a budget, plus the one check past it
+    cut = [r for r in caplog.records if r.getMessage() == "search page cut at its time budget"]
+    assert len(cut) == len(pages) - 1 and all(r.__dict__["app_id"] == APP for r in cut), cut
+
+
+def test_the_budget_shrinks_to_the_invocations_time_left(api: RawApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page never plans past the function's own timeout: 2.3 s left and a 2 s margin leave ~0.3 s."""
+    from samlocal.worker import LambdaContext
+
+    gt = truth(api, 12)
+    real = search.has_firing_alert
+    monkeypatch.setattr(search, "has_firing_alert", lambda *a: (time.sleep(0.05), real(*a))[1])
+    api.context = LambdaContext({"name": "unit-function", "memory_mb": 512,
+                                 "arn": "arn:aws:lambda:us-east-1:123456789012:function:unit-function"},
+                                "req-short", int(time.time() * 1000) + 2_300, "")
+    reply = api.call("GET", "/api/messages", query={"app_id": APP, "limit": "100", "alert": "firing"})
+    assert reply.status == 200 and reply.body["cursor"], reply.body
+    assert len(reply.body["items"]) < sum(t["firing"] for t in gt.values())
+
+
 def test_meta_filter_reads_a_long_timelines_pages(api: RawApi) -> None:
     api.call("PUT", f"/api/apps/{APP}/lifecycle", resource="/api/apps/{app_id}/lifecycle",
              params={"app_id": APP}, body=LIFECYCLE)

@@ -827,13 +827,16 @@ Keep = Callable[[dict[str, Any], dict[str, Any]], bool]
 
 def list_messages(table_name: str, app_id: str, lifecycle: Lifecycle | None, *, status: str | None,
                   limit: int, cursor: dict[str, Any] | None, max_pages: int = 10, frm: str | None = None,
-                  to: str | None = None, keep: Keep | None = None,
-                  with_events: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+                  to: str | None = None, keep: Keep | None = None, with_events: bool = False,
+                  deadline: float | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Newest first (by updated_at). `frm`/`to` bound updated_at in the index's key condition (only that
     range is read). A status filter and `keep` (mars_common.search's filters) are applied after the read
     (status depends on time), so up to `max_pages` index pages are read to fill a page — a page may hold
     fewer than `limit` items; the cursor resumes exactly after the last item returned (or the last one
-    read). `with_events`: inline timelines keep their events (a paged one's are [], read with read_timeline)."""
+    read). `deadline` (time.monotonic()): a filtered page stops after the item being checked when it is
+    reached — a keep() that queries per item (alert=firing) must not outlast the caller's timeout; at least
+    one item is checked per call, so following the cursor always ends. `with_events`: inline timelines keep
+    their events (a paged one's are [], read with read_timeline)."""
     table = aws.table(table_name)
     out: list[dict[str, Any]] = []
     start = cursor
@@ -852,18 +855,25 @@ def list_messages(table_name: str, app_id: str, lifecycle: Lifecycle | None, *, 
         if start:
             kwargs["ExclusiveStartKey"] = start
         resp = table.query(**kwargs)
-        for item in resp.get("Items", []):
+        items = resp.get("Items", [])
+        for n, item in enumerate(items):
             summary = to_timeline(item, lifecycle, with_events=with_events, now=now)
             if (status is None or summary["status"] == status) and (keep is None or keep(item, summary)):
                 out.append(summary)
                 if len(out) == limit:
-                    last = {"app_id": item["app_id"], "message_id": item["message_id"],
-                            "updated_at": item["updated_at"]}
-                    return out, last
+                    return out, _index_key(item)
+            if deadline is not None and time.monotonic() >= deadline and (n + 1 < len(items)
+                                                                            or resp.get("LastEvaluatedKey")):
+                return out, _index_key(item)
         start = resp.get("LastEvaluatedKey")
         if not start:
             return out, None
     return out, start
+
+
+def _index_key(item: dict[str, Any]) -> dict[str, Any]:
+    """A ByAppUpdated item's key: the ExclusiveStartKey that resumes right after it."""
+    return {"app_id": item["app_id"], "message_id": item["message_id"], "updated_at": item["updated_at"]}
 
 
 def get_lifecycle(table_name: str, app_id: str) -> Lifecycle | None:
