@@ -39,7 +39,7 @@ from .triggers.base import EventSourceMapping, Trigger
 from .triggers.dynamodb import StreamPoller
 from .triggers.schedule import Scheduler
 from .triggers.sns import SnsPoller
-from .triggers.sqs import SqsPoller
+from .triggers.sqs import LongPoll, SqsPoller
 
 log = logging.getLogger("samlocal.stack")
 
@@ -349,6 +349,7 @@ class LocalRuntime:
         """Every function's triggers, each kind read from the template the same way
         (`Trigger.sources_for`); all sources are read (and checked) before any trigger starts."""
         sqs, streams = self.client("sqs"), self.client("dynamodbstreams")
+        long_poll = self._long_poll()
         planned: list[tuple[str, FunctionPool, type[Trigger], Any]] = []
         kinds: tuple[type[Trigger], ...] = (SqsPoller, SnsPoller, StreamPoller, Scheduler)
         for kind in kinds:
@@ -361,9 +362,9 @@ class LocalRuntime:
             trigger: Trigger
             if kind is SqsPoller:
                 self._reserve(lid, pool, source.max_concurrency)
-                trigger = SqsPoller(sqs, pool, source, self.stack.region)
+                trigger = SqsPoller(sqs, pool, source, self.stack.region, long_poll)
             elif kind is SnsPoller:
-                trigger = SnsPoller(sqs, pool, sns.subscribe(self.client, source))
+                trigger = SnsPoller(sqs, pool, sns.subscribe(self.client, source), long_poll=long_poll)
             elif kind is StreamPoller:
                 # an environment per stream mapping for its batch in flight, beside the function's other triggers
                 self._reserve(lid, pool, 1)
@@ -376,6 +377,13 @@ class LocalRuntime:
                 self.mappings.append(trigger)
             log.info("schedule" if kind is Scheduler else "event source",
                      extra=trigger.log_fields(function=lid, **self._describe_source(source)))
+
+    def _long_poll(self) -> LongPoll:
+        """20 s receives when SQS is the embedded patched emulator (it ends a wait when a mapping is disabled
+        or the stack stops), else 1 s."""
+        if self.config.patched_emulator and ("sqs" in self.service_endpoints or not self.config.endpoint):
+            return LongPoll.wakeable(self.service_endpoints.get("sqs", self.endpoint), self.stack.region)
+        return LongPoll()
 
     @staticmethod
     def _describe_source(source: Any) -> dict[str, Any]:
@@ -401,6 +409,8 @@ class LocalRuntime:
     def stop(self) -> None:
         for trigger in self.triggers:
             trigger._stop.set()  # every trigger stops taking work at once; then each is joined
+        for trigger in self.triggers:
+            trigger.interrupt()  # and every long poll ends now, not at its timeout
         for trigger in reversed(self.triggers):
             trigger.stop(timeout=5)
         for gateway in self.ws_gateways:

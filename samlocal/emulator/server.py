@@ -43,6 +43,7 @@ from samlocal.emulator import patches
 from samlocal.emulator.faults import ErrorInjection
 from samlocal.emulator.metrics import DEFAULT_METRICS_INTERVAL, SqsMetricsPublisher
 from samlocal.emulator.ttl import DEFAULT_TTL_INTERVAL, TtlSweeper
+from samlocal.emulator.wake import SqsWake
 
 # Explicit name: under ``python -m`` this module is ``__main__``.
 logger = logging.getLogger("samlocal.emulator")
@@ -260,7 +261,8 @@ class LocalOnly:
         return [body]
 
 
-# Long polls hold a thread each (up to 1 s per poll in the local runtime): room for every poller.
+# Long polls hold a thread each (the local runtime keeps one open per SQS source, 20 s at a time): room for
+# every poller of a stack and its clients.
 WAITRESS_THREADS = 64
 
 
@@ -293,7 +295,7 @@ def serve(
     app: Any = cached_dispatch(DomainDispatcherApplication(create_backend_app))
     if faults:
         app = ErrorInjection(app, faults, fault_seed)
-    app = LocalOnly(app, host, sock.getsockname()[1])
+    app = LocalOnly(SqsWake(app), host, sock.getsockname()[1])
     http: Any
     if server == "waitress":
         http = _WaitressServer(app, sock, WAITRESS_THREADS)

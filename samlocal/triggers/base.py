@@ -142,8 +142,12 @@ class Trigger(ABC):
         thread.start()
         return thread
 
+    def interrupt(self) -> None:  # noqa: B027 (only long-polling triggers wait on anything)
+        """Ends a wait on the source now (a long poll): called after a stop or a disable."""
+
     def stop(self, timeout: float = 5) -> None:
         self._stop.set()
+        self.interrupt()
         deadline = time.monotonic() + timeout
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -203,5 +207,8 @@ class EventSourceMapping(Trigger):
         return out
 
     def set_enabled(self, enabled: bool) -> None:
-        """UpdateEventSourceMapping Enabled: a disabled mapping stops polling; a batch in flight finishes."""
+        """UpdateEventSourceMapping Enabled: a disabled mapping stops polling (a wait in progress is ended);
+        a batch in flight finishes."""
         self.source.enabled = enabled
+        if not enabled:
+            self.interrupt()

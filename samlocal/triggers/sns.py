@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .base import Trigger
+from .sqs import LongPoll
 
 if TYPE_CHECKING:
     from ..invoker import FunctionPool
@@ -80,10 +81,12 @@ class SnsPoller(Trigger):
     event_types = ("SNS",)
     log = log
 
-    def __init__(self, sqs: Any, pool: FunctionPool, source: SnsSource, concurrency: int = 4) -> None:
+    def __init__(self, sqs: Any, pool: FunctionPool, source: SnsSource, concurrency: int = 4,
+                 long_poll: LongPoll = LongPoll()) -> None:
         super().__init__(pool, source)
         self.source: SnsSource = source
         self.sqs = sqs
+        self.long_poll = long_poll  # the subscription's queue: sqs.LongPoll's waits and wake
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sns-invoke")
         self._slots = threading.Semaphore(concurrency)
 
@@ -101,6 +104,9 @@ class SnsPoller(Trigger):
     def log_fields(self, **fields: Any) -> dict[str, Any]:
         return super().log_fields(topic=self.source.topic_arn, **fields)
 
+    def interrupt(self) -> None:
+        self.long_poll.wake(self.source.queue_url)
+
     def stopped(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -108,7 +114,7 @@ class SnsPoller(Trigger):
         while not self._stop.is_set():
             try:
                 got = self.sqs.receive_message(QueueUrl=self.source.queue_url, MaxNumberOfMessages=10,
-                                               WaitTimeSeconds=1).get("Messages", [])
+                                               WaitTimeSeconds=self.long_poll.seconds).get("Messages", [])
             except Exception as exc:
                 if self._stop.is_set():
                     return

@@ -15,19 +15,25 @@
   report fails the whole batch, as Lambda does;
 - up to ScalingConfig.MaximumConcurrency batches in flight; for FIFO queues never two batches of one
   message group (SQS withholds a group while any of its messages is in flight, and the poller checks);
-- the polling thread is restarted (with an ERROR line) if it dies of an unexpected exception.
+- the polling thread is restarted (with an ERROR line) if it dies of an unexpected exception;
+- each receive waits up to 20 s, as Lambda's pollers do (an idle source costs one call per 20 s), on the
+  embedded patched emulator, which ends the wait when the mapping is disabled or the stack stops
+  (`LongPoll.wake`, the emulator's `/_local/sqs/wake`); on any other endpoint (LocalStack…), which cannot,
+  1 s, so that a paused mapping takes nothing more than a second after the pause.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .base import EVENT_OVERHEAD, PAYLOAD_LIMIT_BYTES, EventSourceMapping, flag, record_size, reported_failures
 from .filtering import parse_filters
@@ -37,7 +43,43 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("samlocal.sqs")
 DEFAULT_CONCURRENCY = 2
-POLL_WAIT_SECONDS = 1
+POLL_WAIT_SECONDS = 1  # an endpoint that cannot end a wait early (LocalStack, AWS)
+WAKEABLE_POLL_WAIT_SECONDS = 20  # SQS's longest long poll, as Lambda's pollers use; the emulator can end it
+WAKE_PATH = "/_local/sqs/wake"
+
+
+@dataclass(frozen=True)
+class LongPoll:
+    """How long the runtime's receives on a queue wait, and who can end a wait early: `wake_endpoint` is the
+    embedded patched emulator serving SQS (samlocal.emulator.wake), None for an endpoint that cannot."""
+
+    seconds: int = POLL_WAIT_SECONDS
+    wake_endpoint: str | None = None
+    region: str = "us-east-1"
+
+    @classmethod
+    def wakeable(cls, endpoint: str, region: str) -> LongPoll:
+        return cls(WAKEABLE_POLL_WAIT_SECONDS, endpoint, region)
+
+    def wake(self, queue_url: str) -> None:
+        """Ends the receives waiting on this queue now (they return empty); a failure is logged and the
+        wait ends at its own timeout. http.client, not urllib: no proxy settings apply to a loopback call."""
+        if self.wake_endpoint is None:
+            return
+        split = urlsplit(self.wake_endpoint)
+        body = json.dumps({"queue_url": queue_url, "region": self.region}).encode()
+        conn = http.client.HTTPConnection(split.hostname or "127.0.0.1", split.port or 80, timeout=2)
+        try:
+            conn.request("POST", WAKE_PATH, body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            answer = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {answer[:200]!r}")
+        except Exception as exc:
+            log.warning("the emulator did not end the long poll; it ends at its own timeout",
+                        extra={"queue_url": queue_url, "wait_seconds": self.seconds, "error": str(exc)})
+        finally:
+            conn.close()
 
 
 @dataclass
@@ -113,11 +155,13 @@ class SqsPoller(EventSourceMapping):
     event_types = ("SQS",)
     log = log
 
-    def __init__(self, sqs: Any, pool: FunctionPool, source: SqsSource, region: str) -> None:
+    def __init__(self, sqs: Any, pool: FunctionPool, source: SqsSource, region: str,
+                 long_poll: LongPoll = LongPoll()) -> None:
         super().__init__(pool, source)
         self.source: SqsSource = source
         self.sqs = sqs
         self.region = region
+        self.long_poll = long_poll
         self._slots = threading.Semaphore(max(1, source.max_concurrency))
         self._groups_lock = threading.Lock()
         self._groups_in_flight: set[str] = set()
@@ -205,6 +249,9 @@ class SqsPoller(EventSourceMapping):
                     self._release_groups([i.message for i in items])
                     self._slots.release()
 
+    def interrupt(self) -> None:
+        self.long_poll.wake(self.source.queue_url)
+
     def _item(self, message: dict[str, Any]) -> _Item:
         try:
             record = lambda_record(message, self.source, self.region)
@@ -225,9 +272,10 @@ class SqsPoller(EventSourceMapping):
         overflow: list[dict[str, Any]] = []
         guarded: list[dict[str, Any]] = []  # FIFO: messages whose groups the guard marked in flight
         try:
-            while len(items) < want and not self._stop.is_set() and not overflow:
+            # a mapping disabled meanwhile stops gathering (a batch already gathered is still delivered)
+            while len(items) < want and not self._stop.is_set() and not overflow and src.enabled:
                 if deadline is None:
-                    wait = POLL_WAIT_SECONDS
+                    wait = self.long_poll.seconds
                 else:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:

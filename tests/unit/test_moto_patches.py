@@ -308,6 +308,61 @@ def test_long_poll_wakes_when_blocking_message_is_deleted(sqs: Any) -> None:
     assert time.monotonic() - started < 2.0
 
 
+def test_a_wake_ends_a_waiting_long_poll_empty_and_a_message_sent_after_it_stays(
+        sqs: Any, server: emulator_mod.Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    """The local runtime's pollers wait 20 s; pausing one wakes its poll through the emulator's
+    /_local/sqs/wake (LongPoll.wake, the runtime's own caller), which must end it at once and empty."""
+    from samlocal.triggers.sqs import LongPoll
+
+    url = _standard(sqs)
+    got: list[list[str]] = []
+    waiter = threading.Thread(target=lambda: got.append(_bodies(_receive(sqs, url, WaitTimeSeconds=20))))
+    started = time.monotonic()
+    waiter.start()
+    time.sleep(0.3)
+    caplog.set_level("WARNING")
+    LongPoll.wakeable(server.endpoint_url, REGION).wake(url)
+    waiter.join(timeout=5)
+    assert got == [[]] and time.monotonic() - started < 2.0
+    assert not caplog.records  # the wake was answered 200
+    sqs.send_message(QueueUrl=url, MessageBody="after")
+    assert _counts(sqs, url) == (1, 0, 0)  # nothing took it
+    # a poll that starts after the wake waits as usual and gets what arrives
+    later = threading.Thread(target=lambda: got.append(_bodies(_receive(sqs, url, WaitTimeSeconds=20))))
+    _receive(sqs, url)  # empty the queue first (and delete nothing: it comes back after its timeout)
+    later.start()
+    time.sleep(0.3)
+    sqs.send_message(QueueUrl=url, MessageBody="second")
+    later.join(timeout=5)
+    assert got[1] == ["second"]
+
+
+def test_the_wake_route_refuses_what_it_cannot_do(server: emulator_mod.Emulator, unpatched_url: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import requests
+
+    from samlocal.triggers.sqs import LongPoll
+
+    wake = server.endpoint_url + "/_local/sqs/wake"
+    queue_url = f"{server.endpoint_url}/{ACCOUNT}/no-such-queue"
+    missing = requests.post(wake, json={"queue_url": queue_url, "region": REGION}, timeout=5)
+    assert missing.status_code == 404 and "no-such-queue" in missing.json()["message"]
+    assert requests.post(wake, data=b"{", timeout=5).status_code == 400
+    assert requests.post(wake, json={"queue_url": queue_url}, timeout=5).status_code == 400  # no region
+    assert requests.post(wake, json={"queue_url": "http://x/a/b/c", "region": REGION}, timeout=5).status_code == 400
+    assert requests.get(wake, timeout=5).status_code == 405
+    assert requests.post(wake, json={"queue_url": queue_url, "region": REGION}, timeout=5,
+                         headers={"Origin": "http://evil.example"}).status_code == 403  # LocalOnly guards it too
+    assert requests.post(unpatched_url + "/_local/sqs/wake", timeout=5,
+                         json={"queue_url": queue_url, "region": REGION}).status_code == 501
+    # the runtime's caller says so when a wake fails (the poll then ends at its own timeout)
+    caplog.set_level("WARNING")
+    LongPoll.wakeable(server.endpoint_url, REGION).wake(queue_url)
+    LongPoll.wakeable("http://127.0.0.1:9", REGION).wake(queue_url)
+    failed = [r for r in caplog.records if "did not end the long poll" in r.getMessage()]
+    assert len(failed) == 2 and "404" in failed[0].__dict__["error"], [r.__dict__.get("error") for r in failed]
+
+
 def test_concurrent_fifo_consumers_get_each_message_once_in_group_order(sqs: Any) -> None:
     url = _fifo(sqs)
     groups = [f"g{i}" for i in range(8)]

@@ -324,6 +324,7 @@ def test_a_queue_whose_visibility_timeout_is_shorter_than_the_function_timeout_i
                             _trigger_slots=Counter(), triggers=[], mappings=[])
     local._reserve = lambda lid, pool, slots: LocalRuntime._reserve(local, lid, pool, slots)  # type: ignore[arg-type]
     local._check_visibility, local._describe_source = LocalRuntime._check_visibility, LocalRuntime._describe_source
+    local._long_poll = lambda: sqs_poller.LongPoll()  # mock_aws in this process: nothing can end a wait early
     with pytest.raises(ValueError) as refused:
         LocalRuntime._start_triggers(local)  # type: ignore[arg-type]
     message = str(refused.value)

@@ -155,7 +155,7 @@ _MISSING = object()
 class _QueueState:
     """Per-queue bookkeeping the patches add to moto's ``Queue``."""
 
-    __slots__ = ("dedup_first_sent", "deleted_handles", "sequence")
+    __slots__ = ("dedup_first_sent", "deleted_handles", "sequence", "wakes")
 
     def __init__(self) -> None:
         # dedup key -> SentTimestamp (ms) of the first message sent with it.
@@ -166,6 +166,8 @@ class _QueueState:
         self.deleted_handles: OrderedDict[str, float] = OrderedDict()
         # The last SequenceNumber given to a FIFO message of this queue.
         self.sequence = 0
+        # Bumped by wake_receivers: a long poll waiting when it changes ends, empty.
+        self.wakes = 0
 
 
 def _state(queue: Queue) -> _QueueState:
@@ -607,6 +609,7 @@ def _receive_message(
     queue = self.get_queue(queue_name)
     polling_end = unix_time() + wait_seconds_timeout
     result: list[Message] = []
+    wakes = _state(queue).wakes
 
     while True:
         messages_to_dlq: list[Message] = []
@@ -668,8 +671,16 @@ def _receive_message(
             if dlq is not None and _enqueue(dlq, message, deduplicate=False):
                 _run_event_source_mappings(dlq)
 
-        if result or not wait_seconds_timeout or unix_time() >= polling_end:
+        if result or not wait_seconds_timeout or unix_time() >= polling_end or _state(queue).wakes != wakes:
             return result
+
+
+def wake_receivers(queue: Queue) -> None:
+    """Ends every long poll waiting on this queue now, empty-handed (not an SQS API: the local runtime's
+    pollers wait 20 s, as Lambda's do, and a paused or stopping one must not take a message after it)."""
+    with queue._messages_lock:
+        _state(queue).wakes += 1
+        queue._messages_lock.notify_all()
 
 
 # Moto: scan of every message with ``had_receipt_handle`` (which builds a list per
