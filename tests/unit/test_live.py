@@ -294,6 +294,53 @@ def test_removals_and_no_subscribers_push_nothing(connections: FakeConnections, 
     assert connections.frames == {}
 
 
+def test_a_batchs_subscriber_lookups_run_side_by_side_once_each_and_a_failed_one_fails_its_record(
+        connections: FakeConnections, broadcast: Any, ws: Any, lambda_context: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 single-event messages in one batch: one lookup per message and one for the app, as before, but up
+    to 8 at a time (they waited on each other); a lookup that fails fails its own record only."""
+    import threading
+    import time
+
+    ws.lambda_handler(ws_event("websocket_subscribe.json", "watcher", {"action": "subscribe", "app_id": "shop",
+                                                                        "message_id": "m07"}), lambda_context)
+    ws.lambda_handler(ws_event("websocket_subscribe_app.json", "everything"), lambda_context)  # app "checkout"
+    for i in range(40):
+        store("shop", f"m{i:02d}", "CREATED")
+    records = [r for r in table_stream(settings().messages_table) if r["dynamodb"]["Keys"]["app_id"]["S"] == "shop"]
+    assert {r["dynamodb"]["Keys"]["message_id"]["S"] for r in records} == {f"m{i:02d}" for i in range(40)}
+    real = live.message_subscribers
+    calls: list[str] = []
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow(table: str, app_id: str, message_id: str) -> set[str]:
+        with lock:
+            calls.append(message_id)
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.02)
+            if message_id == "m13":
+                raise RuntimeError("throttled")
+            return real(table, app_id, message_id)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(live, "message_subscribers", slow)
+    connections.frames.clear()
+    result = broadcast.lambda_handler({"Records": records}, lambda_context)
+    failed = [f["itemIdentifier"] for f in result["batchItemFailures"]]
+    m13 = {r["dynamodb"]["SequenceNumber"] for r in records if r["dynamodb"]["Keys"]["message_id"]["S"] == "m13"}
+    assert failed and set(failed) <= m13  # its lookup failed (prefetch, then its own): only m13 is retried
+    assert sorted(c for c in calls if c != "m13") == [f"m{i:02d}" for i in range(40) if i != 13]  # once each
+    assert calls.count("m13") == 1 + len(failed)
+    assert peak[0] > 1, "the lookups ran one after another"
+    assert [f["message_id"] for f in connections.frames["watcher"]] == ["m07"]
+    assert "everything" not in connections.frames  # another app's subscriber
+
+
 # --- frames ----------------------------------------------------------------------------------------
 
 def test_a_huge_timeline_is_trimmed_to_one_websocket_message() -> None:
