@@ -424,9 +424,7 @@ class LocalRuntime:
     def stop(self) -> None:
         for trigger in self.triggers:
             trigger._stop.set()  # every trigger stops taking work at once; then each is joined
-        for trigger in self.triggers:
-            trigger.interrupt()  # and every long poll ends now, not at its timeout
-        for trigger in reversed(self.triggers):
+        for trigger in reversed(self.triggers):  # Trigger.stop ends its long poll before joining
             trigger.stop(timeout=5)
         for gateway in self.ws_gateways:
             gateway.stop()  # $disconnect runs for every open socket while the functions still live

@@ -41,6 +41,9 @@ _message_subscribers: dict[tuple[str, str], set[str]] = {}
 _pushes: Counter[str] = Counter()
 # A batch's subscriber lookups run side by side (the same Queries, not one after another)
 _LOOKUPS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="subscribers")
+# _prefetch's reading of each record (by sequence number), so record_handler does not deserialise an
+# image twice (an inline timeline's item is up to hundreds of KB)
+_changes: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {}
 
 
 class PushFailedError(Exception):
@@ -82,7 +85,10 @@ def _prefetch(records: list[dict[str, Any]]) -> None:
     pairs: set[tuple[str, str]] = set()
     for raw in records:
         try:
-            change = _change(DynamoDBRecord(raw))
+            record = DynamoDBRecord(raw)
+            if record.dynamodb is None:
+                continue
+            change = _changes[str(record.dynamodb.sequence_number)] = _change(record)
             if change is not None:
                 pairs.add((change[0]["app_id"], change[0]["message_id"]))
         except Exception:  # noqa: BLE001 (a record that cannot be read fails in record_handler, reported there)
@@ -102,7 +108,8 @@ def _prefetch(records: list[dict[str, Any]]) -> None:
 
 
 def record_handler(record: DynamoDBRecord) -> None:
-    change = _change(record)
+    seq = str(record.dynamodb.sequence_number) if record.dynamodb else ""
+    change = _changes.pop(seq) if seq in _changes else _change(record)
     if change is None:
         return
     new, old = change
@@ -144,6 +151,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     _lifecycles.clear()
     _app_subscribers.clear()
     _message_subscribers.clear()
+    _changes.clear()
     _pushes.clear()
     try:
         _prefetch(list(event.get("Records") or []))
