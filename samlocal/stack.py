@@ -36,7 +36,7 @@ from .resources import provision
 from .template import Stack, load
 from .triggers import sns
 from .triggers.base import EventSourceMapping, Trigger
-from .triggers.dynamodb import StreamPoller
+from .triggers.dynamodb import StreamPoller, StreamWait
 from .triggers.schedule import Scheduler
 from .triggers.sns import SnsPoller
 from .triggers.sqs import LongPoll, SqsPoller
@@ -364,7 +364,7 @@ class LocalRuntime:
         """Every function's triggers, each kind read from the template the same way
         (`Trigger.sources_for`); all sources are read (and checked) before any trigger starts."""
         sqs, streams = self.client("sqs"), self.client("dynamodbstreams")
-        long_poll = self._long_poll()
+        long_poll, stream_wait = self._long_poll(), self._stream_wait()
         planned: list[tuple[str, FunctionPool, type[Trigger], Any]] = []
         kinds: tuple[type[Trigger], ...] = (SqsPoller, SnsPoller, StreamPoller, Scheduler)
         for kind in kinds:
@@ -383,7 +383,7 @@ class LocalRuntime:
             elif kind is StreamPoller:
                 # an environment per stream mapping for its batch in flight, beside the function's other triggers
                 self._reserve(lid, pool, 1)
-                trigger = StreamPoller(streams, pool, source, self.stack.region, self.client)
+                trigger = StreamPoller(streams, pool, source, self.stack.region, self.client, stream_wait)
             else:
                 trigger = Scheduler(pool, source, self.stack.region, self.stack.account_id)
             trigger.start()
@@ -399,6 +399,13 @@ class LocalRuntime:
         if self.config.patched_emulator and ("sqs" in self.service_endpoints or not self.config.endpoint):
             return LongPoll.wakeable(self.service_endpoints.get("sqs", self.endpoint), self.stack.region)
         return LongPoll()
+
+    def _stream_wait(self) -> StreamWait:
+        """Idle stream readers wait on the embedded patched emulator serving DynamoDB Streams for the next
+        record; elsewhere (LocalStack…) they poll 4 times a second."""
+        if self.config.patched_emulator and ("dynamodbstreams" in self.service_endpoints or not self.config.endpoint):
+            return StreamWait(self.service_endpoints.get("dynamodbstreams", self.endpoint))
+        return StreamWait()
 
     @staticmethod
     def _describe_source(source: Any) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from samlocal.emulator import patches
 from samlocal.emulator.faults import ErrorInjection
 from samlocal.emulator.metrics import DEFAULT_METRICS_INTERVAL, SqsMetricsPublisher
 from samlocal.emulator.ttl import DEFAULT_TTL_INTERVAL, TtlSweeper
-from samlocal.emulator.wake import SqsWake
+from samlocal.emulator.wake import LocalWaits
 
 # Explicit name: under ``python -m`` this module is ``__main__``.
 logger = logging.getLogger("samlocal.emulator")
@@ -295,7 +295,7 @@ def serve(
     app: Any = cached_dispatch(DomainDispatcherApplication(create_backend_app))
     if faults:
         app = ErrorInjection(app, faults, fault_seed)
-    app = LocalOnly(SqsWake(app), host, sock.getsockname()[1])
+    app = LocalOnly(LocalWaits(app), host, sock.getsockname()[1])
     http: Any
     if server == "waitress":
         http = _WaitressServer(app, sock, WAITRESS_THREADS)

@@ -2,7 +2,9 @@
 
 Semantics, as the Lambda developer guide documents them for DynamoDB event sources:
 - every shard is polled about 4 times a second while idle, never with a pause while records are
-  waiting; a child shard is read only after its parent (closed, read to its end); with LATEST, shards
+  waiting (on the embedded patched emulator, an idle reader instead waits there for the shard's next
+  record, `StreamWait`, and reads it at the same cadence: the same batches, at no cost while idle);
+  a child shard is read only after its parent (closed, read to its end); with LATEST, shards
   that are already closed when the mapping starts are skipped, shards that appear later are read
   from TRIM_HORIZON, so nothing written after the mapping starts is missed;
 - one batch in flight per shard (ParallelizationFactor 1), each shard's records strictly in order;
@@ -40,8 +42,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import http.client
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -50,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError
 
@@ -67,6 +72,79 @@ READ_ERROR_DELAY_SECONDS = 1.0
 STREAM_RETENTION_SECONDS = 24 * 3600
 GET_RECORDS_LIMIT = 1000  # the most GetRecords returns
 STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST")
+IDLE_WAIT_SECONDS = 20.0  # one wait call per idle shard per 20 s, instead of 80 GetRecords
+STREAM_WAIT_PATH = "/_local/dynamodbstreams/wait"
+
+
+@dataclass(frozen=True)
+class StreamWait:
+    """Where an idle shard reader waits for the shard's next record: `endpoint` is the embedded patched
+    emulator serving DynamoDB Streams (samlocal.emulator.wake); None for an endpoint with no such wait
+    (LocalStack, AWS), where an idle reader polls 4 times a second."""
+
+    endpoint: str | None = None
+    seconds: float = IDLE_WAIT_SECONDS
+
+
+class WaitInterruptedError(Exception):
+    """A stop or a pause ended the wait (or the idle connection it would have used)."""
+
+
+class _Waiter:
+    """One shard reader's waits, on a kept-alive connection; `interrupt` (from another thread) ends a
+    wait at once. http.client, not urllib: no proxy settings apply to a loopback call."""
+
+    def __init__(self, endpoint: str, seconds: float) -> None:
+        split = urlsplit(endpoint)
+        self.host, self.port, self.seconds = split.hostname or "127.0.0.1", split.port or 80, seconds
+        self._conn: http.client.HTTPConnection | None = None
+        self._interrupted = False  # interrupt() since the last wait: the next one returns at once, on a new connection
+        self._lock = threading.Lock()
+
+    def wait(self, stream_arn: str, shard_id: str, known: int | None) -> int:
+        """The shard's count of records ever added, once it is not `known` (at once for None) or after
+        `seconds`; raises WaitInterruptedError when `interrupt` ended it, another exception when it failed."""
+        body = json.dumps({"stream_arn": stream_arn, "shard_id": shard_id, "known": known, "seconds": self.seconds})
+        with self._lock:
+            if self._interrupted:  # since the last wait (a stop racing this call, or a pause): the loop looks
+                self._interrupted = False
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.close()  # it was shut down
+                raise WaitInterruptedError()
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.seconds + 10)
+            conn = self._conn
+        try:
+            conn.request("POST", STREAM_WAIT_PATH, body.encode(), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            answer = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {answer[:200]!r}")
+            return int(json.loads(answer)["records"])
+        except Exception as exc:
+            with self._lock:
+                interrupted, self._interrupted = self._interrupted, False
+            self.close()
+            if interrupted:
+                raise WaitInterruptedError() from exc
+            raise
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._interrupted = True
+            sock = self._conn.sock if self._conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns now; the wait raises
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 @dataclass
@@ -168,12 +246,13 @@ class StreamPoller(EventSourceMapping):
     log = log
 
     def __init__(self, streams: Any, pool: FunctionPool, source: StreamSource, region: str,
-                 clients: Callable[[str], Any]) -> None:
+                 clients: Callable[[str], Any], stream_wait: StreamWait = StreamWait()) -> None:
         super().__init__(pool, source)
         self.source: StreamSource = source
         self.streams = streams
         self.region = region
         self.clients = clients
+        self.stream_wait = stream_wait
         self._wake = threading.Event()  # a shard ended: look for its children now
         self._lock = threading.Lock()
         self._shards: dict[str, _ShardReader] = {}
@@ -242,6 +321,23 @@ class StreamPoller(EventSourceMapping):
     def stop(self, timeout: float = 5) -> None:
         self._wake.set()
         super().stop(timeout)
+
+    def interrupt(self) -> None:
+        """A stop or a pause ends the idle readers' waits (a paused reader reads nothing anyway)."""
+        with self._lock:
+            readers = list(self._shards.values())
+        for reader in readers:
+            waiter = reader.waiter  # read once: a failing reader drops its own
+            if waiter is not None:
+                waiter.interrupt()
+
+    def stopped(self) -> None:
+        with self._lock:
+            readers = list(self._shards.values())
+        for reader in readers:
+            waiter = reader.waiter
+            if waiter is not None:
+                waiter.close()
 
     def run(self) -> None:
         self._coordinate()
@@ -357,6 +453,9 @@ class _ShardReader:
         self.window_start: float | None = None
         self._trimmed = False
         self._read_errors = 0
+        wait = poller.stream_wait
+        self.waiter = _Waiter(wait.endpoint, wait.seconds) if wait.endpoint else None
+        self._known: int | None = None  # the shard's record count the last wait answered
 
     # --- reading ---------------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -418,8 +517,9 @@ class _ShardReader:
         """One turn: read if a batch wants records, deliver a batch if one is ready, else wait.
         False when the shard is done with (or the function's pool closed)."""
         self._complete(0)  # filtered-out records at the front are done with
-        fetched, more_waiting = 0, False
+        fetched, more_waiting, read_at = 0, False, None
         if self._wants_records():
+            read_at = time.monotonic()
             try:
                 fetched, more_waiting = self._read()
             except Exception as exc:
@@ -432,11 +532,40 @@ class _ShardReader:
             self.poller._shard_ended(self.shard_id)
             return False
         batch, wait = self._ready_batch(more_waiting)
+        if batch and not self.source.enabled:
+            return True  # paused while reading: the records wait in the buffer for the resume
         if batch:
             return self._deliver(batch)
         if not fetched:
-            self.poller._stop.wait(wait)
+            if read_at is not None and not self.buffer and self.waiter is not None:
+                self._idle(read_at)
+            else:
+                self.poller._stop.wait(wait)
         return True
+
+    def _idle(self, read_at: float) -> None:
+        """After an empty read with nothing pending: wait for the shard's next record (or the wait's
+        end), then keep Lambda's cadence (a read at most every POLL_INTERVAL_SECONDS), so records
+        batch as they did under polling. A failed wait is said once and the reader polls from then on."""
+        stop, waiter = self.poller._stop, self.waiter
+        if stop.is_set() or waiter is None:
+            return
+        try:
+            self._known = waiter.wait(self.source.stream_arn, self.shard_id, self._known)
+        except WaitInterruptedError:
+            return  # a stop or a pause: the loop looks at both
+        except Exception as exc:
+            if stop.is_set():
+                return
+            log.warning("idle stream wait failed; polling the shard 4 times a second instead",
+                        extra=self.poller._extra(shard=self.shard_id, error=str(exc)))
+            self.waiter = None
+            waiter.close()
+            stop.wait(POLL_INTERVAL_SECONDS)
+            return
+        left = read_at + POLL_INTERVAL_SECONDS - time.monotonic()
+        if left > 0:
+            stop.wait(left)
 
     def _wants_records(self) -> bool:
         if self.ended or self.segments:

@@ -363,6 +363,67 @@ def test_the_wake_route_refuses_what_it_cannot_do(server: emulator_mod.Emulator,
     assert len(failed) == 2 and "404" in failed[0].__dict__["error"], [r.__dict__.get("error") for r in failed]
 
 
+def _shard_id(url: str, arn: str) -> str:
+    (shard,) = _client("dynamodbstreams", url).describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    return str(shard["ShardId"])
+
+
+def test_the_stream_wait_answers_at_the_next_record_or_its_timeout(server: emulator_mod.Emulator) -> None:
+    """/_local/dynamodbstreams/wait (the runtime's idle stream readers): null answers the shard's count at
+    once, a stale count at once, the current count when a record is added (not before) or when its
+    seconds are up."""
+    import requests
+
+    table, arn = _streamed_table(server.endpoint_url, "waited", "NEW_IMAGE")
+    shard = _shard_id(server.endpoint_url, arn)
+    wait = server.endpoint_url + "/_local/dynamodbstreams/wait"
+
+    def ask(known: int | None, seconds: float) -> tuple[int, float]:
+        started = time.monotonic()
+        got = requests.post(wait, json={"stream_arn": arn, "shard_id": shard, "known": known, "seconds": seconds},
+                            timeout=30)
+        assert got.status_code == 200, got.text
+        return got.json()["records"], time.monotonic() - started
+
+    assert ask(None, 20)[0] == 0
+    count, took = ask(0, 0.5)
+    assert count == 0 and 0.45 <= took < 3  # nothing added: its timeout
+    ddb = _client("dynamodb", server.endpoint_url)
+    answered: list[tuple[int, float]] = []
+    waiter = threading.Thread(target=lambda: answered.append(ask(0, 20)))
+    waiter.start()
+    time.sleep(0.5)
+    assert not answered  # still waiting
+    ddb.put_item(TableName=table, Item={"pk": {"S": "a"}})
+    waiter.join(timeout=5)
+    assert answered and answered[0][0] == 1 and answered[0][1] < 3
+    ddb.update_item(TableName=table, Key={"pk": {"S": "a"}}, UpdateExpression="SET v = :v",
+                    ExpressionAttributeValues={":v": {"N": "1"}})
+    count, took = ask(1, 20)
+    assert count == 2 and took < 1  # a record added since the count it knew: at once
+
+
+def test_the_stream_wait_refuses_what_it_cannot_do(server: emulator_mod.Emulator, unpatched_url: str) -> None:
+    import requests
+
+    table, arn = _streamed_table(server.endpoint_url, "refused", "KEYS_ONLY")
+    shard = _shard_id(server.endpoint_url, arn)
+    wait = server.endpoint_url + "/_local/dynamodbstreams/wait"
+    good = {"stream_arn": arn, "shard_id": shard, "known": None, "seconds": 1}
+    assert requests.post(wait, json=good, timeout=5).status_code == 200
+    missing = requests.post(wait, json={**good, "stream_arn": arn.replace(table, "no-such-table")}, timeout=5)
+    assert missing.status_code == 404 and "no-such-table" in missing.json()["message"]
+    assert requests.post(wait, json={**good, "shard_id": "shardId-000"}, timeout=5).status_code == 404
+    for bad in ({**good, "seconds": 21}, {**good, "seconds": -1}, {**good, "known": "3"}, {**good, "known": True},
+                {**good, "stream_arn": "arn:aws:sqs:us-east-1:123456789012:q"}, {"stream_arn": arn}, [good]):
+        got = requests.post(wait, json=bad, timeout=5)
+        assert got.status_code == 400 and got.json()["message"], bad
+    assert requests.post(wait, data=b"{", timeout=5).status_code == 400
+    assert requests.get(wait, timeout=5).status_code == 405
+    assert requests.post(wait, json=good, timeout=5, headers={"Origin": "http://evil.example"}).status_code == 403
+    assert requests.post(unpatched_url + "/_local/dynamodbstreams/wait", json=good, timeout=5).status_code == 501
+
+
 def test_concurrent_fifo_consumers_get_each_message_once_in_group_order(sqs: Any) -> None:
     url = _fifo(sqs)
     groups = [f"g{i}" for i in range(8)]
@@ -822,6 +883,42 @@ def test_update_expressions_answer_as_stock_moto_parsed_once(server: emulator_mo
         "The \"SET\" section can only be used once in an update expression;", "[a]"]
     valid = {text for text, _, _ in UPDATES if text != "SET #a = :one,"}
     assert sorted(parses) == sorted([*valid, *["SET #a = :one,"] * 4])  # a text that does not parse: each time
+
+
+def _same_tree(a: Any, b: Any, parents: dict[int, Any]) -> bool:
+    """Same classes, types and leaves; b's nodes are new and each b parent is the copy of a's parent."""
+    from moto.dynamodb.parsing.ast_nodes import Node
+
+    if not isinstance(a, Node):
+        return type(a) is type(b) and a == b
+    if type(a) is not type(b) or a is b or a.type != b.type or parents.get(id(a.parent)) is not b.parent:
+        return False
+    parents[id(a)] = b
+    if a.children is None or b.children is None:
+        return a.children is b.children
+    return len(a.children) == len(b.children) and all(_same_tree(x, y, parents) for x, y in zip(a.children, b.children))
+
+
+def test_a_cached_tree_is_cloned_as_deepcopy_would_copy_it() -> None:
+    """The validator's copy of a cached tree (dynamodb.update_expressions) is deepcopy's copy, built
+    node by node; a tree whose parents are not its containers is not cloned but deep-copied."""
+    import copy
+
+    from samlocal.emulator.patches import dynamodb as dynamodb_patches
+
+    parse = patches.ORIGINALS["UpdateExpressionParser.make"].__func__ if patches.is_applied() else \
+        dynamodb_patches.UpdateExpressionParser.make.__func__
+    texts = [text for text, _, _ in UPDATES if text != "SET #a = :one,"] + [
+        "SET a.b[1].c = :v, d = :w - :x REMOVE e[3], e[1] SET f = g", "DELETE #s :ss ADD #n :one"]
+    for text in texts:
+        tree = parse(dynamodb_patches.UpdateExpressionParser, text)
+        assert dynamodb_patches._is_clonable(tree), text
+        clone = dynamodb_patches._clone_tree(tree)
+        assert _same_tree(tree, clone, {id(None): None}), text
+        assert _same_tree(tree, copy.deepcopy(tree), {id(None): None}), text  # what deepcopy gives, too
+    tree = parse(dynamodb_patches.UpdateExpressionParser, texts[0])
+    tree.children[0].parent = tree.children[0]  # a node that is not its own container's child
+    assert not dynamodb_patches._is_clonable(tree)
 
 
 def test_the_parse_cache_is_bounded(server: emulator_mod.Emulator, monkeypatch: pytest.MonkeyPatch) -> None:

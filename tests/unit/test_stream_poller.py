@@ -643,3 +643,89 @@ def test_a_shard_reader_that_dies_is_restarted_and_says_so(aws: SimpleNamespace,
     wait_until(lambda: pool.delivered() == ["a", "b"], what="delivery after the restart")
     died = [r for r in caplog.records if r.getMessage() == "trigger thread died; restarting"]
     assert died and died[0].levelno == logging.ERROR and vars(died[0])["shard"]
+
+
+# --- idle readers wait on the emulator (StreamWait) ---------------------------------------------------
+
+
+class CountingStreams:
+    """The streams client, counting GetRecords."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.reads = client, 0
+
+    def get_records(self, **kwargs: Any) -> Any:
+        self.reads += 1
+        return self.client.get_records(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_an_idle_reader_waits_on_the_emulator_and_delivers_what_comes_pauses_and_stops_at_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """On the embedded patched emulator an idle shard costs a wait, not GetRecords 4 times a second;
+    a record written meanwhile is delivered at once, a paused mapping takes nothing until resumed, and
+    a stop ends the wait now."""
+    from samlocal.emulator import server as emulator_mod
+    from samlocal.triggers.dynamodb import StreamWait
+
+    emu = emulator_mod.serve("127.0.0.1", 0, patched=True, metrics_interval=None)
+    poller = None
+    try:
+        def client(service: str) -> Any:
+            return boto3.client(service, region_name=REGION, endpoint_url=emu.endpoint_url,
+                                aws_access_key_id="t", aws_secret_access_key="t")
+
+        ddb = client("dynamodb")
+        arn = ddb.create_table(
+            TableName="idle-waits", BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"})["TableDescription"]["LatestStreamArn"]
+        streams, pool = CountingStreams(client("dynamodbstreams")), FakePool()
+        caplog.set_level("WARNING", logger="samlocal.dynamodb")
+        poller = StreamPoller(streams, pool, StreamSource(stream_arn=arn, starting_position="TRIM_HORIZON"),  # type: ignore[arg-type]
+                              REGION, client, StreamWait(emu.endpoint_url))
+        poller.start()
+        time.sleep(1.5)
+        assert streams.reads <= 3, streams.reads  # polling every 0.02 s (this module's pace) would be ~75
+        for pk in ("a", "b", "c"):
+            ddb.put_item(TableName="idle-waits", Item={"pk": {"S": pk}})
+        wait_until(lambda: pool.delivered() == ["a", "b", "c"], timeout=2, what="the records written while idle")
+        poller.set_enabled(False)
+        ddb.put_item(TableName="idle-waits", Item={"pk": {"S": "paused"}})
+        time.sleep(0.5)
+        assert pool.delivered() == ["a", "b", "c"]  # a paused mapping reads nothing
+        poller.set_enabled(True)
+        wait_until(lambda: pool.delivered()[-1:] == ["paused"], timeout=2, what="the record after the resume")
+        time.sleep(0.3)  # idle again: waiting on the emulator (20 s)
+        started = time.monotonic()
+        poller.stop()
+        assert time.monotonic() - started < 1.5 and not any(t.is_alive() for t in poller._threads)
+        poller = None
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
+    finally:
+        if poller is not None:
+            poller.stop()
+        emu.stop()
+
+
+def test_a_failing_wait_is_said_once_and_the_reader_polls_instead(
+        aws: SimpleNamespace, start: Callable[..., StreamPoller], caplog: pytest.LogCaptureFixture) -> None:
+    from samlocal.triggers.dynamodb import StreamWait
+
+    caplog.set_level("WARNING", logger="samlocal.dynamodb")
+    pool = FakePool()
+    source = StreamSource(stream_arn=aws.stream_arn, starting_position="TRIM_HORIZON")
+    poller = StreamPoller(aws.streams, pool, source, REGION, lambda service: boto3.client(service, region_name=REGION),
+                          StreamWait("http://127.0.0.1:9"))  # type: ignore[arg-type]  # nothing listens there
+    poller.start()
+    try:
+        time.sleep(0.3)
+        put(aws, "x", "y")
+        wait_until(lambda: pool.delivered() == ["x", "y"], what="records read by polling")
+        failed = [r for r in caplog.records if "idle stream wait failed" in r.getMessage()]
+        assert len(failed) == 1 and failed[0].__dict__["error"], [r.getMessage() for r in caplog.records]
+    finally:
+        poller.stop()

@@ -24,7 +24,7 @@ from moto.core.serialize import BaseJSONSerializer
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import StreamShard, Table
-from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser  # type: ignore[attr-defined]
+from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node  # type: ignore[attr-defined]
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
 from moto.dynamodb.parsing.validators import ActionCountValidator, UpdateExpressionValidator, Validator
 from moto.dynamodb.responses import DynamoHandler
@@ -45,6 +45,11 @@ _stream_local = threading.local()
 # ``StreamShard.add`` numbers a record ``len(items) + start`` and then appends it:
 # two concurrent writes to one table could get the same sequence number.
 _stream_lock = threading.Lock()
+# Signalled after every record added: the runtime's idle stream readers wait on it
+# (``wait_for_stream_records``, the emulator's /_local/dynamodbstreams/wait) instead of
+# polling an empty shard 4 times a second.
+_stream_added = threading.Condition(_stream_lock)
+ADDED = "_local_records_added"  # the shard's count of records ever added (moto's list can be emptied)
 
 
 def _item_exists(backend: DynamoDBBackend, table: Any, key: dict[str, Any]) -> bool:
@@ -76,13 +81,29 @@ def _make_stream_add(original: Any) -> Any:
         if old is None and getattr(_stream_local, "interim_insert", None) is self.table:
             _stream_local.interim_insert = None  # skip this one only: the next INSERT is the real one
             return
-        with _stream_lock:
+        with _stream_added:
             original(self, old, new)
             if new is None and getattr(_stream_local, "ttl_delete", False):
                 # A TTL deletion: DynamoDB marks its REMOVE record as the service's, not a caller's.
                 self.items[-1].record["userIdentity"] = dict(TTL_USER_IDENTITY)
+            self.__dict__[ADDED] = self.__dict__.get(ADDED, 0) + 1
+            _stream_added.notify_all()
 
     return _add
+
+
+def wait_for_stream_records(shard: StreamShard, known: int | None, seconds: float) -> int:
+    """How many records the shard has ever had, once that is not ``known`` (at once when ``known`` is
+    None or already stale) or after ``seconds``. A record a cancelled transaction took back still
+    counts: the reader then reads once more and finds nothing, as a poll would."""
+    deadline = time.monotonic() + seconds
+    with _stream_added:
+        while known is not None and shard.__dict__.get(ADDED, 0) == known:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            _stream_added.wait(left)
+        return int(shard.__dict__.get(ADDED, 0))
 
 
 # moto's DynamoDB keeps no lock: an UpdateItem mutates an item's attribute dict in place while a
@@ -400,11 +421,17 @@ def _make_serialize_structure(original: Any) -> Any:
 #   does not parse raises each time, as before (nothing is cached for it);
 # - a tree that passed ActionCountValidator (a check of the tree alone: at most one SET, ADD, REMOVE)
 #   is not counted again;
-# - a traverser computes its type map once, not per node.
+# - a traverser computes its type map once, not per node;
+# - the validator's copy of a cached tree is a node-by-node clone, not copy.deepcopy (its memo and
+#   per-object dispatch were a seventh of a funnel test's CPU): a parsed tree's leaves are str, int, bool
+#   or None and each node's parent is the node that lists it (checked when the tree is cached; a tree
+#   that is not so, or anything else, is deep-copied as before).
 PARSE_CACHE_SIZE = 1024
 _parsed: dict[tuple[type, str], Any] = {}
 _parsed_ids: dict[int, Any] = {}  # id(tree) → tree, for the trees in _parsed
 _counts_checked: set[int] = set()  # ids of cached trees that passed ActionCountValidator
+_clonable: set[int] = set()  # ids of cached trees that _clone_tree copies exactly
+_LEAVES = (str, int, bool, type(None))  # immutable: a clone shares them (bool is an int; listed for the reader)
 
 
 def forget_parsed_expressions() -> None:
@@ -412,6 +439,27 @@ def forget_parsed_expressions() -> None:
     _parsed.clear()
     _parsed_ids.clear()
     _counts_checked.clear()
+    _clonable.clear()
+
+
+def _is_clonable(node: Any, parent: Any = None) -> bool:
+    """Whether ``_clone_tree`` copies this tree as deepcopy would: nodes holding only type, children and
+    parent, each parent the node that lists it, every other child an immutable leaf."""
+    if not isinstance(node, Node):
+        return isinstance(node, _LEAVES)
+    if node.parent is not parent or node.__dict__.keys() != {"type", "children", "parent"}:
+        return False
+    return node.children is None or (type(node.children) is list
+                                     and all(_is_clonable(child, node) for child in node.children))
+
+
+def _clone_tree(node: Any, parent: Any = None) -> Any:
+    """A copy of a tree ``_is_clonable`` passed: new nodes, the same leaves."""
+    clone = object.__new__(type(node))
+    children = node.children
+    clone.__dict__.update(type=node.type, parent=parent, children=None if children is None else [
+        _clone_tree(child, clone) if isinstance(child, Node) else child for child in children])
+    return clone
 
 
 def _make_parse(original: Any) -> Any:
@@ -426,6 +474,8 @@ def _make_parse(original: Any) -> Any:
                 forget_parsed_expressions()
             _parsed[key] = tree
             _parsed_ids[id(tree)] = tree
+            if _is_clonable(tree):
+                _clonable.add(id(tree))
         return tree
 
     return classmethod(make)
@@ -435,8 +485,14 @@ def _make_validator_init(_: Any) -> Any:
     base_init = Validator.__dict__["__init__"]
 
     def __init__(self: UpdateExpressionValidator, expression: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
-        base_init(self, expression, *args, **kwargs)
-        if _parsed_ids.get(id(expression)) is not expression:
+        cached = _parsed_ids.get(id(expression)) is expression
+        if cached and id(expression) in _clonable:
+            # moto's __init__ with a tree of no nodes (its deepcopy is then of None), then the clone
+            base_init(self, None, *args, **kwargs)
+            self.node_to_validate = _clone_tree(expression)
+        else:
+            base_init(self, expression, *args, **kwargs)
+        if not cached:
             return
         if id(expression) in _counts_checked:
             self.processors = [p for p in self.processors if not isinstance(p, ActionCountValidator)]
