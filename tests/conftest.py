@@ -141,8 +141,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_sep("=", f"slowest 15 of {len(_module_seconds)} modules ({total:.0f} s in all, "
                                     f"{cpu:.0f} s of CPU)")
     terminalreporter.write_line("    wall         CPU  module")
-    for module, (seconds, used) in sorted(_module_seconds.items(), key=lambda kv: kv[1][0], reverse=True)[:15]:
+    ranked = sorted(_module_seconds.items(), key=lambda kv: kv[1][0], reverse=True)
+    for module, (seconds, used) in ranked[:15]:
         terminalreporter.write_line(f"{seconds:7.1f}s {100 * seconds / total:4.1f} % {used:7.1f}s  {module}")
+    # Every module, for whoever looks for the next minute to save (build/ is not committed).
+    table = Path(terminalreporter.config.rootpath) / "build" / "test-modules.tsv"
+    try:
+        table.parent.mkdir(exist_ok=True)
+        table.write_text("wall_s\tcpu_s\tmodule\n" + "".join(f"{w:.1f}\t{c:.1f}\t{m}\n" for m, (w, c) in ranked))
+        terminalreporter.write_line(f"every module: {table}")
+    except OSError as exc:
+        terminalreporter.write_line(f"every module: not written ({exc})")
 
 
 def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition", poll: float = 0.01) -> Any:
