@@ -42,8 +42,9 @@ from werkzeug.serving import make_server
 from samlocal.emulator import patches
 from samlocal.emulator.faults import ErrorInjection
 from samlocal.emulator.metrics import DEFAULT_METRICS_INTERVAL, SqsMetricsPublisher
+from samlocal.emulator.patches.dynamodb import release_stream_waits
 from samlocal.emulator.ttl import DEFAULT_TTL_INTERVAL, TtlSweeper
-from samlocal.emulator.wake import LocalWaits
+from samlocal.emulator.wake import LocalWaits, wait_until_answered
 
 # Explicit name: under ``python -m`` this module is ``__main__``.
 logger = logging.getLogger("samlocal.emulator")
@@ -135,6 +136,9 @@ class Emulator:
             self._publisher.stop()
         if self._sweeper is not None:
             self._sweeper.stop()
+        if self.patched:
+            release_stream_waits()  # else waitress waits on their threads and warns "thread(s) still running"
+            wait_until_answered(2.0)  # and their answers are written before the server closes
         self._server.shutdown()
         self._thread.join(timeout=10)
         self._server.server_close()

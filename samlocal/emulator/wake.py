@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -82,11 +83,29 @@ def _stream_wait(body: dict[str, Any]) -> dict[str, Any]:
 
 ROUTES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {PATH: _sqs_wake, STREAM_WAIT_PATH: _stream_wait}
 
+# Requests to these routes not yet answered (their response written: WSGI calls close() after): a stopping
+# emulator releases the stream waits and lets them answer before its server closes.
+_open_requests = [0]
+_open_changed = threading.Condition()
+
+
+class _Answered(list[bytes]):
+    def close(self) -> None:
+        with _open_changed:
+            _open_requests[0] -= 1
+            _open_changed.notify_all()
+
+
+def wait_until_answered(timeout: float) -> bool:
+    """Whether every request to these routes was answered within `timeout` seconds."""
+    with _open_changed:
+        return _open_changed.wait_for(lambda: _open_requests[0] == 0, timeout)
+
 
 def _answer(start_response: Any, status: str, payload: dict[str, Any]) -> list[bytes]:
     body = json.dumps(payload).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
+    return _Answered([body])
 
 
 class LocalWaits:
@@ -99,6 +118,8 @@ class LocalWaits:
         route = ROUTES.get(environ.get("PATH_INFO", ""))
         if route is None:
             return self.app(environ, start_response)
+        with _open_changed:
+            _open_requests[0] += 1  # every path below answers through _answer, whose close() counts it done
         length = int(environ.get("CONTENT_LENGTH") or 0)
         raw = environ["wsgi.input"].read(min(length, MAX_BODY + 1))
         if environ.get("REQUEST_METHOD") != "POST":

@@ -27,6 +27,7 @@ from samlocal.lambdas import FunctionSpec
 from samlocal.stack import LocalRuntime
 from samlocal.triggers import sqs as sqs_poller
 from samlocal.triggers import supervise
+from samlocal.triggers.dynamodb import StreamWait
 from samlocal.triggers.sqs import SqsPoller, SqsSource, lambda_record
 from tests.conftest import wait_until as shared_wait_until
 
@@ -325,6 +326,7 @@ def test_a_queue_whose_visibility_timeout_is_shorter_than_the_function_timeout_i
     local._reserve = lambda lid, pool, slots: LocalRuntime._reserve(local, lid, pool, slots)  # type: ignore[arg-type]
     local._check_visibility, local._describe_source = LocalRuntime._check_visibility, LocalRuntime._describe_source
     local._long_poll = lambda: sqs_poller.LongPoll()  # mock_aws in this process: nothing can end a wait early
+    local._stream_wait = lambda: StreamWait()
     with pytest.raises(ValueError) as refused:
         LocalRuntime._start_triggers(local)  # type: ignore[arg-type]
     message = str(refused.value)

@@ -50,6 +50,7 @@ _stream_lock = threading.Lock()
 # polling an empty shard 4 times a second.
 _stream_added = threading.Condition(_stream_lock)
 ADDED = "_local_records_added"  # the shard's count of records ever added (moto's list can be emptied)
+_stream_waits_released = [0]  # bumped by release_stream_waits: every wait then in progress answers now
 
 
 def _item_exists(backend: DynamoDBBackend, table: Any, key: dict[str, Any]) -> bool:
@@ -98,12 +99,20 @@ def wait_for_stream_records(shard: StreamShard, known: int | None, seconds: floa
     counts: the reader then reads once more and finds nothing, as a poll would."""
     deadline = time.monotonic() + seconds
     with _stream_added:
-        while known is not None and shard.__dict__.get(ADDED, 0) == known:
+        released = _stream_waits_released[0]
+        while known is not None and shard.__dict__.get(ADDED, 0) == known and _stream_waits_released[0] == released:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             _stream_added.wait(left)
         return int(shard.__dict__.get(ADDED, 0))
+
+
+def release_stream_waits() -> None:
+    """Answers every stream wait in progress (the emulator is stopping: no server thread left waiting)."""
+    with _stream_added:
+        _stream_waits_released[0] += 1
+        _stream_added.notify_all()
 
 
 # moto's DynamoDB keeps no lock: an UpdateItem mutates an item's attribute dict in place while a
