@@ -322,22 +322,19 @@ class StreamPoller(EventSourceMapping):
         self._wake.set()
         super().stop(timeout)
 
+    def _waiters(self) -> list[_Waiter]:
+        with self._lock:
+            waiters = [reader.waiter for reader in self._shards.values()]  # read once: a failing reader drops its own
+        return [w for w in waiters if w is not None]
+
     def interrupt(self) -> None:
         """A stop or a pause ends the idle readers' waits (a paused reader reads nothing anyway)."""
-        with self._lock:
-            readers = list(self._shards.values())
-        for reader in readers:
-            waiter = reader.waiter  # read once: a failing reader drops its own
-            if waiter is not None:
-                waiter.interrupt()
+        for waiter in self._waiters():
+            waiter.interrupt()
 
     def stopped(self) -> None:
-        with self._lock:
-            readers = list(self._shards.values())
-        for reader in readers:
-            waiter = reader.waiter
-            if waiter is not None:
-                waiter.close()
+        for waiter in self._waiters():
+            waiter.close()
 
     def run(self) -> None:
         self._coordinate()
