@@ -13,7 +13,7 @@ ifeq ($(AUTH),1)
 UP_ARGS += --auth
 endif
 
-.PHONY: install up test lint template-check unit integration browser system-deps faults soak bench clean proto \
+.PHONY: install up test test-env lint template-check unit integration browser system-deps faults soak bench clean proto \
 	localstack localstack-test checkov
 
 # tests/localstack run Mars on LocalStack in host mode (no Docker): localstack-core wants Python 3.13, in a
@@ -26,21 +26,32 @@ LOCALSTACK_PYTHON ?= $(shell for p in python3.13 $$(pyenv root 2>/dev/null)/vers
 export MARS_CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-$(BIN)/.installed: requirements-dev.txt constraints.txt pyproject.toml
+# uv installs the pinned requirements into every venv: on a fresh machine pip took 92 s for
+# requirements-dev.txt alone (resolving one package at a time, compiling bytecode on one core), uv 14 s
+# (issue 16). uv itself comes from PyPI into .venv by the venv's own pip; bytecode is compiled at install,
+# as pip does (PYTHONDONTWRITEBYTECODE below: nothing would cache it later). pip stays in each venv for
+# `sam build`, which builds the functions with it.
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+UV_INSTALL = $(UV) pip install -q --compile-bytecode --python
+
+$(VENV)/.uv-$(UV_VERSION):
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 (the Lambda runtime of template.yaml)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip==25.3
-	$(BIN)/python -m pip install -q -r requirements-dev.txt -c constraints.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	@touch $@
+
+$(BIN)/.installed: requirements-dev.txt constraints.txt pyproject.toml | $(VENV)/.uv-$(UV_VERSION)
+	$(UV_INSTALL) $(BIN)/python pip==25.3 -r requirements-dev.txt -c constraints.txt
+	$(UV_INSTALL) $(BIN)/python --no-deps -e .
 	@touch $@
 
 install: $(BIN)/.installed
 
-$(LOCALSTACK_VENV)/.installed: requirements-localstack.txt constraints-localstack.txt
+$(LOCALSTACK_VENV)/.installed: requirements-localstack.txt constraints-localstack.txt | $(VENV)/.uv-$(UV_VERSION)
 	@test -n "$(LOCALSTACK_PYTHON)" || { echo "make: Python 3.13 not found (python3.13, pyenv's 3.13.x); LocalStack's venv needs it: pyenv install 3.13, or LOCALSTACK_PYTHON=/path/to/python3.13"; exit 1; }
 	@test -x $(LOCALSTACK_VENV)/bin/python || $(LOCALSTACK_PYTHON) -m venv $(LOCALSTACK_VENV)
-	$(LOCALSTACK_VENV)/bin/python -m pip install -q --upgrade pip==25.3
-	$(LOCALSTACK_VENV)/bin/python -m pip install -q -r requirements-localstack.txt -c constraints-localstack.txt
+	$(UV_INSTALL) $(LOCALSTACK_VENV)/bin/python pip==25.3 -r requirements-localstack.txt -c constraints-localstack.txt
 	@touch $@
 
 # LocalStack (localstack-core, host mode) in .venv-localstack, for tests/localstack and `mars up --endpoint`
@@ -52,11 +63,10 @@ localstack-test: install localstack
 # checkov (IaC security scanner) conflicts with requirements-dev.txt's pins (boto3, packaging, networkx):
 # it gets a venv of its own, like LocalStack.
 CHECKOV_VENV ?= .venv-checkov
-$(CHECKOV_VENV)/.installed: requirements-checkov.txt constraints-checkov.txt
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt constraints-checkov.txt | $(VENV)/.uv-$(UV_VERSION)
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11"; exit 1; }
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip==25.3
-	$(CHECKOV_VENV)/bin/python -m pip install -q -r requirements-checkov.txt -c constraints-checkov.txt
+	$(UV_INSTALL) $(CHECKOV_VENV)/bin/python pip==25.3 -r requirements-checkov.txt -c constraints-checkov.txt
 	@touch $@
 
 checkov: $(CHECKOV_VENV)/.installed
@@ -121,12 +131,29 @@ PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist l
 # schemathesis gives its per-operation cases one node id, which xdist would run once: that module runs apart.
 SCHEMATHESIS := tests/fuzz/test_schemathesis.py
 
-test: install localstack lint template-check system-deps
+# What the suite needs, made side by side: the three venvs download while apt installs Chromium (issue
+# 16: on a fresh machine the installs, lint and template checks took 4.5 min one after another).
+test-env: install localstack checkov system-deps
+
+# With workers, the lint and template checks (~1 min) and schemathesis (~45 s, its own stack on ports
+# below the workers' blocks) run beside the main suite, in the CPU its waits leave idle; their output is
+# kept in build/ and shown when the suite ends, and any of the three failing fails `make test`.
+test:
+	@$(MAKE) --no-print-directory -j4 test-env
 ifeq ($(TEST_WORKERS),0)
+	@$(MAKE) --no-print-directory -j2 lint template-check
 	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests --durations=15
 else
-	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests $(PYTEST_PARALLEL) --durations=15 --ignore=$(SCHEMATHESIS)
-	$(BIN)/python -m pytest -q $(SCHEMATHESIS)
+	@mkdir -p build; \
+	$(MAKE) --no-print-directory -j2 lint template-check >build/checks.log 2>&1 & checks=$$!; \
+	MARS_TEST_PORTS=6000-9999 $(BIN)/python -m pytest -q -p no:cacheprovider $(SCHEMATHESIS) >build/schemathesis.log 2>&1 & fuzz=$$!; \
+	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests $(PYTEST_PARALLEL) --durations=15 --ignore=$(SCHEMATHESIS); suite=$$?; \
+	wait $$checks; checked=$$?; wait $$fuzz; fuzzed=$$?; \
+	echo "== lint and template checks: $$([ $$checked = 0 ] && echo passed || echo FAILED) (build/checks.log)"; \
+	[ $$checked = 0 ] && grep -E "^(All checks|Success|Passed checks|sam build)" build/checks.log || cat build/checks.log; \
+	echo "== $(SCHEMATHESIS): $$([ $$fuzzed = 0 ] && echo passed || echo FAILED) (build/schemathesis.log)"; \
+	[ $$fuzzed = 0 ] && tail -1 build/schemathesis.log || cat build/schemathesis.log; \
+	[ $$suite = 0 ] && [ $$checked = 0 ] && [ $$fuzzed = 0 ]
 endif
 
 # Each run is recorded in bench/runs/ and docs/BENCHMARKS.md's current table is rendered from them.

@@ -30,7 +30,18 @@ TEST_PARAMETERS = ["QueueVisibilityTimeout=5", "QueueFunctionTimeout=5", "MaxRec
 
 def port_block(environ: Mapping[str, str] = os.environ, ephemeral_low: int | None = None) -> range:
     """This xdist worker's share of the ports between 10000 and the kernel's ephemeral range (all of
-    them without xdist)."""
+    them without xdist), or MARS_TEST_PORTS ("low-high"): `make test` runs schemathesis beside the
+    workers on ports below theirs."""
+    if environ.get("MARS_TEST_PORTS"):
+        low_text, _, high_text = environ["MARS_TEST_PORTS"].partition("-")
+        try:
+            chosen = range(int(low_text), int(high_text) + 1)
+        except ValueError:
+            chosen = range(0)
+        if not (1024 <= chosen.start and chosen.stop <= 65536 and len(chosen) >= 64):
+            raise ValueError(f"MARS_TEST_PORTS={environ['MARS_TEST_PORTS']!r}: want low-high, 1024-65535, "
+                             "at least 64 ports")
+        return chosen
     if ephemeral_low is None:
         try:
             ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])

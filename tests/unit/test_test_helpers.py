@@ -28,6 +28,14 @@ def test_each_worker_has_a_block_of_its_own_below_the_ephemeral_range() -> None:
     assert (alone.start, alone.stop) == (10_000, 32768)
 
 
+def test_a_run_beside_the_workers_takes_the_ports_it_is_given() -> None:
+    assert port_block({"MARS_TEST_PORTS": "6000-9999", "PYTEST_XDIST_WORKER": "gw1",
+                       "PYTEST_XDIST_WORKER_COUNT": "2"}) == range(6000, 10000)
+    for bad in ("6000", "a-b", "9999-6000", "80-9999", "6000-6010", "6000-70000"):
+        with pytest.raises(ValueError, match="MARS_TEST_PORTS"):
+            port_block({"MARS_TEST_PORTS": bad})
+
+
 def test_ports_are_handed_out_once_a_stride_apart_and_skip_one_in_use() -> None:
     base = free_port()  # a free stretch of this worker's block to play in
     with socket.socket() as busy:
