@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
@@ -169,13 +170,44 @@ class _WaitressServer:
         self._server.run()
 
     def shutdown(self) -> None:
-        # The serving loop runs while it has sockets: close the listener and every kept-alive connection.
-        for channel in list(self._server._map.values()):
+        # The serving loop runs while it has sockets. Every socket is closed in the loop's own thread (a
+        # thunk on waitress's trigger): closed from this thread, a socket the loop was about to select()
+        # on failed it with EBADF, a traceback in the stack log. The listener first, then the requests in
+        # progress finish (2 s at most: a worker finishing after its trigger was closed logs "Exception
+        # when servicing"), then the kept-alive connections and the trigger go, and the loop ends.
+        self._in_loop(self._close_listener)
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
+        self._in_loop(lambda: self._close(set(self._server._map.values())))
+
+    def _in_loop(self, action: Callable[[], None]) -> None:
+        done = threading.Event()
+
+        def thunk() -> None:
+            try:
+                action()
+            finally:
+                done.set()
+
+        try:
+            self._server.trigger.pull_trigger(thunk)
+        except OSError:  # the trigger is closed: the loop has ended
+            action()
+            return
+        if not done.wait(timeout=5):  # the loop is gone or stuck: nothing races us for the sockets
+            action()
+
+    def _close_listener(self) -> None:
+        from waitress import wasyncore
+
+        wasyncore.dispatcher.close(self._server)  # the server's own close() would close the trigger too
+
+    @staticmethod
+    def _close(channels: set[Any]) -> None:
+        for channel in channels:
             try:
                 channel.close()
             except OSError:
                 pass
-        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
 
     def server_close(self) -> None:
         self._sock.close()
