@@ -921,6 +921,59 @@ def test_a_cached_tree_is_cloned_as_deepcopy_would_copy_it() -> None:
     assert not dynamodb_patches._is_clonable(tree)
 
 
+def test_a_traversal_finds_each_nodes_processor_by_type_as_moto_does() -> None:
+    """dynamodb.update_expressions' traverse (a node's processor found by its type, in a map per traverser
+    class) visits, processes and replaces exactly what moto's own recursion does: the first type of the
+    map that matches, a node outside a narrowed nodes_to_be_processed left alone, the pre-child hook
+    before each child."""
+    from moto.dynamodb.parsing import ast_nodes as nodes
+
+    from samlocal.emulator.patches import dynamodb as dynamodb_patches
+
+    parse = patches.ORIGINALS["UpdateExpressionParser.make"].__func__ if patches.is_applied() else \
+        dynamodb_patches.UpdateExpressionParser.make.__func__
+    traverse = dynamodb_patches._make_traverse(None)
+
+    class Recorder(nodes.DepthFirstTraverser):  # type: ignore[misc]
+        def __init__(self, narrow: bool) -> None:
+            self.narrow, self.seen = narrow, []
+
+        def _processing_map(self) -> dict[type, Any]:
+            return {nodes.UpdateExpressionSetAction: self.mark("set"), nodes.UpdateExpressionAction: self.mark("action"),
+                    nodes.ExpressionAttributeValue: self.mark("value"), nodes.ExpressionPathDescender: self.mark("dot")}
+
+        def nodes_to_be_processed(self) -> tuple[type, ...]:
+            keys = tuple(self._processing_map())
+            return tuple(k for k in keys if k is not nodes.ExpressionPathDescender) if self.narrow else keys
+
+        def mark(self, label: str) -> Any:
+            def processor(node: Any) -> Any:
+                self.seen.append((label, type(node).__name__))
+                replaced = object.__new__(type(node))
+                replaced.__dict__.update(node.__dict__, replaced_by=label)  # a new node takes the old one's place
+                return replaced
+            return processor
+
+        def pre_processing_of_child(self, parent: Any, child_id: int) -> None:
+            self.seen.append(("pre", type(parent).__name__, child_id))
+
+    def shape(node: Any) -> Any:
+        if not isinstance(node, nodes.Node):
+            return node
+        return (type(node).__name__, node.__dict__.get("replaced_by"),
+                None if node.children is None else [shape(c) for c in node.children])
+
+    texts = [text for text, _, _ in UPDATES if text != "SET #a = :one,"] + [
+        "SET a.b[1].c = :v, d = :w - :x REMOVE e[3], e[1] SET f = g", "DELETE #s :ss ADD #n :one"]
+    for narrow in (False, True):
+        for text in texts:
+            theirs, ours = Recorder(narrow), Recorder(narrow)
+            want = shape(nodes.DepthFirstTraverser.traverse_node_recursively(theirs, parse(dynamodb_patches.UpdateExpressionParser, text)))
+            got = shape(traverse(ours, parse(dynamodb_patches.UpdateExpressionParser, text)))
+            assert (got, ours.seen) == (want, theirs.seen), text
+            assert any(label == "set" for label, *_ in theirs.seen) or "SET" not in text
+
+
 def test_the_parse_cache_is_bounded(server: emulator_mod.Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     from samlocal.emulator.patches import dynamodb as dynamodb_patches
 
