@@ -190,11 +190,13 @@ class _WaitressServer:
 
         try:
             self._server.trigger.pull_trigger(thunk)
-        except OSError:  # the trigger is closed: the loop has ended
-            action()
+        except OSError:  # the trigger is closed: the loop has ended, and its sockets with it
             return
-        if not done.wait(timeout=5):  # the loop is gone or stuck: nothing races us for the sockets
-            action()
+        if not done.wait(timeout=10):
+            # Never closed from here: a socket closed under the running loop fails its select() or, its
+            # number reused, has the loop read from another socket. The loop is a daemon thread.
+            logger.warning("emulator stop: the serving loop did not answer in 10 s; its sockets stay open",
+                           extra={"port": self.server_address[1]})
 
     def _close_listener(self) -> None:
         from waitress import wasyncore

@@ -17,10 +17,11 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from moto.core.serialize import BaseJSONSerializer
+from moto.dynamodb.comparisons import get_comparison_func
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import StreamShard, Table
@@ -215,14 +216,45 @@ def sweep_expired_items(now: float | None = None) -> int:
 # Query runs, this thread's ``all_items()`` on that table answers the partition (a table query) or the
 # unsorted items (an index query, which ``sorted_items`` sorts by the index keys and then the table's,
 # so no order is lost); Query sorts its candidates itself either way.
+# A table query with a sort key condition gets only the partition's items in that key range: moto sorted
+# the whole partition and, for every item of it, added its size (a walk of every attribute) to test the
+# 1 MB limit before testing the key condition — a 20,000-event message's Query walked every page of the
+# message. DynamoDB reads only the key range (its 1 MB counts the items read); the condition is moto's
+# own (`get_comparison_func` on the `cast_value`s, as `DynamoType.compare`), applied before rather than
+# inside the loop, with the range's neighbours kept, so the items and pages answered are the same (but
+# where moto would stop a page at an item outside the range because the page's items already neared
+# 1 MB: DynamoDB reads no item outside the range, and neither does this).
 _query_local = threading.local()
+_QUERY_ARGS = ("range_comparison", "range_objs", "limit", "exclusive_start_key", "scan_index_forward",
+               "projection_expressions", "index_name", "consistent_read", "filter_expression",
+               "hash_key_conditions", "range_key_conditions")
+
+
+def _key_range(table: Table, call: dict[str, Any]) -> Callable[[Any], bool] | None:
+    """The sort key condition of a table query as a test of an item, or None (no condition, an index)."""
+    comparison, objs, conditions = call.get("range_comparison"), call.get("range_objs"), call.get("range_key_conditions")
+    if call.get("index_name") or not comparison or not table.range_key_attr:
+        return None
+    if conditions and (len(conditions) != 1 or conditions[0][0] != table.range_key_attr):
+        return None  # a multi-attribute key: moto's loop decides
+    func = get_comparison_func(comparison)
+    if func is None:
+        return None
+    values = [obj.cast_value for obj in objs or ()]
+
+    def in_range(item: Any) -> bool:
+        key = item.range_key
+        return key is not None and bool(func(key.cast_value, *values))
+
+    return in_range
 
 
 def _make_query(original: Any) -> Any:
     def _query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        index_name = kwargs.get("index_name") if "index_name" in kwargs else (args[6] if len(args) > 6 else None)
+        call = {**dict(zip(_QUERY_ARGS, args)), **kwargs}
+        index_name = call.get("index_name")
         previous = getattr(_query_local, "scope", None)
-        _query_local.scope = (self, None if index_name else hash_key)
+        _query_local.scope = (self, None if index_name else hash_key, _key_range(self, call))
         try:
             return original(self, hash_key, *args, **kwargs)
         finally:
@@ -236,14 +268,25 @@ def _make_all_items(original: Any) -> Any:
         scope = getattr(_query_local, "scope", None)
         if scope is None or scope[0] is not self:
             return original(self)
-        hash_key = scope[1]
+        hash_key, in_range = scope[1], scope[2]
         if hash_key is None:  # an index query: every item, unsorted
             return [item for rows in self.items.values()
                     for item in (rows.values() if self.range_key_attr else (rows,))]
         rows = self.items.get(hash_key)  # .get: the defaultdict must not grow an empty partition
         if rows is None:
             return []
-        return list(rows.values()) if self.range_key_attr else [rows]
+        if not self.range_key_attr:
+            return [rows]
+        if in_range is None:
+            return list(rows.values())
+        ordered = sorted(rows.values(), key=lambda item: item.range_key)  # moto's own order (Query re-sorts: O(n))
+        inside = [n for n, item in enumerate(ordered) if in_range(item)]
+        if not inside:
+            return []  # moto would answer nothing, without a LastEvaluatedKey
+        # The range and its two neighbours: moto sets LastEvaluatedKey when an item follows the one that
+        # reached Limit, in range or not (DynamoDB answers one whenever Limit is reached), so the first item
+        # past the range in either direction stays.
+        return ordered[max(inside[0] - 1, 0):inside[-1] + 2]
 
     return _all_items
 
@@ -616,7 +659,8 @@ STREAM_RECORDS = Patch(
 )
 QUERY_PARTITION = Patch(
     "dynamodb.query_partition",
-    "a Query reads its partition (DynamoDB's cost), not every item of the table sorted; string and binary keys compare directly",
+    "a Query reads its partition's key range (DynamoDB's cost), not every item of the table sorted; string and "
+    "binary keys compare directly",
     (
         Replacement(Table, "query", "method", _make_query),
         Replacement(Table, "all_items", "method", _make_all_items),
