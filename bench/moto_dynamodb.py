@@ -1,6 +1,6 @@
-"""moto's DynamoDB, stock 5.2.5 vs the emulator's patches (docs/LOCAL.md, fixes 10 and 11).
+"""moto's DynamoDB, stock 5.2.5 vs the emulator's patches (docs/LOCAL.md, fixes 9, 10 and 11).
 
-    python -m bench.moto_dynamodb [--sizes 0,2000,5000] [--calls 40] [--updates 200]
+    python -m bench.moto_dynamodb [--sizes 0,2000,5000] [--calls 40] [--updates 200] [--queries 40]
 
 1. Transactions: starts a patched and a stock emulator (``start_emulator``, as the stack runs them) and,
    on each, a streamed table filled to each size in turn; then times ``--calls`` two-item transactions
@@ -11,6 +11,10 @@
    the store's upsert shape — an ``UpdateItem`` of 10 events, 13 SET clauses, a REMOVE and a condition,
    the request's parse included — with the ``dynamodb.update_expressions`` patch and without it,
    alternating rounds of ``--updates`` calls each: median ms of CPU per call.
+3. A page Query: in this process, a message's partition of 400 pages of 50 events and 2,000 markers
+   (the store's EventsTable shape), and the store's Query for the page below a key (``Limit=1``,
+   backwards, ``BETWEEN``), with the ``dynamodb.query_partition`` patch and without it, alternating
+   rounds of ``--queries`` calls: median ms of CPU per Query.
 
 Prints the figures, the ratios stock / patched and the machine; never asserts.
 """
@@ -105,18 +109,58 @@ def measure_updates(calls: int, rounds: int = 3) -> dict[str, list[float]]:
     return out
 
 
+def measure_queries(calls: int, rounds: int = 3) -> dict[str, list[float]]:
+    import boto3
+    from moto import mock_aws
+
+    from samlocal.emulator import patches
+    from samlocal.emulator.patches import dynamodb as dynamodb_patches
+
+    patches.apply()
+    out: dict[str, list[float]] = {"patched": [], "stock": []}
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(TableName="events", BillingMode="PAY_PER_REQUEST",
+                         AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk")],
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
+        page = {"M": {f"e{i}": {"M": {"c": {"S": "2026-11-30T10:00:00.000000Z"}, "e": {"S": "SHIPPED"}, "q": {"N": str(i)}}}
+                      for i in range(50)}}
+        for n in range(400):
+            ddb.put_item(TableName="events", Item={"pk": {"S": "shop#m"}, "sk": {"S": f"p#{n:05d}"}, "ev": page})
+        for n in range(2000):
+            ddb.put_item(TableName="events", Item={"pk": {"S": "shop#m"}, "sk": {"S": f"i#{n:05d}"}, "c": {"S": "x"}})
+        query = {"TableName": "events", "KeyConditionExpression": "pk = :p AND sk BETWEEN :a AND :b",
+                 "ScanIndexForward": False, "Limit": 1,
+                 "ExpressionAttributeValues": {":p": {"S": "shop#m"}, ":a": {"S": "p#"}, ":b": {"S": "p#00200#~"}}}
+        for _ in range(rounds):
+            for label in ("patched", "stock"):
+                with patches.installed(dynamodb_patches.QUERY_PARTITION, stock=label == "stock"):
+                    times = []
+                    for _ in range(calls):
+                        start = time.process_time()
+                        got = ddb.query(**query)["Items"]
+                        times.append(time.process_time() - start)
+                        assert [i["sk"]["S"] for i in got] == ["p#00200"], got  # the same page either way
+                times.sort()
+                out[label].append(times[len(times) // 2] * 1000)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="0,2000,5000")
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--updates", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     patched, stock = measure(True, sizes, args.calls), measure(False, sizes, args.calls)
     updates = measure_updates(args.updates)
+    queries = measure_queries(args.queries)
     if args.json:
-        print(json.dumps({"machine": machine(), "patched": patched, "stock": stock, "updates": updates}))
+        print(json.dumps({"machine": machine(), "patched": patched, "stock": stock, "updates": updates,
+                          "queries": queries}))
         return 0
     print(f"TransactWriteItems of 2 items, {args.calls} calls per size, ms (median / p90)")
     print(f"{'items in the table':>20} {'stock':>16} {'patched':>16} {'stock ÷ patched':>16}")
@@ -127,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     for label in ("stock", "patched"):
         print(f"{label:>20} " + "  ".join(f"{x:6.2f}" for x in updates[label]))
     ratios = [s_ / p_ for s_, p_ in zip(updates["stock"], updates["patched"])]
+    print(f"{'stock ÷ patched':>20} " + "  ".join(f"{x:6.2f}" for x in ratios))
+    print(f"\nCPU per Query for the page below a key (400 pages, 2,000 markers), ms (median of {args.queries}, per round)")
+    for label in ("stock", "patched"):
+        print(f"{label:>20} " + "  ".join(f"{x:6.2f}" for x in queries[label]))
+    ratios = [s_ / p_ for s_, p_ in zip(queries["stock"], queries["patched"])]
     print(f"{'stock ÷ patched':>20} " + "  ".join(f"{x:6.2f}" for x in ratios))
     m = machine()
     print(f"machine: {m['cores']} cores, {m['cpu']}, {m['platform']}, Python {m['python']}, moto {m['moto']}, "
