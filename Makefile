@@ -29,8 +29,8 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # uv installs the pinned requirements into every venv: on a fresh machine pip took 92 s for
 # requirements-dev.txt alone (resolving one package at a time, compiling bytecode on one core), uv 14 s
 # (issue 16). uv itself comes from PyPI into .venv by the venv's own pip; bytecode is compiled at install,
-# as pip does (PYTHONDONTWRITEBYTECODE below: nothing would cache it later). pip stays in each venv for
-# `sam build`, which builds the functions with it.
+# as pip does (PYTHONDONTWRITEBYTECODE, exported above: nothing would cache it later). pip stays in each
+# venv for `sam build`, which builds the functions with it.
 UV_VERSION := 0.13.9
 UV := $(BIN)/uv
 UV_INSTALL = $(UV) pip install -q --compile-bytecode --python
