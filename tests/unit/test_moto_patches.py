@@ -921,6 +921,20 @@ def _same_tree(a: Any, b: Any, parents: dict[int, Any]) -> bool:
     return len(a.children) == len(b.children) and all(_same_tree(x, y, parents) for x, y in zip(a.children, b.children))
 
 
+def _stock_parse() -> Any:
+    """moto's own UpdateExpressionParser.make (its function), whether or not the patches are applied."""
+    from samlocal.emulator.patches import dynamodb as dynamodb_patches
+
+    return patches.ORIGINALS["UpdateExpressionParser.make"].__func__ if patches.is_applied() else \
+        dynamodb_patches.UpdateExpressionParser.make.__func__
+
+
+def _tree_texts() -> list[str]:
+    """Every valid UPDATES text, and two that nest paths, indexes, arithmetic and repeated clauses."""
+    return [text for text, _, _ in UPDATES if text != "SET #a = :one,"] + [
+        "SET a.b[1].c = :v, d = :w - :x REMOVE e[3], e[1] SET f = g", "DELETE #s :ss ADD #n :one"]
+
+
 def test_a_cached_tree_is_cloned_as_deepcopy_would_copy_it() -> None:
     """The validator's copy of a cached tree (dynamodb.update_expressions) is deepcopy's copy, built
     node by node; a tree whose parents are not its containers is not cloned but deep-copied."""
@@ -928,10 +942,8 @@ def test_a_cached_tree_is_cloned_as_deepcopy_would_copy_it() -> None:
 
     from samlocal.emulator.patches import dynamodb as dynamodb_patches
 
-    parse = patches.ORIGINALS["UpdateExpressionParser.make"].__func__ if patches.is_applied() else \
-        dynamodb_patches.UpdateExpressionParser.make.__func__
-    texts = [text for text, _, _ in UPDATES if text != "SET #a = :one,"] + [
-        "SET a.b[1].c = :v, d = :w - :x REMOVE e[3], e[1] SET f = g", "DELETE #s :ss ADD #n :one"]
+    parse = _stock_parse()
+    texts = _tree_texts()
     for text in texts:
         tree = parse(dynamodb_patches.UpdateExpressionParser, text)
         assert dynamodb_patches._is_clonable(tree), text
@@ -952,8 +964,7 @@ def test_a_traversal_finds_each_nodes_processor_by_type_as_moto_does() -> None:
 
     from samlocal.emulator.patches import dynamodb as dynamodb_patches
 
-    parse = patches.ORIGINALS["UpdateExpressionParser.make"].__func__ if patches.is_applied() else \
-        dynamodb_patches.UpdateExpressionParser.make.__func__
+    parse = _stock_parse()
     traverse = dynamodb_patches._make_traverse(None)
 
     class Recorder(nodes.DepthFirstTraverser):  # type: ignore[misc]
@@ -985,8 +996,7 @@ def test_a_traversal_finds_each_nodes_processor_by_type_as_moto_does() -> None:
         return (type(node).__name__, node.__dict__.get("replaced_by"),
                 None if node.children is None else [shape(c) for c in node.children])
 
-    texts = [text for text, _, _ in UPDATES if text != "SET #a = :one,"] + [
-        "SET a.b[1].c = :v, d = :w - :x REMOVE e[3], e[1] SET f = g", "DELETE #s :ss ADD #n :one"]
+    texts = _tree_texts()
     for narrow in (False, True):
         for text in texts:
             theirs, ours = Recorder(narrow), Recorder(narrow)

@@ -578,6 +578,14 @@ def _make_nodes_to_be_processed(original: Any) -> Any:
     return nodes_to_be_processed
 
 
+def _processing_of(traverser: DepthFirstTraverser) -> dict[Any, Any]:
+    """The traverser's type → processor map, built once per traverser (moto built it at every node)."""
+    processing = traverser.__dict__.get("_processing")
+    if processing is None:
+        processing = traverser.__dict__["_processing"] = traverser._processing_map()
+    return processing
+
+
 _NOT_A_NODE, _NOT_PROCESSED = object(), object()  # a leaf; a node no processor of the traverser takes
 _traverse_keys: dict[tuple[type, tuple[type, ...]], dict[type, Any]] = {}  # (traverser, its types) → node type → key
 
@@ -591,9 +599,7 @@ def _make_traverse(_: Any) -> Any:
 
     def traverse(self: DepthFirstTraverser, root: Any) -> Any:
         types = self.nodes_to_be_processed()
-        processing = self.__dict__.get("_processing")
-        if processing is None:
-            processing = self.__dict__["_processing"] = self._processing_map()
+        processing = _processing_of(self)
         keys = _traverse_keys.get((type(self), types))
         if keys is None:
             keys = _traverse_keys[(type(self), types)] = {}
@@ -633,9 +639,7 @@ def _make_traverse(_: Any) -> Any:
 
 def _make_process(_: Any) -> Any:
     def process(self: DepthFirstTraverser, node: Any) -> Any:
-        processing = self.__dict__.get("_processing")
-        if processing is None:
-            processing = self.__dict__["_processing"] = self._processing_map()
+        processing = _processing_of(self)
         for node_type, processor in processing.items():  # the first type that matches, as moto's own
             if isinstance(node, node_type):
                 return processor(node)
