@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import heapq
 import json
 import logging
+import operator
 import time
 import weakref
 from collections import OrderedDict
@@ -73,7 +75,7 @@ _LONG_POLL_RECHECK_SECONDS = 1.0
 
 
 class _MessageStore:
-    """Insertion-ordered set of a queue's messages, plus a receipt-handle index.
+    """Insertion-ordered set of a queue's messages, plus a receipt-handle index and a group index.
 
     Replaces moto's ``Queue._messages`` list: ``remove`` and the lookup by
     receipt handle are O(1) instead of O(n) list scans.  It keeps the list
@@ -83,18 +85,30 @@ class _MessageStore:
     ``live()`` while holding the queue's ``_messages_lock``.
     """
 
-    __slots__ = ("_items", "_by_handle")
+    __slots__ = ("_items", "_by_handle", "_groups", "_ungrouped", "_next")
 
     def __init__(self, messages: Iterable[Message] = ()) -> None:
         # OrderedDict, not dict: iterating from the front of a plain dict skips the
-        # slots of every message removed since its last resize.
-        self._items: OrderedDict[Message, None] = OrderedDict()
+        # slots of every message removed since its last resize. Each message's value is
+        # its place in the send order.
+        self._items: OrderedDict[Message, int] = OrderedDict()
         self._by_handle: dict[str, Message] = {}
+        # FIFO messages by group, each group in send order (``live_outside``).
+        self._groups: dict[str, OrderedDict[Message, int]] = {}
+        self._ungrouped = 0
+        self._next = 0
         for message in messages:
             self.append(message)
 
     def append(self, message: Message) -> None:
-        self._items[message] = None
+        if message not in self._items:
+            self._next += 1
+            self._items[message] = self._next
+            group = message.group_id
+            if group is None:
+                self._ungrouped += 1
+            else:
+                self._groups.setdefault(group, OrderedDict())[message] = self._next
         for handle in message.all_receipt_handles:
             if handle:
                 self._by_handle[handle] = message
@@ -110,6 +124,14 @@ class _MessageStore:
     def discard(self, message: Message) -> bool:
         if self._items.pop(message, _MISSING) is _MISSING:
             return False
+        group = message.group_id
+        if group is None:
+            self._ungrouped -= 1
+        else:
+            members = self._groups[group]
+            del members[message]
+            if not members:
+                del self._groups[group]
         for handle in message.all_receipt_handles:
             if handle and self._by_handle.get(handle) is message:
                 del self._by_handle[handle]
@@ -122,6 +144,17 @@ class _MessageStore:
     def live(self) -> Iterator[Message]:
         """Iterate without copying; the caller must hold the queue's lock."""
         return iter(self._items)
+
+    def live_outside(self, groups: set[str]) -> Iterator[Message]:
+        """``live()`` without the messages of ``groups`` (a FIFO receive's blocked groups), in the same
+        order. When those groups hold most of the queue — one long message's group in flight while
+        thousands of its messages wait — the other groups are merged by send order instead of walking
+        past every blocked message (a receive was O(queue) whatever it could return)."""
+        blocked = sum(len(self._groups[g]) for g in groups if g in self._groups)
+        if self._ungrouped or blocked * 2 <= len(self._items):
+            return iter(self._items)
+        others = [iter(members.items()) for group, members in self._groups.items() if group not in groups]
+        return (message for message, _ in heapq.merge(*others, key=operator.itemgetter(1)))
 
     def __iter__(self) -> Iterator[Message]:
         return iter(list(self._items))
@@ -583,7 +616,9 @@ def _response_copy(message: Message) -> Message:
 #   message), deep-copied the pending groups (again per timed-out message), and
 #   per received message called ``is_message_valid_based_on_retention_period``,
 #   which built ``queue.attributes`` three times.  Now one lazy scan from the
-#   front with one clock read, stopping after ``count`` messages.
+#   front with one clock read, stopping after ``count`` messages — past the blocked
+#   FIFO groups without visiting their messages when they hold most of the queue
+#   (``_MessageStore.live_outside``).
 # * Long polling busy-looped (``wait_for_messages`` returns at once while any
 #   message is visible, even if every visible message is in a blocked FIFO group),
 #   holding the GIL for the whole wait.  Now it sleeps on the queue's condition
@@ -626,7 +661,7 @@ def _receive_message(
             redrive = queue.redrive_policy if queue.dead_letter_queue else None
             expired: list[Message] = []
 
-            for message in store.live():
+            for message in (store.live_outside(blocked_groups) if blocked_groups else store.live()):
                 if not now > message.visible_at:
                     # In flight.  Its group (if any) stays blocked for this scan
                     # even if it is not in ``pending_messages``.
