@@ -112,14 +112,13 @@ def test_the_funnel_of_2000_messages_matches_a_brute_force_computation(store: An
 
     Stock moto's TransactWriteItems deep-copies every table it touches (2,400 transactions on a table
     of 2,000 markers took minutes); the emulator's patch (docs/LOCAL.md, fix 10) copies only the items a
-    transaction names, so it is installed here with the emulator's other DynamoDB fixes, as the local
-    stack installs them."""
-    from samlocal.emulator import patches
-    from samlocal.emulator.patches import dynamodb as dynamodb_patches
+    transaction names. `mocked_stack` installs it with the emulator's other DynamoDB fixes, as the local
+    stack does."""
+    from moto.dynamodb.models import DynamoDBBackend
 
+    assert DynamoDBBackend.transact_write_items.__qualname__.startswith("_make_transact_write_items.")  # the patch's
     truth, batches = generate(2000)
-    with patches.installed(*dynamodb_patches.PATCHES):
-        deliver(store, lambda_context, batches)
+    deliver(store, lambda_context, batches)
     api = Api(load_function("api"), lambda_context)
     ranges = [("2026-11-20", "2026-11-22"), ("2026-11-21", "2026-11-21"), ("2026-11-21", "2026-11-22")]
     for frm, to in ranges:

@@ -798,7 +798,7 @@ def _range_queries(kind: str, values: list[Any]) -> list[dict[str, Any]]:
             out.append({"KeyConditionExpression": f"pk = :p AND sk {op} :a", "ScanIndexForward": n % 2 == 0,
                         **({"Limit": 2} if n % 3 == 0 else {}),
                         "ExpressionAttributeValues": {":p": {"S": "m"}, ":a": {kind: v}}})
-        for w in values:
+        for w in {v, values[(n + 2) % len(values)], values[n - 1]}:  # a run, one key, and (mostly) a reversed pair
             out.append({"KeyConditionExpression": "pk = :p AND sk BETWEEN :a AND :b", "Limit": 3,
                         "ExpressionAttributeValues": {":p": {"S": "m"}, ":a": {kind: v}, ":b": {kind: w}}})
         if kind == "S":
@@ -854,7 +854,7 @@ def test_a_partitions_kept_key_order_answers_as_stock_moto_after_every_kind_of_w
             # moto's puts and deletes moved the keys into and out of the kept order (no sort at the next Query)
             assert partition.order is not None and partition.order[0] == sorted(partition, key=lambda k: k.cast_value)
             assert partition.order[1] == [k.cast_value for k in partition.order[0]], step
-        for query in queries:
+        for query in queries if step in (0, len(writes)) else queries[step::3]:  # between writes: a third
             assert _outcome(patched, name, query) == _outcome(*clients[1], query), (step, query)
         (partition,) = rows.values()
         assert partition.order is not None, step
