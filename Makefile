@@ -78,10 +78,10 @@ up: install
 # (tools/sam_translate.py: the generated roles, permissions and stages), the shim's template and its
 # Dockerfile. Every finding is fixed or skipped inline in the template (Metadata: checkov: skip: id +
 # comment), so any new finding fails lint. Offline: no Prisma Cloud guidelines download (BC_SKIP_MAPPING).
-# mypy (configured in pyproject.toml) checks the layer, the functions, the shim, the CLI and the runtime.
+# mypy (configured in pyproject.toml) checks the layer, the functions, the shim, the CLI, the runtime and the benchmarks.
 lint: install checkov
 	$(BIN)/ruff check .
-	$(BIN)/mypy layers/common/mars_common functions grpc_shim mars samlocal
+	$(BIN)/mypy layers/common/mars_common functions grpc_shim mars samlocal bench
 	$(BIN)/hadolint grpc_shim/Dockerfile
 	$(BIN)/python tools/sam_translate.py template.yaml build/template.translated.json
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation dockerfile \

@@ -39,7 +39,7 @@ def machine() -> dict[str, Any]:
 
 
 def client(service: str, endpoint: str, pool: int = 64) -> Any:
-    return boto3.client(service, endpoint_url=endpoint, **CREDS,
+    return boto3.client(service, endpoint_url=endpoint, **CREDS,  # type: ignore[call-overload]  # any service, by name
                         config=BotoConfig(max_pool_connections=pool, retries={"max_attempts": 5, "mode": "standard"}))
 
 

@@ -68,7 +68,7 @@ def measure(patched: bool, sizes: list[int], calls: int) -> dict[int, tuple[floa
 
 def _store_update(backend: Any, table: str, message_id: str) -> float:
     """One UpdateItem shaped as mars_common.store's upsert of 10 events; CPU seconds it took."""
-    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
 
     names = {"#u": "updated_at", "#x": "expires_at", "#s": "stuck_at", "#p": "paged", "#b": "inline_bytes"}
     values: dict[str, Any] = {":u": {"S": "2026-11-30T00:00:00Z"}, ":x": {"N": "1"}, ":b0": {"N": "0"}, ":b": {"N": "10"}}

@@ -283,7 +283,7 @@ def bulk_ingest(stack: Stack, sizes: Sizes, backlog: int = 0) -> tuple[float, di
     progress(f"({'d' if backlog else 'b'}) {len(events)} events as {len(bodies)} bulk requests, {sizes.clients} clients")
 
     def post(body: bytes) -> int:
-        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=120)
+        conn = http.client.HTTPConnection(host.hostname or "127.0.0.1", host.port, timeout=120)
         conn.request("POST", "/api/event/bulk", body=body, headers={"Content-Type": "application/json"})
         status = conn.getresponse().status
         conn.close()
@@ -342,7 +342,7 @@ def single_events(stack: Stack, sizes: Sizes) -> tuple[float, dict[str, Any]]:
     host = urlsplit(stack.api)
 
     def make() -> Any:
-        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+        conn = http.client.HTTPConnection(host.hostname or "127.0.0.1", host.port, timeout=60)
 
         def call(i: int) -> bool:
             body = json.dumps({"app_id": f"single-{run}", "message_id": f"s-{i}", "event": "CREATED"})

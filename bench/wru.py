@@ -165,7 +165,7 @@ def stack(stock_moto: bool = False) -> Iterator[tuple[str, str, Callable[[], Any
     os.environ.pop("AWS_ENDPOINT_URL", None)
     with mock_aws():
         spec = Stack(load(ROOT / "template.yaml"), root=ROOT, name="wru")
-        provision(spec, lambda service: boto3.client(service, region_name="us-east-1"))
+        provision(spec, lambda service: boto3.client(service, region_name="us-east-1"))  # type: ignore[call-overload]
         yield spec.ref("MessagesTable"), spec.ref("EventsTable"), lambda: boto3.client("dynamodb", region_name="us-east-1")
 
 
@@ -182,7 +182,7 @@ def run_scenario(name: str, model: str, batches: list[list[Any]], messages: str,
     stored = 0
     note = ""
     batch_ms: list[float] = []
-    inline = {}  # the old model's item size, to stop where DynamoDB would refuse it
+    inline: dict[str, int] = {}  # the old model's item size, to stop where DynamoDB would refuse it
     for batch in batches:
         first = batch[0]
         if not events_table:
