@@ -9,6 +9,7 @@ FIFO redelivery bug the patch fixes.  Timing is not tested here (see
 from __future__ import annotations
 
 import base64
+import copy
 import datetime as dt
 import json
 import os
@@ -862,7 +863,6 @@ def test_a_partitions_kept_key_order_answers_as_stock_moto_after_every_kind_of_w
             cached = partition.order
             writes[1](patched, name)
             assert partition.order is cached
-    import copy
     clone = copy.deepcopy(partition)
     assert clone == partition and clone is not partition and clone.order is None
 

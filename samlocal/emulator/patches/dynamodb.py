@@ -248,10 +248,6 @@ class _KeyRange:
     def test(self, value: Any) -> bool:
         return bool(self.func(value, *self.values))
 
-    def __call__(self, item: Any) -> bool:
-        key = item.range_key
-        return key is not None and self.test(key.cast_value)
-
     def span(self, values: list[Any]) -> tuple[int, int] | None:
         """[lo, hi) of the sorted cast `values` in range, or None (a condition or values bisection cannot
         answer for: the caller tests every value). moto's own test confirms the edges — the first and
@@ -578,55 +574,6 @@ def _table_deepcopy(_: Any) -> Any:
 # the shape's order, None members left out, S and N as strings, B and BS base64, M and L recursed,
 # NULL and BOOL as given. Anything else (a value that is not a dict, an empty key, an unknown member)
 # goes to moto's own path.
-# moto's ``DynamoType.size`` builds a new DynamoType for every map value it measures, and that
-# constructor wraps the value's whole subtree again: each level of nesting re-wraps everything below it
-# (a page of 50 events: ~140 constructions per ``size()``, ~0.6 ms). A Query measures each item it
-# answers about six times (its 1 MB limit, the consumed capacity) and every attribute written re-measures
-# the whole item (``LimitedSizeDict``'s 400 KB check). The same sums, without the constructions:
-# ``_own_size`` is the method (a list's elements measured as they are), ``_wrapped_size`` is
-# ``DynamoType(value).size()`` (what the method does for a map's values: lists below get wrapped).
-_SETS = frozenset({"SS", "NS", "BS"})
-
-
-def _scalar_size(typ: str, value: Any) -> int:
-    if typ == "N":
-        return len(str(value))
-    if typ in _SETS:
-        sub = typ[0]
-        return sum(_scalar_size(sub, v) for v in value)
-    if isinstance(value, bool):
-        return 1
-    return bytesize(value)
-
-
-def _own_size(dt: DynamoType) -> int:
-    typ, value = dt.type, dt.value
-    if typ == "L":
-        return sum(_own_size(v) if type(v) is DynamoType else v.size() for v in value)
-    if typ == "M":
-        return sum(bytesize(k) + _wrapped_size(v) for k, v in value.items())
-    return _scalar_size(typ, value)
-
-
-def _wrapped_size(v: Any) -> int:
-    if type(v) is DynamoType:
-        typ, value = v.type, v.value
-    else:  # as DynamoType.__init__ reads a plain dict (and fails on anything else)
-        typ, value = list(v)[0], list(v.values())[0]
-    if typ == "L":
-        return sum(_wrapped_size(x) for x in value)
-    if typ == "M":
-        return sum(bytesize(k) + _wrapped_size(x) for k, x in value.items())
-    return _scalar_size(typ, value)
-
-
-def _make_size(_: Any) -> Any:
-    def size(self: DynamoType) -> int:
-        return _own_size(self)
-
-    return size
-
-
 _ATTRIBUTE_VALUE_MEMBERS = ("S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL")
 
 
@@ -678,6 +625,52 @@ def _make_serialize_structure(original: Any) -> Any:
         original(self, serialized, value, shape, key)
 
     return _serialize_type_structure
+
+
+# moto's ``DynamoType.size`` builds a new DynamoType for every map value it measures, and that
+# constructor wraps the value's whole subtree again: each level of nesting re-wraps everything below it
+# (a page of 50 events: ~140 constructions per ``size()``, ~0.6 ms). A Query measures each item it
+# answers about six times (its 1 MB limit, the consumed capacity) and every attribute written re-measures
+# the whole item (``LimitedSizeDict``'s 400 KB check). The same sums, without the constructions:
+# ``_own_size`` is the method (a list's elements measured as they are), ``_wrapped_size`` is
+# ``DynamoType(value).size()`` (what the method does for a map's values: lists below get wrapped).
+_SETS = frozenset({"SS", "NS", "BS"})
+
+
+def _scalar_size(typ: str, value: Any) -> int:
+    if typ == "N":
+        return len(str(value))
+    if typ in _SETS:
+        sub = typ[0]
+        return sum(_scalar_size(sub, v) for v in value)
+    if isinstance(value, bool):
+        return 1
+    return bytesize(value)
+
+
+def _own_size(dt: DynamoType) -> int:
+    if dt.type == "L":  # the one difference from a wrapped value: the elements as they are
+        return sum(_own_size(v) if type(v) is DynamoType else v.size() for v in dt.value)
+    return _wrapped_size(dt)
+
+
+def _wrapped_size(v: Any) -> int:
+    if type(v) is DynamoType:
+        typ, value = v.type, v.value
+    else:  # as DynamoType.__init__ reads a plain dict (and fails on anything else)
+        typ, value = list(v)[0], list(v.values())[0]
+    if typ == "L":
+        return sum(_wrapped_size(x) for x in value)
+    if typ == "M":
+        return sum(bytesize(k) + _wrapped_size(x) for k, x in value.items())
+    return _scalar_size(typ, value)
+
+
+def _make_size(_: Any) -> Any:
+    def size(self: DynamoType) -> int:
+        return _own_size(self)
+
+    return size
 
 
 # Every UpdateItem (and every Update of a transaction) made moto parse its UpdateExpression twice (the
