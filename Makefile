@@ -125,13 +125,14 @@ system-deps:
 browser: install system-deps
 	$(BIN)/python -m pytest -q tests/browser
 
-# The suite on TEST_WORKERS pytest-xdist workers, one module at a time per worker, the slowest modules first
-# (tests/conftest.py); the 15 slowest tests and modules (wall and CPU) are listed at the end. 2 workers on
-# 2 cores: a third was no faster in CI (993 s against 936 s) and starved the shared stacks until two tests
-# timed out (README, "Tests"); TEST_WORKERS=0 runs it in this process; `make test TEST_WORKERS=6` on a
-# bigger machine.
+# The suite on TEST_WORKERS pytest-xdist workers, one module at a time per worker, the slowest modules first,
+# plus WAITING_WORKERS that take only the modules whose time is timers, not CPU (tests/scheduling.py); the 15
+# slowest tests and modules (wall and CPU) are listed at the end. 2 CPU workers on 2 cores: a third was no
+# faster in CI (993 s against 936 s) and starved the shared stacks until two tests timed out (README,
+# "Tests"); TEST_WORKERS=0 runs it in this process; `make test TEST_WORKERS=6` on a bigger machine.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+WAITING_WORKERS ?= 1
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(shell echo $$(($(TEST_WORKERS) + $(WAITING_WORKERS)))) --dist loadfile --no-loadscope-reorder)
 
 # schemathesis gives its per-operation cases one node id, which xdist would run once: that module runs apart.
 SCHEMATHESIS := tests/fuzz/test_schemathesis.py
@@ -152,7 +153,7 @@ else
 	@mkdir -p build; \
 	$(MAKE) --no-print-directory -j2 lint template-check >build/checks.log 2>&1 & checks=$$!; \
 	MARS_TEST_PORTS=6000-9999 $(BIN)/python -m pytest -q -p no:cacheprovider $(SCHEMATHESIS) >build/schemathesis.log 2>&1 & fuzz=$$!; \
-	MARS_REQUIRE_LOCALSTACK=1 $(BIN)/python -m pytest -q tests $(PYTEST_PARALLEL) --durations=15 --ignore=$(SCHEMATHESIS); suite=$$?; \
+	MARS_REQUIRE_LOCALSTACK=1 MARS_WAITING_WORKERS=$(WAITING_WORKERS) $(BIN)/python -m pytest -q tests $(PYTEST_PARALLEL) --durations=15 --ignore=$(SCHEMATHESIS); suite=$$?; \
 	wait $$checks; checked=$$?; wait $$fuzz; fuzzed=$$?; \
 	echo "== lint and template checks: $$([ $$checked = 0 ] && echo passed || echo FAILED) (build/checks.log)"; \
 	[ $$checked = 0 ] && grep -E "^(All checks|Success|Passed checks|sam build)" build/checks.log || cat build/checks.log; \

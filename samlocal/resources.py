@@ -75,10 +75,11 @@ def create_table(stack: Stack, lid: str, props: dict[str, Any], clients: Callabl
     if stream:
         kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream["StreamViewType"]}
     try:
-        ddb.create_table(**kwargs)
+        desc = ddb.create_table(**kwargs)["TableDescription"]
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise
+        desc = None  # made before (a reused endpoint): described below, after its TTL is set
     ttl = props.get("TimeToLiveSpecification")
     if ttl and str(ttl.get("Enabled", "false")).lower() == "true":
         try:
@@ -87,7 +88,8 @@ def create_table(stack: Stack, lid: str, props: dict[str, Any], clients: Callabl
         except ClientError as exc:  # already enabled on a reused endpoint
             if "already enabled" not in str(exc).lower():
                 raise
-    desc = ddb.describe_table(TableName=name)["Table"]
+    if desc is None:  # a new table's ARNs are in CreateTable's answer: one call fewer per table
+        desc = ddb.describe_table(TableName=name)["Table"]
     out = {"Ref": name, "Arn": desc["TableArn"]}
     if desc.get("LatestStreamArn"):
         out["StreamArn"] = desc["LatestStreamArn"]

@@ -14,6 +14,8 @@ from typing import Any
 import boto3
 import pytest
 
+from tests import scheduling
+
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
 LAYER = ROOT / "layers" / "common"
@@ -55,35 +57,16 @@ def auth_on(mocked_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return mocked_stack
 
 
-# `make test` runs the suite on pytest-xdist workers with `--dist loadfile --no-loadscope-reorder`: a module
-# is one unit of work (its module-scoped stack starts once, on one worker; each worker starts the session
-# stacks `mars` and `mars_auth` when its first test needs them), handed out in the order collected. The
-# modules below take longest (`--durations`): they are collected first, so the run does not end waiting
-# on one of them alone.
-SLOWEST_FIRST = (  # the 3-worker `make test` of 2026-11-30 22:01 (its "slowest modules" table)
-    "tests/integration/test_long_timeline.py",
-    "tests/unit/test_funnel.py",
-    "tests/unit/test_long_timelines.py",
-    "tests/browser/test_dashboard.py",
-    "tests/integration/test_openapi_contract.py",
-    "tests/integration/test_sam_apps.py",
-    "tests/integration/test_faults_and_template.py",
-    "tests/unit/test_moto_own_suite.py",
-    "tests/security/test_attacks_on_a_stack.py",
-    "tests/integration/test_otlp.py",
-    "tests/localstack/test_on_localstack.py",
-    "tests/integration/test_local_runtime.py",
-    "tests/unit/test_alerts.py",
-    "tests/integration/test_startup.py",
-    "tests/fuzz/test_frames.py",
-)
-
-
+# `make test` runs the suite on pytest-xdist workers, one module per unit of work, the slowest modules
+# first and the ones that mostly wait on a lane of their own (tests/scheduling.py).
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return  # a plain run keeps the order of the files
-    rank = {path: n for n, path in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
+    items.sort(key=lambda item: scheduling.order(item.nodeid))  # stable: the rest keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return scheduling.scheduler(config, log)
 
 
 # Time per test module (setup + call + teardown of its tests; a shared stack's start is charged to the
