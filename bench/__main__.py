@@ -23,7 +23,7 @@ def main() -> int:
     info = machine()
     started = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, Python {info['python']}, "
-          f"moto {info['moto']}, load {info['loadavg']}", flush=True)
+          f"moto {info['moto']}, load {info['loadavg']}, commit {info['commit'] or 'unknown'}", flush=True)
     res = pipeline.run(sizes)
     f = res.figures
     b, d = res.notes["b"], res.notes["d"]

@@ -35,7 +35,22 @@ def machine() -> dict[str, Any]:
 
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
             "python": platform.python_version(), "moto": moto.__version__,
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg": [round(x, 2) for x in os.getloadavg()], "commit": revision()}
+
+
+def revision() -> str | None:
+    """The commit measured ("+dirty" when the work tree has changes git tracks), None outside a git clone:
+    a recorded run names the code it measured."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def client(service: str, endpoint: str, pool: int = 64) -> Any:

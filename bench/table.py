@@ -75,6 +75,7 @@ def rows(run: dict[str, Any]) -> list[tuple[str, str]]:
         ("AWS calls per event during (b)", f"{run['calls_per_event']:.3f} (minimum {run['calls_minimum']:.3f})"),
         # other work on the machine moves every figure: the 1-minute load when the run started
         ("load average at the start", f"{run['machine']['loadavg'][0]:.1f}"),
+        ("commit measured", run["machine"].get("commit") or "—"),  # recorded since 2026-12-01
     ]
 
 

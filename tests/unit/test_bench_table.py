@@ -10,7 +10,7 @@ from bench import table
 
 CELL = re.compile(r"^(—|[\d,.]+( \((\*\*)?\d+\.\d\d(\*\*)?(, \d+ connections|; p99 \d+|; \d+\.\d×)?\))?|"
                   r"(\d+: [\d,.]+)( / \d+: [\d,.]+)*|\d+ / \d+ / \d+|\d+\.\d|\d\.\d{3} \(minimum \d\.\d{3}\)|"
-                  r"[\d,.]+ \(retracted: [^|]+\))$")
+                  r"[\d,.]+ \(retracted: [^|]+\)|[0-9a-f]{7,40}(\+dirty)?)$")
 
 
 def test_the_doc_holds_the_rendering_of_the_recorded_runs() -> None:
