@@ -335,6 +335,25 @@ class MarsClient:
                 raise MarsError(f"the API gave export cursor {cursor!r} twice for {app_id!r}")
             seen.add(cursor)
 
+    def iter_alerts(self, app_id: str, *, state: str | None = None, frm: str | None = None, to: str | None = None,
+                    message_id: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """`GET /api/alerts`: the app's alerts (one per message and rule, its latest state, newest first),
+        each in turn, following the cursor to the last page. `state` "firing" or "resolved"; `frm`/`to`
+        bound when they fired (ISO-8601); `limit` is the page size (1-100)."""
+        params = {k: str(v) for k, v in (("app_id", app_id), ("state", state), ("from", frm), ("to", to),
+                                         ("message_id", message_id), ("limit", limit)) if v is not None}
+        seen: set[str] = set()
+        while True:
+            page = self._read("/api/alerts", params)
+            yield from page["items"]
+            cursor = page.get("cursor")
+            if cursor is None:
+                return
+            if cursor in seen:  # a server bug must not turn into an endless loop
+                raise MarsError(f"the API gave alerts cursor {cursor!r} twice for {app_id!r}")
+            seen.add(cursor)
+            params["cursor"] = cursor
+
     def get_message(self, message_id: str, app_id: str | None = None) -> dict[str, Any]:
         """`GET /api/messages/{id}` with every timeline whole: a long one's pages are followed to the end,
         its events (each once, sorted by created_at then event_id) in `events`, `event_count` the total

@@ -12,6 +12,8 @@ from typing import Any
 import boto3
 import requests
 
+from mars.client import MarsClient
+
 from .conftest import RunningStack
 from .test_live import post, subscribed, uid
 
@@ -90,6 +92,10 @@ def test_deadlines_and_a_failure_step_fire_once_resolve_and_reach_the_api_the_so
         (failed, "FAILED", "firing"), (late, "SHIPPED", "resolved"), (shipped, "DELIVERED", "firing")])
     assert [a["message_id"] for a in listed(mars, app_id, state="resolved")] == [late]
     assert {a["alert_id"] for a in api} == {a["alert_id"] for a in alerts}
+    # the Python client: pages of one, cursor after cursor, the same alerts in the same order
+    client = MarsClient.http(mars.api)
+    assert list(client.iter_alerts(app_id, limit=1)) == api
+    assert [a["message_id"] for a in client.iter_alerts(app_id, state="resolved")] == [late]
 
     # AlertsTopic: every transition exactly once, the alert shape as the body
     got: list[dict[str, Any]] = []

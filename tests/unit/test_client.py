@@ -284,8 +284,52 @@ def test_a_cursor_given_twice_stops_the_paging_with_an_error(api: tuple[Server, 
         reader(srv)[0].get_message("m")
 
 
+class AlertsApi(FakeApi):
+    """`GET /api/alerts` as the OpenAPI document describes it: `{"items", "cursor"}`, `limit` per page."""
+
+    alerts: list[dict[str, Any]] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        parts = urlsplit(self.path)
+        self.seen.append(self.path)
+        if self.failures:
+            return self._answer(self.failures.pop(0), {"success": False, "error": {"code": "X", "message": "busy"}})
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        assert parts.path == "/api/alerts"
+        wanted = [a for a in self.alerts if a["app_id"] == query["app_id"] and query.get("state") in (None, a["state"])]
+        start = int(query.get("cursor", "0"))
+        end = start + int(query.get("limit", "20"))
+        self._answer(200, {"items": wanted[start:end], "cursor": str(end) if end < len(wanted) else None})
+
+
+def test_iter_alerts_follows_the_cursor_with_the_same_filters(api: tuple[Server, type[FakeApi]]) -> None:
+    srv, _ = api
+    handler = type("Alerts", (AlertsApi,), {"alerts": [{"app_id": "shop", "alert_id": f"a{i}",
+                                                         "state": "resolved" if i % 3 else "firing"} for i in range(7)]
+                                            + [{"app_id": "bill", "alert_id": "b", "state": "firing"}],
+                                            "failures": [503], "seen": []})
+    srv.RequestHandlerClass = handler
+    mars, sleeps = reader(srv)
+    got = list(mars.iter_alerts("shop", state="resolved", limit=2, frm="2026-11-01T00:00:00Z"))
+    assert [a["alert_id"] for a in got] == ["a1", "a2", "a4", "a5"] and len(sleeps) == 1  # the 503 retried
+    pages = [p for p in handler.seen if "state=resolved" in p]
+    assert len(pages) == 2 + 1 and all("from=2026-11-01T00%3A00%3A00Z" in p and "limit=2" in p for p in pages)
+    assert "cursor=2" in pages[2] and "cursor" not in pages[0]
+    assert [a["alert_id"] for a in mars.iter_alerts("bill")] == ["b"]
+
+    class Loop(AlertsApi):   # a broken server answering the same page forever
+        def do_GET(self) -> None:  # noqa: N802
+            self._answer(200, {"items": [], "cursor": "x"})
+
+    srv.RequestHandlerClass = Loop
+    with pytest.raises(MarsError, match="twice"):
+        list(reader(srv)[0].iter_alerts("shop"))  # a new connection: the old one is served by the old handler
+
+
 def test_reading_without_the_http_api_says_how(aws_credentials: None) -> None:
     mars = MarsClient(SqsTransport("http://127.0.0.1:1/q", client=object()))
     with pytest.raises(MarsError, match="HTTP API"):
         mars.get_message("m")
+    with pytest.raises(MarsError, match="HTTP API"):
+        next(mars.iter_alerts("shop"))
     assert MarsClient.sqs("http://127.0.0.1:1/q", client=object(), api_url="http://127.0.0.1:4000").reader is not None
