@@ -106,7 +106,7 @@ def render(runs: list[dict[str, Any]]) -> str:
             met = [ratio(r) >= GOAL for r in shown if NEEDS.get(figure, "") in ("", *r["figures"])
                    and NEEDS.get(figure, "") not in r["notes"].get("retracted", {})]
             goal = f"{label} ≥ {GOAL} " + ("(no run counts)" if not met else "✓" if all(met)
-                                           else f"✗ ({met.count(False)} of {len(met)} runs)")
+                                           else f"✗ (missed in {met.count(False)} of {len(met)} runs)")
         elif figure.startswith("(a)"):
             goal = "baseline"
         table.append([figure, *(cells.get(figure, "—") for cells in per_run), goal])
