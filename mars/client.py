@@ -306,12 +306,9 @@ class MarsClient:
         while True:
             (timeline,) = self.get_message_page(message_id, app_id, cursor=cursor, limit=limit)["timelines"]
             yield timeline
-            cursor = timeline.get("cursor")
+            cursor = _follow(seen, timeline.get("cursor"), f"{message_id!r} in {app_id!r}")
             if cursor is None:
                 return
-            if cursor in seen:  # a server bug must not turn into an endless loop
-                raise MarsError(f"the API gave cursor {cursor!r} twice for {message_id!r} in {app_id!r}")
-            seen.add(cursor)
 
     def iter_export(self, app_id: str, *, frm: str | None = None, to: str | None = None, fmt: str = "ndjson",
                     events: bool = False, cursor: str | None = None) -> Iterator[str]:
@@ -328,12 +325,10 @@ class MarsClient:
             page = {**params, **({"cursor": cursor} if cursor else {})}
             body, headers = self._retrying(functools.partial(reader.get_text, path, page))
             yield body
-            cursor = {k.lower(): v for k, v in headers.items()}.get(EXPORT_CURSOR_HEADER.lower()) or None
+            cursor = _follow(seen, {k.lower(): v for k, v in headers.items()}.get(EXPORT_CURSOR_HEADER.lower()) or None,
+                             f"the export of {app_id!r}")
             if cursor is None:
                 return
-            if cursor in seen:  # a server bug must not turn into an endless loop
-                raise MarsError(f"the API gave export cursor {cursor!r} twice for {app_id!r}")
-            seen.add(cursor)
 
     def iter_alerts(self, app_id: str, *, state: str | None = None, frm: str | None = None, to: str | None = None,
                     message_id: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
@@ -346,12 +341,9 @@ class MarsClient:
         while True:
             page = self._read("/api/alerts", params)
             yield from page["items"]
-            cursor = page.get("cursor")
+            cursor = _follow(seen, page.get("cursor"), f"the alerts of {app_id!r}")
             if cursor is None:
                 return
-            if cursor in seen:  # a server bug must not turn into an endless loop
-                raise MarsError(f"the API gave alerts cursor {cursor!r} twice for {app_id!r}")
-            seen.add(cursor)
             params["cursor"] = cursor
 
     def get_message(self, message_id: str, app_id: str | None = None) -> dict[str, Any]:
@@ -412,6 +404,16 @@ class MarsClient:
                     raise MarsError(f"gave up after {attempt + 1} attempts: {exc}") from exc
                 self.retry.sleep(self.retry.delay(attempt))
         raise MarsError("no attempt was allowed (Retry.max_attempts < 1)")
+
+
+def _follow(seen: set[str], cursor: str | None, paging: str) -> str | None:
+    """The cursor of the next page to read (None after the last one), remembered in `seen`: a cursor the
+    API gave before is a server bug, which must not turn into an endless loop."""
+    if cursor is not None:
+        if cursor in seen:
+            raise MarsError(f"the API gave cursor {cursor!r} twice for {paging}")
+        seen.add(cursor)
+    return cursor
 
 
 def _reader(api_url: str | None, api_key: str | None) -> HttpTransport | None:
