@@ -73,9 +73,10 @@ class WaitingLaneScheduling(LoadFileScheduling):
 
     def _in_lane(self, node: Any) -> bool:
         """The last `waiting_workers` of more than that many (gw0, gw1, …): of the workers the run asked for,
-        not of `self.nodes`, which loses each worker that finishes."""
-        count = self.numnodes
-        return count > self.waiting_workers and int(node.gateway.id.removeprefix("gw")) >= count - self.waiting_workers
+        not of `self.nodes`, which loses each worker that finishes. A worker xdist starts in place of one
+        that crashed gets the next id (gw3 of 3): it takes CPU work, whichever one it replaces."""
+        count, index = self.numnodes, int(node.gateway.id.removeprefix("gw"))
+        return count > self.waiting_workers and count - self.waiting_workers <= index < count
 
     def _next_scope(self, node: Any) -> str | None:
         waiting = [scope for scope in self.workqueue if scope in WAITING]

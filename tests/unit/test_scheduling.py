@@ -99,6 +99,13 @@ def test_only_waiting_modules_are_shared_by_every_worker(monkeypatch: pytest.Mon
     assert sum(len(m) for m in ran.values()) == 5 and ran["gw2"], ran
 
 
+def test_a_worker_started_in_place_of_a_crashed_one_takes_cpu_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARS_WAITING_WORKERS", "1")
+    sched = scheduling.scheduler(config(3), None)
+    assert sched is not None
+    assert [sched._in_lane(Worker(f"gw{n}")) for n in range(5)] == [False, False, True, False, False]
+
+
 def test_the_order_puts_the_slowest_then_the_waiting_then_the_rest() -> None:
     items = ["tests/unit/test_store.py::a", f"{scheduling.WAITING[0]}::b", f"{scheduling.SLOWEST_FIRST[0]}::c"]
     assert sorted(items, key=scheduling.order) == [items[2], items[1], items[0]]
