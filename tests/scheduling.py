@@ -51,15 +51,13 @@ WAITING = (  # wall s / CPU s in that run; longest first
 )
 
 
+_RANK = {module: n for n, module in enumerate((*SLOWEST_FIRST, *WAITING))}
+
+
 def order(nodeid: str) -> int:
     """Where a test's module goes in the collection order: the slowest first, then the waiting ones,
     then the rest as collected (a stable sort keeps their order)."""
-    module = nodeid.split("::")[0]
-    if module in SLOWEST_FIRST:
-        return SLOWEST_FIRST.index(module)
-    if module in WAITING:
-        return len(SLOWEST_FIRST) + WAITING.index(module)
-    return len(SLOWEST_FIRST) + len(WAITING)
+    return _RANK.get(nodeid.split("::")[0], len(_RANK))
 
 
 class WaitingLaneScheduling(LoadFileScheduling):
@@ -79,11 +77,10 @@ class WaitingLaneScheduling(LoadFileScheduling):
         return count > self.waiting_workers and count - self.waiting_workers <= index < count
 
     def _next_scope(self, node: Any) -> str | None:
-        waiting = [scope for scope in self.workqueue if scope in WAITING]
+        waiting = next((scope for scope in self.workqueue if scope in WAITING), None)
         if self._in_lane(node):
-            return waiting[0] if waiting else None
-        other = [scope for scope in self.workqueue if scope not in WAITING]
-        return other[0] if other else (waiting[0] if waiting else None)
+            return waiting
+        return next((scope for scope in self.workqueue if scope not in WAITING), waiting)
 
     def _assign_work_unit(self, node: Any) -> None:
         scope = self._next_scope(node)
