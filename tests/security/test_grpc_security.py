@@ -11,12 +11,12 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mars_common import auth, config
 from mars_common.config import settings
 
 from tests.conftest import ROOT
 from tests.integration.conftest import free_port
+from tests.security.test_attacks_on_a_stack import list_services as reflection_services
 
 sys.path.insert(0, str(ROOT / "grpc_shim"))
 sys.path.insert(0, str(ROOT))
@@ -57,20 +57,22 @@ def with_shim(check: Any) -> None:
 
 
 async def list_services(target: str, key: str | None) -> list[str]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        metadata = (("x-api-key", key),) if key else None
-        call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                         metadata=metadata)
-        async for reply in call:
-            return [s.name for s in reply.list_services_response.service]
-    return []
+    """The shim's services by reflection, through grpc's sync client (`test_attacks_on_a_stack`'s), in a
+    thread beside the shim's event loop. Not the aio client: when the server ends a stream before the
+    client has written its request (as a refused key does), grpc.aio now and then reports INTERNAL
+    ("Failed execute_batch") instead of the server's status — grpc/grpc#36066, open; 9 of 1,500 calls
+    on a loaded machine here, none with the sync client."""
+    def call() -> list[str]:
+        with grpc.insecure_channel(target) as channel:
+            return reflection_services(channel, key)
+
+    return await asyncio.to_thread(call)
 
 
 def test_reflection_wants_a_key_when_auth_is_on_and_health_stays_open(auth_on: str) -> None:
     async def check(target: str) -> None:
         for key in (None, "mk_AAAAAAAA_" + "x" * 43):
-            with pytest.raises(grpc.aio.AioRpcError) as err:
+            with pytest.raises(grpc.RpcError) as err:
                 await list_services(target, key)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "MarsWeb.GrpcService.MarsGrpc" in await list_services(target, auth_on)
