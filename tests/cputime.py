@@ -54,9 +54,10 @@ class Account:
         busy = self.cpu_s / (self.wall_s * self.cores) if self.wall_s > 0 else 0.0
         minutes, seconds = divmod(round(self.wall_s), 60)
         counted = "every process it started" if self.subreaper else "its reaped processes only (no subreaper here)"
+        on = f"{self.cores} core" if self.cores == 1 else f"{self.cores} cores"
         return (f"== CPU of {label}: {self.cpu_s:,.1f} s (user {self.user_s:,.1f} + sys {self.sys_s:,.1f}; "
-                f"{counted}) in {minutes} min {seconds} s on {self.cores} cores ({busy:.0%} of them busy); "
-                f"5 minutes on {self.cores} cores is {budget:,.0f} s of CPU")
+                f"{counted}) in {minutes} min {seconds} s on {on} ({busy:.0%} of them busy); "
+                f"5 minutes on {on} is {budget:,.0f} s of CPU")
 
 
 def become_subreaper() -> bool:
