@@ -172,7 +172,7 @@ bench: install system-deps
 	$(BIN)/python -m bench --record
 	$(BIN)/python -m bench.table
 	$(BIN)/python -m bench.wru
-	$(BIN)/python bench/sqs_depth.py
+	$(BIN)/python -m bench.sqs_depth
 	$(BIN)/python -m bench.moto_dynamodb
 
 # Generated gRPC code is committed; tests/unit/test_proto.py fails when it is stale.

@@ -1,6 +1,6 @@
 """FIFO SQS throughput vs queue depth: stock moto 5.2.5 vs samlocal.emulator.patches.
 
-    python bench/sqs_depth.py [--depths 0,1000,2000,5000] [--seconds 3]
+    python -m bench.sqs_depth [--depths 0,1000,2000,5000] [--seconds 3]
 
 Starts two emulators as subprocesses on free loopback ports:
 
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import threading
@@ -40,6 +38,8 @@ from typing import IO, Any
 
 import boto3
 from botocore.config import Config
+
+from bench.common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = 100
@@ -232,13 +232,6 @@ def run_server(server: Server, depths: list[int], seconds: float, max_rounds: in
     return results
 
 
-def machine() -> str:
-    return (
-        f"{platform.platform()} | {os.cpu_count()} CPUs | {platform.processor() or platform.machine()} | "
-        f"Python {platform.python_version()} ({platform.python_implementation()})"
-    )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", default="0,1000,2000,5000")
@@ -255,7 +248,7 @@ def main() -> int:
     started = time.monotonic()
     print(f"machine: {machine()}")
     patched = start_server("patched", ["-m", "samlocal.emulator", "--host", "127.0.0.1", "--port", "0", "--metrics-interval", "0"], False)
-    unpatched = start_server("unpatched", [str(Path(__file__).resolve()), "--switchable-server"], True)
+    unpatched = start_server("unpatched", ["-m", "bench.sqs_depth", "--switchable-server"], True)
     try:
         print("measuring (FIFO queue, 100 groups, SendMessageBatch of 10 / ReceiveMessage 10 + DeleteMessageBatch):")
         res_p = run_server(patched, depths, args.seconds, args.max_rounds, args.prefill_budget)
