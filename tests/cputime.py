@@ -13,6 +13,8 @@ prints, when COMMAND ends, one line: its CPU (user + sys of every process it sta
 the cores, and the CPU a 5-minute run could use on them; exits with COMMAND's status. Processes still
 alive `--grace` seconds after COMMAND ended (leaked by it) are named, their CPU so far counted from
 /proc, and left running: a run that leaks a process says so rather than waiting on it forever.
+Ctrl-C is the command's to handle (the terminal sends it to the whole group); a SIGTERM or SIGHUP
+sent to this process is sent on to every process under it.
 """
 
 from __future__ import annotations
@@ -72,15 +74,37 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _children(of: int) -> list[int]:
-    """Live processes whose parent is `of` (orphans re-parented to us included), from /proc."""
-    found = []
+def _parents() -> dict[int, int]:
+    """Every live process's parent, from /proc."""
+    found = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None and int(stat[1]) == of:
-                found.append(int(entry))
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            found[int(entry)] = int(stat[1])
     return found
+
+
+def _children(of: int) -> list[int]:
+    """Live processes whose parent is `of` (orphans re-parented to us included)."""
+    return [pid for pid, parent in _parents().items() if parent == of]
+
+
+def _descendants(of: int) -> list[int]:
+    parents = _parents()
+    found, frontier = [], [of]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _terminate_tree(signum: int, _frame: object) -> None:
+    """A SIGTERM or SIGHUP for the run ends all of it: make, killed alone, leaves its recipes' processes
+    (pytest, its workers, their stacks) running; ours are all under us, orphans included."""
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -116,7 +140,8 @@ def run(command: list[str], grace_s: float = 10.0) -> Account:
     # Ctrl-C reaches the whole foreground group: the command decides what it means; we keep reaping.
     # A handler, not SIG_IGN, which the command would inherit through exec.
     signal.signal(signal.SIGINT, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
+    signal.signal(signal.SIGTERM, _terminate_tree)
+    signal.signal(signal.SIGHUP, _terminate_tree)
     returncode: int | None = None
     while returncode is None:
         pid, status = os.wait()  # the command, or an orphan re-parented to us

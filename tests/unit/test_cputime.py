@@ -120,3 +120,39 @@ def test_the_line_puts_the_cpu_beside_five_minutes_of_the_cores() -> None:
         "on 2 cores (97% of them busy); 5 minutes on 2 cores is 600 s of CPU")
     one = Account(0, 1.0, 1.0, 0.0, 1.0, 1, False, ()).line("x")
     assert "reaped processes only" in one and "on 1 core (100% of them busy); 5 minutes on 1 core is 300 s" in one
+
+
+def test_a_sigterm_ends_the_whole_run_not_only_its_command() -> None:
+    # The command's child outlives it unless signalled (as pytest outlives a killed make).
+    script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.cputime", "--grace", "30", "--", sys.executable, "-c", script],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(_tree(proc.pid)) < 2:
+            time.sleep(0.05)
+        tree = _tree(proc.pid)
+        assert len(tree) == 2, tree  # the command and its child
+        started = time.monotonic()
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+        assert time.monotonic() - started < 10, out  # not the command's 60 s, nor the grace's 30
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "still running" not in out
+        assert not [pid for pid in tree if _alive(pid)]
+    finally:
+        proc.kill()
+
+
+def _tree(root: int) -> list[int]:
+    from tests.cputime import _descendants
+
+    return _descendants(root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
