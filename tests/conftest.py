@@ -121,8 +121,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     total = sum(w for w, _ in _module_seconds.values())
     cpu = sum(c for _, c in _module_seconds.values())
+    # The orphans a stopped stack leaves are in no worker's tree: `make test`'s last line counts them too.
     terminalreporter.write_sep("=", f"slowest 15 of {len(_module_seconds)} modules ({total:.0f} s in all, "
-                                    f"{cpu:.0f} s of CPU)")
+                                    f"{cpu:.0f} s of CPU in the workers' process trees)")
     terminalreporter.write_line("    wall         CPU  module")
     ranked = sorted(_module_seconds.items(), key=lambda kv: kv[1][0], reverse=True)
     for module, (seconds, used) in ranked[:15]:
