@@ -145,7 +145,8 @@ test-env: install localstack checkov system-deps
 # below the workers' blocks) run beside the main suite, in the CPU its waits leave idle; their output is
 # kept in build/ and shown when the suite ends, and any of the three failing fails `make test`.
 # The run's CPU, every process it starts counted (orphans too: tests/cputime.py), printed at its end:
-# on a 2-core machine the suite needs more than 5 minutes' worth of it (issue 16).
+# on a 2-core machine the suite needs more than 5 minutes' worth of it (issue 16). `make test-run`: the
+# run alone, without the installs or that line.
 test:
 	@$(MAKE) --no-print-directory -j4 test-env
 	@$(BIN)/python -m tests.cputime --label "make test" -- $(MAKE) --no-print-directory test-run

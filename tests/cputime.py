@@ -90,9 +90,10 @@ def _children(of: int) -> list[int]:
 
 def _descendants(of: int) -> list[int]:
     parents = _parents()
-    found, frontier = [], [of]
+    found: list[int] = []
+    frontier = {of}
     while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        frontier = {pid for pid, parent in parents.items() if parent in frontier}
         found += frontier
     return found
 
