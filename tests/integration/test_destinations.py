@@ -105,10 +105,19 @@ def test_a_receiver_that_answers_500_three_times_still_gets_it(mars: RunningStac
     headers, body = receiver.requests[-1]
     slack = Webhook(made["secret"]).verify(body, headers)
     assert set(slack) == {"text", "blocks"} and APP in slack["text"] and "mars-destination-test" in slack["text"]
-    retries = [line for line in mars.log_lines() if line.get("message") == "alert delivery failed; will retry"
-               and line.get("destination_id") == made["id"]]
-    assert [(r["level"], r["status"], r["attempt"], r["url_host"]) for r in retries] == \
-        [("WARNING", 500, n, "127.0.0.1") for n in (1, 2, 3)]
+    lines = mars.log_lines()
+    mine = [line for line in lines if line.get("destination_id") == made["id"]]
+    retries = [line for line in mine if line.get("message") == "alert delivery failed; will retry"]
+    assert all((r["level"], r["status"], r["url_host"]) == ("WARNING", 500, "127.0.0.1") for r in retries), retries
+    assert [(line["attempt"], line["status"]) for line in mine if line.get("message") == "alert delivered"] == [(4, 200)]
+    # Each failed attempt leaves a line: the function's WARNING — or, when a starved machine kept the
+    # invocation past its timeout (the shared stack's 5 s) after the receiver had answered, the runtime's
+    # ERROR for it, and SQS counts the receive all the same (seen once in a fresh clone's loaded run).
+    attempts = [r["attempt"] for r in retries]
+    timed_out = [line for line in lines if line.get("logger") == "samlocal.lambda" and line.get("outcome") == "timeout"
+                 and str(line.get("function", "")).endswith("-DeliveryFunction")]
+    assert attempts == sorted(set(attempts)) and set(attempts) <= {1, 2, 3}, retries
+    assert 3 - len(attempts) <= len(timed_out), (retries, timed_out)
 
 
 def test_a_receiver_that_never_succeeds_ends_in_the_dlq_and_redrive_puts_it_back(mars: RunningStack,

@@ -62,13 +62,14 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
 
 def test_a_lone_call_is_sent_at_once(recorder: Recorder) -> None:
-    async def run() -> float:
+    async def run() -> None:
         batcher = server.Batcher(QUEUES)
-        start = time.perf_counter()
-        assert await batcher.enqueue([event("m-alone")]) == []
-        return time.perf_counter() - start
+        call = asyncio.create_task(batcher.enqueue([event("m-alone")]))
+        await asyncio.sleep(0)  # the call runs up to its first wait
+        assert batcher._in_flight == {shard("shop", "m-alone", len(QUEUES))}  # its send is under way: no timer first
+        assert await call == []
 
-    assert asyncio.run(run()) < recorder.delay + 0.04  # no timer before the send
+    asyncio.run(run())
     assert len(recorder.batches) == 1
 
 
@@ -107,18 +108,20 @@ def test_one_messages_events_reach_its_queue_in_call_order(recorder: Recorder) -
 
 
 def test_queues_send_in_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
-    rec = Recorder(delay=0.2)
-    monkeypatch.setattr(server, "send_batch", rec)
+    # Each send waits until all ten queues have one in flight: sends made one after another would never
+    # get there (the barrier breaks after 30 s and every send fails). No timing: a busy machine's slow
+    # thread starts only make it wait longer (a 0.6 s bound on the whole failed once under load).
+    ten_at_once = threading.Barrier(len(QUEUES), timeout=30)
+    rec = Recorder(delay=0)
+    monkeypatch.setattr(server, "send_batch", lambda url, items: (ten_at_once.wait(), rec(url, items))[1])
 
-    async def run() -> float:
+    async def run() -> list[list[EnqueueFailure]]:
         batcher = server.Batcher(QUEUES)
         ids = {shard("shop", f"p{i}", len(QUEUES)): f"p{i}" for i in range(200)}
-        start = time.perf_counter()
-        await asyncio.gather(*(batcher.enqueue([event(m)]) for m in ids.values()))
-        return time.perf_counter() - start
+        return await asyncio.gather(*(batcher.enqueue([event(m)]) for m in ids.values()))
 
-    assert asyncio.run(run()) < 0.2 * 3  # ten queues at once, not one after another
-    assert len(rec.batches) == 10
+    assert asyncio.run(run()) == [[]] * 10  # ten queues at once, not one after another
+    assert len(rec.batches) == 10 and not ten_at_once.broken
 
 
 def test_a_send_that_raises_answers_every_caller_with_its_failure(monkeypatch: pytest.MonkeyPatch) -> None:
