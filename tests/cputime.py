@@ -137,12 +137,13 @@ def run(command: list[str], grace_s: float = 10.0) -> Account:
     subreaper = become_subreaper()
     start = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child = subprocess.Popen(command)
     # Ctrl-C reaches the whole foreground group: the command decides what it means; we keep reaping.
-    # A handler, not SIG_IGN, which the command would inherit through exec.
+    # Handlers, not SIG_IGN, which the command would inherit through exec (handlers are reset there);
+    # set before the command starts, so no signal finds us without them.
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGTERM, _terminate_tree)
     signal.signal(signal.SIGHUP, _terminate_tree)
+    child = subprocess.Popen(command)
     returncode: int | None = None
     while returncode is None:
         pid, status = os.wait()  # the command, or an orphan re-parented to us
