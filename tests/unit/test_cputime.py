@@ -156,3 +156,23 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_ctrl_c_to_the_group_ends_the_command_and_the_run_is_still_reported() -> None:
+    # What a terminal does on Ctrl-C: SIGINT to the whole foreground group, the tool included.
+    proc = subprocess.Popen([sys.executable, "-m", "tests.cputime", "--", sys.executable, "-c", "import time; time.sleep(60)"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not _tree(proc.pid):
+            time.sleep(0.05)
+        assert _tree(proc.pid)
+        time.sleep(0.3)  # the command's interpreter is up (its default SIGINT: KeyboardInterrupt)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        # the command died of it (Python re-raises an uncaught KeyboardInterrupt as SIGINT): 128 + 2; the
+        # tool outlived it and reported the run
+        assert proc.returncode == 128 + signal.SIGINT and "KeyboardInterrupt" in err, err
+        parse(out)
+    finally:
+        proc.kill()
