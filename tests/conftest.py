@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from tests import scheduling
+from tests.cputime import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -75,7 +76,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 # from /proc): a module with far less CPU than wall time waits (timeouts, retries), one with more burns
 # both cores.
 _module_seconds: dict[str, list[float]] = {}
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _cpu_mark: list[float] = []
 
 
@@ -83,20 +83,22 @@ def _tree_cpu_seconds() -> float:
     """user + system CPU of this process, its live descendants and the dead ones they reaped (Linux /proc;
     0 elsewhere). A descendant that dies unreaped by the tree (orphaned when a stack stops) takes its CPU
     out of the sum: the module that stops a stack can show less CPU than it used, even a negative figure."""
-    total, todo, seen = 0, [os.getpid()], set()
+    total, todo, seen = 0.0, [os.getpid()], set()
     while todo:
         pid = todo.pop()
         if pid in seen:
             continue
         seen.add(pid)
+        cpu = cpu_seconds(pid)
+        if cpu is None:
+            continue  # gone meanwhile, or no /proc
+        total += cpu
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
             for task in os.listdir(f"/proc/{pid}/task"):
                 todo.extend(int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or no /proc
-    return total / _CLOCK_TICKS
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 FIVE_MINUTES = 300.0
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def _terminate_tree(signum: int, _frame: object) -> None:
 
 
 def _stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat's fields after the command name (which may hold spaces and parentheses)."""
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces and parentheses); None
+    when the process is gone (or there is no /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             text = fh.read()
@@ -118,13 +120,23 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()
 
 
-def _leaked(pid: int) -> Leaked | None:
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
     stat = _stat(pid)
-    if stat is None or stat[0] == "Z":  # gone, or a zombie the next wait reaps
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
+    return stat is not None and stat[0] != "Z"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """user + system CPU of a process and of the children it reaped, from /proc; None when it is gone."""
+    stat = _stat(pid)
     # utime, stime, cutime, cstime: fields 14-17 of stat(5), 12-15 after the command name
-    cpu = sum(int(v) for v in stat[11:15]) / tick
+    return None if stat is None else sum(int(v) for v in stat[11:15]) / _TICKS
+
+
+def _leaked(pid: int) -> Leaked | None:
+    cpu = cpu_seconds(pid) if running(pid) else None  # a zombie: the next wait reaps and counts it
+    if cpu is None:
+        return None
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cputime import Account
+from tests.cputime import Account, _descendants, running
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^== CPU of (?P<label>.+?): (?P<cpu>[\d,.]+) s \(user [\d,.]+ \+ sys [\d,.]+; (?P<counted>[^)]+)\) "
@@ -129,9 +129,9 @@ def test_a_sigterm_ends_the_whole_run_not_only_its_command() -> None:
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(_tree(proc.pid)) < 2:
+        while time.monotonic() < deadline and len(_descendants(proc.pid)) < 2:
             time.sleep(0.05)
-        tree = _tree(proc.pid)
+        tree = _descendants(proc.pid)
         assert len(tree) == 2, tree  # the command and its child
         started = time.monotonic()
         proc.terminate()
@@ -139,23 +139,11 @@ def test_a_sigterm_ends_the_whole_run_not_only_its_command() -> None:
         assert time.monotonic() - started < 10, out  # not the command's 60 s, nor the grace's 30
         assert proc.returncode == 128 + signal.SIGTERM, err
         assert "still running" not in out
-        assert not [pid for pid in tree if _alive(pid)]
+        assert not [pid for pid in tree if running(pid)]
     finally:
         proc.kill()
 
 
-def _tree(root: int) -> list[int]:
-    from tests.cputime import _descendants
-
-    return _descendants(root)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_ctrl_c_to_the_group_ends_the_command_and_the_run_is_still_reported() -> None:
@@ -164,9 +152,9 @@ def test_ctrl_c_to_the_group_ends_the_command_and_the_run_is_still_reported() ->
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not _tree(proc.pid):
+        while time.monotonic() < deadline and not _descendants(proc.pid):
             time.sleep(0.05)
-        assert _tree(proc.pid)
+        assert _descendants(proc.pid)
         time.sleep(0.3)  # the command's interpreter is up (its default SIGINT: KeyboardInterrupt)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=20)

@@ -113,7 +113,12 @@ def test_queues_send_in_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     # thread starts only make it wait longer (a 0.6 s bound on the whole failed once under load).
     ten_at_once = threading.Barrier(len(QUEUES), timeout=30)
     rec = Recorder(delay=0)
-    monkeypatch.setattr(server, "send_batch", lambda url, items: (ten_at_once.wait(), rec(url, items))[1])
+
+    def send_when_all_ten_are_sending(url: str, items: list[tuple[int, Event]]) -> list[EnqueueFailure]:
+        ten_at_once.wait()
+        return rec(url, items)
+
+    monkeypatch.setattr(server, "send_batch", send_when_all_ten_are_sending)
 
     async def run() -> list[list[EnqueueFailure]]:
         batcher = server.Batcher(QUEUES)
